@@ -1,0 +1,59 @@
+"""What a benchmark ran on: CPU model and features, cores, versions, kernel variant."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+from typing import Any, Dict
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_mhz() -> float | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("cpu mhz"):
+                    return float(line.split(":", 1)[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def machine_info(extra: Dict[str, Any] | None = None) -> Dict[str, Any]:
+    from ..kernels import available_variants, cpu_features
+    import numpy
+
+    info = {
+        "hostname": socket.gethostname(),
+        "cpu": cpu_model(),
+        "cpu_mhz": cpu_mhz(),
+        "arch": platform.machine(),
+        "cores": os.cpu_count(),
+        "cpu_features": cpu_features(),
+        "kernel_variants": available_variants(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": sys.version.split()[0],
+        "numpy": numpy.__version__,
+    }
+    if "torch" in sys.modules:
+        info["torch"] = sys.modules["torch"].__version__
+    info.update(extra or {})
+    return info
+
+
+def describe(info: Dict[str, Any]) -> str:
+    mhz = f" @ {info['cpu_mhz']:.0f} MHz" if info.get("cpu_mhz") else ""
+    return (f"{info['cpu']}{mhz}, {info['cores']} cores, {info['arch']}; features: {info['cpu_features']}; "
+            f"python {info['python']}, numpy {info['numpy']}" + (f", torch {info['torch']}" if "torch" in info else ""))

@@ -1,0 +1,160 @@
+/* Variant selection from CPU features, scratch buffers, and the layer epilogue
+ * (dequantization, bias, LayerNorm, ReLU) shared by every variant. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eq_kernels.h"
+
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+#endif
+
+static char features[256];
+
+#if defined(__x86_64__) || defined(_M_X64)
+static int has_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("popcnt");
+}
+static int has_avx512(void) {
+    __builtin_cpu_init();
+    return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+           __builtin_cpu_supports("avx512vpopcntdq");
+}
+#endif
+
+const char *eq_cpu_features(void) {
+    features[0] = 0;
+#if defined(__x86_64__) || defined(_M_X64)
+    __builtin_cpu_init();
+    static const char *names[] = {"sse4.2", "popcnt", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
+                                  "avx512vnni", "avx512vpopcntdq"};
+    int cpu[] = {__builtin_cpu_supports("sse4.2"), __builtin_cpu_supports("popcnt"),
+                 __builtin_cpu_supports("avx2"), __builtin_cpu_supports("fma"),
+                 __builtin_cpu_supports("avx512f"), __builtin_cpu_supports("avx512bw"),
+                 __builtin_cpu_supports("avx512vl"), __builtin_cpu_supports("avx512vnni"),
+                 __builtin_cpu_supports("avx512vpopcntdq")};
+    for (size_t i = 0; i < sizeof cpu / sizeof cpu[0]; i++)
+        if (cpu[i]) {
+            strcat(features, names[i]);
+            strcat(features, " ");
+        }
+#elif defined(__aarch64__)
+    strcat(features, "neon ");
+#if defined(__linux__)
+    if (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) strcat(features, "dotprod ");
+#endif
+#endif
+    size_t n = strlen(features);
+    if (n) features[n - 1] = 0;
+    return features;
+}
+
+int eq_available(const eq_kernels **out, int max) {
+    int n = 0;
+#if defined(__x86_64__) || defined(_M_X64)
+    if (n < max && has_avx512()) out[n++] = &eq_kernels_avx512;
+    if (n < max && has_avx2()) out[n++] = &eq_kernels_avx2;
+#elif defined(__aarch64__)
+#if defined(__linux__)
+    if (n < max && (getauxval(AT_HWCAP) & HWCAP_ASIMDDP)) out[n++] = &eq_kernels_dotprod;
+#endif
+    if (n < max) out[n++] = &eq_kernels_neon;
+#endif
+    if (n < max) out[n++] = &eq_kernels_generic;
+    return n;
+}
+
+int eq_scratch_init(eq_scratch *s, int32_t kp_max, int32_t n_max) {
+    memset(s, 0, sizeof *s);
+    kp_max = eq_padded_k(kp_max);
+    if (n_max < 1) n_max = 1;
+    /* q (kp) + qu (kp) + planes (kp/4) + acc (4 n) bytes, each 64-aligned */
+    size_t kq = (size_t)kp_max, kpl = (size_t)kp_max / 4, nacc = ((size_t)n_max * 4 + 63) / 64 * 64;
+    size_t total = kq * 2 + (kpl + 63) / 64 * 64 + nacc;
+    void *mem = NULL;
+    if (posix_memalign(&mem, 64, total)) return -1;
+    memset(mem, 0, total);
+    uint8_t *p = mem;
+    s->mem = mem;
+    s->kp_max = kp_max;
+    s->act.q = (int8_t *)p;
+    s->act.qu = p + kq;
+    s->act.planes = (uint64_t *)(p + 2 * kq);
+    s->acc = (int32_t *)(p + 2 * kq + (kpl + 63) / 64 * 64);
+    return 0;
+}
+
+void eq_scratch_free(eq_scratch *s) {
+    free(s->mem);
+    s->mem = NULL;
+}
+
+void eq_layer_rowsums(const eq_layer *L, int32_t *rowsum) {
+    if (L->fmt == EQ_FMT_POPCOUNT) {
+        const int32_t words = L->kp / 64;
+        for (int32_t i = 0; i < L->n; i++) {
+            const uint64_t *wm = (const uint64_t *)L->w + (size_t)2 * words * i + words;
+            int32_t m = 0;
+            for (int32_t j = 0; j < words; j++) m += __builtin_popcountll(wm[j]);
+            rowsum[i] = m;
+        }
+        return;
+    }
+    for (int32_t i = 0; i < L->n; i++) {
+        const int8_t *row = (const int8_t *)L->w + (size_t)L->kp * i;
+        int32_t s = 0;
+        for (int32_t j = 0; j < L->kp; j++) s += row[j];
+        rowsum[i] = s;
+    }
+}
+
+void eq_linear_row(const eq_kernels *K, const eq_layer *L, const float *x, float *y, eq_scratch *s) {
+    if (L->fmt == EQ_FMT_F16) {
+        K->gemv_f16(L, x, y);
+        if (L->bias)
+            for (int32_t i = 0; i < L->n; i++) y[i] += L->bias[i];
+        return;
+    }
+    eq_act *a = &s->act;
+    a->kp = L->kp;
+    if (L->fmt == EQ_FMT_POPCOUNT)
+        K->quant_sign(x, L->k, a);
+    else
+        K->quant_i8(x, L->k, a);
+    K->acc[L->fmt](L, a, s->acc);
+    /* dequantize once per output: acc * w_scale * act_scale + bias */
+    const float as = a->scale;
+    const int32_t *acc = s->acc;
+    if (L->scale_stride) {
+        for (int32_t i = 0; i < L->n; i++) y[i] = (float)acc[i] * (L->scale[i] * as);
+    } else {
+        const float m = L->scale[0] * as;
+        for (int32_t i = 0; i < L->n; i++) y[i] = (float)acc[i] * m;
+    }
+    if (L->bias)
+        for (int32_t i = 0; i < L->n; i++) y[i] += L->bias[i];
+}
+
+void eq_layernorm(float *x, int32_t n, const float *gamma, const float *beta, float eps) {
+    float mean = 0.0f, var = 0.0f;
+    for (int32_t i = 0; i < n; i++) mean += x[i];
+    mean /= (float)n;
+    for (int32_t i = 0; i < n; i++) {
+        float d = x[i] - mean;
+        var += d * d;
+    }
+    var /= (float)n;
+    const float inv = 1.0f / sqrtf(var + eps);
+    for (int32_t i = 0; i < n; i++) x[i] = (x[i] - mean) * inv * gamma[i] + beta[i];
+}
+
+void eq_relu(float *x, int32_t n) {
+    for (int32_t i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}

@@ -1,0 +1,148 @@
+/* Portable scalar kernels: the twin of every SIMD kernel, and the fallback.
+ *
+ * Overflow: every product is at most 128 * 127 = 16256 in magnitude, so an int32
+ * accumulator holds any row of up to 131072 inputs (the binding rejects larger k).
+ */
+#include <math.h>
+#include <string.h>
+
+#include "eq_kernels.h"
+
+void eq_generic_quant_i8(const float *x, int32_t k, eq_act *a) {
+    float amax = 0.0f;
+    for (int32_t j = 0; j < k; j++) {
+        float v = fabsf(x[j]);
+        amax = v > amax ? v : amax;
+    }
+    if (!(amax > 0.0f)) amax = 1.0f;
+    const float s = (float)EQ_ACT_QMAX / amax;
+    int32_t sum = 0;
+    for (int32_t j = 0; j < k; j++) {
+        float r = rintf(x[j] * s); /* ties to even, as numpy.rint */
+        if (r > EQ_ACT_QMAX) r = EQ_ACT_QMAX;
+        if (r < -EQ_ACT_QMAX) r = -EQ_ACT_QMAX;
+        int8_t q = (int8_t)r;
+        a->q[j] = q;
+        a->qu[j] = (uint8_t)(q ^ 0x80);
+        sum += q;
+    }
+    for (int32_t j = k; j < a->kp; j++) {
+        a->q[j] = 0;
+        a->qu[j] = 0x80;
+    }
+    a->qsum = sum;
+    a->scale = amax / (float)EQ_ACT_QMAX;
+}
+
+/* binary activations for popcount: sign bit (x < 0), scale mean|x| */
+void eq_generic_quant_sign(const float *x, int32_t k, eq_act *a) {
+    const int32_t words = a->kp / 64;
+    memset(a->planes, 0, sizeof(uint64_t) * (size_t)words);
+    float tot = 0.0f;
+    for (int32_t j = 0; j < k; j++) {
+        tot += fabsf(x[j]);
+        if (x[j] < 0.0f) a->planes[j >> 6] |= 1ull << (j & 63);
+    }
+    const float mean = tot / (float)k;
+    a->scale = mean > 0.0f ? mean : 1.0f;
+}
+
+static inline int popcount64(uint64_t v) { return __builtin_popcountll(v); }
+
+/* Block-interleaved fields (q1, q2, ternary, q4): sum of x * u over the row,
+ * u the stored unsigned field. */
+static int32_t row_fields(const uint8_t *row, const int8_t *x, int32_t kp, int bits, int big) {
+    const int per = 8 / bits, mask = (1 << bits) - 1;
+    int32_t s = 0, pos = 0;
+    while (pos < kp) {
+        const int32_t bsz = (kp - pos >= big) ? big : EQ_ROW_ALIGN;
+        const int32_t nb = bsz / per;
+        const uint8_t *blk = row + (size_t)pos * bits / 8;
+        for (int32_t b = 0; b < nb; b++)
+            for (int f = 0; f < per; f++) s += x[pos + f * nb + b] * ((blk[b] >> (bits * f)) & mask);
+        pos += bsz;
+    }
+    return s;
+}
+
+/* q1: sum x*(2b-1) = 2*sum x*b - sum x */
+static void acc_q1(const eq_layer *L, const eq_act *a, int32_t *acc) {
+    const size_t rb = (size_t)L->kp / 8;
+    for (int32_t i = 0; i < L->n; i++) acc[i] = 2 * row_fields(L->w + rb * i, a->q, L->kp, 1, EQ_Q1_BIG) - a->qsum;
+}
+
+/* q2, ternary, q4: sum x*(u - offset) = sum x*u - offset * sum x */
+static void acc_q2(const eq_layer *L, const eq_act *a, int32_t *acc) {
+    const size_t rb = (size_t)L->kp / 4;
+    const int32_t corr = eq_fmt_offset[L->fmt] * a->qsum;
+    for (int32_t i = 0; i < L->n; i++) acc[i] = row_fields(L->w + rb * i, a->q, L->kp, 2, EQ_Q2_BIG) - corr;
+}
+
+static void acc_q4(const eq_layer *L, const eq_act *a, int32_t *acc) {
+    const size_t rb = (size_t)L->kp / 2;
+    const int32_t corr = eq_fmt_offset[L->fmt] * a->qsum;
+    for (int32_t i = 0; i < L->n; i++) acc[i] = row_fields(L->w + rb * i, a->q, L->kp, 4, EQ_Q4_BIG) - corr;
+}
+
+static void acc_q8(const eq_layer *L, const eq_act *a, int32_t *acc) {
+    for (int32_t i = 0; i < L->n; i++) {
+        const int8_t *row = (const int8_t *)L->w + (size_t)L->kp * i;
+        int32_t s = 0;
+        for (int32_t j = 0; j < L->kp; j++) s += a->q[j] * row[j];
+        acc[i] = s;
+    }
+}
+
+/* ternary weights x binary activations: with M = non-zero weights and
+ * D = M & (sign_w ^ sign_x), dot = popcount(M) - 2 popcount(D). */
+static void acc_popcount(const eq_layer *L, const eq_act *a, int32_t *acc) {
+    const int32_t words = L->kp / 64;
+    const uint64_t *xs = a->planes;
+    for (int32_t i = 0; i < L->n; i++) {
+        const uint64_t *ws = (const uint64_t *)L->w + (size_t)2 * words * i;
+        const uint64_t *wm = ws + words;
+        int32_t m = 0, d = 0;
+        for (int32_t j = 0; j < words; j++) {
+            m += popcount64(wm[j]);
+            d += popcount64(wm[j] & (ws[j] ^ xs[j]));
+        }
+        acc[i] = m - 2 * d;
+    }
+}
+
+static float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, f;
+    if (exp == 0) {
+        if (man == 0) {
+            f = sign;
+        } else { /* subnormal: renormalise */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) { man <<= 1; exp--; }
+            f = sign | (exp << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        f = sign | 0x7f800000u | (man << 13);
+    } else {
+        f = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float out;
+    memcpy(&out, &f, sizeof out);
+    return out;
+}
+
+static void gemv_f16(const eq_layer *L, const float *x, float *y) {
+    for (int32_t i = 0; i < L->n; i++) {
+        const uint16_t *row = (const uint16_t *)L->w + (size_t)L->kp * i;
+        float s = 0.0f;
+        for (int32_t j = 0; j < L->k; j++) s += half_to_float(row[j]) * x[j];
+        y[i] = s;
+    }
+}
+
+const eq_kernels eq_kernels_generic = {
+    "generic",
+    eq_generic_quant_i8,
+    eq_generic_quant_sign,
+    {acc_q1, acc_q2, acc_q4, acc_q8, acc_q2 /* ternary shares q2's layout */, NULL, acc_popcount},
+    gemv_f16,
+};

@@ -1,0 +1,116 @@
+/* edgeqmoe packed low-bit kernels: formats, structs and the kernel table.
+ *
+ * Mirrors edgeqmoe/kernels/formats.py; see its docstring for the bit layouts.
+ * Kernels are framework-free: raw pointers, lengths and small structs.
+ */
+#ifndef EQ_KERNELS_H
+#define EQ_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum {
+    EQ_FMT_Q1 = 0,
+    EQ_FMT_Q2 = 1,
+    EQ_FMT_Q4 = 2,
+    EQ_FMT_Q8 = 3,
+    EQ_FMT_TERNARY = 4,
+    EQ_FMT_F16 = 5,
+    EQ_FMT_POPCOUNT = 6,
+    EQ_NFMT = 7
+};
+
+#define EQ_ROW_ALIGN 64   /* every packed row holds a multiple of 64 codes */
+#define EQ_Q1_BIG 512     /* q1: blocks of 512 weights, then 64 */
+#define EQ_Q2_BIG 256     /* q2/ternary: blocks of 256 weights, then 64 */
+#define EQ_Q4_BIG 128     /* q4: blocks of 128 weights, then 64 */
+#define EQ_ACT_QMAX 127
+
+/* storage bits per weight, indexed by format */
+static const int eq_fmt_bits[EQ_NFMT] = {1, 2, 4, 8, 2, 16, 2};
+/* value added to signed codes before storing them unsigned */
+static const int eq_fmt_offset[EQ_NFMT] = {0, 2, 8, 0, 1, 0, 0};
+
+_Static_assert(EQ_Q1_BIG / 8 == 64 && EQ_Q2_BIG / 4 == 64 && EQ_Q4_BIG / 2 == 64,
+               "every big block is one 64-byte vector");
+_Static_assert(EQ_ROW_ALIGN % 64 == 0, "rows must hold whole 64-bit words of bits");
+_Static_assert(EQ_Q1_BIG % EQ_ROW_ALIGN == 0 && EQ_Q2_BIG % EQ_ROW_ALIGN == 0 && EQ_Q4_BIG % EQ_ROW_ALIGN == 0,
+               "big blocks must be multiples of the row alignment");
+
+static inline int32_t eq_padded_k(int32_t k) { return (k + EQ_ROW_ALIGN - 1) / EQ_ROW_ALIGN * EQ_ROW_ALIGN; }
+static inline size_t eq_row_bytes(int fmt, int32_t k) { return (size_t)eq_padded_k(k) * eq_fmt_bits[fmt] / 8; }
+
+/* One packed linear layer y = W x + b (W: n x k, packed rows of eq_row_bytes). */
+typedef struct eq_layer {
+    int32_t fmt, n, k, kp;
+    const uint8_t *w;       /* n rows, eq_row_bytes(fmt, k) bytes each */
+    const float *scale;     /* weight scale(s) */
+    int32_t scale_stride;   /* 0: one per layer, 1: one per output channel */
+    const float *bias;      /* n floats, or NULL */
+    const int32_t *rowsum;  /* derived per row: q8 sum of codes, popcount non-zero count */
+} eq_layer;
+
+/* One quantized activation row; buffers are owned by the caller (64-byte aligned). */
+typedef struct eq_act {
+    int32_t kp;
+    int8_t *q;        /* kp int8 codes (zero padded); popcount: unused */
+    uint8_t *qu;      /* q ^ 0x80 (= q + 128 as u8), for unsigned x signed products */
+    int32_t qsum;     /* sum of q */
+    float scale;      /* multiplies the accumulator: max|x|/127, or mean|x| (popcount) */
+    uint64_t *planes; /* popcount: kp/64 words of sign bits (1 = negative) */
+} eq_act;
+
+typedef void (*eq_acc_fn)(const eq_layer *L, const eq_act *a, int32_t *acc);
+
+/* A kernel variant: one function per job, all with the generic twin's signature. */
+typedef struct eq_kernels {
+    const char *name;
+    /* x (k floats) -> a->q, a->qu, a->qsum, a->scale (int8 absmax) */
+    void (*quant_i8)(const float *x, int32_t k, eq_act *a);
+    /* x (k floats) -> a->planes (sign bits), a->scale = mean|x| (binary activations) */
+    void (*quant_sign)(const float *x, int32_t k, eq_act *a);
+    /* int32 accumulators of the signed codes, one per output; NULL for f16 */
+    eq_acc_fn acc[EQ_NFMT];
+    /* y = W x for f16 weights (no bias) */
+    void (*gemv_f16)(const eq_layer *L, const float *x, float *y);
+} eq_kernels;
+
+extern const eq_kernels eq_kernels_generic;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const eq_kernels eq_kernels_avx2;
+extern const eq_kernels eq_kernels_avx512;
+#endif
+#if defined(__aarch64__)
+extern const eq_kernels eq_kernels_neon;
+extern const eq_kernels eq_kernels_dotprod;
+#endif
+
+/* Kernel variants this CPU can run, best first (generic last). Returns the count. */
+int eq_available(const eq_kernels **out, int max);
+/* CPU feature names (space separated) detected at run time. */
+const char *eq_cpu_features(void);
+
+/* Scratch for one activation row of up to kp_max inputs. */
+typedef struct eq_scratch {
+    int32_t kp_max;
+    eq_act act;
+    int32_t *acc;   /* n_max int32 */
+    void *mem;
+} eq_scratch;
+
+int eq_scratch_init(eq_scratch *s, int32_t kp_max, int32_t n_max);
+void eq_scratch_free(eq_scratch *s);
+
+/* y[n] = dequantized W x + b for one row x[k]. */
+void eq_linear_row(const eq_kernels *K, const eq_layer *L, const float *x, float *y, eq_scratch *s);
+/* Derived data of a layer (q8 code sums, popcount non-zero counts); n int32. */
+void eq_layer_rowsums(const eq_layer *L, int32_t *rowsum);
+
+void eq_layernorm(float *x, int32_t n, const float *gamma, const float *beta, float eps);
+void eq_relu(float *x, int32_t n);
+
+/* helpers shared by the variants */
+void eq_generic_quant_i8(const float *x, int32_t k, eq_act *a);
+void eq_generic_quant_sign(const float *x, int32_t k, eq_act *a);
+
+#endif

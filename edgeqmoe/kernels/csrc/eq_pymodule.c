@@ -1,0 +1,474 @@
+/* The one place that knows both C and Python: edgeqmoe.kernels._ckernels.
+ *
+ *   Layer(fmt, n, k, w, scale, bias)        packed layer; holds the buffers (no copy)
+ *   Program(variant, steps)                  a head: ("linear", Layer) | ("layernorm",
+ *                                            gamma, beta, eps) | ("relu",), run in C
+ *   Program.run(x, out, batch)               float32 in, float32 out, GIL released
+ *   acc(variant, layer, xq, out, batch)      int32 accumulators of given quantized
+ *                                            activations (int8, or signs -1/+1)
+ *   quantize(variant, x, binary, q_out)      one activation row as the kernels see it
+ *   variants(), cpu_features()
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eq_kernels.h"
+
+#define EQ_MAX_K 131072 /* int32 accumulators are exact up to this many inputs */
+
+static const eq_kernels *find_variant(const char *name) {
+    const eq_kernels *ks[8];
+    int n = eq_available(ks, 8);
+    for (int i = 0; i < n; i++)
+        if (strcmp(ks[i]->name, name) == 0) return ks[i];
+    PyErr_Format(PyExc_ValueError, "kernel variant '%s' is not available on this CPU", name);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ Layer */
+
+typedef struct {
+    PyObject_HEAD eq_layer L;
+    Py_buffer w, scale, bias;
+    int has_bias;
+    int32_t *rowsum;
+} LayerObject;
+
+static void Layer_dealloc(LayerObject *self) {
+    if (self->w.obj) PyBuffer_Release(&self->w);
+    if (self->scale.obj) PyBuffer_Release(&self->scale);
+    if (self->has_bias) PyBuffer_Release(&self->bias);
+    free(self->rowsum);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Layer_init(LayerObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"fmt", "n", "k", "w", "scale", "bias", NULL};
+    int fmt, n, k;
+    PyObject *wo, *so, *bo = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiOO|O", kwlist, &fmt, &n, &k, &wo, &so, &bo)) return -1;
+    if (fmt < 0 || fmt >= EQ_NFMT) {
+        PyErr_Format(PyExc_ValueError, "unknown format code %d", fmt);
+        return -1;
+    }
+    if (n < 1 || k < 1 || k > EQ_MAX_K) {
+        PyErr_Format(PyExc_ValueError, "layer shape %d x %d out of range (1..%d inputs)", n, k, EQ_MAX_K);
+        return -1;
+    }
+    if (PyObject_GetBuffer(wo, &self->w, PyBUF_C_CONTIGUOUS) < 0) return -1;
+    if (PyObject_GetBuffer(so, &self->scale, PyBUF_C_CONTIGUOUS) < 0) return -1;
+    const size_t want = eq_row_bytes(fmt, k) * (size_t)n;
+    if ((size_t)self->w.len != want) {
+        PyErr_Format(PyExc_ValueError, "packed weights hold %zd bytes, format %d of %d x %d needs %zu", self->w.len,
+                     fmt, n, k, want);
+        return -1;
+    }
+    if (self->scale.len != 4 && self->scale.len != 4 * (Py_ssize_t)n) {
+        PyErr_Format(PyExc_ValueError, "scale must be 1 or %d float32, got %zd bytes", n, self->scale.len);
+        return -1;
+    }
+    if (bo != Py_None) {
+        if (PyObject_GetBuffer(bo, &self->bias, PyBUF_C_CONTIGUOUS) < 0) return -1;
+        self->has_bias = 1;
+        if (self->bias.len != 4 * (Py_ssize_t)n) {
+            PyErr_Format(PyExc_ValueError, "bias must be %d float32, got %zd bytes", n, self->bias.len);
+            return -1;
+        }
+    }
+    eq_layer *L = &self->L;
+    L->fmt = fmt;
+    L->n = n;
+    L->k = k;
+    L->kp = eq_padded_k(k);
+    L->w = self->w.buf;
+    L->scale = self->scale.buf;
+    L->scale_stride = self->scale.len == 4 ? 0 : 1;
+    L->bias = self->has_bias ? self->bias.buf : NULL;
+    if (fmt == EQ_FMT_Q8 || fmt == EQ_FMT_POPCOUNT) {
+        self->rowsum = malloc(sizeof(int32_t) * (size_t)n);
+        if (!self->rowsum) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        eq_layer_rowsums(L, self->rowsum);
+        L->rowsum = self->rowsum;
+    }
+    return 0;
+}
+
+static PyObject *Layer_get_n(LayerObject *self, void *c) { return PyLong_FromLong(self->L.n); }
+static PyObject *Layer_get_k(LayerObject *self, void *c) { return PyLong_FromLong(self->L.k); }
+static PyObject *Layer_get_fmt(LayerObject *self, void *c) { return PyLong_FromLong(self->L.fmt); }
+
+static PyGetSetDef Layer_getset[] = {
+    {"n", (getter)Layer_get_n, NULL, "outputs", NULL},
+    {"k", (getter)Layer_get_k, NULL, "inputs", NULL},
+    {"fmt", (getter)Layer_get_fmt, NULL, "format code", NULL},
+    {NULL},
+};
+
+static PyTypeObject LayerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "edgeqmoe.kernels._ckernels.Layer",
+    .tp_basicsize = sizeof(LayerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A packed linear layer over caller-owned buffers (kept alive, never copied).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Layer_init,
+    .tp_dealloc = (destructor)Layer_dealloc,
+    .tp_getset = Layer_getset,
+};
+
+/* ------------------------------------------------------------------ Program */
+
+enum { STEP_LINEAR, STEP_LAYERNORM, STEP_RELU };
+
+typedef struct {
+    int kind;
+    const eq_layer *L;
+    const float *gamma, *beta;
+    float eps;
+    int32_t width;
+} eq_step;
+
+typedef struct {
+    PyObject_HEAD const eq_kernels *K;
+    PyObject *keep;      /* list: Layer objects and buffer owners */
+    Py_buffer *bufs;     /* layernorm parameter views */
+    int nbufs;
+    eq_step *steps;
+    int nsteps;
+    int32_t in_width, out_width, max_width;
+    eq_scratch scratch;
+    float *ping, *pong;
+} ProgramObject;
+
+static void Program_dealloc(ProgramObject *self) {
+    for (int i = 0; i < self->nbufs; i++) PyBuffer_Release(&self->bufs[i]);
+    free(self->bufs);
+    free(self->steps);
+    free(self->ping);
+    free(self->pong);
+    if (self->scratch.mem) eq_scratch_free(&self->scratch);
+    Py_XDECREF(self->keep);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Program_init(ProgramObject *self, PyObject *args, PyObject *kw) {
+    const char *variant;
+    PyObject *steps;
+    if (!PyArg_ParseTuple(args, "sO!", &variant, &PyList_Type, &steps)) return -1;
+    self->K = find_variant(variant);
+    if (!self->K) return -1;
+    Py_ssize_t ns = PyList_GET_SIZE(steps);
+    if (ns < 1) {
+        PyErr_SetString(PyExc_ValueError, "a program needs at least one step");
+        return -1;
+    }
+    self->steps = calloc((size_t)ns, sizeof(eq_step));
+    self->bufs = calloc((size_t)ns * 2, sizeof(Py_buffer));
+    self->keep = PyList_New(0);
+    if (!self->steps || !self->bufs || !self->keep) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int32_t width = -1, maxw = 0, maxkp = 64;
+    for (Py_ssize_t i = 0; i < ns; i++) {
+        PyObject *t = PyList_GET_ITEM(steps, i);
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) < 1 || !PyUnicode_Check(PyTuple_GET_ITEM(t, 0))) {
+            PyErr_Format(PyExc_TypeError, "step %zd must be a tuple starting with its kind", i);
+            return -1;
+        }
+        const char *kind = PyUnicode_AsUTF8(PyTuple_GET_ITEM(t, 0));
+        eq_step *s = &self->steps[i];
+        if (strcmp(kind, "linear") == 0) {
+            PyObject *lo;
+            if (PyTuple_GET_SIZE(t) != 2 || !PyObject_TypeCheck((lo = PyTuple_GET_ITEM(t, 1)), &LayerType)) {
+                PyErr_Format(PyExc_TypeError, "step %zd: ('linear', Layer) expected", i);
+                return -1;
+            }
+            LayerObject *lobj = (LayerObject *)lo;
+            if (!lobj->w.obj) {
+                PyErr_Format(PyExc_ValueError, "step %zd: layer was not initialised", i);
+                return -1;
+            }
+            if (width >= 0 && width != lobj->L.k) {
+                PyErr_Format(PyExc_ValueError, "step %zd: layer takes %d inputs but receives %d", i, lobj->L.k, width);
+                return -1;
+            }
+            if (width < 0) self->in_width = lobj->L.k;
+            s->kind = STEP_LINEAR;
+            s->L = &lobj->L;
+            if (PyList_Append(self->keep, lo) < 0) return -1;
+            maxw = lobj->L.k > maxw ? lobj->L.k : maxw;
+            maxw = lobj->L.n > maxw ? lobj->L.n : maxw;
+            maxkp = lobj->L.kp > maxkp ? lobj->L.kp : maxkp;
+            width = lobj->L.n;
+        } else if (strcmp(kind, "layernorm") == 0) {
+            if (width < 0 || PyTuple_GET_SIZE(t) != 4) {
+                PyErr_Format(PyExc_ValueError, "step %zd: ('layernorm', gamma, beta, eps) after a linear step", i);
+                return -1;
+            }
+            Py_buffer *g = &self->bufs[self->nbufs];
+            if (PyObject_GetBuffer(PyTuple_GET_ITEM(t, 1), g, PyBUF_C_CONTIGUOUS) < 0) return -1;
+            self->nbufs++;
+            Py_buffer *b = &self->bufs[self->nbufs];
+            if (PyObject_GetBuffer(PyTuple_GET_ITEM(t, 2), b, PyBUF_C_CONTIGUOUS) < 0) return -1;
+            self->nbufs++;
+            if (g->len != 4 * (Py_ssize_t)width || b->len != 4 * (Py_ssize_t)width) {
+                PyErr_Format(PyExc_ValueError, "step %zd: layernorm parameters must be %d float32", i, width);
+                return -1;
+            }
+            s->kind = STEP_LAYERNORM;
+            s->gamma = g->buf;
+            s->beta = b->buf;
+            s->eps = (float)PyFloat_AsDouble(PyTuple_GET_ITEM(t, 3));
+            if (PyErr_Occurred()) return -1;
+        } else if (strcmp(kind, "relu") == 0) {
+            if (width < 0) {
+                PyErr_Format(PyExc_ValueError, "step %zd: relu needs a linear step before it", i);
+                return -1;
+            }
+            s->kind = STEP_RELU;
+        } else {
+            PyErr_Format(PyExc_ValueError, "step %zd: unknown kind '%s' (linear, layernorm, relu)", i, kind);
+            return -1;
+        }
+        s->width = width;
+    }
+    self->nsteps = (int)ns;
+    self->out_width = width;
+    self->max_width = maxw;
+    if (eq_scratch_init(&self->scratch, maxkp, maxw) < 0 ||
+        posix_memalign((void **)&self->ping, 64, sizeof(float) * (size_t)eq_padded_k(maxw)) ||
+        posix_memalign((void **)&self->pong, 64, sizeof(float) * (size_t)eq_padded_k(maxw))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* one row through all steps; the last linear writes straight into y */
+static void program_row(ProgramObject *P, const float *x, float *y) {
+    const float *cur = x;
+    float *bufs[2] = {P->ping, P->pong};
+    int which = 0;
+    int last_linear = -1;
+    for (int i = 0; i < P->nsteps; i++)
+        if (P->steps[i].kind == STEP_LINEAR) last_linear = i;
+    for (int i = 0; i < P->nsteps; i++) {
+        const eq_step *s = &P->steps[i];
+        if (s->kind == STEP_LINEAR) {
+            float *dst = (i == last_linear) ? y : bufs[which];
+            eq_linear_row(P->K, s->L, cur, dst, &P->scratch);
+            cur = dst;
+            which ^= 1;
+        } else if (s->kind == STEP_LAYERNORM) {
+            eq_layernorm((float *)cur, s->width, s->gamma, s->beta, s->eps);
+        } else {
+            eq_relu((float *)cur, s->width);
+        }
+    }
+}
+
+static PyObject *Program_run(ProgramObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "run(x, out, batch)");
+        return NULL;
+    }
+    Py_ssize_t batch = PyLong_AsSsize_t(args[2]);
+    if (batch < 1) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "batch must be >= 1");
+        return NULL;
+    }
+    Py_buffer xb, yb;
+    if (PyObject_GetBuffer(args[0], &xb, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (PyObject_GetBuffer(args[1], &yb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&xb);
+        return NULL;
+    }
+    if (xb.len != 4 * batch * self->in_width || yb.len != 4 * batch * self->out_width) {
+        PyErr_Format(PyExc_ValueError, "run: x needs %zd x %d float32 and out %zd x %d (got %zd and %zd bytes)", batch,
+                     self->in_width, batch, self->out_width, xb.len, yb.len);
+        PyBuffer_Release(&xb);
+        PyBuffer_Release(&yb);
+        return NULL;
+    }
+    const float *x = xb.buf;
+    float *y = yb.buf;
+    Py_BEGIN_ALLOW_THREADS for (Py_ssize_t b = 0; b < batch; b++)
+        program_row(self, x + b * self->in_width, y + b * self->out_width);
+    Py_END_ALLOW_THREADS PyBuffer_Release(&xb);
+    PyBuffer_Release(&yb);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Program_get_variant(ProgramObject *self, void *c) { return PyUnicode_FromString(self->K->name); }
+static PyObject *Program_get_in(ProgramObject *self, void *c) { return PyLong_FromLong(self->in_width); }
+static PyObject *Program_get_out(ProgramObject *self, void *c) { return PyLong_FromLong(self->out_width); }
+
+static PyMethodDef Program_methods[] = {
+    {"run", (PyCFunction)(void (*)(void))Program_run, METH_FASTCALL, "run(x, out, batch): float32 rows in, rows out"},
+    {NULL},
+};
+
+static PyGetSetDef Program_getset[] = {
+    {"variant", (getter)Program_get_variant, NULL, "kernel variant", NULL},
+    {"in_features", (getter)Program_get_in, NULL, "input width", NULL},
+    {"out_features", (getter)Program_get_out, NULL, "output width", NULL},
+    {NULL},
+};
+
+static PyTypeObject ProgramType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "edgeqmoe.kernels._ckernels.Program",
+    .tp_basicsize = sizeof(ProgramObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A sequence of packed linear, LayerNorm and ReLU steps run in C with one kernel variant.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Program_init,
+    .tp_dealloc = (destructor)Program_dealloc,
+    .tp_methods = Program_methods,
+    .tp_getset = Program_getset,
+};
+
+/* ------------------------------------------------------------------ test hooks */
+
+static void load_act(const eq_layer *L, const int8_t *xq, eq_act *a) {
+    a->kp = L->kp;
+    if (L->fmt == EQ_FMT_POPCOUNT) {
+        const int32_t words = L->kp / 64;
+        memset(a->planes, 0, sizeof(uint64_t) * (size_t)words);
+        for (int32_t j = 0; j < L->k; j++)
+            if (xq[j] < 0) a->planes[j >> 6] |= 1ull << (j & 63);
+        return;
+    }
+    int32_t sum = 0;
+    for (int32_t j = 0; j < L->kp; j++) {
+        int8_t q = j < L->k ? xq[j] : 0;
+        a->q[j] = q;
+        a->qu[j] = (uint8_t)(q ^ 0x80);
+        sum += q;
+    }
+    a->qsum = sum;
+}
+
+static PyObject *py_acc(PyObject *m, PyObject *args) {
+    const char *variant;
+    PyObject *lo, *xo, *oo;
+    Py_ssize_t batch;
+    if (!PyArg_ParseTuple(args, "sO!OOn", &variant, &LayerType, &lo, &xo, &oo, &batch)) return NULL;
+    const eq_kernels *K = find_variant(variant);
+    if (!K) return NULL;
+    const eq_layer *L = &((LayerObject *)lo)->L;
+    if (L->fmt == EQ_FMT_F16) {
+        PyErr_SetString(PyExc_ValueError, "f16 has no integer accumulators");
+        return NULL;
+    }
+    Py_buffer xb, ob;
+    if (PyObject_GetBuffer(xo, &xb, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (PyObject_GetBuffer(oo, &ob, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&xb);
+        return NULL;
+    }
+    PyObject *ret = NULL;
+    eq_scratch s;
+    if (xb.len != batch * L->k || ob.len != 4 * batch * L->n) {
+        PyErr_Format(PyExc_ValueError, "acc: xq needs %zd x %d int8 and out %zd x %d int32", batch, L->k, batch, L->n);
+    } else if (eq_scratch_init(&s, L->kp, L->n) < 0) {
+        PyErr_NoMemory();
+    } else {
+        for (Py_ssize_t b = 0; b < batch; b++) {
+            load_act(L, (const int8_t *)xb.buf + b * L->k, &s.act);
+            K->acc[L->fmt](L, &s.act, (int32_t *)ob.buf + b * L->n);
+        }
+        eq_scratch_free(&s);
+        ret = Py_None;
+        Py_INCREF(ret);
+    }
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&ob);
+    return ret;
+}
+
+static PyObject *py_quantize(PyObject *m, PyObject *args) {
+    const char *variant;
+    PyObject *xo, *qo;
+    int binary;
+    if (!PyArg_ParseTuple(args, "sOpO", &variant, &xo, &binary, &qo)) return NULL;
+    const eq_kernels *K = find_variant(variant);
+    if (!K) return NULL;
+    Py_buffer xb, qb;
+    if (PyObject_GetBuffer(xo, &xb, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (PyObject_GetBuffer(qo, &qb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&xb);
+        return NULL;
+    }
+    PyObject *ret = NULL;
+    const int32_t k = (int32_t)(xb.len / 4);
+    eq_scratch s;
+    if (qb.len != k || k < 1 || k > EQ_MAX_K) {
+        PyErr_SetString(PyExc_ValueError, "quantize: q_out must hold one int8 per float32 input");
+    } else if (eq_scratch_init(&s, k, 1) < 0) {
+        PyErr_NoMemory();
+    } else {
+        s.act.kp = eq_padded_k(k);
+        int8_t *q = qb.buf;
+        if (binary) {
+            K->quant_sign(xb.buf, k, &s.act);
+            for (int32_t j = 0; j < k; j++) q[j] = (int8_t)((s.act.planes[j >> 6] >> (j & 63) & 1) ? -1 : 1);
+        } else {
+            K->quant_i8(xb.buf, k, &s.act);
+            memcpy(q, s.act.q, (size_t)k);
+        }
+        ret = Py_BuildValue("fi", s.act.scale, s.act.qsum);
+        eq_scratch_free(&s);
+    }
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&qb);
+    return ret;
+}
+
+static PyObject *py_variants(PyObject *m, PyObject *unused) {
+    const eq_kernels *ks[8];
+    int n = eq_available(ks, 8);
+    PyObject *l = PyList_New(n);
+    for (int i = 0; i < n; i++) PyList_SET_ITEM(l, i, PyUnicode_FromString(ks[i]->name));
+    return l;
+}
+
+static PyObject *py_cpu_features(PyObject *m, PyObject *unused) { return PyUnicode_FromString(eq_cpu_features()); }
+
+static PyMethodDef module_methods[] = {
+    {"acc", py_acc, METH_VARARGS, "acc(variant, layer, xq, out, batch): int32 accumulators"},
+    {"quantize", py_quantize, METH_VARARGS, "quantize(variant, x, binary, q_out) -> (scale, qsum)"},
+    {"variants", py_variants, METH_NOARGS, "kernel variants this CPU runs, best first"},
+    {"cpu_features", py_cpu_features, METH_NOARGS, "CPU features detected at run time"},
+    {NULL},
+};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_ckernels", "edgeqmoe packed low-bit kernels", -1,
+                                       module_methods};
+
+PyMODINIT_FUNC PyInit__ckernels(void) {
+    if (PyType_Ready(&LayerType) < 0 || PyType_Ready(&ProgramType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    Py_INCREF(&LayerType);
+    PyModule_AddObject(m, "Layer", (PyObject *)&LayerType);
+    Py_INCREF(&ProgramType);
+    PyModule_AddObject(m, "Program", (PyObject *)&ProgramType);
+    PyModule_AddIntConstant(m, "ROW_ALIGN", EQ_ROW_ALIGN);
+    PyModule_AddIntConstant(m, "Q1_BIG", EQ_Q1_BIG);
+    PyModule_AddIntConstant(m, "Q2_BIG", EQ_Q2_BIG);
+    PyModule_AddIntConstant(m, "Q4_BIG", EQ_Q4_BIG);
+    PyModule_AddIntConstant(m, "MAX_K", EQ_MAX_K);
+    PyObject *bits = PyTuple_New(EQ_NFMT), *offs = PyTuple_New(EQ_NFMT);
+    for (int i = 0; i < EQ_NFMT; i++) {
+        PyTuple_SET_ITEM(bits, i, PyLong_FromLong(eq_fmt_bits[i]));
+        PyTuple_SET_ITEM(offs, i, PyLong_FromLong(eq_fmt_offset[i]));
+    }
+    PyModule_AddObject(m, "FMT_BITS", bits);
+    PyModule_AddObject(m, "FMT_OFFSET", offs);
+    return m;
+}

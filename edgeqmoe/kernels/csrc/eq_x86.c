@@ -1,0 +1,525 @@
+/* x86-64 SIMD kernels: AVX2 and AVX-512 (F/BW/VL + VNNI + VPOPCNTDQ).
+ *
+ * Compiled with per-function target attributes, so the module builds with the
+ * baseline flags and each variant runs only where eq_available() found the features.
+ * Every function mirrors a generic twin in eq_generic.c with the same results.
+ */
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "eq_kernels.h"
+
+#define T2 __attribute__((target("avx2,fma,popcnt,f16c")))
+#define T512 __attribute__((target("avx2,fma,popcnt,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vpopcntdq")))
+#define INL inline __attribute__((always_inline))
+
+/* ==================================================================== AVX-512 */
+
+T512 static INL int32_t hsum512(__m512i v) { return _mm512_reduce_add_epi32(v); }
+
+/* out[r] = sum of the 16 int32 lanes of v[r], r < 16: a transposing tree (45 ops for
+ * 16 rows) instead of 16 serial horizontal reductions. */
+T512 static INL __m512i reduce16_512(const __m512i *v) {
+    __m512i w[8], u[4], z[2];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        w[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
+        u[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(w[2 * i], w[2 * i + 1]), _mm512_unpackhi_epi64(w[2 * i], w[2 * i + 1]));
+    for (int i = 0; i < 2; i++)
+        z[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(u[2 * i], u[2 * i + 1], 0x88),
+                                _mm512_shuffle_i32x4(u[2 * i], u[2 * i + 1], 0xdd));
+    /* u[i] holds rows 4i..4i+3 in each 128-bit group; z and the last step add the groups */
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(z[0], z[1], 0x88), _mm512_shuffle_i32x4(z[0], z[1], 0xdd));
+}
+
+/* Runs GROUP(i, R, vecs) (R row vectors of partial sums for rows i..i+R-1) over all
+ * rows, 16 at a time, and stores acc[i] = SCALE * sum - CORR(i). */
+#define TILE512(GROUP, R, SCALE, CORR)                                                   \
+    do {                                                                                  \
+        int32_t i = 0;                                                                    \
+        __m512i t[16];                                                                    \
+        for (; i + 16 <= L->n; i += 16) {                                                 \
+            _Pragma("GCC unroll 16") for (int g = 0; g < 16; g += R) GROUP(i + g, R, t + g); \
+            int32_t s16[16];                                                              \
+            _mm512_storeu_si512(s16, reduce16_512(t));                                    \
+            for (int r = 0; r < 16; r++) acc[i + r] = (SCALE) * s16[r] - (CORR(i + r));   \
+        }                                                                                 \
+        for (; i < L->n; i++) {                                                           \
+            GROUP(i, 1, t);                                                               \
+            acc[i] = (SCALE) * hsum512(t[0]) - (CORR(i));                                 \
+        }                                                                                 \
+    } while (0)
+
+/* 64 consecutive unsigned fields of a 64-weight tail block, in natural order. */
+T512 static INL __m512i tail_fields512(const uint8_t *blk, const int bits) {
+    if (bits == 1) {
+        __m512i v = _mm512_set1_epi64(*(const int64_t *)blk);
+        v = _mm512_srlv_epi64(v, _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7));
+        return _mm512_and_si512(v, _mm512_set1_epi8(1));
+    } else if (bits == 2) {
+        __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)blk));
+        v = _mm512_srlv_epi64(v, _mm512_setr_epi64(0, 0, 2, 2, 4, 4, 6, 6));
+        return _mm512_and_si512(v, _mm512_set1_epi8(3));
+    } else {
+        __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)blk));
+        v = _mm512_srlv_epi64(v, _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4));
+        return _mm512_and_si512(v, _mm512_set1_epi8(15));
+    }
+}
+
+/* Partial sums (one vector per row) of x*u over R rows of block-interleaved fields.
+ * R rows share every activation load (zmm loads, not arithmetic, bound a single row).
+ * Field j of a 64-byte block is masked in place (not shifted), so it carries a factor
+ * 2^(bits*j); each field has its own accumulator, shifted back at the end (exact:
+ * every lane is a multiple). Overflow: a lane gets at most 4 * 255 * 127 per block;
+ * k <= 131072 keeps it in int32. */
+T512 static INL void rows_fields512(const uint8_t *w, size_t rb, const int8_t *x, int32_t kp, const int bits,
+                                    const int big, const int R, __m512i *out) {
+    const int per = 8 / bits;
+    __m512i A[8][8], v[8];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int j = 0; j < per; j++) A[r][j] = _mm512_setzero_si512();
+    int32_t pos = 0;
+    for (; kp - pos >= big; pos += big) {
+        const size_t off = (size_t)pos * bits / 8;
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) v[r] = _mm512_loadu_si512(w + rb * r + off);
+#pragma GCC unroll 8
+        for (int j = 0; j < per; j++) {
+            const __m512i m = _mm512_set1_epi8((char)(((1 << bits) - 1) << (bits * j)));
+            const __m512i xv = _mm512_loadu_si512(x + pos + 64 * j);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) A[r][j] = _mm512_dpbusd_epi32(A[r][j], _mm512_and_si512(v[r], m), xv);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+        __m512i t = A[r][0];
+#pragma GCC unroll 8
+        for (int j = 1; j < per; j++) t = _mm512_add_epi32(t, _mm512_srai_epi32(A[r][j], bits * j));
+        out[r] = t;
+    }
+    for (; pos < kp; pos += EQ_ROW_ALIGN) {
+        const __m512i xv = _mm512_loadu_si512(x + pos);
+        const size_t off = (size_t)pos * bits / 8;
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) out[r] = _mm512_dpbusd_epi32(out[r], tail_fields512(w + rb * r + off, bits), xv);
+    }
+}
+
+/* R (rows sharing loads) is chosen so R * fields accumulators fit the 32 registers. */
+#define FIELDS512(NAME, BITS, BIG, R, SCALE, CORR)                                               \
+    T512 static void NAME(const eq_layer *L, const eq_act *a, int32_t *acc) {                     \
+        const size_t rb = (size_t)L->kp * BITS / 8;                                               \
+        const int32_t corr = CORR;                                                                \
+        const int8_t *x = a->q;                                                                   \
+        TILE512(GROUP_##NAME, R, SCALE, CONST_CORR);                                              \
+    }
+#define CONST_CORR(i) corr
+#define GROUP_acc_q1_512(i, R, o) rows_fields512(L->w + rb * (i), rb, x, L->kp, 1, EQ_Q1_BIG, R, o)
+#define GROUP_acc_q2_512(i, R, o) rows_fields512(L->w + rb * (i), rb, x, L->kp, 2, EQ_Q2_BIG, R, o)
+#define GROUP_acc_q4_512(i, R, o) rows_fields512(L->w + rb * (i), rb, x, L->kp, 4, EQ_Q4_BIG, R, o)
+FIELDS512(acc_q1_512, 1, EQ_Q1_BIG, 1, 2, a->qsum)
+FIELDS512(acc_q2_512, 2, EQ_Q2_BIG, 2, 1, eq_fmt_offset[L->fmt] * a->qsum)
+FIELDS512(acc_q4_512, 4, EQ_Q4_BIG, 4, 1, eq_fmt_offset[L->fmt] * a->qsum)
+
+/* q8: (x + 128) as u8 times signed w, minus 128 * rowsum(w); R rows share x. */
+T512 static INL void rows_q8_512(const int8_t *w, size_t kp, const uint8_t *xu, const int R, __m512i *out) {
+    __m512i A[8];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) A[r] = _mm512_setzero_si512();
+    for (size_t j = 0; j < kp; j += 64) {
+        const __m512i xv = _mm512_load_si512(xu + j);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) A[r] = _mm512_dpbusd_epi32(A[r], xv, _mm512_loadu_si512(w + kp * r + j));
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) out[r] = A[r];
+}
+
+T512 static void acc_q8_512(const eq_layer *L, const eq_act *a, int32_t *acc) {
+    const size_t kp = (size_t)L->kp;
+#define GROUP_Q8(i, R, o) rows_q8_512((const int8_t *)L->w + kp * (i), kp, a->qu, R, o)
+#define CORR_Q8(i) 128 * L->rowsum[i]
+    TILE512(GROUP_Q8, 4, 1, CORR_Q8);
+}
+
+/* popcount (ternary weights, binary activations): with M = non-zero weights and
+ * D = M & (sign_w ^ sign_x), dot = popcount(M) - 2 popcount(D); popcount(M) is a
+ * per-row constant (L->rowsum), so one popcount per 512 weights remains. */
+T512 static INL void rows_popcount512(const uint64_t *ws, size_t stride, const uint64_t *xs, int32_t words, const int R,
+                                      __m512i *out) {
+    __m512i A[8];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) A[r] = _mm512_setzero_si512();
+    for (int32_t j = 0; j < words; j += 8) {
+        const __mmask8 k = (words - j >= 8) ? 0xff : (__mmask8)((1u << (words - j)) - 1);
+        const __m512i sx = _mm512_maskz_loadu_epi64(k, xs + j);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            const uint64_t *w = ws + stride * r;
+            const __m512i d = _mm512_and_si512(_mm512_maskz_loadu_epi64(k, w + words + j),
+                                               _mm512_xor_si512(_mm512_maskz_loadu_epi64(k, w + j), sx));
+            A[r] = _mm512_add_epi64(A[r], _mm512_popcnt_epi64(d));
+        }
+    }
+    /* the 64-bit lane counts are small: their low dwords carry the row sum */
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) out[r] = _mm512_maskz_mov_epi32(0x5555, A[r]);
+}
+
+T512 static void acc_popcount_512(const eq_layer *L, const eq_act *a, int32_t *acc) {
+    const int32_t words = L->kp / 64;
+    const size_t stride = (size_t)2 * words;
+#define GROUP_PC(i, R, o) rows_popcount512((const uint64_t *)L->w + stride * (i), stride, a->planes, words, R, o)
+#define CORR_PC(i) -L->rowsum[i]
+    TILE512(GROUP_PC, 4, -2, CORR_PC);
+}
+
+T512 static float absmax512(const float *x, int32_t k) {
+    __m512 m = _mm512_setzero_ps();
+    int32_t j = 0;
+    for (; j + 16 <= k; j += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + j)));
+    if (j < k) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps((__mmask16)((1u << (k - j)) - 1), x + j)));
+    return _mm512_reduce_max_ps(m);
+}
+
+T512 static void quant_i8_512(const float *x, int32_t k, eq_act *a) {
+    float amax = absmax512(x, k);
+    if (!(amax > 0.0f)) amax = 1.0f;
+    const __m512 s = _mm512_set1_ps((float)EQ_ACT_QMAX / amax);
+    const __m512i lo = _mm512_set1_epi32(-EQ_ACT_QMAX), hi = _mm512_set1_epi32(EQ_ACT_QMAX);
+    __m512i sum = _mm512_setzero_si512();
+    for (int32_t j = 0; j < a->kp; j += 16) {
+        const __mmask16 km = (k - j >= 16) ? 0xffff : (k > j ? (__mmask16)((1u << (k - j)) - 1) : 0);
+        /* cvtps rounds to nearest even under the default MXCSR, as rintf does */
+        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(km, x + j), s));
+        q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+        sum = _mm512_add_epi32(sum, q);
+        const __m128i q8 = _mm512_cvtepi32_epi8(q);
+        _mm_store_si128((__m128i *)(a->q + j), q8);
+        _mm_store_si128((__m128i *)(a->qu + j), _mm_xor_si128(q8, _mm_set1_epi8((char)0x80)));
+    }
+    a->qsum = hsum512(sum);
+    a->scale = amax / (float)EQ_ACT_QMAX;
+}
+
+/* binary activations: sign bit (x < 0) per input; scale alpha_x = mean|x| */
+T512 static void quant_sign_512(const float *x, int32_t k, eq_act *a) {
+    const int32_t words = a->kp / 64;
+    __m512 tot = _mm512_setzero_ps();
+    for (int32_t w = 0; w < words; w++) {
+        uint64_t sm = 0;
+        for (int q = 0; q < 4; q++) {
+            const int32_t j = w * 64 + q * 16;
+            const __mmask16 km = (k - j >= 16) ? 0xffff : (k > j ? (__mmask16)((1u << (k - j)) - 1) : 0);
+            const __m512 v = _mm512_maskz_loadu_ps(km, x + j);
+            tot = _mm512_add_ps(tot, _mm512_abs_ps(v));
+            sm |= (uint64_t)_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ) << (16 * q);
+        }
+        a->planes[w] = sm;
+    }
+    const float mean = _mm512_reduce_add_ps(tot) / (float)k;
+    a->scale = mean > 0.0f ? mean : 1.0f;
+}
+
+T512 static void gemv_f16_512(const eq_layer *L, const float *x, float *y) {
+    const size_t kp = (size_t)L->kp;
+    const int32_t k = L->k;
+    int32_t i = 0;
+    for (; i + 4 <= L->n; i += 4) {
+        const uint16_t *w = (const uint16_t *)L->w + kp * i;
+        __m512 A0 = _mm512_setzero_ps(), A1 = A0, A2 = A0, A3 = A0;
+        for (int32_t j = 0; j < k; j += 16) {
+            const __mmask16 km = (k - j >= 16) ? 0xffff : (__mmask16)((1u << (k - j)) - 1);
+            const __m512 xv = _mm512_maskz_loadu_ps(km, x + j);
+            A0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + j))), xv, A0);
+            A1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + kp + j))), xv, A1);
+            A2 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + 2 * kp + j))), xv, A2);
+            A3 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + 3 * kp + j))), xv, A3);
+        }
+        y[i] = _mm512_reduce_add_ps(A0);
+        y[i + 1] = _mm512_reduce_add_ps(A1);
+        y[i + 2] = _mm512_reduce_add_ps(A2);
+        y[i + 3] = _mm512_reduce_add_ps(A3);
+    }
+    for (; i < L->n; i++) {
+        const uint16_t *w = (const uint16_t *)L->w + kp * i;
+        __m512 A0 = _mm512_setzero_ps();
+        for (int32_t j = 0; j < k; j += 16) {
+            const __mmask16 km = (k - j >= 16) ? 0xffff : (__mmask16)((1u << (k - j)) - 1);
+            A0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + j))),
+                                 _mm512_maskz_loadu_ps(km, x + j), A0);
+        }
+        y[i] = _mm512_reduce_add_ps(A0);
+    }
+}
+
+const eq_kernels eq_kernels_avx512 = {
+    "avx512",
+    quant_i8_512,
+    quant_sign_512,
+    {acc_q1_512, acc_q2_512, acc_q4_512, acc_q8_512, acc_q2_512, NULL, acc_popcount_512},
+    gemv_f16_512,
+};
+
+/* ==================================================================== AVX2 */
+
+T2 static INL int32_t hsum256(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* Tail block of 64 weights -> two vectors of 32 natural-order fields. */
+T2 static INL void tail_fields256(const uint8_t *blk, const int bits, __m256i *u0, __m256i *u1) {
+    if (bits == 1) {
+        const __m256i v = _mm256_set1_epi64x(*(const int64_t *)blk), m = _mm256_set1_epi8(1);
+        *u0 = _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 1, 2, 3)), m);
+        *u1 = _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_setr_epi64x(4, 5, 6, 7)), m);
+    } else if (bits == 2) {
+        const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)blk)), m = _mm256_set1_epi8(3);
+        *u0 = _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 0, 2, 2)), m);
+        *u1 = _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_setr_epi64x(4, 4, 6, 6)), m);
+    } else {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)blk), m = _mm256_set1_epi8(15);
+        *u0 = _mm256_and_si256(v, m);
+        *u1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
+    }
+}
+
+/* Sum of x*u over R rows. maddubs (u8 x s8 -> s16 pairs) stays exact: per pair at most
+ * 2 * 15 * 127; a block adds at most 16 such pairs per int16 lane (< 32767) before the
+ * block is widened to int32 with madd. */
+T2 static INL void rows_fields256(const uint8_t *w, size_t rb, const int8_t *x, int32_t kp, const int bits,
+                                   const int big, const int R, int32_t *out) {
+    const int per = 8 / bits;
+    const __m256i ones16 = _mm256_set1_epi16(1), m = _mm256_set1_epi8((char)((1 << bits) - 1));
+    __m256i A[4];
+    for (int r = 0; r < R; r++) A[r] = _mm256_setzero_si256();
+    int32_t pos = 0;
+    for (; kp - pos >= big; pos += big) {
+        const size_t off = (size_t)pos * bits / 8;
+        __m256i S[4];
+        for (int r = 0; r < R; r++) S[r] = _mm256_setzero_si256();
+        for (int j = 0; j < per; j++) {
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + pos + 64 * j));
+            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + pos + 64 * j + 32));
+            for (int r = 0; r < R; r++) {
+                const __m256i v0 = _mm256_loadu_si256((const __m256i *)(w + rb * r + off));
+                const __m256i v1 = _mm256_loadu_si256((const __m256i *)(w + rb * r + off + 32));
+                const __m256i u0 = _mm256_and_si256(_mm256_srli_epi16(v0, bits * j), m);
+                const __m256i u1 = _mm256_and_si256(_mm256_srli_epi16(v1, bits * j), m);
+                S[r] = _mm256_add_epi16(S[r], _mm256_maddubs_epi16(u0, x0));
+                S[r] = _mm256_add_epi16(S[r], _mm256_maddubs_epi16(u1, x1));
+            }
+        }
+        for (int r = 0; r < R; r++) A[r] = _mm256_add_epi32(A[r], _mm256_madd_epi16(S[r], ones16));
+    }
+    for (; pos < kp; pos += EQ_ROW_ALIGN) {
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + pos));
+        const __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + pos + 32));
+        const size_t off = (size_t)pos * bits / 8;
+        for (int r = 0; r < R; r++) {
+            __m256i u0, u1;
+            tail_fields256(w + rb * r + off, bits, &u0, &u1);
+            const __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(u0, x0), _mm256_maddubs_epi16(u1, x1));
+            A[r] = _mm256_add_epi32(A[r], _mm256_madd_epi16(s, ones16));
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = hsum256(A[r]);
+}
+
+#define FIELDS256(NAME, BITS, BIG, R, SCALE, CORR)                                              \
+    T2 static void NAME(const eq_layer *L, const eq_act *a, int32_t *acc) {                      \
+        const size_t rb = (size_t)L->kp * BITS / 8;                                              \
+        const int32_t corr = CORR;                                                               \
+        int32_t i = 0, s[R];                                                                     \
+        for (; i + R <= L->n; i += R) {                                                          \
+            rows_fields256(L->w + rb * i, rb, a->q, L->kp, BITS, BIG, R, s);                     \
+            for (int r = 0; r < R; r++) acc[i + r] = SCALE * s[r] - corr;                        \
+        }                                                                                        \
+        for (; i < L->n; i++) {                                                                  \
+            rows_fields256(L->w + rb * i, rb, a->q, L->kp, BITS, BIG, 1, s);                     \
+            acc[i] = SCALE * s[0] - corr;                                                        \
+        }                                                                                        \
+    }
+
+FIELDS256(acc_q1_256, 1, EQ_Q1_BIG, 2, 2, a->qsum)
+FIELDS256(acc_q2_256, 2, EQ_Q2_BIG, 2, 1, eq_fmt_offset[L->fmt] * a->qsum)
+FIELDS256(acc_q4_256, 4, EQ_Q4_BIG, 2, 1, eq_fmt_offset[L->fmt] * a->qsum)
+
+/* q8: maddubs(|w|, sign(x, w)) is exact (2 * 128 * 127 < 32768); widened every step. */
+T2 static void acc_q8_256(const eq_layer *L, const eq_act *a, int32_t *acc) {
+    const size_t kp = (size_t)L->kp;
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    int32_t i = 0;
+    for (; i + 2 <= L->n; i += 2) {
+        const int8_t *w = (const int8_t *)L->w + kp * i;
+        __m256i A0 = _mm256_setzero_si256(), A1 = A0;
+        for (size_t j = 0; j < kp; j += 32) {
+            const __m256i xv = _mm256_load_si256((const __m256i *)(a->q + j));
+            const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + j));
+            const __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + kp + j));
+            A0 = _mm256_add_epi32(A0, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w0), _mm256_sign_epi8(xv, w0)), ones16));
+            A1 = _mm256_add_epi32(A1, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w1), _mm256_sign_epi8(xv, w1)), ones16));
+        }
+        acc[i] = hsum256(A0);
+        acc[i + 1] = hsum256(A1);
+    }
+    for (; i < L->n; i++) {
+        const int8_t *w = (const int8_t *)L->w + kp * i;
+        __m256i A0 = _mm256_setzero_si256();
+        for (size_t j = 0; j < kp; j += 32) {
+            const __m256i xv = _mm256_load_si256((const __m256i *)(a->q + j));
+            const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + j));
+            A0 = _mm256_add_epi32(A0, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w0), _mm256_sign_epi8(xv, w0)), ones16));
+        }
+        acc[i] = hsum256(A0);
+    }
+}
+
+/* popcount with nibble lookups (vpshufb) on D = M & (sign_w ^ sign_x); byte counters
+ * are widened (sad) every 31 steps at most, so a byte never exceeds 31 * 8 = 248. */
+T2 static INL __m256i popcnt8_256(__m256i v) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i lo = _mm256_set1_epi8(0x0f);
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(v, lo)),
+                           _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), lo)));
+}
+
+T2 static void acc_popcount_256(const eq_layer *L, const eq_act *a, int32_t *acc) {
+    const int32_t words = L->kp / 64, vec_words = words / 4 * 4;
+    const uint64_t *xs = a->planes;
+    const __m256i zero = _mm256_setzero_si256();
+    for (int32_t i = 0; i < L->n; i++) {
+        const uint64_t *ws = (const uint64_t *)L->w + (size_t)2 * words * i, *wm = ws + words;
+        __m256i td = zero;
+        int64_t d = 0;
+        for (int32_t j0 = 0; j0 < vec_words; j0 += 4 * 31) {
+            __m256i bd = zero;
+            const int32_t end = (j0 + 4 * 31 < vec_words) ? j0 + 4 * 31 : vec_words;
+            for (int32_t j = j0; j < end; j += 4)
+                bd = _mm256_add_epi8(bd, popcnt8_256(_mm256_and_si256(
+                                             _mm256_loadu_si256((const __m256i *)(wm + j)),
+                                             _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(ws + j)),
+                                                              _mm256_loadu_si256((const __m256i *)(xs + j))))));
+            td = _mm256_add_epi64(td, _mm256_sad_epu8(bd, zero));
+        }
+        for (int32_t j = vec_words; j < words; j++) d += __builtin_popcountll(wm[j] & (ws[j] ^ xs[j]));
+        d += _mm256_extract_epi64(td, 0) + _mm256_extract_epi64(td, 1) + _mm256_extract_epi64(td, 2) +
+             _mm256_extract_epi64(td, 3);
+        acc[i] = L->rowsum[i] - 2 * (int32_t)d;
+    }
+}
+
+T2 static float absmax256(const float *x, int32_t k) {
+    const __m256 signbit = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_setzero_ps();
+    int32_t j = 0;
+    for (; j + 8 <= k; j += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(signbit, _mm256_loadu_ps(x + j)));
+    float r[8];
+    _mm256_storeu_ps(r, m);
+    float amax = 0.0f;
+    for (int t = 0; t < 8; t++) amax = r[t] > amax ? r[t] : amax;
+    for (; j < k; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+    return amax;
+}
+
+T2 static void quant_i8_256(const float *x, int32_t k, eq_act *a) {
+    float amax = absmax256(x, k);
+    if (!(amax > 0.0f)) amax = 1.0f;
+    const float sf = (float)EQ_ACT_QMAX / amax;
+    const __m256 s = _mm256_set1_ps(sf);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256i sum = _mm256_setzero_si256();
+    int32_t j = 0;
+    for (; j + 32 <= k; j += 32) {
+        const __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j), s));
+        const __m256i q1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j + 8), s));
+        const __m256i q2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j + 16), s));
+        const __m256i q3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j + 24), s));
+        sum = _mm256_add_epi32(sum, _mm256_add_epi32(_mm256_add_epi32(q0, q1), _mm256_add_epi32(q2, q3)));
+        /* |q| <= 127 already (|x| * 127/max|x| rounds to at most 127): packs never saturate */
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
+        p = _mm256_permutevar8x32_epi32(p, perm);
+        _mm256_storeu_si256((__m256i *)(a->q + j), p);
+        _mm256_storeu_si256((__m256i *)(a->qu + j), _mm256_xor_si256(p, _mm256_set1_epi8((char)0x80)));
+    }
+    int32_t tail = 0;
+    for (; j < k; j++) {
+        float r = rintf(x[j] * sf);
+        if (r > EQ_ACT_QMAX) r = EQ_ACT_QMAX;
+        if (r < -EQ_ACT_QMAX) r = -EQ_ACT_QMAX;
+        a->q[j] = (int8_t)r;
+        a->qu[j] = (uint8_t)(a->q[j] ^ 0x80);
+        tail += a->q[j];
+    }
+    for (; j < a->kp; j++) {
+        a->q[j] = 0;
+        a->qu[j] = 0x80;
+    }
+    a->qsum = hsum256(sum) + tail;
+    a->scale = amax / (float)EQ_ACT_QMAX;
+}
+
+T2 static void quant_sign_256(const float *x, int32_t k, eq_act *a) {
+    const int32_t words = a->kp / 64;
+    const __m256 signbit = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
+    __m256 tot = zero;
+    int32_t j = 0;
+    memset(a->planes, 0, sizeof(uint64_t) * (size_t)words);
+    for (; j + 8 <= k; j += 8) {
+        const __m256 v = _mm256_loadu_ps(x + j);
+        tot = _mm256_add_ps(tot, _mm256_andnot_ps(signbit, v));
+        a->planes[j >> 6] |= (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ)) << (j & 63);
+    }
+    float t8[8], tsum = 0.0f;
+    _mm256_storeu_ps(t8, tot);
+    for (int t = 0; t < 8; t++) tsum += t8[t];
+    for (; j < k; j++) {
+        tsum += fabsf(x[j]);
+        if (x[j] < 0.0f) a->planes[j >> 6] |= 1ull << (j & 63);
+    }
+    const float mean = tsum / (float)k;
+    a->scale = mean > 0.0f ? mean : 1.0f;
+}
+
+T2 static void gemv_f16_256(const eq_layer *L, const float *x, float *y) {
+    const size_t kp = (size_t)L->kp;
+    const int32_t k = L->k, kv = k / 8 * 8;
+    for (int32_t i = 0; i < L->n; i++) {
+        const uint16_t *w = (const uint16_t *)L->w + kp * i;
+        __m256 A0 = _mm256_setzero_ps(), A1 = A0;
+        int32_t j = 0;
+        for (; j + 16 <= kv; j += 16) {
+            A0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + j))), _mm256_loadu_ps(x + j), A0);
+            A1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + j + 8))), _mm256_loadu_ps(x + j + 8), A1);
+        }
+        for (; j < kv; j += 8)
+            A0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + j))), _mm256_loadu_ps(x + j), A0);
+        float r[8], s = 0.0f;
+        _mm256_storeu_ps(r, _mm256_add_ps(A0, A1));
+        for (int t = 0; t < 8; t++) s += r[t];
+        for (; j < k; j++) s += _cvtsh_ss(w[j]) * x[j];
+        y[i] = s;
+    }
+}
+
+const eq_kernels eq_kernels_avx2 = {
+    "avx2",
+    quant_i8_256,
+    quant_sign_256,
+    {acc_q1_256, acc_q2_256, acc_q4_256, acc_q8_256, acc_q2_256, NULL, acc_popcount_256},
+    gemv_f16_256,
+};
+
+#endif

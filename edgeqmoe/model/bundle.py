@@ -1,0 +1,174 @@
+"""Model bundles: one safetensors file holding packed tensors and their metadata.
+
+Layout: the standard safetensors container (8-byte little-endian header length, a
+JSON header describing every tensor's dtype, shape and byte range, then the data).
+Tensors are written with the ``safetensors`` library. Loading memory-maps the file
+and returns numpy views into the mapping, so weights are never copied; the header
+is validated first (every range inside the file, sizes matching dtypes and shapes)
+and the data region is checked against the sha256 stored in the metadata.
+
+The metadata key ``edgeqmoe`` holds a JSON document::
+
+    {
+      "format_version": 1,
+      "embedder": {"id": "mn04", "version": "1", "sample_rate": 32000, "dim": 384},
+      "classes": ["air_conditioner", ...],
+      "input_norm": {"mean": "norm.mean", "std": "norm.std"} | null,
+      "graph": {"type": "mlp", "steps": [
+          {"op": "linear", "format": "q4", "in": 384, "out": 640,
+           "w": "l0.w", "scale": "l0.scale", "bias": "l0.b"},
+          {"op": "layernorm", "gamma": "l0.ln.g", "beta": "l0.ln.b", "eps": 1e-5},
+          {"op": "relu"}, ...]},
+      "data_sha256": "...",
+      ... free-form provenance (training config, scores) ...
+    }
+
+A newer ``format_version`` than this code knows, a truncated or corrupt file, or a
+checksum mismatch raise :class:`BundleError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Mapping
+
+import numpy as np
+
+#: Bundle format this code writes and the newest it reads.
+BUNDLE_FORMAT_VERSION = 1
+_META_KEY = "edgeqmoe"
+_DTYPES = {"U8": np.uint8, "I8": np.int8, "F16": np.float16, "F32": np.float32, "I32": np.int32}
+_MAX_HEADER = 16 * 1024 * 1024
+
+
+class BundleError(Exception):
+    """A model bundle that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"model bundle {self.path}: {problem}")
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: metadata plus read-only numpy views into the mapped file."""
+
+    path: str
+    meta: Dict[str, Any]
+    tensors: Dict[str, np.ndarray]
+    nbytes: int
+
+    @property
+    def classes(self) -> list:
+        return list(self.meta["classes"])
+
+    @property
+    def embedder(self) -> Dict[str, Any]:
+        return dict(self.meta["embedder"])
+
+    def tensor(self, name: str) -> np.ndarray:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise BundleError(self.path, f"metadata refers to tensor {name!r}, which the file lacks") from None
+
+
+def save_bundle(path, tensors: Mapping[str, np.ndarray], meta: Dict[str, Any]) -> str:
+    """Write tensors and metadata to ``path`` atomically (temp file + rename)."""
+    from safetensors.numpy import save  # only writing needs the library
+
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    for k, v in arrays.items():
+        if v.dtype.type not in _DTYPES.values():
+            raise ValueError(f"tensor {k!r} has dtype {v.dtype}, not one a bundle stores")
+    meta = dict(meta)
+    meta["format_version"] = BUNDLE_FORMAT_VERSION
+    meta.pop("data_sha256", None)
+    # the checksum covers the data region, which safetensors lays out by name order;
+    # serialise once to learn it, then again with the checksum in the metadata
+    first = save(arrays, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
+    hlen = struct.unpack("<Q", first[:8])[0]
+    meta["data_sha256"] = hashlib.sha256(first[8 + hlen:]).hexdigest()
+    blob = save(arrays, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return str(path)
+
+
+def load_bundle(path, verify: bool = True) -> Bundle:
+    """Map a bundle and validate it; see the module doc for what is checked."""
+    path = str(path)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise BundleError(path, "file not found") from None
+    except OSError as e:
+        raise BundleError(path, f"cannot open it ({e.strerror})") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 8:
+            raise BundleError(path, f"truncated: {size} bytes, not even a header length")
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    hlen = struct.unpack("<Q", mm[:8])[0]
+    if hlen > _MAX_HEADER or 8 + hlen > size:
+        raise BundleError(path, f"truncated or not a bundle: header of {hlen} bytes in a {size}-byte file")
+    try:
+        header = json.loads(bytes(mm[8:8 + hlen]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(path, f"corrupt header ({e})") from None
+    if not isinstance(header, dict):
+        raise BundleError(path, "corrupt header (not a JSON object)")
+    try:
+        meta = json.loads(header.get("__metadata__", {}).get(_META_KEY, "null"))
+    except (AttributeError, json.JSONDecodeError) as e:
+        raise BundleError(path, f"corrupt edgeqmoe metadata ({e})") from None
+    if not isinstance(meta, dict):
+        raise BundleError(path, "not an edgeqmoe bundle (no 'edgeqmoe' metadata)")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise BundleError(path, f"bad format_version {version!r}")
+    if version > BUNDLE_FORMAT_VERSION:
+        raise BundleError(path, f"written by a newer edgeqmoe (bundle format {version}, this version reads up to "
+                                f"{BUNDLE_FORMAT_VERSION}); upgrade edgeqmoe to use it")
+    for key in ("embedder", "classes", "graph"):
+        if key not in meta:
+            raise BundleError(path, f"metadata lacks {key!r}")
+    base = 8 + hlen
+    data_len = size - base
+    tensors: Dict[str, np.ndarray] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = np.dtype(_DTYPES[info["dtype"]])
+            shape = tuple(int(s) for s in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise BundleError(path, f"corrupt header entry for tensor {name!r}") from None
+        count = int(np.prod(shape)) if shape else 1
+        if not (0 <= begin <= end <= data_len):
+            raise BundleError(path, f"truncated: tensor {name!r} ends at byte {base + end}, file has {size}")
+        if end - begin != count * dtype.itemsize:
+            raise BundleError(path, f"corrupt header: tensor {name!r} spans {end - begin} bytes for shape {shape}")
+        arr = np.frombuffer(mm, dtype=dtype, count=count, offset=base + begin).reshape(shape)
+        tensors[name] = arr
+    if verify:
+        want = meta.get("data_sha256")
+        got = hashlib.sha256(memoryview(mm)[base:]).hexdigest()
+        if want != got:
+            raise BundleError(path, "checksum mismatch: the file is corrupt (data sha256 "
+                                    f"{got[:16]}..., metadata says {str(want)[:16]}...)")
+    return Bundle(path=path, meta=meta, tensors=tensors, nbytes=size)

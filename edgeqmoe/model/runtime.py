@@ -1,0 +1,237 @@
+"""Torch-free inference of packed heads: linear layers on the packed kernels,
+LayerNorm, ReLU and softmax, assembled from a model bundle.
+
+A head is a list of steps (``PackedLinear``, ``LayerNorm``, ``ReLU``). Binding it to a
+kernel variant happens once, at construction: the C variants run the whole list in
+one call (``_ckernels.Program``); ``ref`` runs the numpy reference of every step.
+The hot path therefore has no branches on configuration.
+
+Shapes: inputs (B, in_features) float32, outputs (B, n_classes) float32 logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+
+from ..kernels import KernelChoiceError, _ckernels, get_format, resolve_variant
+from .bundle import Bundle, BundleError, load_bundle
+
+#: LayerNorm epsilon of the heads (as torch.nn.LayerNorm's default).
+LN_EPS = 1e-5
+
+
+@dataclass
+class PackedLinear:
+    """y = W x + b with W stored packed in ``fmt`` (see kernels.formats)."""
+
+    fmt: str
+    in_features: int
+    out_features: int
+    packed: np.ndarray  # (out, row_bytes) uint8
+    scale: np.ndarray  # (1,) or (out,) float32
+    bias: Optional[np.ndarray]  # (out,) float32
+
+    @classmethod
+    def from_float(cls, W: np.ndarray, b: Optional[np.ndarray], fmt: str, per_channel: Optional[bool] = None):
+        f = get_format(fmt)
+        codes, scale = f.quantize(W, per_channel)
+        return cls(fmt, W.shape[1], W.shape[0], f.pack(codes), np.asarray(scale, np.float32),
+                   None if b is None else np.asarray(b, np.float32))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of packed weights plus scales (bias excluded)."""
+        return int(self.packed.nbytes + self.scale.nbytes)
+
+    def c_layer(self):
+        f = get_format(self.fmt)
+        return _ckernels.Layer(f.code, self.out_features, self.in_features, self.packed, self.scale, self.bias)
+
+    def ref(self, x: np.ndarray) -> np.ndarray:
+        return get_format(self.fmt).ref_linear(self.packed, self.scale, self.bias, self.in_features, x)
+
+
+@dataclass
+class LayerNorm:
+    gamma: np.ndarray
+    beta: np.ndarray
+    eps: float = LN_EPS
+
+    def ref(self, x: np.ndarray) -> np.ndarray:
+        mu = x.mean(axis=1, keepdims=True, dtype=np.float32)
+        var = ((x - mu) ** 2).mean(axis=1, keepdims=True, dtype=np.float32)
+        return ((x - mu) / np.sqrt(var + np.float32(self.eps)) * self.gamma + self.beta).astype(np.float32)
+
+
+@dataclass
+class ReLU:
+    def ref(self, x: np.ndarray) -> np.ndarray:
+        return np.maximum(x, 0, dtype=np.float32)
+
+
+Step = Union[PackedLinear, LayerNorm, ReLU]
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class Head:
+    """A sequence of steps bound to one kernel variant.
+
+    ``kernel`` is a choice as in :func:`edgeqmoe.kernels.resolve_variant` (``ref``,
+    ``generic``, ``simd`` or a variant name; default from EDGEQMOE_KERNEL, else simd).
+    """
+
+    def __init__(self, steps: Sequence[Step], kernel: Optional[str] = None,
+                 norm_mean: Optional[np.ndarray] = None, norm_std: Optional[np.ndarray] = None):
+        self.steps: List[Step] = list(steps)
+        if not self.steps or not isinstance(self.steps[0], PackedLinear):
+            raise ValueError("a head starts with a linear step")
+        self.in_features = self.steps[0].in_features
+        self.out_features = [s for s in self.steps if isinstance(s, PackedLinear)][-1].out_features
+        self.variant = resolve_variant(kernel)
+        # input normalisation folded to one multiply-add: (x - mean) / std
+        if norm_mean is not None:
+            self._norm_mul = (1.0 / np.asarray(norm_std, np.float32)).astype(np.float32)
+            self._norm_add = (-np.asarray(norm_mean, np.float32) * self._norm_mul).astype(np.float32)
+        else:
+            self._norm_mul = self._norm_add = None
+        if self.variant == "ref":
+            self._run = self._run_ref
+        else:
+            prog = []
+            for s in self.steps:
+                if isinstance(s, PackedLinear):
+                    prog.append(("linear", s.c_layer()))
+                elif isinstance(s, LayerNorm):
+                    prog.append(("layernorm", s.gamma, s.beta, float(s.eps)))
+                else:
+                    prog.append(("relu",))
+            self._program = _ckernels.Program(self.variant, prog)
+            self._run = self._run_c
+
+    # -- execution
+    def _run_ref(self, x: np.ndarray) -> np.ndarray:
+        for s in self.steps:
+            x = s.ref(x)
+        return x
+
+    def _run_c(self, x: np.ndarray) -> np.ndarray:
+        out = np.empty((x.shape[0], self.out_features), dtype=np.float32)
+        self._program.run(x, out, x.shape[0])
+        return out
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Logits (B, classes) of inputs (B, in_features) or (in_features,)."""
+        x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"head takes {self.in_features} inputs, got {x.shape[1]}")
+        if self._norm_mul is not None:
+            x = x * self._norm_mul + self._norm_add
+        return self._run(x)
+
+    __call__ = forward
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return softmax(self.forward(x))
+
+    def run_into(self, x: np.ndarray, out: np.ndarray) -> None:
+        """Hot-path form: x (B, in) float32 C-contiguous, already normalised; writes
+        logits into the preallocated ``out`` (B, classes). C variants only."""
+        self._program.run(x, out, x.shape[0])
+
+    @property
+    def weight_nbytes(self) -> int:
+        return sum(s.nbytes for s in self.steps if isinstance(s, PackedLinear))
+
+
+# ---------------------------------------------------------------------- bundles
+
+
+def head_tensors(steps: Sequence[Step], prefix: str = "") -> tuple:
+    """(tensors, step metadata) describing ``steps`` for a bundle."""
+    tensors, meta = {}, []
+    for i, s in enumerate(steps):
+        key = f"{prefix}s{i}"
+        if isinstance(s, PackedLinear):
+            tensors[f"{key}.w"] = s.packed
+            tensors[f"{key}.scale"] = s.scale
+            d = {"op": "linear", "format": s.fmt, "in": s.in_features, "out": s.out_features,
+                 "w": f"{key}.w", "scale": f"{key}.scale"}
+            if s.bias is not None:
+                tensors[f"{key}.b"] = s.bias
+                d["bias"] = f"{key}.b"
+            meta.append(d)
+        elif isinstance(s, LayerNorm):
+            tensors[f"{key}.g"], tensors[f"{key}.beta"] = s.gamma, s.beta
+            meta.append({"op": "layernorm", "gamma": f"{key}.g", "beta": f"{key}.beta", "eps": s.eps})
+        else:
+            meta.append({"op": "relu"})
+    return tensors, meta
+
+
+def steps_from_meta(bundle: Bundle, step_meta: list) -> List[Step]:
+    """Rebuild steps from bundle metadata, checking every packed tensor's size."""
+    steps: List[Step] = []
+    for i, d in enumerate(step_meta):
+        op = d.get("op")
+        try:
+            if op == "linear":
+                f = get_format(d["format"])
+                n, k = int(d["out"]), int(d["in"])
+                w = bundle.tensor(d["w"])
+                if w.nbytes != f.weight_nbytes(n, k):
+                    raise BundleError(bundle.path, f"step {i}: packed {d['format']} weights of {n}x{k} need "
+                                                   f"{f.weight_nbytes(n, k)} bytes, tensor has {w.nbytes}")
+                scale = bundle.tensor(d["scale"])
+                bias = bundle.tensor(d["bias"]) if d.get("bias") else None
+                steps.append(PackedLinear(d["format"], k, n, w.reshape(n, -1), scale, bias))
+            elif op == "layernorm":
+                steps.append(LayerNorm(bundle.tensor(d["gamma"]), bundle.tensor(d["beta"]), float(d.get("eps", LN_EPS))))
+            elif op == "relu":
+                steps.append(ReLU())
+            else:
+                raise BundleError(bundle.path, f"step {i}: unknown op {op!r}")
+        except KeyError as e:
+            raise BundleError(bundle.path, f"step {i}: {e.args[0]}") from None
+    return steps
+
+
+def save_head(path, head_steps: Sequence[Step], classes: Sequence[str], embedder: dict,
+              norm_mean=None, norm_std=None, extra: Optional[dict] = None) -> str:
+    from .bundle import save_bundle
+
+    tensors, step_meta = head_tensors(head_steps)
+    meta = dict(extra or {})
+    meta.update({"embedder": embedder, "classes": list(classes), "graph": {"type": "mlp", "steps": step_meta}})
+    if norm_mean is not None:
+        tensors["norm.mean"] = np.asarray(norm_mean, np.float32)
+        tensors["norm.std"] = np.asarray(norm_std, np.float32)
+        meta["input_norm"] = {"mean": "norm.mean", "std": "norm.std"}
+    else:
+        meta["input_norm"] = None
+    return save_bundle(path, tensors, meta)
+
+
+def load_head(path_or_bundle, kernel: Optional[str] = None) -> Head:
+    b = path_or_bundle if isinstance(path_or_bundle, Bundle) else load_bundle(path_or_bundle)
+    graph = b.meta["graph"]
+    if graph.get("type") != "mlp":
+        raise BundleError(b.path, f"graph type {graph.get('type')!r} is not a single head")
+    steps = steps_from_meta(b, graph.get("steps", []))
+    norm = b.meta.get("input_norm")
+    mean = std = None
+    if norm:
+        mean, std = b.tensor(norm["mean"]), b.tensor(norm["std"])
+    try:
+        return Head(steps, kernel=kernel, norm_mean=mean, norm_std=std)
+    except KernelChoiceError:
+        raise
+    except ValueError as e:
+        raise BundleError(b.path, str(e)) from None

@@ -1,0 +1,18 @@
+"""Builds the C kernels (edgeqmoe.kernels._ckernels) during pip install.
+
+Every SIMD variant is compiled in the same module with per-function target
+attributes, so no global -m flags are needed and the module runs on any CPU of its
+architecture; the variant is chosen at run time from CPU features.
+"""
+from setuptools import Extension, setup
+
+SRC = "edgeqmoe/kernels/csrc/"
+
+ext = Extension(
+    "edgeqmoe.kernels._ckernels",
+    sources=[SRC + f for f in ("eq_pymodule.c", "eq_core.c", "eq_generic.c", "eq_x86.c", "eq_arm.c")],
+    include_dirs=[SRC],
+    extra_compile_args=["-O3", "-std=gnu11", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function"],
+)
+
+setup(ext_modules=[ext])

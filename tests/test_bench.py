@@ -1,0 +1,36 @@
+"""Tiny runs of the benchmarks, so they never rot."""
+import json
+
+from typer.testing import CliRunner
+
+from edgeqmoe.cli import app
+
+ROW_KEYS = {"impl", "in_features", "out_features", "batch", "median_us", "p99_us", "ratio_vs_torch_fp32",
+            "ratio_vs_torch_int8", "what"}
+
+
+def test_bench_kernels_tiny(tmp_path):
+    out = tmp_path / "k.json"
+    res = CliRunner().invoke(app, ["bench", "kernels", "--in-features", "128", "--out-features", "64",
+                                   "--hidden", "64", "--hidden", "32", "--rounds", "1", "--per-round", "3",
+                                   "--format", "q4", "--format", "popcount", "--all-variants", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "torch_fp32" in res.output and "machine:" in res.output
+    data = json.loads(out.read_text())
+    assert data["machine"]["cpu"] and data["machine"]["cpu_features"] is not None
+    rows = data["rows"]
+    assert {r["what"] for r in rows} == {"layer", "head"}
+    impls = {r["impl"] for r in rows}
+    assert {"torch_fp32", "torch_int8_dynamic", "numpy_fp32", "q4", "popcount"} <= impls
+    for r in rows:
+        assert ROW_KEYS <= set(r), r
+        assert r["median_us"] > 0 and r["p99_us"] >= r["median_us"]
+        assert r["ratio_vs_torch_fp32"] > 0
+    fp32 = [r for r in rows if r["impl"] == "torch_fp32" and r["what"] == "layer"][0]
+    assert fp32["ratio_vs_torch_fp32"] == 1.0 and (fp32["in_features"], fp32["out_features"]) == (128, 64)
+
+
+def test_bench_rejects_unknown_format():
+    res = CliRunner().invoke(app, ["bench", "kernels", "--format", "q3", "--rounds", "1", "--per-round", "1"])
+    assert res.exit_code != 0
+    assert "unknown format 'q3'" in res.output

@@ -144,3 +144,17 @@ def test_variant_choice(monkeypatch):
     monkeypatch.setenv("EDGEQMOE_ISA", "mmx")
     with pytest.raises(KernelChoiceError, match="EDGEQMOE_ISA"):
         resolve_variant("simd")
+
+
+def test_packed_weights_are_64_byte_aligned(tmp_path, rng):
+    """In memory and in the mapped file: a vector load across two cache lines costs two."""
+    for fmt in ("q4", "popcount", "q8"):
+        steps_f = paper_like_steps(rng, fmt, dims=(100, 33, 17, 10))
+        for s in steps_f:
+            if isinstance(s, PackedLinear):
+                assert s.packed.ctypes.data % 64 == 0
+        p = save_head(tmp_path / f"{fmt}.eqm", steps_f, [f"c{i}" for i in range(10)], EMB)
+        b = load_bundle(p)
+        for d in b.meta["graph"]["steps"]:
+            if d["op"] == "linear":
+                assert b.tensors[d["w"]].ctypes.data % 64 == 0, (fmt, d["w"])

@@ -61,6 +61,21 @@ POPCOUNT_TAU = 0.05
 ACT_QMAX = 127
 
 
+#: Byte alignment of packed weights in memory and in bundle files: a 64-byte vector
+#: load that straddles two cache lines costs two.
+TENSOR_ALIGN = 64
+
+
+def aligned_copy(a: np.ndarray, align: int = TENSOR_ALIGN) -> np.ndarray:
+    """A C-contiguous copy of ``a`` whose data starts on an ``align``-byte boundary."""
+    a = np.ascontiguousarray(a)
+    buf = np.empty(a.nbytes + align, dtype=np.uint8)
+    start = (-buf.ctypes.data) % align
+    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def padded_k(k: int) -> int:
     """Input length rounded up to the row alignment."""
     return -(-k // ROW_ALIGN) * ROW_ALIGN
@@ -260,8 +275,9 @@ class Format:
         return self.quantize_fn(W, pc)
 
     def pack(self, codes: np.ndarray) -> np.ndarray:
+        """Codes (n, k) -> packed bytes (n, row_bytes), 64-byte aligned."""
         codes = np.asarray(codes)
-        return self.pack_fn(_pad_codes(codes, padded_k(codes.shape[1])))
+        return aligned_copy(self.pack_fn(_pad_codes(codes, padded_k(codes.shape[1]))))
 
     def unpack(self, packed: np.ndarray, k: int) -> np.ndarray:
         return self.unpack_fn(np.asarray(packed), padded_k(k))[:, :k]

@@ -23,6 +23,11 @@ The metadata key ``edgeqmoe`` holds a JSON document::
       ... free-form provenance (training config, scores) ...
     }
 
+Packed weights (uint8 tensors) start on 64-byte file offsets, so that the mapped
+views are as aligned as the kernels want: safetensors writes uint8 tensors last, in
+name order, and the writer adds small ``<name>.pad`` tensors (and ``_align`` before
+the first) to get there.
+
 A newer ``format_version`` than this code knows, a truncated or corrupt file, or a
 checksum mismatch raise :class:`BundleError` naming the file and the problem.
 """
@@ -45,6 +50,8 @@ BUNDLE_FORMAT_VERSION = 1
 _META_KEY = "edgeqmoe"
 _DTYPES = {"U8": np.uint8, "I8": np.int8, "F16": np.float16, "F32": np.float32, "I32": np.int32}
 _MAX_HEADER = 16 * 1024 * 1024
+_ALIGN = 64
+_PAD_SUFFIX = ".pad"
 
 
 class BundleError(Exception):
@@ -90,13 +97,13 @@ def save_bundle(path, tensors: Mapping[str, np.ndarray], meta: Dict[str, Any]) -
             raise ValueError(f"tensor {k!r} has dtype {v.dtype}, not one a bundle stores")
     meta = dict(meta)
     meta["format_version"] = BUNDLE_FORMAT_VERSION
-    meta.pop("data_sha256", None)
-    # the checksum covers the data region, which safetensors lays out by name order;
-    # serialise once to learn it, then again with the checksum in the metadata
-    first = save(arrays, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
-    hlen = struct.unpack("<Q", first[:8])[0]
-    meta["data_sha256"] = hashlib.sha256(first[8 + hlen:]).hexdigest()
-    blob = save(arrays, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
+    meta["data_sha256"] = "0" * 64  # same length as the real one: the header keeps its size
+    blob = _serialise_aligned(save, arrays, meta)
+    hlen = struct.unpack("<Q", blob[:8])[0]
+    meta["data_sha256"] = hashlib.sha256(blob[8 + hlen:]).hexdigest()
+    blob2 = save(_with_pads(arrays, blob), metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
+    assert len(blob2) == len(blob) and blob2[8 + hlen:] == blob[8 + hlen:]
+    blob = blob2
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -106,6 +113,51 @@ def save_bundle(path, tensors: Mapping[str, np.ndarray], meta: Dict[str, Any]) -
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return str(path)
+
+
+def _u8_layout(blob: bytes):
+    """(data start, [(name, begin, end)]) of the uint8 tensors of a serialised file, in
+    file order."""
+    hlen = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + hlen])
+    u8 = sorted((v["data_offsets"][0], v["data_offsets"][1], k) for k, v in header.items()
+                if k != "__metadata__" and v["dtype"] == "U8")
+    return 8 + hlen, [(k, b, e) for b, e, k in u8]
+
+
+def _with_pads(arrays: Dict[str, np.ndarray], blob: bytes) -> Dict[str, np.ndarray]:
+    """The pad tensors that ``blob`` was written with, added to ``arrays``."""
+    hlen = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + hlen])
+    out = dict(arrays)
+    for k, v in header.items():
+        if k == "_align" or k.endswith(_PAD_SUFFIX):
+            b, e = v["data_offsets"]
+            out[k] = np.zeros(e - b, np.uint8)
+    return out
+
+
+def _serialise_aligned(save, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> bytes:
+    """Serialise with pad tensors sized so every uint8 tensor starts 64-byte aligned."""
+    pads = {"_align": 0}
+    pads.update({k + _PAD_SUFFIX: 0 for k, v in arrays.items() if v.dtype == np.uint8})
+    blob = b""
+    for _ in range(8):
+        full = dict(arrays)
+        full.update({k: np.zeros(n, np.uint8) for k, n in pads.items()})
+        blob = save(full, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
+        base, layout = _u8_layout(blob)
+        if all((base + b) % _ALIGN == 0 for k, b, _ in layout if k in arrays):
+            return blob
+        # walk the uint8 region in file order; each pad fills up to the next boundary
+        cur = base + layout[0][1]
+        for k, b, e in layout:
+            if k in pads:
+                pads[k] = (-cur) % _ALIGN
+                cur += pads[k]
+            else:
+                cur += e - b
+    return blob  # alignment is a speed matter only: the file is valid either way
 
 
 def load_bundle(path, verify: bool = True) -> Bundle:

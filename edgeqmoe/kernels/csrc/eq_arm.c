@@ -143,6 +143,7 @@ const eq_kernels eq_kernels_neon = {
     eq_generic_quant_sign,
     {acc_q1_neon, acc_q2_neon, acc_q4_neon, acc_q8_neon, acc_q2_neon, NULL, acc_popcount_neon},
     gemv_f16_neon,
+    eq_generic_dequant,
 };
 
 const eq_kernels eq_kernels_dotprod = {
@@ -151,6 +152,7 @@ const eq_kernels eq_kernels_dotprod = {
     eq_generic_quant_sign,
     {acc_q1_dot, acc_q2_dot, acc_q4_dot, acc_q8_dot, acc_q2_dot, NULL, acc_popcount_neon},
     gemv_f16_neon,
+    eq_generic_dequant,
 };
 
 #endif

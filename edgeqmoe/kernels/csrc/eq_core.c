@@ -129,13 +129,14 @@ void eq_linear_row(const eq_kernels *K, const eq_layer *L, const float *x, float
     else
         K->quant_i8(x, L->k, a);
     K->acc[L->fmt](L, a, s->acc);
-    /* dequantize once per output: acc * w_scale * act_scale + bias */
-    const float as = a->scale;
-    const int32_t *acc = s->acc;
+    K->dequant(L, s->acc, a->scale, y);
+}
+
+void eq_generic_dequant(const eq_layer *L, const int32_t *acc, float act_scale, float *y) {
     if (L->scale_stride) {
-        for (int32_t i = 0; i < L->n; i++) y[i] = (float)acc[i] * (L->scale[i] * as);
+        for (int32_t i = 0; i < L->n; i++) y[i] = (float)acc[i] * (L->scale[i] * act_scale);
     } else {
-        const float m = L->scale[0] * as;
+        const float m = L->scale[0] * act_scale;
         for (int32_t i = 0; i < L->n; i++) y[i] = (float)acc[i] * m;
     }
     if (L->bias)

@@ -145,4 +145,5 @@ const eq_kernels eq_kernels_generic = {
     eq_generic_quant_sign,
     {acc_q1, acc_q2, acc_q4, acc_q8, acc_q2 /* ternary shares q2's layout */, NULL, acc_popcount},
     gemv_f16,
+    eq_generic_dequant,
 };

@@ -73,6 +73,8 @@ typedef struct eq_kernels {
     eq_acc_fn acc[EQ_NFMT];
     /* y = W x for f16 weights (no bias) */
     void (*gemv_f16)(const eq_layer *L, const float *x, float *y);
+    /* y = acc * w_scale * act_scale + bias, once per output */
+    void (*dequant)(const eq_layer *L, const int32_t *acc, float act_scale, float *y);
 } eq_kernels;
 
 extern const eq_kernels eq_kernels_generic;
@@ -112,5 +114,6 @@ void eq_relu(float *x, int32_t n);
 /* helpers shared by the variants */
 void eq_generic_quant_i8(const float *x, int32_t k, eq_act *a);
 void eq_generic_quant_sign(const float *x, int32_t k, eq_act *a);
+void eq_generic_dequant(const eq_layer *L, const int32_t *acc, float act_scale, float *y);
 
 #endif

@@ -37,20 +37,19 @@ T512 static INL __m512i reduce16_512(const __m512i *v) {
 }
 
 /* Runs GROUP(i, R, vecs) (R row vectors of partial sums for rows i..i+R-1) over all
- * rows, 16 at a time, and stores acc[i] = SCALE * sum - CORR(i). */
-#define TILE512(GROUP, R, SCALE, CORR)                                                   \
+ * rows, 16 at a time; EPI16(i, sums) turns 16 row sums into 16 accumulators (vector),
+ * EPI1(i, sum) one (scalar, for the last n % 16 rows). */
+#define TILE512(GROUP, R, EPI16, EPI1)                                                   \
     do {                                                                                  \
         int32_t i = 0;                                                                    \
         __m512i t[16];                                                                    \
         for (; i + 16 <= L->n; i += 16) {                                                 \
             _Pragma("GCC unroll 16") for (int g = 0; g < 16; g += R) GROUP(i + g, R, t + g); \
-            int32_t s16[16];                                                              \
-            _mm512_storeu_si512(s16, reduce16_512(t));                                    \
-            for (int r = 0; r < 16; r++) acc[i + r] = (SCALE) * s16[r] - (CORR(i + r));   \
+            _mm512_storeu_si512(acc + i, EPI16(i, reduce16_512(t)));                      \
         }                                                                                 \
         for (; i < L->n; i++) {                                                           \
             GROUP(i, 1, t);                                                               \
-            acc[i] = (SCALE) * hsum512(t[0]) - (CORR(i));                                 \
+            acc[i] = EPI1(i, hsum512(t[0]));                                              \
         }                                                                                 \
     } while (0)
 
@@ -114,20 +113,27 @@ T512 static INL void rows_fields512(const uint8_t *w, size_t rb, const int8_t *x
 }
 
 /* R (rows sharing loads) is chosen so R * fields accumulators fit the 32 registers. */
-#define FIELDS512(NAME, BITS, BIG, R, SCALE, CORR)                                               \
+#define FIELDS512(NAME, BITS, BIG, R, CORR)                                                      \
     T512 static void NAME(const eq_layer *L, const eq_act *a, int32_t *acc) {                     \
         const size_t rb = (size_t)L->kp * BITS / 8;                                               \
         const int32_t corr = CORR;                                                                \
         const int8_t *x = a->q;                                                                   \
-        TILE512(GROUP_##NAME, R, SCALE, CONST_CORR);                                              \
+        const __m512i corr_v = _mm512_set1_epi32(corr);                                           \
+        TILE512(GROUP_##NAME, R, EPI16_##NAME, EPI1_##NAME);                                      \
     }
-#define CONST_CORR(i) corr
+/* q1: 2 * sum - qsum; q2, ternary, q4: sum - offset * qsum */
+#define EPI16_acc_q1_512(i, v) _mm512_sub_epi32(_mm512_slli_epi32(v, 1), corr_v)
+#define EPI1_acc_q1_512(i, s) (2 * (s) - corr)
+#define EPI16_acc_q2_512(i, v) _mm512_sub_epi32(v, corr_v)
+#define EPI1_acc_q2_512(i, s) ((s) - corr)
+#define EPI16_acc_q4_512 EPI16_acc_q2_512
+#define EPI1_acc_q4_512 EPI1_acc_q2_512
 #define GROUP_acc_q1_512(i, R, o) rows_fields512(L->w + rb * (i), rb, x, L->kp, 1, EQ_Q1_BIG, R, o)
 #define GROUP_acc_q2_512(i, R, o) rows_fields512(L->w + rb * (i), rb, x, L->kp, 2, EQ_Q2_BIG, R, o)
 #define GROUP_acc_q4_512(i, R, o) rows_fields512(L->w + rb * (i), rb, x, L->kp, 4, EQ_Q4_BIG, R, o)
-FIELDS512(acc_q1_512, 1, EQ_Q1_BIG, 1, 2, a->qsum)
-FIELDS512(acc_q2_512, 2, EQ_Q2_BIG, 2, 1, eq_fmt_offset[L->fmt] * a->qsum)
-FIELDS512(acc_q4_512, 4, EQ_Q4_BIG, 4, 1, eq_fmt_offset[L->fmt] * a->qsum)
+FIELDS512(acc_q1_512, 1, EQ_Q1_BIG, 1, a->qsum)
+FIELDS512(acc_q2_512, 2, EQ_Q2_BIG, 2, eq_fmt_offset[L->fmt] * a->qsum)
+FIELDS512(acc_q4_512, 4, EQ_Q4_BIG, 4, eq_fmt_offset[L->fmt] * a->qsum)
 
 /* q8: (x + 128) as u8 times signed w, minus 128 * rowsum(w); R rows share x. */
 T512 static INL void rows_q8_512(const int8_t *w, size_t kp, const uint8_t *xu, const int R, __m512i *out) {
@@ -146,8 +152,10 @@ T512 static INL void rows_q8_512(const int8_t *w, size_t kp, const uint8_t *xu, 
 T512 static void acc_q8_512(const eq_layer *L, const eq_act *a, int32_t *acc) {
     const size_t kp = (size_t)L->kp;
 #define GROUP_Q8(i, R, o) rows_q8_512((const int8_t *)L->w + kp * (i), kp, a->qu, R, o)
-#define CORR_Q8(i) 128 * L->rowsum[i]
-    TILE512(GROUP_Q8, 4, 1, CORR_Q8);
+/* sum - 128 * rowsum */
+#define EPI16_Q8(i, v) _mm512_sub_epi32(v, _mm512_slli_epi32(_mm512_loadu_si512(L->rowsum + (i)), 7))
+#define EPI1_Q8(i, s) ((s) - 128 * L->rowsum[i])
+    TILE512(GROUP_Q8, 4, EPI16_Q8, EPI1_Q8);
 }
 
 /* popcount (ternary weights, binary activations): with M = non-zero weights and
@@ -158,28 +166,42 @@ T512 static INL void rows_popcount512(const uint64_t *ws, size_t stride, const u
     __m512i A[8];
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++) A[r] = _mm512_setzero_si512();
-    for (int32_t j = 0; j < words; j += 8) {
-        const __mmask8 k = (words - j >= 8) ? 0xff : (__mmask8)((1u << (words - j)) - 1);
+    int32_t j = 0;
+    for (; j + 8 <= words; j += 8) {
+        const __m512i sx = _mm512_loadu_si512(xs + j);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            const uint64_t *w = ws + stride * r;
+            /* mask & (sign_w ^ sign_x) in one ternary-logic op (0x60: a & (b ^ c)) */
+            const __m512i d = _mm512_ternarylogic_epi64(_mm512_loadu_si512(w + words + j), _mm512_loadu_si512(w + j), sx, 0x60);
+            A[r] = _mm512_add_epi64(A[r], _mm512_popcnt_epi64(d));
+        }
+    }
+    if (j < words) {
+        const __mmask8 k = (__mmask8)((1u << (words - j)) - 1);
         const __m512i sx = _mm512_maskz_loadu_epi64(k, xs + j);
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             const uint64_t *w = ws + stride * r;
-            const __m512i d = _mm512_and_si512(_mm512_maskz_loadu_epi64(k, w + words + j),
-                                               _mm512_xor_si512(_mm512_maskz_loadu_epi64(k, w + j), sx));
+            const __m512i d = _mm512_ternarylogic_epi64(_mm512_maskz_loadu_epi64(k, w + words + j),
+                                                        _mm512_maskz_loadu_epi64(k, w + j), sx, 0x60);
             A[r] = _mm512_add_epi64(A[r], _mm512_popcnt_epi64(d));
         }
     }
-    /* the 64-bit lane counts are small: their low dwords carry the row sum */
+    /* non-negative 64-bit lane counts below 2^31: high dwords are zero, so the int32
+     * lane sum of the tile reduction is the row's count */
 #pragma GCC unroll 8
-    for (int r = 0; r < R; r++) out[r] = _mm512_maskz_mov_epi32(0x5555, A[r]);
+    for (int r = 0; r < R; r++) out[r] = A[r];
 }
 
 T512 static void acc_popcount_512(const eq_layer *L, const eq_act *a, int32_t *acc) {
     const int32_t words = L->kp / 64;
     const size_t stride = (size_t)2 * words;
 #define GROUP_PC(i, R, o) rows_popcount512((const uint64_t *)L->w + stride * (i), stride, a->planes, words, R, o)
-#define CORR_PC(i) -L->rowsum[i]
-    TILE512(GROUP_PC, 4, -2, CORR_PC);
+/* popcount(M) - 2 popcount(D) */
+#define EPI16_PC(i, v) _mm512_sub_epi32(_mm512_loadu_si512(L->rowsum + (i)), _mm512_slli_epi32(v, 1))
+#define EPI1_PC(i, s) (L->rowsum[i] - 2 * (s))
+    TILE512(GROUP_PC, 4, EPI16_PC, EPI1_PC);
 }
 
 T512 static float absmax512(const float *x, int32_t k) {
@@ -261,12 +283,26 @@ T512 static void gemv_f16_512(const eq_layer *L, const float *x, float *y) {
     }
 }
 
+/* y = acc * (w_scale * act_scale) + bias, 16 outputs a step */
+T512 static void dequant_512(const eq_layer *L, const int32_t *acc, float act_scale, float *y) {
+    const __m512 as = _mm512_set1_ps(act_scale);
+    const __m512 s0 = _mm512_set1_ps(L->scale[0] * act_scale);
+    for (int32_t i = 0; i < L->n; i += 16) {
+        const __mmask16 k = (L->n - i >= 16) ? 0xffff : (__mmask16)((1u << (L->n - i)) - 1);
+        const __m512 m = L->scale_stride ? _mm512_mul_ps(_mm512_maskz_loadu_ps(k, L->scale + i), as) : s0;
+        const __m512 b = L->bias ? _mm512_maskz_loadu_ps(k, L->bias + i) : _mm512_setzero_ps();
+        const __m512 v = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(k, acc + i));
+        _mm512_mask_storeu_ps(y + i, k, _mm512_fmadd_ps(v, m, b));
+    }
+}
+
 const eq_kernels eq_kernels_avx512 = {
     "avx512",
     quant_i8_512,
     quant_sign_512,
     {acc_q1_512, acc_q2_512, acc_q4_512, acc_q8_512, acc_q2_512, NULL, acc_popcount_512},
     gemv_f16_512,
+    dequant_512,
 };
 
 /* ==================================================================== AVX2 */
@@ -514,12 +550,26 @@ T2 static void gemv_f16_256(const eq_layer *L, const float *x, float *y) {
     }
 }
 
+T2 static void dequant_256(const eq_layer *L, const int32_t *acc, float act_scale, float *y) {
+    const __m256 as = _mm256_set1_ps(act_scale);
+    const __m256 s0 = _mm256_set1_ps(L->scale[0] * act_scale);
+    int32_t i = 0;
+    for (; i + 8 <= L->n; i += 8) {
+        const __m256 m = L->scale_stride ? _mm256_mul_ps(_mm256_loadu_ps(L->scale + i), as) : s0;
+        const __m256 b = L->bias ? _mm256_loadu_ps(L->bias + i) : _mm256_setzero_ps();
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(acc + i))), m, b));
+    }
+    for (; i < L->n; i++)
+        y[i] = (float)acc[i] * (L->scale[L->scale_stride ? i : 0] * act_scale) + (L->bias ? L->bias[i] : 0.0f);
+}
+
 const eq_kernels eq_kernels_avx2 = {
     "avx2",
     quant_i8_256,
     quant_sign_256,
     {acc_q1_256, acc_q2_256, acc_q4_256, acc_q8_256, acc_q2_256, NULL, acc_popcount_256},
     gemv_f16_256,
+    dequant_256,
 };
 
 #endif

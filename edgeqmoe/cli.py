@@ -16,6 +16,7 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("kernels")
 def bench_kernels(
     json_path: Optional[str] = typer.Option(None, "--json", help="Also write the results as JSON to this path."),
+    markdown_path: Optional[str] = typer.Option(None, "--markdown", help="Also write a Markdown table to this path."),
     in_features: int = typer.Option(1024, help="Inputs of the single layer and of the head."),
     out_features: int = typer.Option(640, help="Outputs of the single layer."),
     hidden: List[int] = typer.Option([640, 320], help="Hidden sizes of the head (repeat the option)."),
@@ -29,7 +30,7 @@ def bench_kernels(
 ):
     """Packed kernels against torch fp32, torch dynamic int8 and numpy: one thread,
     a single layer and the whole head, median and p99 per call."""
-    from .bench.kernels import format_table, run_bench, write_json
+    from .bench.kernels import format_markdown, format_table, run_bench, write_json
     from .kernels import FORMATS
 
     for f in formats or []:
@@ -41,6 +42,10 @@ def bench_kernels(
     if json_path:
         write_json(result, json_path)
         typer.echo(f"\nwrote {json_path}")
+    if markdown_path:
+        with open(markdown_path, "w") as f:
+            f.write(format_markdown(result) + "\n")
+        typer.echo(f"wrote {markdown_path}")
 
 
 def main():

@@ -13,9 +13,11 @@ def test_bench_kernels_tiny(tmp_path):
     out = tmp_path / "k.json"
     res = CliRunner().invoke(app, ["bench", "kernels", "--in-features", "128", "--out-features", "64",
                                    "--hidden", "64", "--hidden", "32", "--rounds", "1", "--per-round", "3",
-                                   "--format", "q4", "--format", "popcount", "--all-variants", "--json", str(out)])
+                                   "--format", "q4", "--format", "popcount", "--all-variants", "--json", str(out),
+                                   "--markdown", str(tmp_path / "k.md")])
     assert res.exit_code == 0, res.output
     assert "torch_fp32" in res.output and "machine:" in res.output
+    assert "| layer 128x64 | torch_fp32 |" in (tmp_path / "k.md").read_text()
     data = json.loads(out.read_text())
     assert data["machine"]["cpu"] and data["machine"]["cpu_features"] is not None
     rows = data["rows"]
@@ -34,3 +36,21 @@ def test_bench_rejects_unknown_format():
     res = CliRunner().invoke(app, ["bench", "kernels", "--format", "q3", "--rounds", "1", "--per-round", "1"])
     assert res.exit_code != 0
     assert "unknown format 'q3'" in res.output
+
+
+def test_x86_throughput_tool_builds_and_runs(tmp_path):
+    import os
+    import platform
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86-64 tool")
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "x86_throughput.c")
+    exe = str(tmp_path / "tp")
+    subprocess.run([shutil.which("cc") or "gcc", "-O2", src, "-o", exe], check=True, timeout=120)
+    out = subprocess.run([exe, "8000"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert "vpdpbusd_zmm" in out.stdout or "nothing to measure" in out.stdout

@@ -212,6 +212,21 @@ def format_table(result: Dict) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(result: Dict) -> str:
+    from .machine import describe
+
+    m = result["machine"]
+    out = [f"Machine: {describe(m)}. {m['threads']}. Kernel variants: {', '.join(m['kernel_variants'])}.", "",
+           "| what | impl | variant | median us | p99 us | x torch fp32 | x torch int8 | weight bytes |",
+           "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        f32 = "" if r["ratio_vs_torch_fp32"] is None else f"{r['ratio_vs_torch_fp32']:.2f}"
+        i8 = "" if r["ratio_vs_torch_int8"] is None else f"{r['ratio_vs_torch_int8']:.2f}"
+        out.append(f"| {r['what']} {r['in_features']}x{r['out_features']} | {r['impl']} | {r['variant']} | "
+                   f"{r['median_us']:.2f} | {r['p99_us']:.2f} | {f32} | {i8} | {r['weight_bytes']} |")
+    return "\n".join(out)
+
+
 def write_json(result: Dict, path: str) -> None:
     with open(path, "w") as f:
         json.dump(result, f, indent=1)

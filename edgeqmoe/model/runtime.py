@@ -115,6 +115,8 @@ class Head:
                     prog.append(("relu",))
             self._program = _ckernels.Program(self.variant, prog)
             self._run = self._run_c
+            # the hot path is the C method itself: no Python frame per call
+            self.run_into = self._program.run
 
     # -- execution
     def _run_ref(self, x: np.ndarray) -> np.ndarray:
@@ -124,7 +126,7 @@ class Head:
 
     def _run_c(self, x: np.ndarray) -> np.ndarray:
         out = np.empty((x.shape[0], self.out_features), dtype=np.float32)
-        self._program.run(x, out, x.shape[0])
+        self._program.run(x, out)
         return out
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -143,8 +145,9 @@ class Head:
 
     def run_into(self, x: np.ndarray, out: np.ndarray) -> None:
         """Hot-path form: x (B, in) float32 C-contiguous, already normalised; writes
-        logits into the preallocated ``out`` (B, classes). C variants only."""
-        self._program.run(x, out, x.shape[0])
+        logits into the preallocated ``out`` (B, classes). For C variants this name
+        is rebound to the C method at construction."""
+        out[...] = self._run(x)
 
     @property
     def weight_nbytes(self) -> int:

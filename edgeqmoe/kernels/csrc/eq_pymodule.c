@@ -272,14 +272,10 @@ static void program_row(ProgramObject *P, const float *x, float *y) {
     }
 }
 
+/* run(x, out[, batch]): batch defaults to the rows that x holds */
 static PyObject *Program_run(ProgramObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "run(x, out, batch)");
-        return NULL;
-    }
-    Py_ssize_t batch = PyLong_AsSsize_t(args[2]);
-    if (batch < 1) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "batch must be >= 1");
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "run(x, out[, batch])");
         return NULL;
     }
     Py_buffer xb, yb;
@@ -288,7 +284,13 @@ static PyObject *Program_run(ProgramObject *self, PyObject *const *args, Py_ssiz
         PyBuffer_Release(&xb);
         return NULL;
     }
-    if (xb.len != 4 * batch * self->in_width || yb.len != 4 * batch * self->out_width) {
+    Py_ssize_t batch = nargs == 3 ? PyLong_AsSsize_t(args[2]) : xb.len / (4 * (Py_ssize_t)self->in_width);
+    if (batch < 1 || xb.len != 4 * batch * self->in_width || yb.len != 4 * batch * self->out_width) {
+        if (PyErr_Occurred()) {
+            PyBuffer_Release(&xb);
+            PyBuffer_Release(&yb);
+            return NULL;
+        }
         PyErr_Format(PyExc_ValueError, "run: x needs %zd x %d float32 and out %zd x %d (got %zd and %zd bytes)", batch,
                      self->in_width, batch, self->out_width, xb.len, yb.len);
         PyBuffer_Release(&xb);
@@ -309,7 +311,8 @@ static PyObject *Program_get_in(ProgramObject *self, void *c) { return PyLong_Fr
 static PyObject *Program_get_out(ProgramObject *self, void *c) { return PyLong_FromLong(self->out_width); }
 
 static PyMethodDef Program_methods[] = {
-    {"run", (PyCFunction)(void (*)(void))Program_run, METH_FASTCALL, "run(x, out, batch): float32 rows in, rows out"},
+    {"run", (PyCFunction)(void (*)(void))Program_run, METH_FASTCALL,
+     "run(x, out[, batch]): float32 rows in, rows out"},
     {NULL},
 };
 

@@ -11,6 +11,89 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="edgeqmoe: an always-on sound classifier with bit-packed low-bit heads.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (each prints what it measured and the machine).")
 app.add_typer(bench_app, name="bench")
+weights_app = typer.Typer(no_args_is_help=True, help="Pretrained embedder weights: where they are, fetching them.")
+app.add_typer(weights_app, name="weights")
+
+
+def fail(message: str, code: int = 2):
+    """One clear paragraph on stderr, then exit with ``code``."""
+    typer.echo(f"edgeqmoe: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command("embed")
+def embed_cmd(
+    dataset: str = typer.Argument(..., help="Metadata CSV (UrbanSound8K or ESC-50 layout) or a folder per class."),
+    embedder: str = typer.Option("mn04", "--embedder", "-e", help="mn04 or logmel-stats."),
+    out: str = typer.Option("cache", "--out", "-o", help="Folder for the embedding cache."),
+    window: Optional[float] = typer.Option(None, help="Cut clips into windows of this many seconds."),
+    hop: Optional[float] = typer.Option(None, help="Hop between windows in seconds (default: the window)."),
+    weights: Optional[str] = typer.Option(None, help="Path of the embedder weights (file or folder)."),
+    workers: int = typer.Option(2, min=1, help="Threads that read and decode files."),
+    threads: int = typer.Option(1, min=1, help="Threads of the embedder model."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Embed every clip of a dataset into a resumable cache (.npz of plain arrays)."""
+    import json as _json
+
+    from .audio.datasets import DatasetError, read_dataset
+    from .embed import WeightsError, get_embedder
+    from .embed.cache import embed_dataset
+
+    try:
+        ds = read_dataset(dataset)
+        emb = get_embedder(embedder, weights=weights, threads=threads)
+    except (DatasetError, WeightsError, ValueError) as e:
+        fail(str(e))
+    failures = []
+    with typer.progressbar(length=len(ds), label=f"embedding {ds.name} with {embedder}", file=None) as bar:
+        last = [0]
+
+        def progress(done, total):
+            bar.update(done - last[0])
+            last[0] = done
+
+        summary = embed_dataset(ds, emb, out, window=window, hop=hop, workers=workers, on_progress=progress,
+                                on_failure=lambda f, r: failures.append((f, r)))
+    for f, r in failures:
+        typer.echo(f"skipped {f}: {r}", err=True)
+    if json_out:
+        typer.echo(_json.dumps(summary.as_dict(), indent=1))
+    else:
+        typer.echo(f"{summary.output}: {summary.rows} rows from {summary.clips} clips "
+                   f"({summary.computed} computed, {summary.reused} reused, {len(summary.failed)} failed) "
+                   f"in {summary.seconds:.1f} s")
+
+
+@weights_app.command("where")
+def weights_where(name: str = typer.Argument("mn04"), weights: Optional[str] = typer.Option(None)):
+    """Show where the weights are looked for and which file is used."""
+    from .embed.weights import WEIGHTS, WeightsError, candidates, resolve
+
+    if name not in WEIGHTS:
+        fail(f"unknown weights {name!r}; known: {', '.join(WEIGHTS)}")
+    spec = WEIGHTS[name]
+    for p in candidates(spec, weights):
+        typer.echo(f"{'found ' if p.is_file() else 'absent'} {p}")
+    try:
+        typer.echo(f"using {resolve(spec, weights)} (sha256 {spec.sha256})")
+    except WeightsError as e:
+        fail(str(e))
+
+
+@weights_app.command("fetch")
+def weights_fetch(name: str = typer.Argument("mn04"),
+                  to: Optional[str] = typer.Option(None, help="Folder to save into (default: the user cache).")):
+    """Download the public release of the weights and verify its sha256."""
+    from .embed.weights import WEIGHTS, WeightsError, fetch
+
+    if name not in WEIGHTS:
+        fail(f"unknown weights {name!r}; known: {', '.join(WEIGHTS)}")
+    try:
+        path = fetch(WEIGHTS[name], to)
+    except WeightsError as e:
+        fail(str(e))
+    typer.echo(f"saved {path}")
 
 
 @bench_app.command("kernels")
@@ -46,6 +129,40 @@ def bench_kernels(
         with open(markdown_path, "w") as f:
             f.write(format_markdown(result) + "\n")
         typer.echo(f"wrote {markdown_path}")
+
+
+@bench_app.command("embedders")
+def bench_embedders(
+    embedder: Optional[List[str]] = typer.Option(None, "--embedder", "-e", help="Embedders to time (repeat); default all."),
+    window: float = typer.Option(1.0, help="Window length in seconds."),
+    rounds: int = typer.Option(10, min=1), per_round: int = typer.Option(50, min=1),
+    weights: Optional[str] = typer.Option(None, help="Path of the mn04 weights."),
+    audio: Optional[str] = typer.Option(None, help="An audio file to cut windows from (default: noise)."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Also write the results as JSON."),
+):
+    """Time per window of each embedder (front end included), one thread."""
+    import json as _json
+
+    from .bench.embedders import format_table, run_bench
+    from .embed import EMBEDDERS, WeightsError
+
+    names = list(embedder) if embedder else list(EMBEDDERS)
+    x = None
+    if audio:
+        from .audio.io import AudioReadError, load
+
+        try:
+            x = load(audio, 16000)
+        except AudioReadError as e:
+            fail(str(e))
+    try:
+        result = run_bench(names, window, 16000, rounds, per_round, weights, x)
+    except (WeightsError, ValueError) as e:
+        fail(str(e))
+    typer.echo(format_table(result))
+    if json_path:
+        with open(json_path, "w") as f:
+            _json.dump(result, f, indent=1)
 
 
 def main():

@@ -54,3 +54,12 @@ def test_x86_throughput_tool_builds_and_runs(tmp_path):
     out = subprocess.run([exe, "8000"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
     assert "vpdpbusd_zmm" in out.stdout or "nothing to measure" in out.stdout
+
+
+def test_bench_embedders_tiny(tmp_path, monkeypatch):
+    out = tmp_path / "e.json"
+    res = CliRunner().invoke(app, ["bench", "embedders", "-e", "logmel-stats", "--rounds", "1", "--per-round", "3",
+                                   "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["embedder"] == "logmel-stats" and rows[0]["median_ms"] > 0 and rows[0]["n"] == 3

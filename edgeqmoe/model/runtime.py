@@ -222,8 +222,23 @@ def save_head(path, head_steps: Sequence[Step], classes: Sequence[str], embedder
     return save_bundle(path, tensors, meta)
 
 
-def load_head(path_or_bundle, kernel: Optional[str] = None) -> Head:
+def check_embedder(bundle: Bundle, info) -> None:
+    """Refuse a bundle trained on another embedder (id or output size) than ``info``
+    (an ``EmbedderInfo`` or a dict with ``id`` and ``dim``)."""
+    want = bundle.embedder
+    got = info if isinstance(info, dict) else info.as_dict()
+    if want.get("id") != got.get("id") or int(want.get("dim", -1)) != int(got.get("dim", -2)):
+        raise BundleError(bundle.path, f"was trained on embedder {want.get('id')!r} ({want.get('dim')}-d) and cannot "
+                                       f"run on {got.get('id')!r} ({got.get('dim')}-d); use a bundle made for "
+                                       f"{got.get('id')!r} or switch the embedder")
+
+
+def load_head(path_or_bundle, kernel: Optional[str] = None, embedder=None) -> Head:
+    """A runnable head from a bundle; with ``embedder`` (info or dict), refuse a
+    bundle trained on another embedder."""
     b = path_or_bundle if isinstance(path_or_bundle, Bundle) else load_bundle(path_or_bundle)
+    if embedder is not None:
+        check_embedder(b, embedder)
     graph = b.meta["graph"]
     if graph.get("type") != "mlp":
         raise BundleError(b.path, f"graph type {graph.get('type')!r} is not a single head")
@@ -233,8 +248,14 @@ def load_head(path_or_bundle, kernel: Optional[str] = None) -> Head:
     if norm:
         mean, std = b.tensor(norm["mean"]), b.tensor(norm["std"])
     try:
-        return Head(steps, kernel=kernel, norm_mean=mean, norm_std=std)
+        head = Head(steps, kernel=kernel, norm_mean=mean, norm_std=std)
     except KernelChoiceError:
         raise
     except ValueError as e:
         raise BundleError(b.path, str(e)) from None
+    if head.in_features != int(b.embedder.get("dim", head.in_features)):
+        raise BundleError(b.path, f"head takes {head.in_features} inputs but the bundle's embedder gives "
+                                  f"{b.embedder.get('dim')}")
+    head.classes = b.classes
+    head.embedder = b.embedder
+    return head

@@ -1,0 +1,2 @@
+"""Audio: reading files, resampling, windowing (offline and streaming), log-mel front
+ends, datasets. numpy, soundfile, soxr; never torch."""

@@ -1,0 +1,83 @@
+"""Cutting audio into analysis windows, offline and streaming, identically.
+
+A window of ``window`` samples starts every ``hop`` samples: window i covers samples
+[i*hop, i*hop + window). Offline framing (``frame``) and the streaming ``Windower``
+yield exactly the same windows whatever the chunk sizes fed to the latter. A tail
+shorter than a window is not emitted (offline: a clip shorter than one window gives
+one zero-padded window, see ``frame``).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, List, Tuple
+
+import numpy as np
+
+
+def window_starts(n: int, window: int, hop: int) -> List[int]:
+    if n < window:
+        return [0]
+    return list(range(0, n - window + 1, hop))
+
+
+def frame(x: np.ndarray, window: int, hop: int) -> np.ndarray:
+    """(n_windows, window) float32 view/copy of ``x``; a clip shorter than one window
+    gives one window, zero-padded at the end."""
+    x = np.asarray(x, dtype=np.float32)
+    if len(x) < window:
+        out = np.zeros((1, window), np.float32)
+        out[0, :len(x)] = x
+        return out
+    starts = window_starts(len(x), window, hop)
+    return np.lib.stride_tricks.sliding_window_view(x, window)[starts]
+
+
+class Windower:
+    """Streaming windows of a mono stream, with the absolute index of their first
+    sample. One preallocated buffer of ``window + hop`` samples: feeding never
+    allocates except for the windows it returns (copies, safe to keep)."""
+
+    def __init__(self, window: int, hop: int):
+        if window < 1 or hop < 1:
+            raise ValueError(f"window ({window}) and hop ({hop}) must be positive sample counts")
+        self.window, self.hop = int(window), int(hop)
+        self._buf = np.zeros(self.window + self.hop, dtype=np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget buffered audio; the next sample fed is sample 0 again."""
+        self._fill = 0          # samples in _buf
+        self._skip = 0          # samples still to drop before the next window starts (hop > window)
+        self._next_start = 0    # absolute index of _buf[0]
+
+    def feed(self, chunk: np.ndarray) -> Iterator[Tuple[int, np.ndarray]]:
+        """Yield (start_sample, window) for every window completed by ``chunk``."""
+        chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+        pos, n = 0, len(chunk)
+        while pos < n:
+            if self._skip:
+                take = min(self._skip, n - pos)
+                self._skip -= take
+                pos += take
+                self._next_start += take
+                continue
+            take = min(len(self._buf) - self._fill, n - pos)
+            self._buf[self._fill:self._fill + take] = chunk[pos:pos + take]
+            self._fill += take
+            pos += take
+            while self._fill >= self.window:
+                yield self._next_start, self._buf[:self.window].copy()
+                if self.hop < self.window:
+                    keep = self._fill - self.hop
+                    self._buf[:keep] = self._buf[self.hop:self._fill]
+                    self._fill = keep
+                    self._next_start += self.hop
+                else:  # hop >= window: drop the rest of this hop
+                    drop_buffered = min(self._fill, self.hop)
+                    rest = self._fill - drop_buffered
+                    self._buf[:rest] = self._buf[drop_buffered:self._fill]
+                    self._fill = rest
+                    self._skip = self.hop - drop_buffered
+                    self._next_start += drop_buffered
+                    if self._skip:
+                        break

@@ -1,0 +1,67 @@
+"""``edgeqmoe bench embedders``: time per window of each embedder, front end included.
+
+Input: windows of real or synthetic audio at the input rate (16 kHz, as from the
+microphone), one at a time, one thread; each call is timed on its own (median, p95,
+p99, in milliseconds). The embedders take turns, round after round, so noise on a
+shared machine falls on all alike.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .machine import machine_info
+
+
+def run_bench(embedders: List[str], window_s: float = 1.0, sr: int = 16000, rounds: int = 10,
+              per_round: int = 50, weights: Optional[str] = None, audio: Optional[np.ndarray] = None) -> Dict:
+    from ..embed import get_embedder
+
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
+    n = int(round(window_s * sr))
+    if audio is None:
+        rng = np.random.default_rng(0)
+        audio = (rng.standard_normal(n * 8) * 0.1).astype(np.float32)
+    starts = np.linspace(0, max(0, len(audio) - n), 8).astype(int)
+    windows = [np.ascontiguousarray(audio[s:s + n]) for s in starts]
+    built = {e: get_embedder(e, weights=weights, threads=1) for e in embedders}
+    times = {e: [] for e in embedders}
+    for e, emb in built.items():
+        for w in windows:
+            emb.embed(w, sr)
+    for _ in range(rounds):
+        for e, emb in built.items():
+            ts = times[e]
+            for i in range(per_round):
+                w = windows[i % len(windows)]
+                t0 = time.perf_counter()
+                emb.embed(w, sr)
+                ts.append(time.perf_counter() - t0)
+    rows = []
+    for e, ts in times.items():
+        a = np.asarray(ts) * 1e3
+        info = built[e].info
+        rows.append({"embedder": e, "version": info.version, "dim": info.dim, "model_rate": info.sample_rate,
+                     "input_rate": sr, "window_s": window_s, "median_ms": round(float(np.median(a)), 3),
+                     "p95_ms": round(float(np.percentile(a, 95)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3),
+                     "n": int(a.size)})
+    return {"machine": machine_info({"threads": 1}), "rows": rows}
+
+
+def format_table(result: Dict) -> str:
+    from .machine import describe
+
+    lines = [f"machine: {describe(result['machine'])}", "",
+             f"{'embedder':14} {'dim':>4} {'window':>7} {'median ms':>10} {'p95 ms':>8} {'p99 ms':>8} {'n':>6}"]
+    for r in result["rows"]:
+        lines.append(f"{r['embedder']:14} {r['dim']:4d} {r['window_s']:6.2f}s {r['median_ms']:10.3f} "
+                     f"{r['p95_ms']:8.3f} {r['p99_ms']:8.3f} {r['n']:6d}")
+    return "\n".join(lines)

@@ -1,0 +1,52 @@
+"""What every embedder declares and does.
+
+An embedder turns mono audio windows into fixed-size vectors. It declares its ``id``
+(model bundles record it and refuse to run on another), ``version`` (part of the
+embedding cache key), the ``sample_rate`` its model runs at, and ``dim``. Audio at
+another rate is resampled per window (soxr, high quality), so the result depends on
+the window alone, never on how the stream was chunked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..audio.resample import resample
+
+
+@dataclass(frozen=True)
+class EmbedderInfo:
+    id: str
+    version: str
+    sample_rate: int
+    dim: int
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "version": self.version, "sample_rate": self.sample_rate, "dim": self.dim}
+
+
+class Embedder:
+    """Base class: subclasses set ``info`` and implement ``_embed_batch`` on audio at
+    ``info.sample_rate``."""
+
+    info: EmbedderInfo
+
+    def __new__(cls, *args, **kwargs):
+        from ..heap import keep_heap
+
+        keep_heap()  # per-window temporaries are reused, not faulted in again
+        return super().__new__(cls)
+
+    def embed(self, wave: np.ndarray, sr: int) -> np.ndarray:
+        """One window (n,) at ``sr`` -> (dim,) float32."""
+        return self.embed_batch(np.asarray(wave)[None, :], sr)[0]
+
+    def embed_batch(self, waves: np.ndarray, sr: int) -> np.ndarray:
+        """Windows (B, n) of equal length at ``sr`` -> (B, dim) float32."""
+        waves = resample(np.atleast_2d(waves), sr, self.info.sample_rate)
+        return self._embed_batch(waves)
+
+    def _embed_batch(self, waves: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError

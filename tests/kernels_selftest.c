@@ -39,8 +39,9 @@ int main(void) {
                         for (size_t i = 0; i < rb * n / 2; i++) ((uint16_t *)w)[i] = (uint16_t)((rnd() & 0x83ff) | 0x3800);
                     int32_t *rowsum = calloc((size_t)n, 4);
                     float scale = 0.01f;
-                    eq_layer L = {fmt, n, k, kp, w, &scale, 0, NULL, rowsum};
-                    if (fmt == EQ_FMT_Q8 || fmt == EQ_FMT_POPCOUNT) eq_layer_rowsums(&L, rowsum);
+                    int32_t *wsum = calloc((size_t)n, 4);
+                    eq_layer L = {fmt, n, k, kp, w, &scale, 0, NULL, rowsum, wsum, EQ_ACT_SIGN, 0.05f};
+                    if (fmt == EQ_FMT_Q8 || fmt == EQ_FMT_POPCOUNT) eq_layer_rowsums(&L, rowsum, wsum);
                     float *x = malloc(sizeof(float) * (size_t)k);
                     for (int32_t j = 0; j < k; j++) x[j] = (float)((int32_t)(rnd() % 2001) - 1000) / 37.0f;
                     eq_scratch s1, s2;
@@ -64,9 +65,11 @@ int main(void) {
                     } else {
                         s1.act.kp = s2.act.kp = kp;
                         if (fmt == EQ_FMT_POPCOUNT) {
-                            eq_kernels_generic.quant_sign(x, k, &s1.act);
-                            K->quant_sign(x, k, &s2.act);
-                            if (memcmp(s1.act.planes, s2.act.planes, (size_t)kp / 8)) bad++;
+                            for (int mode = 1; mode >= 0; mode--) { /* ends on sign mode */
+                                eq_kernels_generic.quant_sign(x, k, 0.05f, mode, &s1.act);
+                                K->quant_sign(x, k, 0.05f, mode, &s2.act);
+                                if (memcmp(s1.act.planes, s2.act.planes, (size_t)kp / 8)) bad++;
+                            }
                         } else {
                             eq_kernels_generic.quant_i8(x, k, &s1.act);
                             K->quant_i8(x, k, &s2.act);
@@ -85,6 +88,7 @@ int main(void) {
                     free(x);
                     free(w);
                     free(rowsum);
+                    free(wsum);
                 }
             }
         }

@@ -40,9 +40,14 @@ the row):
 ``popcount`` ternary weights (paper Eq. 3-4: |W| > tau * max|W|, tau = 0.05) stored as
             two bit planes per row, each LSB first: ``sign`` (bit 1 -> negative) then
             ``mask`` (bit 1 -> non-zero), each ``kp / 8`` bytes.  Activations are
-            binarized (sign bits, 1 = negative; scale mean|x|), so the dot product is
-            ``popcount(mask) - 2 * popcount(mask & (sign_w ^ sign_x))`` (XOR/AND +
-            popcount, Eq. 4); ``popcount(mask)`` of each row is computed at load.
+            binarized at x > tau (tau = 0.05; inputs are standardised or
+            LayerNorm-ed), one bit each (1 = low), in one of two modes per layer:
+            ``sign`` (+1 / -1, scale mean|x|) or ``unsigned`` (1 / 0, scale mean of
+            the high inputs; for inputs after a ReLU). The kernel computes the +-1
+            dot product ``popcount(mask) - 2 * popcount(mask & (sign_w ^ low_x))``
+            (XOR/AND + popcount, Eq. 4); in unsigned mode the result is
+            ``(that + sum w) / 2``. ``popcount(mask)`` and ``sum w`` of each row are
+            computed at load.
 
 """
 
@@ -124,13 +129,26 @@ def ternarize(v: np.ndarray, tau: float = POPCOUNT_TAU, axis=None):
     return t, alpha
 
 
-def quantize_act_popcount(x: np.ndarray):
-    """Binary activations for the popcount format: (signs int8 (B,k) in {-1,+1}, with
-    -1 where x < 0; scale mean|x| per row (B,), 1.0 for an all-zero row)."""
+#: popcount activation modes: "sign" codes x > tau as +1, else -1 (scale mean|x|), for
+#: signed inputs; "unsigned" codes x > tau as 1, else 0 (scale: mean of the x > tau),
+#: for inputs after a ReLU, where every sign bit would be the same.
+POPCOUNT_ACT_MODES = ("sign", "unsigned")
+
+
+def quantize_act_popcount(x: np.ndarray, tau: float = POPCOUNT_TAU, mode: str = "sign"):
+    """Binary activations for the popcount format: (codes int8 (B,k), scale (B,))."""
     x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
-    s = np.where(x < 0, -1, 1).astype(np.int8)
-    mean = np.abs(x).mean(axis=1, dtype=np.float32)
-    return s, np.where(mean > 0, mean, np.float32(1.0)).astype(np.float32)
+    hi = x > np.float32(tau)
+    if mode == "sign":
+        codes = np.where(hi, 1, -1).astype(np.int8)
+        scale = np.abs(x).mean(axis=1, dtype=np.float32)
+    elif mode == "unsigned":
+        codes = hi.astype(np.int8)
+        n = hi.sum(axis=1)
+        scale = (np.where(hi, x, 0).sum(axis=1, dtype=np.float32) / np.maximum(n, 1)).astype(np.float32)
+    else:
+        raise ValueError(f"popcount activation mode {mode!r}; use one of {POPCOUNT_ACT_MODES}")
+    return codes, np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------
@@ -288,11 +306,11 @@ class Format:
         return c * (s[:, None] if s.size > 1 else s[0])
 
     # ---- reference arithmetic
-    def quantize_act(self, x: np.ndarray):
+    def quantize_act(self, x: np.ndarray, act_mode: str = "sign"):
         if self.act == "int8":
             return quantize_act_int8(x)
         if self.act == "binary":
-            return quantize_act_popcount(x)
+            return quantize_act_popcount(x, POPCOUNT_TAU, act_mode)
         x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
         return x, np.ones(x.shape[0], dtype=np.float32)
 
@@ -301,14 +319,14 @@ class Format:
         codes = self.unpack(packed, k).astype(np.int64)
         return (np.atleast_2d(xq).astype(np.int64) @ codes.T).astype(np.int32)
 
-    def ref_linear(self, packed, scale, bias, k, x) -> np.ndarray:
+    def ref_linear(self, packed, scale, bias, k, x, act_mode: str = "sign") -> np.ndarray:
         """Float outputs (B, n) exactly as the kernels compute them (reference)."""
         s = np.asarray(scale, dtype=np.float32)
         if self.act == "f32":
             W = self.unpack(packed, k).astype(np.float32)
             y = np.atleast_2d(x).astype(np.float32) @ W.T
         else:
-            xq, xs = self.quantize_act(x)
+            xq, xs = self.quantize_act(x, act_mode)
             acc = self.ref_acc(packed, k, xq).astype(np.float32)
             y = acc * (s[None, :] if s.size > 1 else s[0]) * xs[:, None]
         if bias is not None:

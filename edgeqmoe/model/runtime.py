@@ -33,13 +33,15 @@ class PackedLinear:
     packed: np.ndarray  # (out, row_bytes) uint8
     scale: np.ndarray  # (1,) or (out,) float32
     bias: Optional[np.ndarray]  # (out,) float32
+    act_mode: str = "sign"  # popcount only: "sign" or "unsigned" (inputs after a ReLU)
 
     @classmethod
-    def from_float(cls, W: np.ndarray, b: Optional[np.ndarray], fmt: str, per_channel: Optional[bool] = None):
+    def from_float(cls, W: np.ndarray, b: Optional[np.ndarray], fmt: str, per_channel: Optional[bool] = None,
+                   act_mode: str = "sign"):
         f = get_format(fmt)
         codes, scale = f.quantize(W, per_channel)
         return cls(fmt, W.shape[1], W.shape[0], f.pack(codes), np.asarray(scale, np.float32),
-                   None if b is None else np.asarray(b, np.float32))
+                   None if b is None else np.asarray(b, np.float32), act_mode)
 
     @property
     def nbytes(self) -> int:
@@ -47,11 +49,15 @@ class PackedLinear:
         return int(self.packed.nbytes + self.scale.nbytes)
 
     def c_layer(self):
+        from ..kernels.formats import POPCOUNT_ACT_MODES, POPCOUNT_TAU
+
         f = get_format(self.fmt)
-        return _ckernels.Layer(f.code, self.out_features, self.in_features, self.packed, self.scale, self.bias)
+        return _ckernels.Layer(f.code, self.out_features, self.in_features, self.packed, self.scale, self.bias,
+                               POPCOUNT_ACT_MODES.index(self.act_mode), POPCOUNT_TAU)
 
     def ref(self, x: np.ndarray) -> np.ndarray:
-        return get_format(self.fmt).ref_linear(self.packed, self.scale, self.bias, self.in_features, x)
+        return get_format(self.fmt).ref_linear(self.packed, self.scale, self.bias, self.in_features, x,
+                                               self.act_mode)
 
 
 @dataclass
@@ -167,6 +173,8 @@ def head_tensors(steps: Sequence[Step], prefix: str = "") -> tuple:
             tensors[f"{key}.scale"] = s.scale
             d = {"op": "linear", "format": s.fmt, "in": s.in_features, "out": s.out_features,
                  "w": f"{key}.w", "scale": f"{key}.scale"}
+            if s.fmt == "popcount":
+                d["act_mode"] = s.act_mode
             if s.bias is not None:
                 tensors[f"{key}.b"] = s.bias
                 d["bias"] = f"{key}.b"
@@ -194,7 +202,10 @@ def steps_from_meta(bundle: Bundle, step_meta: list) -> List[Step]:
                                                    f"{f.weight_nbytes(n, k)} bytes, tensor has {w.nbytes}")
                 scale = bundle.tensor(d["scale"])
                 bias = bundle.tensor(d["bias"]) if d.get("bias") else None
-                steps.append(PackedLinear(d["format"], k, n, w.reshape(n, -1), scale, bias))
+                mode = d.get("act_mode", "sign")
+                if mode not in ("sign", "unsigned"):
+                    raise BundleError(bundle.path, f"step {i}: unknown activation mode {mode!r}")
+                steps.append(PackedLinear(d["format"], k, n, w.reshape(n, -1), scale, bias, mode))
             elif op == "layernorm":
                 steps.append(LayerNorm(bundle.tensor(d["gamma"]), bundle.tensor(d["beta"]), float(d.get("eps", LN_EPS))))
             elif op == "relu":

@@ -85,8 +85,10 @@ class Head(nn.Module):
         import copy
 
         h = copy.deepcopy(self)
-        h.linears = nn.ModuleList([PTQLinear(l, fmt) for l in self.linears])
-        h.out = PTQLinear(self.out, fmt)
+        # the first layer sees standardised (signed) inputs; the others follow a ReLU
+        h.linears = nn.ModuleList([PTQLinear(l, fmt, "sign" if i == 0 else "unsigned")
+                                   for i, l in enumerate(self.linears)])
+        h.out = PTQLinear(self.out, fmt, "unsigned" if self.linears else "sign")
         return h
 
 
@@ -178,6 +180,10 @@ class MoE(nn.Module):
     def ptq(self) -> "MoE":
         import copy
 
-        m = copy.deepcopy(self)
+        last, self.last = self.last, {}  # holds graph tensors, which cannot be deep-copied
+        try:
+            m = copy.deepcopy(self)
+        finally:
+            self.last = last
         m.experts = nn.ModuleList([e.ptq() for e in self.experts])
         return m

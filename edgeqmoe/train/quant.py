@@ -97,8 +97,9 @@ class PTQLinear(nn.Module):
     """A trained float layer as it computes after post-training quantization to
     ``fmt`` (q8 or popcount); used to score PTQ models on the torch side."""
 
-    def __init__(self, linear: nn.Linear, fmt: str):
+    def __init__(self, linear: nn.Linear, fmt: str, act_mode: str = "sign"):
         super().__init__()
+        self.act_mode = act_mode  # popcount: "unsigned" for inputs after a ReLU
         from ..kernels import get_format
 
         import numpy as np
@@ -108,13 +109,24 @@ class PTQLinear(nn.Module):
         W = linear.weight.detach().cpu().numpy()
         codes, scale = f.quantize(W)
         self.register_buffer("w_deq", torch.from_numpy(f.dequantize(codes, scale).astype(np.float32)))
+        self.register_buffer("w_float", linear.weight.detach().clone())  # what export packs
         self.register_buffer("bias", linear.bias.detach().clone() if linear.bias is not None else None)
 
     export_format = property(lambda self: self.fmt)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fmt == "popcount":
-            xb = torch.where(x < 0, -torch.ones_like(x), torch.ones_like(x)) * x.abs().mean(-1, keepdim=True)
+            from ..kernels.formats import POPCOUNT_TAU
+
+            hi = x > POPCOUNT_TAU
+            if self.act_mode == "unsigned":
+                scale = (x * hi).sum(-1, keepdim=True) / hi.sum(-1, keepdim=True).clamp_min(1)
+                scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+                xb = hi.float() * scale
+            else:
+                scale = x.abs().mean(-1, keepdim=True)
+                scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+                xb = torch.where(hi, torch.ones_like(x), -torch.ones_like(x)) * scale
         else:
             xb = quant_act_int8(x)
         return F.linear(xb, self.w_deq, self.bias)

@@ -96,14 +96,18 @@ void eq_scratch_free(eq_scratch *s) {
     s->mem = NULL;
 }
 
-void eq_layer_rowsums(const eq_layer *L, int32_t *rowsum) {
+void eq_layer_rowsums(const eq_layer *L, int32_t *rowsum, int32_t *wsum) {
     if (L->fmt == EQ_FMT_POPCOUNT) {
         const int32_t words = L->kp / 64;
         for (int32_t i = 0; i < L->n; i++) {
-            const uint64_t *wm = (const uint64_t *)L->w + (size_t)2 * words * i + words;
-            int32_t m = 0;
-            for (int32_t j = 0; j < words; j++) m += __builtin_popcountll(wm[j]);
+            const uint64_t *ws = (const uint64_t *)L->w + (size_t)2 * words * i, *wm = ws + words;
+            int32_t m = 0, neg = 0;
+            for (int32_t j = 0; j < words; j++) {
+                m += __builtin_popcountll(wm[j]);
+                neg += __builtin_popcountll(wm[j] & ws[j]);
+            }
             rowsum[i] = m;
+            if (wsum) wsum[i] = m - 2 * neg;
         }
         return;
     }
@@ -125,10 +129,13 @@ void eq_linear_row(const eq_kernels *K, const eq_layer *L, const float *x, float
     eq_act *a = &s->act;
     a->kp = L->kp;
     if (L->fmt == EQ_FMT_POPCOUNT)
-        K->quant_sign(x, L->k, a);
+        K->quant_sign(x, L->k, L->tau, L->act_mode, a);
     else
         K->quant_i8(x, L->k, a);
     K->acc[L->fmt](L, a, s->acc);
+    if (L->fmt == EQ_FMT_POPCOUNT && L->act_mode == EQ_ACT_UNSIGNED)
+        /* sum w*b over b in {0,1} = (sum w*(2b-1) + sum w) / 2, exact (the sum is even) */
+        for (int32_t i = 0; i < L->n; i++) s->acc[i] = (s->acc[i] + L->wsum[i]) / 2;
     K->dequant(L, s->acc, a->scale, y);
 }
 

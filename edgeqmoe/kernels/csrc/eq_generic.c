@@ -34,17 +34,24 @@ void eq_generic_quant_i8(const float *x, int32_t k, eq_act *a) {
     a->scale = amax / (float)EQ_ACT_QMAX;
 }
 
-/* binary activations for popcount: sign bit (x < 0), scale mean|x| */
-void eq_generic_quant_sign(const float *x, int32_t k, eq_act *a) {
+/* binary activations for popcount: bit 1 marks a low input (x <= tau); the scale is
+ * mean|x| (EQ_ACT_SIGN) or the mean of the high inputs (EQ_ACT_UNSIGNED) */
+void eq_generic_quant_sign(const float *x, int32_t k, float tau, int32_t mode, eq_act *a) {
     const int32_t words = a->kp / 64;
     memset(a->planes, 0, sizeof(uint64_t) * (size_t)words);
-    float tot = 0.0f;
+    float tot = 0.0f, high = 0.0f;
+    int32_t nhigh = 0;
     for (int32_t j = 0; j < k; j++) {
         tot += fabsf(x[j]);
-        if (x[j] < 0.0f) a->planes[j >> 6] |= 1ull << (j & 63);
+        if (x[j] > tau) {
+            high += x[j];
+            nhigh++;
+        } else {
+            a->planes[j >> 6] |= 1ull << (j & 63);
+        }
     }
-    const float mean = tot / (float)k;
-    a->scale = mean > 0.0f ? mean : 1.0f;
+    const float scale = mode == EQ_ACT_UNSIGNED ? (nhigh ? high / (float)nhigh : 0.0f) : tot / (float)k;
+    a->scale = scale > 0.0f ? scale : 1.0f;
 }
 
 static inline int popcount64(uint64_t v) { return __builtin_popcountll(v); }
@@ -93,8 +100,9 @@ static void acc_q8(const eq_layer *L, const eq_act *a, int32_t *acc) {
     }
 }
 
-/* ternary weights x binary activations: with M = non-zero weights and
- * D = M & (sign_w ^ sign_x), dot = popcount(M) - 2 popcount(D). */
+/* ternary weights x +-1 activations: with M = non-zero weights and D = M & (sign_w ^
+ * low_x), dot = popcount(M) - 2 popcount(D); 0/1 activations are handled after the
+ * kernel (eq_linear_row). */
 static void acc_popcount(const eq_layer *L, const eq_act *a, int32_t *acc) {
     const int32_t words = L->kp / 64;
     const uint64_t *xs = a->planes;

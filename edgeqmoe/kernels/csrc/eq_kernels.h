@@ -25,6 +25,8 @@ enum {
 #define EQ_Q2_BIG 256     /* q2/ternary: blocks of 256 weights, then 64 */
 #define EQ_Q4_BIG 128     /* q4: blocks of 128 weights, then 64 */
 #define EQ_ACT_QMAX 127
+#define EQ_ACT_SIGN 0      /* popcount activations +1 (x > tau) / -1, scale mean|x| */
+#define EQ_ACT_UNSIGNED 1  /* popcount activations 1 (x > tau) / 0, scale mean(x | x > tau) */
 
 /* storage bits per weight, indexed by format */
 static const int eq_fmt_bits[EQ_NFMT] = {1, 2, 4, 8, 2, 16, 2};
@@ -48,6 +50,9 @@ typedef struct eq_layer {
     int32_t scale_stride;   /* 0: one per layer, 1: one per output channel */
     const float *bias;      /* n floats, or NULL */
     const int32_t *rowsum;  /* derived per row: q8 sum of codes, popcount non-zero count */
+    const int32_t *wsum;    /* derived per row, popcount: sum of the ternary codes */
+    int32_t act_mode;       /* popcount activations: EQ_ACT_SIGN (+-1) or EQ_ACT_UNSIGNED (0/1) */
+    float tau;              /* popcount: an activation is high when x > tau */
 } eq_layer;
 
 /* One quantized activation row; buffers are owned by the caller (64-byte aligned). */
@@ -57,7 +62,7 @@ typedef struct eq_act {
     uint8_t *qu;      /* q ^ 0x80 (= q + 128 as u8), for unsigned x signed products */
     int32_t qsum;     /* sum of q */
     float scale;      /* multiplies the accumulator: max|x|/127, or mean|x| (popcount) */
-    uint64_t *planes; /* popcount: kp/64 words of sign bits (1 = negative) */
+    uint64_t *planes; /* popcount: kp/64 words, bit 1 = low (x <= tau: -1 or 0) */
 } eq_act;
 
 typedef void (*eq_acc_fn)(const eq_layer *L, const eq_act *a, int32_t *acc);
@@ -67,8 +72,8 @@ typedef struct eq_kernels {
     const char *name;
     /* x (k floats) -> a->q, a->qu, a->qsum, a->scale (int8 absmax) */
     void (*quant_i8)(const float *x, int32_t k, eq_act *a);
-    /* x (k floats) -> a->planes (sign bits), a->scale = mean|x| (binary activations) */
-    void (*quant_sign)(const float *x, int32_t k, eq_act *a);
+    /* x (k floats) -> a->planes (low bits), a->scale (binary activations, see act_mode) */
+    void (*quant_sign)(const float *x, int32_t k, float tau, int32_t mode, eq_act *a);
     /* int32 accumulators of the signed codes, one per output; NULL for f16 */
     eq_acc_fn acc[EQ_NFMT];
     /* y = W x for f16 weights (no bias) */
@@ -105,15 +110,16 @@ void eq_scratch_free(eq_scratch *s);
 
 /* y[n] = dequantized W x + b for one row x[k]. */
 void eq_linear_row(const eq_kernels *K, const eq_layer *L, const float *x, float *y, eq_scratch *s);
-/* Derived data of a layer (q8 code sums, popcount non-zero counts); n int32. */
-void eq_layer_rowsums(const eq_layer *L, int32_t *rowsum);
+/* Derived data of a layer (q8 code sums, popcount non-zero counts); n int32 each;
+ * wsum (popcount only, may be NULL otherwise): sum of the ternary codes per row. */
+void eq_layer_rowsums(const eq_layer *L, int32_t *rowsum, int32_t *wsum);
 
 void eq_layernorm(float *x, int32_t n, const float *gamma, const float *beta, float eps);
 void eq_relu(float *x, int32_t n);
 
 /* helpers shared by the variants */
 void eq_generic_quant_i8(const float *x, int32_t k, eq_act *a);
-void eq_generic_quant_sign(const float *x, int32_t k, eq_act *a);
+void eq_generic_quant_sign(const float *x, int32_t k, float tau, int32_t mode, eq_act *a);
 void eq_generic_dequant(const eq_layer *L, const int32_t *acc, float act_scale, float *y);
 
 #endif

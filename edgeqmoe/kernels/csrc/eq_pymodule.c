@@ -5,8 +5,9 @@
  *                                            gamma, beta, eps) | ("relu",), run in C
  *   Program.run(x, out, batch)               float32 in, float32 out, GIL released
  *   acc(variant, layer, xq, out, batch)      int32 accumulators of given quantized
- *                                            activations (int8, or signs -1/+1)
- *   quantize(variant, x, binary, q_out)      one activation row as the kernels see it
+ *                                            activations (int8, or -1/+1 for popcount;
+ *                                            0/1 activations: (acc + wsum) / 2)
+ *   quantize(variant, x, binary, q_out, tau, mode)  one activation row as the kernels see it
  *   variants(), cpu_features()
  */
 #define PY_SSIZE_T_CLEAN
@@ -33,7 +34,7 @@ typedef struct {
     PyObject_HEAD eq_layer L;
     Py_buffer w, scale, bias;
     int has_bias;
-    int32_t *rowsum;
+    int32_t *rowsum, *wsum;
 } LayerObject;
 
 static void Layer_dealloc(LayerObject *self) {
@@ -41,14 +42,21 @@ static void Layer_dealloc(LayerObject *self) {
     if (self->scale.obj) PyBuffer_Release(&self->scale);
     if (self->has_bias) PyBuffer_Release(&self->bias);
     free(self->rowsum);
+    free(self->wsum);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static int Layer_init(LayerObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"fmt", "n", "k", "w", "scale", "bias", NULL};
-    int fmt, n, k;
+    static char *kwlist[] = {"fmt", "n", "k", "w", "scale", "bias", "act_mode", "tau", NULL};
+    int fmt, n, k, act_mode = EQ_ACT_SIGN;
+    float tau = 0.05f;
     PyObject *wo, *so, *bo = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiOO|O", kwlist, &fmt, &n, &k, &wo, &so, &bo)) return -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiOO|Oif", kwlist, &fmt, &n, &k, &wo, &so, &bo, &act_mode, &tau))
+        return -1;
+    if (act_mode != EQ_ACT_SIGN && act_mode != EQ_ACT_UNSIGNED) {
+        PyErr_Format(PyExc_ValueError, "act_mode must be 0 (sign) or 1 (unsigned), not %d", act_mode);
+        return -1;
+    }
     if (fmt < 0 || fmt >= EQ_NFMT) {
         PyErr_Format(PyExc_ValueError, "unknown format code %d", fmt);
         return -1;
@@ -86,14 +94,18 @@ static int Layer_init(LayerObject *self, PyObject *args, PyObject *kw) {
     L->scale = self->scale.buf;
     L->scale_stride = self->scale.len == 4 ? 0 : 1;
     L->bias = self->has_bias ? self->bias.buf : NULL;
+    L->act_mode = act_mode;
+    L->tau = tau;
     if (fmt == EQ_FMT_Q8 || fmt == EQ_FMT_POPCOUNT) {
         self->rowsum = malloc(sizeof(int32_t) * (size_t)n);
-        if (!self->rowsum) {
+        self->wsum = malloc(sizeof(int32_t) * (size_t)n);
+        if (!self->rowsum || !self->wsum) {
             PyErr_NoMemory();
             return -1;
         }
-        eq_layer_rowsums(L, self->rowsum);
+        eq_layer_rowsums(L, self->rowsum, self->wsum);
         L->rowsum = self->rowsum;
+        L->wsum = self->wsum;
     }
     return 0;
 }
@@ -101,11 +113,18 @@ static int Layer_init(LayerObject *self, PyObject *args, PyObject *kw) {
 static PyObject *Layer_get_n(LayerObject *self, void *c) { return PyLong_FromLong(self->L.n); }
 static PyObject *Layer_get_k(LayerObject *self, void *c) { return PyLong_FromLong(self->L.k); }
 static PyObject *Layer_get_fmt(LayerObject *self, void *c) { return PyLong_FromLong(self->L.fmt); }
+static PyObject *Layer_get_wsum(LayerObject *self, void *c) {
+    if (!self->wsum) Py_RETURN_NONE;
+    PyObject *l = PyList_New(self->L.n);
+    for (int32_t i = 0; i < self->L.n; i++) PyList_SET_ITEM(l, i, PyLong_FromLong(self->wsum[i]));
+    return l;
+}
 
 static PyGetSetDef Layer_getset[] = {
     {"n", (getter)Layer_get_n, NULL, "outputs", NULL},
     {"k", (getter)Layer_get_k, NULL, "inputs", NULL},
     {"fmt", (getter)Layer_get_fmt, NULL, "format code", NULL},
+    {"wsum", (getter)Layer_get_wsum, NULL, "popcount: sum of ternary codes per row (derived)", NULL},
     {NULL},
 };
 
@@ -397,8 +416,9 @@ static PyObject *py_acc(PyObject *m, PyObject *args) {
 static PyObject *py_quantize(PyObject *m, PyObject *args) {
     const char *variant;
     PyObject *xo, *qo;
-    int binary;
-    if (!PyArg_ParseTuple(args, "sOpO", &variant, &xo, &binary, &qo)) return NULL;
+    int binary, mode = EQ_ACT_SIGN;
+    float tau = 0.05f;
+    if (!PyArg_ParseTuple(args, "sOpO|fi", &variant, &xo, &binary, &qo, &tau, &mode)) return NULL;
     const eq_kernels *K = find_variant(variant);
     if (!K) return NULL;
     Py_buffer xb, qb;
@@ -418,8 +438,9 @@ static PyObject *py_quantize(PyObject *m, PyObject *args) {
         s.act.kp = eq_padded_k(k);
         int8_t *q = qb.buf;
         if (binary) {
-            K->quant_sign(xb.buf, k, &s.act);
-            for (int32_t j = 0; j < k; j++) q[j] = (int8_t)((s.act.planes[j >> 6] >> (j & 63) & 1) ? -1 : 1);
+            K->quant_sign(xb.buf, k, tau, mode, &s.act);
+            const int8_t low = mode == EQ_ACT_UNSIGNED ? 0 : -1;
+            for (int32_t j = 0; j < k; j++) q[j] = (s.act.planes[j >> 6] >> (j & 63) & 1) ? low : 1;
         } else {
             K->quant_i8(xb.buf, k, &s.act);
             memcpy(q, s.act.q, (size_t)k);
@@ -444,7 +465,7 @@ static PyObject *py_cpu_features(PyObject *m, PyObject *unused) { return PyUnico
 
 static PyMethodDef module_methods[] = {
     {"acc", py_acc, METH_VARARGS, "acc(variant, layer, xq, out, batch): int32 accumulators"},
-    {"quantize", py_quantize, METH_VARARGS, "quantize(variant, x, binary, q_out) -> (scale, qsum)"},
+    {"quantize", py_quantize, METH_VARARGS, "quantize(variant, x, binary, q_out, tau=0.05, mode=0) -> (scale, qsum)"},
     {"variants", py_variants, METH_NOARGS, "kernel variants this CPU runs, best first"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "CPU features detected at run time"},
     {NULL},

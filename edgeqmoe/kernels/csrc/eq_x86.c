@@ -232,23 +232,29 @@ T512 static void quant_i8_512(const float *x, int32_t k, eq_act *a) {
     a->scale = amax / (float)EQ_ACT_QMAX;
 }
 
-/* binary activations: sign bit (x < 0) per input; scale alpha_x = mean|x| */
-T512 static void quant_sign_512(const float *x, int32_t k, eq_act *a) {
+/* binary activations: bit 1 marks x <= tau; scale as eq_generic_quant_sign */
+T512 static void quant_sign_512(const float *x, int32_t k, float tau, int32_t mode, eq_act *a) {
     const int32_t words = a->kp / 64;
-    __m512 tot = _mm512_setzero_ps();
+    const __m512 vt = _mm512_set1_ps(tau);
+    __m512 tot = _mm512_setzero_ps(), high = tot;
+    int32_t nhigh = 0;
     for (int32_t w = 0; w < words; w++) {
-        uint64_t sm = 0;
+        uint64_t lm = 0;
         for (int q = 0; q < 4; q++) {
             const int32_t j = w * 64 + q * 16;
             const __mmask16 km = (k - j >= 16) ? 0xffff : (k > j ? (__mmask16)((1u << (k - j)) - 1) : 0);
             const __m512 v = _mm512_maskz_loadu_ps(km, x + j);
+            const __mmask16 hi = _mm512_mask_cmp_ps_mask(km, v, vt, _CMP_GT_OQ);
             tot = _mm512_add_ps(tot, _mm512_abs_ps(v));
-            sm |= (uint64_t)_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ) << (16 * q);
+            high = _mm512_mask_add_ps(high, hi, high, v);
+            nhigh += __builtin_popcount(hi);
+            lm |= (uint64_t)(uint16_t)(km & ~hi) << (16 * q);
         }
-        a->planes[w] = sm;
+        a->planes[w] = lm;
     }
-    const float mean = _mm512_reduce_add_ps(tot) / (float)k;
-    a->scale = mean > 0.0f ? mean : 1.0f;
+    const float scale = mode == EQ_ACT_UNSIGNED ? (nhigh ? _mm512_reduce_add_ps(high) / (float)nhigh : 0.0f)
+                                                : _mm512_reduce_add_ps(tot) / (float)k;
+    a->scale = scale > 0.0f ? scale : 1.0f;
 }
 
 T512 static void gemv_f16_512(const eq_layer *L, const float *x, float *y) {
@@ -507,26 +513,39 @@ T2 static void quant_i8_256(const float *x, int32_t k, eq_act *a) {
     a->scale = amax / (float)EQ_ACT_QMAX;
 }
 
-T2 static void quant_sign_256(const float *x, int32_t k, eq_act *a) {
+T2 static void quant_sign_256(const float *x, int32_t k, float tau, int32_t mode, eq_act *a) {
     const int32_t words = a->kp / 64;
-    const __m256 signbit = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
-    __m256 tot = zero;
-    int32_t j = 0;
+    const __m256 signbit = _mm256_set1_ps(-0.0f), vt = _mm256_set1_ps(tau);
+    __m256 tot = _mm256_setzero_ps(), high = tot;
+    int32_t j = 0, nhigh = 0;
     memset(a->planes, 0, sizeof(uint64_t) * (size_t)words);
     for (; j + 8 <= k; j += 8) {
         const __m256 v = _mm256_loadu_ps(x + j);
+        const __m256 hi = _mm256_cmp_ps(v, vt, _CMP_GT_OQ);
         tot = _mm256_add_ps(tot, _mm256_andnot_ps(signbit, v));
-        a->planes[j >> 6] |= (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ)) << (j & 63);
+        high = _mm256_add_ps(high, _mm256_and_ps(hi, v));
+        const unsigned hm = (unsigned)_mm256_movemask_ps(hi);
+        nhigh += __builtin_popcount(hm);
+        a->planes[j >> 6] |= (uint64_t)(~hm & 0xffu) << (j & 63);
     }
-    float t8[8], tsum = 0.0f;
+    float t8[8], h8[8], tsum = 0.0f, hsum = 0.0f;
     _mm256_storeu_ps(t8, tot);
-    for (int t = 0; t < 8; t++) tsum += t8[t];
+    _mm256_storeu_ps(h8, high);
+    for (int t = 0; t < 8; t++) {
+        tsum += t8[t];
+        hsum += h8[t];
+    }
     for (; j < k; j++) {
         tsum += fabsf(x[j]);
-        if (x[j] < 0.0f) a->planes[j >> 6] |= 1ull << (j & 63);
+        if (x[j] > tau) {
+            hsum += x[j];
+            nhigh++;
+        } else {
+            a->planes[j >> 6] |= 1ull << (j & 63);
+        }
     }
-    const float mean = tsum / (float)k;
-    a->scale = mean > 0.0f ? mean : 1.0f;
+    const float scale = mode == EQ_ACT_UNSIGNED ? (nhigh ? hsum / (float)nhigh : 0.0f) : tsum / (float)k;
+    a->scale = scale > 0.0f ? scale : 1.0f;
 }
 
 T2 static void gemv_f16_256(const eq_layer *L, const float *x, float *y) {

@@ -1,0 +1,151 @@
+"""Torch-free models behind one interface: ``predict(x) -> Prediction``.
+
+``HeadModel`` wraps a single packed head. ``MoEModel`` runs a mixture of packed
+experts exactly as ``edgeqmoe.train.models.MoE`` computes it in eval mode:
+
+1. router first layer (+ ReLU) once; its output times each of the S fixed dropout
+   masks (one batch of S rows) through the rest of the router;
+   p_s = softmax(logits_s / T), p = mean_s p_s; uncertainty = H(p) - mean_s H(p_s).
+   Without curiosity the router runs once, without masks.
+2. curiosity: every expert runs; q_i = softmax(E_i(x)), q_bar = mean_i q_i,
+   w_i = p_i exp(alpha KL(q_i || q_bar)), normalised; predictive entropy H(q_bar).
+   Without curiosity: w = p, and only the top-k experts run (``evaluate_all`` makes
+   them all run, for fixed work per window).
+3. top-k of w; output logits = sum over the top-k of (w_i / sum_topk w) E_i(x).
+
+Inputs are the embedder's raw output; the bundle's input normalisation is applied
+here once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+
+from ..kernels import KernelChoiceError
+from .bundle import Bundle, BundleError, load_bundle
+from .runtime import Head, check_embedder, softmax, steps_from_meta
+
+
+@dataclass
+class Prediction:
+    proba: np.ndarray                        # (B, classes)
+    experts: Optional[np.ndarray] = None     # (B, k) expert indices used
+    weights: Optional[np.ndarray] = None     # (B, k) their mixing weights
+    uncertainty: Optional[np.ndarray] = None  # (B,) router epistemic uncertainty (nats)
+    entropy: Optional[np.ndarray] = None     # (B,) predictive entropy of the experts' mean (nats)
+
+
+def _entropy(p: np.ndarray, axis=-1) -> np.ndarray:
+    return -(p * np.log(np.clip(p, 1e-12, None))).sum(axis)
+
+
+class _Normalised:
+    def _norm(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"model takes {self.in_features} inputs, got {x.shape[1]}")
+        if self._mul is not None:
+            x = x * self._mul + self._add
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class HeadModel(_Normalised):
+    kind = "mlp"
+
+    def __init__(self, head: Head, mean, std, classes, embedder, meta):
+        self.head, self.classes, self.embedder, self.meta = head, list(classes), dict(embedder), meta
+        self.in_features = head.in_features
+        self._mul = (1.0 / std).astype(np.float32) if std is not None else None
+        self._add = (-mean * self._mul).astype(np.float32) if std is not None else None
+        self.experts = [meta["graph"].get("kind", "head")]
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self.head._run(self._norm(x))
+
+    def predict(self, x: np.ndarray) -> Prediction:
+        return Prediction(softmax(self.logits(x)))
+
+
+class MoEModel(_Normalised):
+    kind = "moe"
+
+    def __init__(self, router_in: Head, router_out: Head, experts: List[Head], masks: np.ndarray, top_k: int,
+                 temperature: float, curiosity: bool, alpha: float, mean, std, classes, embedder, meta,
+                 evaluate_all: bool = False, kinds: Optional[List[str]] = None):
+        self.router_in, self.router_out, self.expert_heads = router_in, router_out, experts
+        self.masks = np.ascontiguousarray(masks, np.float32)
+        self.top_k, self.temperature, self.curiosity, self.alpha = top_k, temperature, curiosity, alpha
+        self.evaluate_all = evaluate_all or curiosity
+        self.classes, self.embedder, self.meta = list(classes), dict(embedder), meta
+        self.in_features = router_in.in_features
+        self._mul = (1.0 / std).astype(np.float32) if std is not None else None
+        self._add = (-mean * self._mul).astype(np.float32) if std is not None else None
+        self.experts = kinds or [f"expert{i}" for i in range(len(experts))]
+
+    def predict(self, x: np.ndarray) -> Prediction:
+        x = self._norm(x)
+        B, N = x.shape[0], len(self.expert_heads)
+        h = self.router_in._run(x)                                        # (B, H)
+        if self.curiosity:
+            S = self.masks.shape[0]
+            hs = np.ascontiguousarray((h[:, None, :] * self.masks[None]).reshape(B * S, -1))
+            ps = softmax(self.router_out._run(hs).reshape(B, S, N) / self.temperature)
+            p = ps.mean(1)
+            unc = _entropy(p) - _entropy(ps).mean(1)
+        else:
+            p = softmax(self.router_out._run(h) / self.temperature)
+            unc = np.zeros(B, np.float32)
+        C = len(self.classes)
+        outs = np.zeros((B, N, C), np.float32)
+        if self.evaluate_all:
+            for i, e in enumerate(self.expert_heads):
+                outs[:, i] = e._run(x)
+        ent = None
+        if self.curiosity:
+            q = softmax(outs)
+            qbar = q.mean(1, keepdims=True)
+            kl = (q * (np.log(np.clip(q, 1e-12, None)) - np.log(np.clip(qbar, 1e-12, None)))).sum(-1)
+            w = p * np.exp(self.alpha * kl)
+            w = w / w.sum(-1, keepdims=True)
+            ent = _entropy(qbar[:, 0])
+        else:
+            w = p
+        top = np.argsort(-w, axis=1, kind="stable")[:, :self.top_k]
+        wk = np.take_along_axis(w, top, 1)
+        wk = wk / wk.sum(1, keepdims=True)
+        if not self.evaluate_all:  # only the chosen experts run: data-dependent work
+            for i in np.unique(top):
+                rows = np.flatnonzero((top == i).any(1))
+                outs[rows, i] = self.expert_heads[i]._run(np.ascontiguousarray(x[rows]))
+        logits = (np.take_along_axis(outs, top[:, :, None], 1) * wk[:, :, None]).sum(1)
+        return Prediction(softmax(logits), top, wk, unc, ent)
+
+
+def load_model(path_or_bundle, kernel: Optional[str] = None, embedder=None, evaluate_all: bool = False):
+    """A HeadModel or MoEModel from a bundle file (see module doc)."""
+    b: Bundle = path_or_bundle if isinstance(path_or_bundle, Bundle) else load_bundle(path_or_bundle)
+    if embedder is not None:
+        check_embedder(b, embedder)
+    g = b.meta["graph"]
+    norm = b.meta.get("input_norm")
+    mean = b.tensor(norm["mean"]) if norm else None
+    std = b.tensor(norm["std"]) if norm else None
+    try:
+        if g.get("type") == "mlp":
+            return HeadModel(Head(steps_from_meta(b, g["steps"]), kernel=kernel), mean, std, b.classes, b.embedder,
+                             b.meta)
+        if g.get("type") == "moe":
+            experts = [Head(steps_from_meta(b, e["steps"]), kernel=kernel) for e in g["experts"]]
+            return MoEModel(Head(steps_from_meta(b, g["router_in"]), kernel=kernel),
+                            Head(steps_from_meta(b, g["router_out"]), kernel=kernel), experts,
+                            b.tensor(g["masks"]), int(g["top_k"]), float(g["temperature"]), bool(g["curiosity"]),
+                            float(g["curiosity_alpha"]), mean, std, b.classes, b.embedder, b.meta,
+                            evaluate_all=evaluate_all, kinds=[e["kind"] for e in g["experts"]])
+    except KernelChoiceError:
+        raise
+    except (KeyError, ValueError, TypeError) as e:
+        raise BundleError(b.path, f"bad graph: {e}") from None
+    raise BundleError(b.path, f"unknown graph type {g.get('type')!r}")

@@ -13,12 +13,109 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (each prints what
 app.add_typer(bench_app, name="bench")
 weights_app = typer.Typer(no_args_is_help=True, help="Pretrained embedder weights: where they are, fetching them.")
 app.add_typer(weights_app, name="weights")
+profiles_app = typer.Typer(no_args_is_help=True, help="Deployment profiles: list, show, validate.")
+app.add_typer(profiles_app, name="profiles")
 
 
 def fail(message: str, code: int = 2):
     """One clear paragraph on stderr, then exit with ``code``."""
     typer.echo(f"edgeqmoe: {message}", err=True)
     raise typer.Exit(code)
+
+
+@app.command("run")
+def run_cmd(
+    profile: str = typer.Option("balanced", "--profile", "-p", help="Profile name or path to a .yaml file."),
+    source: Optional[str] = typer.Option(None, help="mic, mic:DEVICE, file:PATH or dir:PATH (default: the profile's)."),
+    realtime: Optional[bool] = typer.Option(None, "--realtime/--fast", help="File sources: real time or as fast as possible."),
+    duration: Optional[float] = typer.Option(None, help="Stop after this many seconds of audio."),
+    log_dir: Optional[str] = typer.Option(None, help="Log folder (default: the profile's logging.dir)."),
+    kernel: Optional[str] = typer.Option(None, help="Kernel variant, overriding the profile."),
+):
+    """Listen and classify every window, writing what was heard to the log folder."""
+    from .daemon.pipeline import PipelineError
+    from .daemon.profiles import ProfileError, load_profile
+    from .daemon.run import Daemon
+    from .daemon.sources import SourceError
+    from .kernels import KernelChoiceError
+    from .settings import SettingsError
+
+    overrides = {"model": {"kernel": kernel}} if kernel else None
+    try:
+        p = load_profile(profile, overrides)
+        d = Daemon(p, source=source, duration=duration, log_dir=log_dir, realtime=realtime)
+        code = d.run()
+    except (ProfileError, SettingsError, PipelineError, SourceError, KernelChoiceError, OSError) as e:
+        fail(str(e))
+    typer.echo(f"edgeqmoe: stopped after {d.windows} windows; logs in {d.log_dir}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command("devices")
+def devices_cmd():
+    """List audio input devices (index, name, channels, default sample rate)."""
+    from .daemon.sources import list_devices
+
+    try:
+        devs = list_devices()
+    except Exception as e:  # PortAudio missing or broken
+        fail(f"cannot query audio devices: {e}. Install PortAudio (libportaudio2) or use --source file:PATH")
+    if not devs:
+        fail("no audio input devices found; use --source file:PATH or --source dir:PATH to classify recordings")
+    for d in devs:
+        mark = "*" if d["default"] else " "
+        typer.echo(f"{mark}{d['index']:3d}  {d['name']}  ({d['channels']} ch, {d['default_samplerate']:.0f} Hz)")
+
+
+@profiles_app.command("list")
+def profiles_list():
+    """Profiles that --profile NAME finds."""
+    from .daemon.profiles import available_profiles, load_profile
+    from .settings import SettingsError
+
+    for name, path in available_profiles().items():
+        try:
+            desc = load_profile(str(path)).description
+        except SettingsError as e:
+            desc = f"INVALID: {e}"
+        typer.echo(f"{name:18} {desc}  [{path}]")
+
+
+@profiles_app.command("show")
+def profiles_show(name: str):
+    """All settings of a profile, defaults included, as YAML."""
+    import yaml
+
+    from .daemon.profiles import ProfileError, load_profile
+    from .settings import SettingsError, to_dict
+
+    try:
+        p = load_profile(name)
+    except (ProfileError, SettingsError) as e:
+        fail(str(e))
+    d = to_dict(p)
+    d["model"].pop("_base", None)
+    d["model"]["bundle_resolved"] = p.model.bundle_path()
+    typer.echo(yaml.safe_dump(d, sort_keys=False))
+
+
+@profiles_app.command("validate")
+def profiles_validate(path: str):
+    """Check a profile file; exit 2 with the file, key and what is allowed if it is wrong."""
+    import os as _os
+
+    from .daemon.profiles import ProfileError, load_profile
+    from .settings import SettingsError
+
+    try:
+        p = load_profile(path)
+    except (ProfileError, SettingsError) as e:
+        fail(str(e))
+    for b in (p.model.bundle, p.model.fallback_bundle):
+        if b and not _os.path.isfile(p.model.bundle_path(b)):
+            fail(f"{p.source_file}: model bundle {b!r} not found (looked in {_os.path.dirname(p.source_file)} and the "
+                 "shipped bundles)")
+    typer.echo(f"{p.source_file}: valid (profile {p.name!r}, version {p.version})")
 
 
 @app.command("embed")
@@ -63,6 +160,70 @@ def embed_cmd(
         typer.echo(f"{summary.output}: {summary.rows} rows from {summary.clips} clips "
                    f"({summary.computed} computed, {summary.reused} reused, {len(summary.failed)} failed) "
                    f"in {summary.seconds:.1f} s")
+
+
+@app.command("train")
+def train_cmd(
+    config: str = typer.Argument(..., help="Training config (YAML); see edgeqmoe/train/config.py."),
+    cache: Optional[str] = typer.Option(None, help="Use this embedding cache file instead of data.dataset."),
+    no_final: bool = typer.Option(False, "--no-final", help="Only the protocol folds, no final bundle."),
+):
+    """Train a head or a MoE: protocol folds, summary, final bundle and model card."""
+    import json as _json
+
+    from .settings import SettingsError
+    from .train.config import load_config
+    from .train.run import run_training
+
+    try:
+        cfg = load_config(config)
+    except SettingsError as e:
+        fail(str(e))
+    try:
+        summary = run_training(cfg, cache=cache, log=typer.echo, final=not no_final)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    typer.echo(_json.dumps({k: v for k, v in summary.items() if k != "cache"}, indent=1))
+
+
+@app.command("eval")
+def eval_cmd(
+    bundle: Optional[str] = typer.Argument(None, help="Model bundle (.eqm)."),
+    profile: Optional[str] = typer.Option(None, help="Evaluate the bundle of this profile instead."),
+    data: str = typer.Option(..., "--data", help="Dataset: metadata CSV or folder."),
+    folds: Optional[List[int]] = typer.Option(None, "--fold", help="Only these folds (repeat)."),
+    cache: str = typer.Option("cache", help="Embedding cache folder."),
+    kernel: Optional[str] = typer.Option(None, help="Kernel variant (ref, generic, simd, or a name)."),
+    weights: Optional[str] = typer.Option(None, help="Embedder weights path."),
+    json_out: bool = typer.Option(False, "--json", help="Print all results as JSON."),
+):
+    """Score a bundle on a dataset with the torch-free runtime (clip-level)."""
+    import json as _json
+
+    from .audio.datasets import DatasetError
+    from .embed import WeightsError
+    from .model.bundle import BundleError
+    from .train.evaluate import evaluate
+
+    if profile:
+        from .daemon.profiles import ProfileError, load_profile
+
+        try:
+            p = load_profile(profile)
+        except ProfileError as e:
+            fail(str(e))
+        bundle = p.model.bundle_path()
+    if not bundle:
+        fail("give a bundle path or --profile NAME")
+    try:
+        r = evaluate(bundle, data, cache, folds or (), kernel, weights)
+    except (BundleError, DatasetError, WeightsError, ValueError) as e:
+        fail(str(e))
+    if json_out:
+        typer.echo(_json.dumps(r, indent=1))
+    else:
+        typer.echo(f"{r['bundle']} on {r['dataset']}: weighted F1 {r['weighted_f1']:.4f}, accuracy "
+                   f"{r['accuracy']:.4f}, macro F1 {r['macro_f1']:.4f} ({r['n']} clips, {r['n_windows']} windows)")
 
 
 @weights_app.command("where")
@@ -163,6 +324,40 @@ def bench_embedders(
     if json_path:
         with open(json_path, "w") as f:
             _json.dump(result, f, indent=1)
+
+
+@bench_app.command("latency")
+def bench_latency(
+    profile: Optional[List[str]] = typer.Option(None, "--profile", "-p", help="Profiles to time (repeat); default all."),
+    data: str = typer.Option(..., "--data", help="Audio to replay: a dataset (CSV or folder) or a folder of files."),
+    windows: int = typer.Option(2000, min=10, help="Windows per profile."),
+    window: Optional[float] = typer.Option(None, help="Window length in seconds (default: each profile's)."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Also write the results as JSON."),
+):
+    """Per-window latency of each profile's pipeline, and stable vs uniform routing."""
+    import json as _json
+    from pathlib import Path as _Path
+
+    from .audio.datasets import AUDIO_EXT, DatasetError, read_dataset
+    from .bench.latency import format_table, run_bench
+    from .daemon.pipeline import PipelineError
+    from .daemon.profiles import ProfileError, available_profiles
+
+    try:
+        paths = [c.path for c in read_dataset(data).clips]
+    except DatasetError:
+        paths = sorted(str(p) for p in _Path(data).rglob("*") if p.suffix.lower() in AUDIO_EXT)
+    if not paths:
+        fail(f"no audio found in {data}")
+    names = list(profile) if profile else list(available_profiles())
+    try:
+        res = run_bench(names, paths, windows, window)
+    except (ProfileError, PipelineError) as e:
+        fail(str(e))
+    typer.echo(format_table(res))
+    if json_path:
+        with open(json_path, "w") as f:
+            _json.dump(res, f, indent=1, default=str)
 
 
 def main():

@@ -61,3 +61,33 @@ def one_clip_per_class(root=US8K):
             seen.add(c.label)
             out.append(c)
     return ds, sorted(out, key=lambda c: c.label)
+
+
+@pytest.fixture(scope="session")
+def virtual_mic():
+    """The project's virtual microphone (tools/virtual_mic.sh): returns the environment
+    that subprocesses need; sounddevice in this process sees it too."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("pulseaudio"):
+        if IN_CI:
+            pytest.fail("CI must install pulseaudio (tools/setup.sh --dev)")
+        pytest.skip("pulseaudio not installed")
+    script = os.path.join(ROOT, "tools", "virtual_mic.sh")
+    out = subprocess.run([script, "up"], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        pytest.fail(f"virtual microphone did not start: {out.stderr}")
+    env = {}
+    for part in out.stdout.strip().split("\n")[-1].replace("export ", "").split():
+        k, _, v = part.partition("=")
+        env[k] = v
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    subprocess.run([script, "down"], capture_output=True, timeout=30)
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

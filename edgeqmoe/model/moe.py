@@ -62,6 +62,10 @@ class HeadModel(_Normalised):
         self._add = (-mean * self._mul).astype(np.float32) if std is not None else None
         self.experts = [meta["graph"].get("kind", "head")]
 
+    @property
+    def variant(self) -> str:
+        return self.head.variant
+
     def logits(self, x: np.ndarray) -> np.ndarray:
         return self.head._run(self._norm(x))
 
@@ -84,6 +88,10 @@ class MoEModel(_Normalised):
         self._mul = (1.0 / std).astype(np.float32) if std is not None else None
         self._add = (-mean * self._mul).astype(np.float32) if std is not None else None
         self.experts = kinds or [f"expert{i}" for i in range(len(experts))]
+
+    @property
+    def variant(self) -> str:
+        return self.router_in.variant
 
     def predict(self, x: np.ndarray) -> Prediction:
         x = self._norm(x)

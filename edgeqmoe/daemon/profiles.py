@@ -1,0 +1,179 @@
+"""Deployment profiles: typed, frozen, versioned settings of the daemon, from YAML.
+
+A profile is found by path (``--profile ./my.yaml``) or by name among
+``$EDGEQMOE_PROFILES`` and the profiles shipped with the package
+(``edgeqmoe/profiles``, also ``profiles/`` at the top of a checkout). Bundles named
+in a profile are looked for relative to the profile file, then among the bundles
+shipped with the package (``edgeqmoe/bundles``).
+
+Every field below documents its unit. Unknown keys, wrong types and values out of
+range fail with the file, the dotted key and what is allowed (``SettingsError``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from ..settings import SettingsError, build, field, load_yaml
+
+PROFILE_VERSION = 1
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+SHIPPED_PROFILES = PACKAGE_DIR / "profiles"
+SHIPPED_BUNDLES = PACKAGE_DIR / "bundles"
+
+
+class ProfileError(Exception):
+    """A profile that cannot be found or used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    bundle: str = field(doc="model bundle: a path (relative to the profile) or a shipped bundle's file name")
+    fallback_bundle: Optional[str] = field(None, doc="bundle for the weight-free embedder, used when the "
+                                                     "bundle's embedder weights are missing")
+    weights: Optional[str] = field(None, doc="embedder weights (file or folder); default: the usual search")
+    kernel: str = field("simd", doc="ref, generic, simd, or a variant name (avx512, avx2, neon, dotprod)")
+    evaluate_all_experts: bool = field(False, doc="MoE: run every expert on every window (fixed work)")
+    _base: str = field("", doc="(internal) folder of the profile file")
+
+    def bundle_path(self, name: Optional[str] = None) -> str:
+        name = name or self.bundle
+        for cand in ([Path(self._base) / name] if self._base else []) + [Path(name), SHIPPED_BUNDLES / name]:
+            if cand.is_file():
+                return str(cand)
+        return str(Path(self._base) / name if self._base else name)
+
+
+@dataclass(frozen=True)
+class AudioSettings:
+    source: str = field("mic", doc="mic, mic:DEVICE (index or name), file:PATH or dir:PATH")
+    sample_rate: int = field(16000, unit="Hz", range=(8000, 192000))
+    channels: int = field(1, range=(1, 32), doc="captured channels, mixed to mono")
+    window: float = field(1.0, unit="s", range=(0.1, 30.0))
+    hop: float = field(0.5, unit="s", range=(0.05, 30.0))
+    block: float = field(0.05, unit="s", range=(0.005, 1.0), doc="audio callback block")
+    ring: float = field(20.0, unit="s", range=(1.0, 600.0), doc="ring buffer between capture and inference")
+    realtime: bool = field(True, doc="file and dir sources: replay at real time (false: as fast as possible)")
+
+    def validate(self):
+        if self.hop > self.window * 4:
+            return "hop", f"{self.hop} s skips more than three windows of {self.window} s"
+        if self.ring < 2 * self.window:
+            return "ring", f"{self.ring} s must hold at least two windows ({2 * self.window} s)"
+        return None
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    threads: int = field(1, range=(1, 64), doc="torch/BLAS threads for the embedder")
+    cpu_affinity: Tuple[int, ...] = field((), doc="pin the process to these CPU cores (empty: no pinning)")
+    freeze_gc: bool = field(True, doc="freeze the heap after warm-up and keep the collector out of the hot loop")
+
+
+@dataclass(frozen=True)
+class DecisionSettings:
+    top_k: int = field(3, range=(1, 100), doc="classes written per window")
+    threshold: float = field(0.5, range=(0.0, 1.0), doc="minimum smoothed probability to decide a class")
+    thresholds: Dict[str, float] = field(default_factory=dict, doc="per-class thresholds (class name: value)")
+    smoothing: int = field(3, range=(1, 100), unit="windows", doc="mean of the last N windows' probabilities")
+    abstain_uncertainty: Optional[float] = field(None, unit="nats", range=(0.0, 10.0),
+                                                 doc="abstain when the router's uncertainty exceeds this")
+    event_min_windows: int = field(2, range=(1, 1000), doc="consecutive decided windows that make an event")
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    dir: str = field("edgeqmoe-logs", doc="log folder (relative to the working directory)")
+    flush_interval: float = field(2.0, unit="s", range=(0.0, 3600.0), doc="batch writes (SD cards)")
+    rotate_bytes: int = field(20_000_000, unit="bytes", range=(10_000, 10_000_000_000))
+    rotate_age: float = field(86400.0, unit="s", range=(60.0, 31_536_000.0))
+    retention: int = field(30, range=(1, 100000), unit="files", doc="rotated files kept per kind")
+    compress: bool = field(True, doc="gzip rotated files")
+    stats_interval: float = field(10.0, unit="s", range=(1.0, 3600.0), doc="jitter/power/metrics records")
+
+
+@dataclass(frozen=True)
+class PowerSettings:
+    method: str = field("auto", choices=("auto", "rapl", "battery", "model", "off"),
+                        doc="auto: a hardware counter when readable, else the power model")
+    device_class: str = field("auto", choices=("auto", "laptop", "desktop", "server", "rpi4", "rpi5"))
+    grid_intensity: float = field(300.0, unit="gCO2/kWh", range=(0.0, 2000.0))
+
+
+@dataclass(frozen=True)
+class WatchdogSettings:
+    silence_timeout: float = field(5.0, unit="s", range=(0.5, 3600.0), doc="no audio this long: reopen the device")
+    flat_timeout: float = field(30.0, unit="s", range=(1.0, 86400.0), doc="exact zeros this long: reopen")
+    backoff: Tuple[float, ...] = field((0.5, 1.0, 2.0, 5.0, 10.0), unit="s", doc="waits between reopen attempts")
+
+
+@dataclass(frozen=True)
+class Profile:
+    version: int = field(PROFILE_VERSION, range=(1, PROFILE_VERSION))
+    name: str = ""
+    description: str = ""
+    model: ModelSettings = field(default_factory=lambda: ModelSettings(bundle="balanced.eqm"))
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    decision: DecisionSettings = field(default_factory=DecisionSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    power: PowerSettings = field(default_factory=PowerSettings)
+    watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
+    source_file: str = field("", doc="(internal) where the profile was read from")
+
+
+def profile_dirs() -> List[Path]:
+    dirs = []
+    env = os.environ.get("EDGEQMOE_PROFILES")
+    if env:
+        dirs += [Path(p) for p in env.split(os.pathsep) if p]
+    dirs.append(SHIPPED_PROFILES)
+    return dirs
+
+
+def available_profiles() -> Dict[str, Path]:
+    out: Dict[str, Path] = {}
+    for d in reversed(profile_dirs()):
+        if d.is_dir():
+            for f in sorted(d.glob("*.yaml")):
+                out[f.stem] = f
+    return dict(sorted(out.items()))
+
+
+def find_profile(name_or_path: str) -> Path:
+    p = Path(name_or_path).expanduser()
+    if p.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        if p.is_file():
+            return p
+        raise ProfileError(f"profile file {p} not found")
+    profiles = available_profiles()
+    if name_or_path in profiles:
+        return profiles[name_or_path]
+    raise ProfileError(f"unknown profile {name_or_path!r}; available: {', '.join(profiles) or 'none'} "
+                       f"(or give a path to a .yaml file)")
+
+
+def load_profile(name_or_path: str, overrides: Optional[dict] = None) -> Profile:
+    """Find, read and validate a profile; ``overrides`` (nested dict) win over the file."""
+    path = find_profile(name_or_path)
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise SettingsError(str(path), "", "a profile is a mapping of settings")
+    data = dict(data)
+    for k, v in (overrides or {}).items():
+        if isinstance(v, dict):
+            data[k] = {**(data.get(k) or {}), **v}
+        else:
+            data[k] = v
+    model = dict(data.get("model") or {})
+    if "_base" in model or "source_file" in data:
+        raise SettingsError(str(path), "model._base" if "_base" in model else "source_file",
+                            "internal setting; remove it")
+    model["_base"] = str(path.parent)
+    data["model"] = model
+    data["source_file"] = str(path)
+    data.setdefault("name", path.stem)
+    return build(Profile, data, str(path))

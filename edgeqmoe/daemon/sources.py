@@ -1,0 +1,259 @@
+"""Audio sources feeding one preallocated ring buffer.
+
+``RingBuffer``: one producer (the audio callback or a file thread), one consumer (the
+inference thread). The producer only copies samples in and counts what did not fit;
+it never allocates, logs or waits. Positions are absolute sample counts since the
+source started, so the consumer can say how far behind real time it is.
+
+Sources (``open_source``): ``mic`` / ``mic:DEVICE`` (sounddevice InputStream; DEVICE
+is an index or part of a name), ``file:PATH`` and ``dir:PATH`` (decoded, resampled,
+replayed at real time or as fast as possible without dropping anything).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+
+class SourceError(Exception):
+    """A source that cannot be opened; the message says what to do."""
+
+
+class RingBuffer:
+    def __init__(self, capacity: int):
+        self.capacity = int(capacity)
+        self._buf = np.zeros(self.capacity, dtype=np.float32)
+        self.written = 0    # samples ever written (absolute position of the next one)
+        self.read_pos = 0   # samples ever consumed
+        self.dropped = 0    # samples that did not fit
+        self.last_write_mono = 0.0
+        self.callback_lag = 0.0  # seconds from ADC to callback, last block (mic only)
+
+    def reset(self) -> None:
+        self.written = self.read_pos = self.dropped = 0
+
+    @property
+    def available(self) -> int:
+        return self.written - self.read_pos
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.available
+
+    def write(self, x: np.ndarray) -> None:
+        """Producer side: copy in what fits, count the rest as dropped."""
+        n = len(x)
+        room = self.capacity - (self.written - self.read_pos)
+        if n > room:
+            self.dropped += n - room
+            x = x[:room]
+            n = room
+        if n:
+            start = self.written % self.capacity
+            first = min(n, self.capacity - start)
+            self._buf[start:start + first] = x[:first]
+            if first < n:
+                self._buf[:n - first] = x[first:]
+            self.written += n  # publish after the copy (one producer, one consumer)
+        self.last_write_mono = time.monotonic()
+
+    def read(self, out: np.ndarray) -> int:
+        """Consumer side: copy up to len(out) samples into ``out``; returns the count."""
+        n = min(len(out), self.written - self.read_pos)
+        if n:
+            start = self.read_pos % self.capacity
+            first = min(n, self.capacity - start)
+            out[:first] = self._buf[start:start + first]
+            if first < n:
+                out[first:n] = self._buf[:n - first]
+            self.read_pos += n
+        return n
+
+
+# --------------------------------------------------------------------------- mic
+
+
+def list_devices() -> List[dict]:
+    """Input devices as sounddevice sees them."""
+    import sounddevice as sd
+
+    out = []
+    for i, d in enumerate(sd.query_devices()):
+        if d["max_input_channels"] > 0:
+            out.append({"index": i, "name": d["name"], "channels": d["max_input_channels"],
+                        "default_samplerate": d["default_samplerate"],
+                        "default": i == sd.default.device[0]})
+    return out
+
+
+class MicSource:
+    """sounddevice InputStream into the ring; the callback mixes to mono into a
+    preallocated block buffer and copies it into the ring."""
+
+    kind = "mic"
+
+    def __init__(self, ring: RingBuffer, sample_rate: int, channels: int, block: int, device=None):
+        self.ring, self.sample_rate, self.channels, self.block, self.device = ring, sample_rate, channels, block, device
+        self._mono = np.zeros(block * 4, dtype=np.float32)
+        self.stream = None
+        self.finished = False
+        self.callbacks = 0
+        self.status_flags = 0
+
+    def _callback(self, indata, frames, time_info, status):
+        if status:
+            self.status_flags += 1
+        n = frames
+        mono = self._mono if n <= len(self._mono) else np.empty(n, np.float32)
+        if indata.shape[1] == 1:
+            mono[:n] = indata[:, 0]
+        else:
+            np.mean(indata, axis=1, out=mono[:n])
+        self.ring.write(mono[:n])
+        self.callbacks += 1
+        try:  # PortAudio over PulseAudio never reports overflows: measure lag instead
+            self.ring.callback_lag = max(0.0, time_info.currentTime - time_info.inputBufferAdcTime)
+        except AttributeError:
+            pass
+
+    def resolve_device(self):
+        import sounddevice as sd
+
+        devs = list_devices()
+        if not devs:
+            raise SourceError("no microphone found: there is no audio input device. Run 'edgeqmoe devices' to "
+                              "see what sounddevice sees, or use --source file:PATH or --source dir:PATH to "
+                              "classify recordings instead")
+        if self.device is None or self.device == "":
+            return None
+        if isinstance(self.device, int) or str(self.device).isdigit():
+            idx = int(self.device)
+            if not any(d["index"] == idx for d in devs):
+                raise SourceError(f"input device {idx} does not exist; 'edgeqmoe devices' lists the input devices "
+                                  f"({', '.join(str(d['index']) + ': ' + d['name'] for d in devs)})")
+            return idx
+        matches = [d for d in devs if str(self.device).lower() in d["name"].lower()]
+        if not matches:
+            raise SourceError(f"no input device matches {self.device!r}; 'edgeqmoe devices' lists them "
+                              f"({', '.join(d['name'] for d in devs)})")
+        return matches[0]["index"]
+
+    def start(self) -> None:
+        import sounddevice as sd
+
+        dev = self.resolve_device()
+        try:
+            self.stream = sd.InputStream(samplerate=self.sample_rate, channels=self.channels, dtype="float32",
+                                         blocksize=self.block, device=dev, callback=self._callback)
+            self.stream.start()
+        except Exception as e:  # PortAudioError and friends
+            self.stream = None
+            raise SourceError(f"cannot open input device {dev if dev is not None else 'default'} at "
+                              f"{self.sample_rate} Hz, {self.channels} channel(s): {e}. Check 'edgeqmoe devices' "
+                              "or use --source file:PATH") from None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.stream is not None and self.stream.active)
+
+    def stop(self) -> None:
+        if self.stream is not None:
+            try:
+                self.stream.abort()
+                self.stream.close()
+            except Exception:
+                pass
+            self.stream = None
+
+
+# --------------------------------------------------------------------------- files
+
+
+class FileSource:
+    """Audio files replayed into the ring, one after another, at real time or as fast
+    as possible (waiting for room, never dropping)."""
+
+    kind = "file"
+
+    def __init__(self, ring: RingBuffer, paths: List[str], sample_rate: int, block: int, realtime: bool = True,
+                 on_file=None):
+        self.ring, self.paths, self.sample_rate, self.block, self.realtime = ring, paths, sample_rate, block, realtime
+        self.on_file = on_file
+        self.finished = False
+        self.errors: List[str] = []
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.file_starts: List[tuple] = []  # (absolute sample, path)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="edgeqmoe-file-source", daemon=True)
+        self._thread.start()
+
+    @property
+    def active(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        from ..audio.io import AudioReadError, load
+
+        t0 = time.monotonic()
+        for path in self.paths:
+            if self._stop.is_set():
+                break
+            try:
+                x = load(path, self.sample_rate)
+            except AudioReadError as e:
+                self.errors.append(str(e))
+                continue
+            self.file_starts.append((self.ring.written, path))
+            if self.on_file:
+                self.on_file(path, self.ring.written)
+            for i in range(0, len(x), self.block):
+                if self._stop.is_set():
+                    break
+                chunk = x[i:i + self.block]
+                if self.realtime:
+                    due = t0 + (self.ring.written + len(chunk)) / self.sample_rate
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        self._stop.wait(delay)
+                else:
+                    while self.ring.free < len(chunk) and not self._stop.is_set():
+                        time.sleep(0.001)
+                if self._stop.is_set():
+                    break
+                self.ring.write(chunk)
+        self.finished = True
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+
+
+def parse_source(spec: str):
+    """('mic', device or None) | ('file', [path]) | ('dir', [paths])."""
+    from ..audio.datasets import AUDIO_EXT
+
+    spec = spec or "mic"
+    kind, _, arg = spec.partition(":")
+    if kind == "mic":
+        return "mic", (arg or None)
+    if kind == "file":
+        if not arg or not os.path.isfile(arg):
+            raise SourceError(f"--source {spec}: file {arg!r} not found")
+        return "file", [arg]
+    if kind == "dir":
+        if not arg or not os.path.isdir(arg):
+            raise SourceError(f"--source {spec}: folder {arg!r} not found")
+        files = sorted(str(p) for p in Path(arg).rglob("*") if p.suffix.lower() in AUDIO_EXT)
+        if not files:
+            raise SourceError(f"--source {spec}: no audio files ({', '.join(AUDIO_EXT)}) in {arg}")
+        return "dir", files
+    raise SourceError(f"unknown source {spec!r}; use mic, mic:DEVICE, file:PATH or dir:PATH")

@@ -15,6 +15,60 @@ weights_app = typer.Typer(no_args_is_help=True, help="Pretrained embedder weight
 app.add_typer(weights_app, name="weights")
 profiles_app = typer.Typer(no_args_is_help=True, help="Deployment profiles: list, show, validate.")
 app.add_typer(profiles_app, name="profiles")
+logs_app = typer.Typer(no_args_is_help=True, help="Read the daemon's logs back: summary, plot, compare.")
+app.add_typer(logs_app, name="logs")
+
+
+@logs_app.command("summary")
+def logs_summary(folder: str, since: Optional[str] = typer.Option(None, help="Unix seconds or ISO time (UTC)."),
+                 until: Optional[str] = typer.Option(None), json_out: bool = typer.Option(False, "--json")):
+    """Uptime, windows, detections, latency, jitter, drops, energy, disk use."""
+    import json as _json
+
+    from .inspect.logs import LogsError, format_summary, summary
+
+    try:
+        s = summary(folder, since, until)
+    except LogsError as e:
+        fail(str(e))
+    typer.echo(_json.dumps(s, indent=1) if json_out else format_summary(s))
+
+
+@logs_app.command("plot")
+def logs_plot(folder: str, out: str = typer.Option("report.png", "-o", "--out"),
+              since: Optional[str] = typer.Option(None), until: Optional[str] = typer.Option(None)):
+    """Latency histogram and timeline, detections over time, power over time (PNG)."""
+    from .inspect.logs import LogsError, plot
+
+    try:
+        typer.echo(f"wrote {plot(folder, out, since, until)}")
+    except LogsError as e:
+        fail(str(e))
+
+
+@logs_app.command("compare")
+def logs_compare(a: str, b: str, stage: str = typer.Option("head", help="embed, head, decision or total."),
+                 json_out: bool = typer.Option(False, "--json")):
+    """Two runs: Levene (Brown-Forsythe) on latency variance, Welch on means, Cohen's d."""
+    import json as _json
+
+    from .inspect.logs import LogsError, compare
+
+    try:
+        r = compare(a, b, stage)
+    except LogsError as e:
+        fail(str(e))
+    if json_out:
+        typer.echo(_json.dumps(r, indent=1))
+    else:
+        for key in ("latency_ms", "energy_mj"):
+            v = r.get(key)
+            if v:
+                typer.echo(f"{key}: A mean {v['mean_a']:.4f} std {v['std_a']:.4f} (n={v['n_a']}); B mean "
+                           f"{v['mean_b']:.4f} std {v['std_b']:.4f} (n={v['n_b']}); variance reduction "
+                           f"{100 * v['variance_reduction']:.1f}%, Levene p={v['levene_p']:.3g}, Welch "
+                           f"p={v['welch_p']:.3g}, Cohen's d={v['cohens_d']:.2f}")
+        typer.echo(f"verdict: {r['verdict']}")
 
 
 def fail(message: str, code: int = 2):

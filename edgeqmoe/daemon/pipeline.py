@@ -141,21 +141,22 @@ class Pipeline:
         p = pred.proba[0]
         unc = float(pred.uncertainty[0]) if pred.uncertainty is not None else None
         decision, smooth, event = self.decider.decide(p, unc, t_start, t_end)
+        self.last_smoothed = float(smooth.max())
         order = np.argsort(-p)[:self.top_k]
         t3 = clock()
+        # compact on purpose (a year of 1 window/s on an SD card): classes and experts
+        # are indices into the lists of the run's start record; see docs/logs.md
         rec = {
-            "type": "window", "start_s": round(t_start, 4), "end_s": round(t_end, 4),
-            "class": self.classes[order[0]], "score": round(float(p[order[0]]), 5),
-            "topk": [[self.classes[i], round(float(p[i]), 5)] for i in order],
-            "decision": decision, "smoothed_score": round(float(smooth.max()), 5),
-            "uncertainty": None if unc is None else round(unc, 5),
-            "experts": (None if pred.experts is None
-                        else [self.model.experts[i] for i in pred.experts[0].tolist()]),
-            "stages_ms": {"embed": round((t1 - t0) * 1e3, 4), "head": round((t2 - t1) * 1e3, 4),
-                          "decision": round((t3 - t2) * 1e3, 4)},
+            "class": int(order[0]), "score": round(float(p[order[0]]), 3),
+            "k": [[int(i), round(float(p[i]), 3)] for i in order[1:]],
+            "stages_ms": {"embed": round((t1 - t0) * 1e3, 3), "head": round((t2 - t1) * 1e3, 3),
+                          "decision": round((t3 - t2) * 1e3, 3)},
         }
-        if pred.entropy is not None:
-            rec["predictive_entropy"] = round(float(pred.entropy[0]), 5)
+        if decision is not None:
+            rec["d"] = -1 if decision == "abstain" else self.classes.index(decision)
+        if self.is_moe:
+            rec["u"] = None if unc is None else round(unc, 3)
+            rec["x"] = pred.experts[0].tolist()
         if event is not None:
             rec["_event"] = event
         return rec

@@ -155,8 +155,8 @@ class PowerMeter:
                         "power_source": self.source})
         elif self.method == "modelled":
             w = dcpu / dt * self.w_per_core
-            out.update({"power_w": round(w, 5), "energy_j": round(w * dt, 5), "power_method": "modelled",
-                        "power_model": self.model})
+            # the model itself (name, device class, watts) is in the run's start record
+            out.update({"power_w": round(w, 4), "energy_j": round(w * dt, 4), "power_method": "modelled"})
         return out
 
 

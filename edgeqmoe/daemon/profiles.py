@@ -92,7 +92,7 @@ class LoggingSettings:
     rotate_age: float = field(86400.0, unit="s", range=(60.0, 31_536_000.0))
     retention: int = field(30, range=(1, 100000), unit="files", doc="rotated files kept per kind")
     compress: bool = field(True, doc="gzip rotated files")
-    stats_interval: float = field(10.0, unit="s", range=(1.0, 3600.0), doc="jitter/power/metrics records")
+    stats_interval: float = field(60.0, unit="s", range=(1.0, 3600.0), doc="jitter/power/metrics records")
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,16 @@ from .sinks import LogWriter
 from .sources import FileSource, MicSource, RingBuffer, SourceError, parse_source
 
 STAGES = ("embed", "head", "decision", "total")
+#: Keys of a window record (docs/logs.md): class/decision/topk/experts are indices
+#: into the start record's "classes" and "experts".
+WINDOW_SCHEMA = {"v": 1, "fields": {"t_wall": "Unix s", "t_mono": "monotonic s", "capture_lag_ms": "ms",
+                                     "stages_ms": "embed/head/decision ms", "class": "top-1 class index",
+                                     "score": "top-1 probability", "k": "[class index, probability] after the top-1",
+                                     "d": "decided class index, -1 abstain, absent: none",
+                                     "u": "router uncertainty (nats), MoE", "x": "expert indices used, MoE",
+                                     "deadline_miss": "present when slower than the hop",
+                                     "mj": "energy of the window, mJ"},
+                 "energy_method": "modelled"}
 
 
 class Daemon:
@@ -118,6 +128,7 @@ class Daemon:
         windower = Windower(win_n, hop_n)
         chunk = np.zeros(max(hop_n, int(0.1 * sr)), np.float32)
         self.log("start", profile=p.name, profile_file=p.source_file, source=self.source_spec,
+                 classes=pipe.classes, window_schema=WINDOW_SCHEMA,
                  bundle=pipe.built.bundle, embedder=pipe.embedder.info.as_dict(), model=pipe.model.kind,
                  experts=list(pipe.model.experts), kernel=getattr(pipe.model, "variant", None) or p.model.kernel,
                  window_s=p.audio.window, hop_s=p.audio.hop, sample_rate=sr, pid=os.getpid(),
@@ -184,20 +195,21 @@ class Daemon:
                         cpu0 = _cpu()
                         rec = pipe.process(window, start / sr, (start + win_n) / sr)
                         total_ms = (time.perf_counter() - t0) * 1e3
-                        rec["stages_ms"]["total"] = round(total_ms, 4)
                         # behind live audio: what was captured after this window's end, plus the
                         # callback's own delay; meaningless when files are read ahead (--fast)
                         live = src.kind == "mic" or self.realtime
                         lag = (ring.written - (start + win_n)) / sr + ring.callback_lag if live else 0.0
-                        rec.update({"t_wall": round(time.time(), 4), "t_mono": round(time.monotonic(), 4),
-                                    "capture_lag_ms": round(lag * 1e3, 3) if live else None,
-                                    "deadline_miss": total_ms > p.audio.hop * 1e3})
-                        rec.update(power.window_energy_mj(_cpu() - cpu0))
+                        rec.update({"t_wall": round(time.time(), 2), "t_mono": round(time.monotonic(), 3),
+                                    "capture_lag_ms": round(lag * 1e3, 1) if live else None})
+                        if total_ms > p.audio.hop * 1e3:
+                            rec["deadline_miss"] = True
+                        rec["mj"] = round(power.window_energy_mj(_cpu() - cpu0)["energy_mj"], 2)
+                        rec["v"] = 1
+                        stats.add(rec, lag, total_ms)
                         ev = rec.pop("_event", None)
                         self.writer.put("windows", rec)
                         if ev is not None:
                             self.writer.put("events", _event_record(ev))
-                        stats.add(rec, lag)
                         self.windows += 1
                         if not warmed:
                             warmed = True
@@ -314,12 +326,13 @@ class _Stats:
         self.stage: Dict[str, List[float]] = {k: [] for k in STAGES}
         self.wall_mono: List[float] = []
 
-    def add(self, rec: Dict, lag: float) -> None:
+    def add(self, rec: Dict, lag: float, total_ms: float) -> None:  # noqa: D401
         self.n += 1
-        self.misses += int(rec["deadline_miss"])
+        self.misses += int(rec.get("deadline_miss", False))
         self.lag_max = max(self.lag_max, lag)
-        for k in STAGES:
+        for k in STAGES[:-1]:
             self.stage[k].append(rec["stages_ms"][k])
+        self.stage["total"].append(total_ms)
         self.wall_mono.append(rec["t_wall"] - rec["t_mono"])
 
     def clock_jump(self) -> float:
@@ -330,9 +343,9 @@ class _Stats:
         for k, v in self.stage.items():
             if v:
                 a = np.asarray(v)
-                out[k] = {"p50": round(float(np.percentile(a, 50)), 4), "p95": round(float(np.percentile(a, 95)), 4),
-                          "p99": round(float(np.percentile(a, 99)), 4), "max": round(float(a.max()), 4),
-                          "std": round(float(a.std()), 4)}
+                out[k] = {"p50": round(float(np.percentile(a, 50)), 3), "p95": round(float(np.percentile(a, 95)), 3),
+                          "p99": round(float(np.percentile(a, 99)), 3), "max": round(float(a.max()), 3),
+                          "std": round(float(a.std()), 3)}
         return out
 
 

@@ -11,7 +11,7 @@ never leaves half a line from a finished write; a power cut can leave a torn las
 line, which the readers skip (``read_jsonl``).
 
 Rotation: a file past ``rotate_bytes`` or older than ``rotate_age`` is renamed to
-``<kind>.<UTC time>.jsonl`` and gzipped (``compress``); only the newest
+``<kind>.<UTC time to the microsecond>.jsonl`` and gzipped (``compress``); only the newest
 ``retention`` rotated files of each kind are kept.
 """
 
@@ -67,11 +67,13 @@ class JsonlFile:
     def rotate(self) -> None:
         self.sync()
         os.close(self.fd)
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        # names sort in time order: UTC to the microsecond, then a counter on collision
+        now = time.time()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now * 1e6) % 1_000_000:06d}"
         target = self.folder / f"{self.kind}.{stamp}.jsonl"
         n = 1
         while target.exists() or Path(str(target) + ".gz").exists():
-            target = self.folder / f"{self.kind}.{stamp}-{n}.jsonl"
+            target = self.folder / f"{self.kind}.{stamp}{n:03d}.jsonl"
             n += 1
         os.replace(self.path, target)
         if self.compress:

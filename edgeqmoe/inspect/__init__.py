@@ -1,0 +1,1 @@
+"""Reading the daemon's logs back: summaries, plots, comparisons between runs."""

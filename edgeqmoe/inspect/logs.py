@@ -1,0 +1,284 @@
+"""``edgeqmoe logs summary|plot|compare``.
+
+Readers take a log folder (or a single .jsonl file), read rotated and compressed
+files oldest first, skip a torn last line, accept older schema versions and count
+records of unknown type instead of failing (``edgeqmoe.daemon.sinks.read_jsonl``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from ..daemon.sinks import KINDS, SCHEMA_VERSION, log_files, read_jsonl
+from ..train.metrics import compare_samples
+
+KNOWN_TYPES = {"window", "event", "daemon", "stats"}
+STAGES = ("embed", "head", "decision", "total")
+
+
+class LogsError(Exception):
+    pass
+
+
+def _parse_time(s: Optional[str]) -> Optional[float]:
+    """Unix seconds from a number or an ISO date/time (UTC if no zone)."""
+    if s is None:
+        return None
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    from datetime import datetime, timezone
+
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
+        raise LogsError(f"cannot read time {s!r}; use Unix seconds or ISO 8601 like 2026-11-29T12:00") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def load_logs(folder, since=None, until=None) -> Dict:
+    folder = Path(folder)
+    if not folder.exists():
+        raise LogsError(f"{folder}: no such log folder")
+    counts: Dict = {}
+    t0, t1 = _parse_time(since), _parse_time(until)
+    out: Dict[str, List[dict]] = {k: [] for k in KINDS}
+    unknown = 0
+    versions = set()
+    files = []
+    for kind in KINDS:
+        paths = log_files(folder, kind) if folder.is_dir() else ([folder] if folder.name.startswith(kind) else [])
+        files += paths
+        for rec in read_jsonl(paths, counts):
+            versions.add(rec.get("v", 0))
+            if kind == "windows":
+                rec.setdefault("type", "window")  # window lines carry no type: the file says it
+            typ = rec.get("type")
+            if typ not in KNOWN_TYPES or rec.get("v", 1) > SCHEMA_VERSION:
+                unknown += 1
+                continue
+            t = rec.get("t_wall")
+            if t is not None and ((t0 is not None and t < t0) or (t1 is not None and t > t1)):
+                continue
+            out[kind].append(rec)
+    if not files:
+        raise LogsError(f"{folder}: no edgeqmoe log files (windows.jsonl, events.jsonl, daemon.jsonl, stats.jsonl)")
+    _name_windows(out)
+    out["_meta"] = {"bad_lines": counts.get("bad_lines", 0), "bad_files": counts.get("bad_files", 0),
+                    "unknown_records": unknown, "schema_versions": sorted(versions),
+                    "files": [str(f) for f in files], "disk_bytes": sum(f.stat().st_size for f in files if f.exists())}
+    return out
+
+
+def _name_windows(L: Dict) -> None:
+    """Window records store class and expert indices into their run's start record
+    (docs/logs.md); add readable names (``class_name``, ``decision_name``,
+    ``expert_names``) and the total stage time."""
+    import bisect
+
+    starts = sorted((d["t_wall"], d) for d in L["daemon"] if d.get("event") == "start" and "t_wall" in d)
+    keys = [t for t, _ in starts]
+    for w in L["windows"]:
+        i = bisect.bisect_right(keys, w.get("t_wall", 0)) - 1
+        start = starts[i][1] if i >= 0 else {}
+        classes, experts = start.get("classes") or [], start.get("experts") or []
+
+        def name(idx):
+            if isinstance(idx, str):
+                return idx  # older, verbose records
+            if idx == -1:
+                return "abstain"
+            return classes[idx] if isinstance(idx, int) and 0 <= idx < len(classes) else str(idx)
+
+        # short keys of schema 1 (docs/logs.md) under their long names
+        for short, long in (("k", "topk"), ("d", "decision"), ("u", "uncertainty"), ("x", "experts"),
+                            ("mj", "energy_mj")):
+            if short in w:
+                w[long] = w.pop(short)
+        w["class_name"] = name(w.get("class"))
+        w["topk_names"] = [[name(i), p] for i, p in w.get("topk", [])]
+        if w.get("decision") is not None:
+            w["decision_name"] = name(w["decision"])
+        if w.get("experts") is not None:
+            w["expert_names"] = [experts[e] if isinstance(e, int) and e < len(experts) else str(e) for e in w["experts"]]
+        if "energy_mj" in w:
+            w.setdefault("energy_method", start.get("window_schema", {}).get("energy_method", "modelled"))
+        st = w.get("stages_ms", {})
+        if "total" not in st and st:
+            st["total"] = round(sum(v for v in st.values() if isinstance(v, (int, float))), 4)
+
+
+def window_probabilities(w: Dict) -> Dict[str, float]:
+    """Class name -> probability of the classes a window record kept (top-1 and top-k)."""
+    out = {w["class_name"]: w["score"]}
+    for n, p in w.get("topk_names", []):
+        out[n] = p
+    return out
+
+
+def _pct(a: List[float]) -> Dict:
+    if not a:
+        return {}
+    x = np.asarray(a, dtype=float)
+    return {"p50": round(float(np.percentile(x, 50)), 4), "p95": round(float(np.percentile(x, 95)), 4),
+            "p99": round(float(np.percentile(x, 99)), 4), "max": round(float(x.max()), 4),
+            "mean": round(float(x.mean()), 4), "std": round(float(x.std()), 4)}
+
+
+def summary(folder, since=None, until=None) -> Dict:
+    L = load_logs(folder, since, until)
+    ws, evs, ds, st = L["windows"], L["events"], L["daemon"], L["stats"]
+    starts = [d for d in ds if d.get("event") == "start"]
+    stops = [d for d in ds if d.get("event") == "stop"]
+    # uptime: each start runs until its stop, or (crash) until its last window/stat
+    runs = []
+    times = sorted([d["t_wall"] for d in ds] + [w["t_wall"] for w in ws if "t_wall" in w] +
+                   [s["t_wall"] for s in st if "t_wall" in s])
+    for i, s in enumerate(starts):
+        nxt = starts[i + 1]["t_wall"] if i + 1 < len(starts) else float("inf")
+        stop = next((d for d in stops if s["t_wall"] <= d["t_wall"] < nxt), None)
+        end = stop["t_wall"] if stop else max([t for t in times if s["t_wall"] <= t < nxt] or [s["t_wall"]])
+        runs.append({"start": s["t_wall"], "end": end, "clean_stop": stop is not None, "profile": s.get("profile"),
+                     "bundle": s.get("bundle")})
+    detections: Dict[str, int] = {}
+    for w in ws:
+        d = w.get("decision_name")
+        if d:
+            detections[d] = detections.get(d, 0) + 1
+    abstained = detections.pop("abstain", 0)
+    events: Dict[str, int] = {}
+    for e in evs:
+        events[e["class"]] = events.get(e["class"], 0) + 1
+    stages = {k: _pct([w["stages_ms"][k] for w in ws if k in w.get("stages_ms", {})]) for k in STAGES}
+    lag = [w["capture_lag_ms"] for w in ws if w.get("capture_lag_ms") is not None]
+    energy = [w["energy_mj"] for w in ws if w.get("energy_mj") is not None]
+    methods = sorted({w.get("energy_method") for w in ws if w.get("energy_method")})
+    power_methods = sorted({s.get("power_method") for s in st if s.get("power_method")})
+    dropped = max([d.get("dropped_samples", 0) for d in stops] + [s.get("dropped_samples_total", 0) for s in st] + [0])
+    return {
+        "folder": str(folder), "runs": len(runs), "restarts": max(0, len(runs) - 1),
+        "unclean_stops": sum(not r["clean_stop"] for r in runs),
+        "uptime_s": round(sum(r["end"] - r["start"] for r in runs), 3),
+        "first": min(times) if times else None, "last": max(times) if times else None,
+        "windows": len(ws), "deadline_misses": sum(1 for w in ws if w.get("deadline_miss")),
+        "detections": dict(sorted(detections.items())), "events": dict(sorted(events.items())),
+        "abstained": abstained,
+        "latency_ms": stages, "jitter_ms": {k: v.get("std") for k, v in stages.items() if v},
+        "capture_lag_ms": _pct(lag), "dropped_samples": int(dropped),
+        "energy_per_inference_mj": _pct(energy), "energy_method": methods, "power_method": power_methods,
+        "power_w": _pct([s["power_w"] for s in st if s.get("power_w") is not None]),
+        "disk_bytes": L["_meta"]["disk_bytes"], "bad_lines": L["_meta"]["bad_lines"],
+        "bad_files": L["_meta"]["bad_files"], "unknown_records": L["_meta"]["unknown_records"],
+        "schema_versions": L["_meta"]["schema_versions"],
+        "runs_detail": runs,
+    }
+
+
+def format_summary(s: Dict) -> str:
+    def ts(t):
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) if t else "-"
+
+    lines = [f"logs: {s['folder']}  ({s['disk_bytes'] / 1e6:.2f} MB on disk)",
+             f"from {ts(s['first'])} to {ts(s['last'])} UTC; uptime {s['uptime_s'] / 3600:.2f} h over {s['runs']} run(s), "
+             f"{s['restarts']} restart(s), {s['unclean_stops']} without a clean stop",
+             f"windows {s['windows']}, deadline misses {s['deadline_misses']}, dropped samples {s['dropped_samples']}, "
+             f"abstained {s['abstained']}",
+             "detections (windows): " + (", ".join(f"{k} {v}" for k, v in s["detections"].items()) or "none"),
+             "events: " + (", ".join(f"{k} {v}" for k, v in s["events"].items()) or "none"),
+             "latency per window (ms):"]
+    for k, v in s["latency_ms"].items():
+        if v:
+            lines.append(f"  {k:9} p50 {v['p50']:8.3f}  p95 {v['p95']:8.3f}  p99 {v['p99']:8.3f}  max {v['max']:8.3f}"
+                         f"  std {v['std']:7.3f}")
+    if s["capture_lag_ms"]:
+        lines.append(f"capture lag (ms): p50 {s['capture_lag_ms']['p50']:.1f}, p99 {s['capture_lag_ms']['p99']:.1f}, "
+                     f"max {s['capture_lag_ms']['max']:.1f}")
+    if s["energy_per_inference_mj"]:
+        e = s["energy_per_inference_mj"]
+        lines.append(f"energy per inference: mean {e['mean']:.3f} mJ, p99 {e['p99']:.3f} mJ "
+                     f"({'/'.join(s['energy_method'])}); power {'/'.join(s['power_method']) or 'n/a'}")
+    if s["bad_lines"] or s["bad_files"] or s["unknown_records"]:
+        lines.append(f"skipped: {s['bad_lines']} unreadable line(s), {s['bad_files']} damaged file(s), "
+                     f"{s['unknown_records']} record(s) of unknown type or newer schema")
+    return "\n".join(lines)
+
+
+def compare(a, b, stage: str = "head") -> Dict:
+    """Run A against run B: variance and mean of a stage's latency and of the energy
+    per inference (Levene/Brown-Forsythe, Welch, Cohen's d)."""
+    La, Lb = load_logs(a), load_logs(b)
+    out = {"a": str(a), "b": str(b), "stage": stage}
+    for key, get in (("latency_ms", lambda w: w.get("stages_ms", {}).get(stage)),
+                     ("energy_mj", lambda w: w.get("energy_mj"))):
+        xa = [v for v in (get(w) for w in La["windows"]) if v is not None]
+        xb = [v for v in (get(w) for w in Lb["windows"]) if v is not None]
+        if len(xa) < 3 or len(xb) < 3:
+            out[key] = None
+            continue
+        out[key] = compare_samples(xa, xb)
+    lat = out.get("latency_ms")
+    if lat:
+        better = lat["variance_reduction"] > 0 and lat["levene_p"] < 0.05
+        worse = lat["variance_reduction"] < 0 and lat["levene_p"] < 0.05
+        verdict = (f"B's {stage} latency variance is {100 * abs(lat['variance_reduction']):.1f}% "
+                   f"{'lower' if lat['variance_reduction'] > 0 else 'higher'} than A's "
+                   f"(Levene p={lat['levene_p']:.3g}): " +
+                   ("B is significantly more stable" if better else "A is significantly more stable" if worse
+                    else "no significant difference in stability"))
+        verdict += (f"; mean {lat['mean_b']:.4f} vs {lat['mean_a']:.4f} ms (Welch p={lat['welch_p']:.3g}, "
+                    f"Cohen's d={lat['cohens_d']:.2f})")
+        out["verdict"] = verdict
+    else:
+        out["verdict"] = "not enough windows in one of the runs to compare"
+    return out
+
+
+def plot(folder, out_png: str, since=None, until=None) -> str:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise LogsError("plots need matplotlib: pip install 'edgeqmoe[plot]'") from None
+    L = load_logs(folder, since, until)
+    ws, st = L["windows"], L["stats"]
+    if not ws:
+        raise LogsError(f"{folder}: no window records to plot")
+    t0 = min(w["t_wall"] for w in ws)
+    fig, ax = plt.subplots(2, 2, figsize=(12, 8))
+    tot = [w["stages_ms"]["total"] for w in ws]
+    ax[0, 0].hist(tot, bins=60, color="#2a6f97")
+    ax[0, 0].set(title="Latency per window (total)", xlabel="ms", ylabel="windows")
+    t = [(w["t_wall"] - t0) / 60 for w in ws]
+    for k, c in (("embed", "#2a6f97"), ("head", "#e07a5f"), ("total", "#3d405b")):
+        ax[0, 1].plot(t, [w["stages_ms"][k] for w in ws], ".", ms=2, color=c, label=k)
+    ax[0, 1].set(title="Latency over time", xlabel="minutes", ylabel="ms")
+    ax[0, 1].legend()
+    classes = sorted({w["decision_name"] for w in ws if w.get("decision_name") not in (None, "abstain")})
+    for i, c in enumerate(classes):
+        tt = [(w["t_wall"] - t0) / 60 for w in ws if w.get("decision_name") == c]
+        ax[1, 0].plot(tt, [i] * len(tt), "|", ms=10)
+    ax[1, 0].set_yticks(range(len(classes)))
+    ax[1, 0].set_yticklabels(classes)
+    ax[1, 0].set(title="Detections over time", xlabel="minutes")
+    if st and any(s.get("power_w") is not None for s in st):
+        pts = [((s["t_wall"] - t0) / 60, s["power_w"]) for s in st if s.get("power_w") is not None]
+        ax[1, 1].plot(*zip(*pts), "-o", ms=3, color="#81b29a")
+        ax[1, 1].set(title=f"Power ({'/'.join(sorted({s.get('power_method') for s in st if s.get('power_method')}))})",
+                     xlabel="minutes", ylabel="W")
+    else:
+        e = [w.get("energy_mj") or 0 for w in ws]
+        ax[1, 1].plot(t, e, ".", ms=2, color="#81b29a")
+        ax[1, 1].set(title="Energy per window (modelled)", xlabel="minutes", ylabel="mJ")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return out_png

@@ -189,3 +189,17 @@ def test_eval_cli_on_real_clips(tmp_path, us8k):
     r = json.loads(res.output[res.output.index("{"):])
     assert r["n"] == 387 and {"weighted_f1", "accuracy", "macro_f1", "confusion"} <= set(r)
     assert len(r["confusion"]) == 10 and r["weighted_f1"] > 0.3
+
+
+def test_reproduce_paper_tiny(tmp_path, cache):
+    import subprocess
+    import sys
+
+    out = tmp_path / "results.md"
+    r = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools",
+                                                     "reproduce_paper.py"),
+                        "--cache", cache, "--tiny", "--runs", str(tmp_path / "runs"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert "| Q16-Base |" in text and "| BitNet-Q4/8-QMoE-C |" in text and "0.952" in text

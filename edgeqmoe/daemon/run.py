@@ -143,15 +143,14 @@ class Daemon:
             pipe.model.predict(np.zeros((1, pipe.model.in_features), np.float32))
         src = None
         backoff_i, next_try = 0, 0.0
+        # at start a missing or unknown device is bad input (exit 2; a service manager
+        # restarts us); a device lost later is reopened with backoff, forever
         try:
             src = self._open(ring)
-            self.log("source_open", source=self.source_spec, kind=src.kind)
         except SourceError as e:
-            if not self.source_spec.startswith("mic"):
-                raise
             self.log("source_error", message=str(e))
-            self.echo(f"edgeqmoe: {e}; retrying")
-            next_try = time.monotonic() + p.watchdog.backoff[0]
+            raise
+        self.log("source_open", source=self.source_spec, kind=src.kind)
         stats = _Stats()
         last_stats = time.monotonic()
         last_audio = time.monotonic()

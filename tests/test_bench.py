@@ -1,5 +1,6 @@
 """Tiny runs of the benchmarks, so they never rot."""
 import json
+import os
 
 from typer.testing import CliRunner
 
@@ -63,3 +64,21 @@ def test_bench_embedders_tiny(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     rows = json.loads(out.read_text())["rows"]
     assert rows[0]["embedder"] == "logmel-stats" and rows[0]["median_ms"] > 0 and rows[0]["n"] == 3
+
+
+def test_bench_latency_tiny(tmp_path, monkeypatch, us8k):
+    """Weight-free fallback (no weights here): also shows torch is never imported."""
+    monkeypatch.setenv("EDGEQMOE_WEIGHTS_DIR", str(tmp_path / "none"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    import subprocess
+    import sys
+
+    out = tmp_path / "lat.json"
+    r = subprocess.run([sys.executable, "-m", "edgeqmoe.cli", "bench", "latency", "--data",
+                        os.path.join(us8k, "fold3"), "--windows", "20", "--profile", "stable", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    row = res["rows"][0]
+    assert row["profile"] == "stable" and row["fallback"] and row["n"] == 20 and not row["torch_imported"]
+    assert set(row["stages_ms"]) == {"embed", "head", "decision", "total"}

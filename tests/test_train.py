@@ -203,3 +203,18 @@ def test_reproduce_paper_tiny(tmp_path, cache):
     assert r.returncode == 0, r.stderr
     text = out.read_text()
     assert "| Q16-Base |" in text and "| BitNet-Q4/8-QMoE-C |" in text and "0.952" in text
+
+
+def test_moe_single_window_path_equals_batch_path():
+    from edgeqmoe.daemon.profiles import SHIPPED_BUNDLES
+    from edgeqmoe.model.moe import load_model
+
+    for name, uniform in (("stable.eqm", False), ("stable.eqm", True), ("energy.eqm", False)):
+        m = load_model(SHIPPED_BUNDLES / name, uniform_routing=uniform)
+        X = np.random.default_rng(0).standard_normal((64, m.in_features)).astype(np.float32)
+        batch = m.predict(X)
+        for i in range(64):
+            one = m.predict(X[i:i + 1])
+            np.testing.assert_allclose(one.proba[0], batch.proba[i], atol=1e-5)
+            assert one.experts[0].tolist() == batch.experts[i].tolist()
+            assert abs(float(one.uncertainty[0]) - float(batch.uncertainty[i])) < 1e-5

@@ -27,19 +27,19 @@ from ..train.metrics import compare_samples
 from .machine import machine_info
 
 
-def _windows(paths: List[str], sr: int, window: float, hop: float, n: int) -> np.ndarray:
+def _windows(paths: List[str], sr: int, window: float, hop: float, n: int):
+    """Up to n windows, decoded file by file (never all in memory at once)."""
     from ..audio.io import load
     from ..audio.windowing import frame
 
-    out = []
     win, hp = int(round(window * sr)), int(round(hop * sr))
-    i = 0
-    while sum(len(o) for o in out) < n:
-        out.append(frame(load(paths[i % len(paths)], sr), win, hp))
-        i += 1
-        if i > 100 * len(paths):
-            break
-    return np.concatenate(out)[:n]
+    done = 0
+    for i in range(100 * len(paths)):
+        for w in frame(load(paths[i % len(paths)], sr), win, hp):
+            if done >= n:
+                return
+            done += 1
+            yield np.ascontiguousarray(w)
 
 
 def _summary(ms: np.ndarray) -> Dict:
@@ -57,29 +57,30 @@ def bench_profile(name: str, paths: List[str], n: int, window: Optional[float] =
     overrides = {"audio": {"window": window, "hop": window / 2}} if window else None
     p = load_profile(name, overrides)
     pipe = Pipeline.from_profile(p)
-    wins = _windows(paths, p.audio.sample_rate, p.audio.window, p.audio.hop, n)
-    for w in wins[:5]:
-        pipe.process(w, 0.0, 0.0)
+    sr = p.audio.sample_rate
+    warm = np.zeros(int(round(p.audio.window * sr)), np.float32)
+    for _ in range(5):
+        pipe.process(warm, 0.0, 0.0)
     gc.collect()
     gc.freeze()
     gc.disable()
     stages = {k: [] for k in ("embed", "head", "decision", "total")}
     embs = []
     try:
-        for w in wins:
+        for w in _windows(paths, sr, p.audio.window, p.audio.hop, n):
             t0 = time.perf_counter()
             rec = pipe.process(w, 0.0, 0.0)
             total = (time.perf_counter() - t0) * 1e3
             for k in ("embed", "head", "decision"):
                 stages[k].append(rec["stages_ms"][k])
             stages["total"].append(total)
-        # the embeddings of these windows, for the routing comparison
-        embs = np.stack([pipe.embedder.embed(w, p.audio.sample_rate) for w in wins[:n]])
+            embs.append(pipe.embedder.embed(w, sr))  # for the routing comparison (untimed)
     finally:
         gc.enable()
+    embs = np.stack(embs)
     return {"profile": p.name, "bundle": pipe.built.bundle, "fallback": bool(pipe.built.fallback),
             "embedder": pipe.embedder.info.id, "model": pipe.model.kind, "experts": list(pipe.model.experts),
-            "window_s": p.audio.window, "n": len(wins),
+            "window_s": p.audio.window, "n": len(embs),
             "stages_ms": {k: _summary(np.asarray(v)) for k, v in stages.items()},
             "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
             "torch_imported": "torch" in sys.modules, "_embeddings": embs, "_pipeline": pipe}
@@ -93,9 +94,7 @@ def routing_stability(pipe, embeddings: np.ndarray) -> Optional[Dict]:
     m = pipe.model
     if not isinstance(m, MoEModel):
         return None
-    uniform = load_model(pipe.built.bundle, evaluate_all=False)
-    uniform.curiosity = False
-    uniform.evaluate_all = False
+    uniform = load_model(pipe.built.bundle, evaluate_all=False, uniform_routing=True)
     lat = {"curiosity": [], "uniform": []}
     used = {"curiosity": [], "uniform": []}
     gc.collect()

@@ -14,9 +14,12 @@ EMBEDDERS = ("mn04", "logmel-stats")
 
 def get_embedder(embedder_id: str, weights: Optional[str] = None, threads: int = 1) -> Embedder:
     if embedder_id == "mn04":
+        from .weights import MN04_WEIGHTS, resolve
+
+        path = resolve(MN04_WEIGHTS, weights)  # before importing torch: a machine without weights never loads it
         from .mn04 import MN04Embedder
 
-        return MN04Embedder(weights=weights, threads=threads)
+        return MN04Embedder(weights=str(path), threads=threads)
     if embedder_id == "logmel-stats":
         from .stats import LogMelStatsEmbedder
 

@@ -24,7 +24,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..kernels import KernelChoiceError
+from ..kernels import KernelChoiceError, _ckernels
 from .bundle import Bundle, BundleError, load_bundle
 from .runtime import Head, check_embedder, softmax, steps_from_meta
 
@@ -88,12 +88,54 @@ class MoEModel(_Normalised):
         self._mul = (1.0 / std).astype(np.float32) if std is not None else None
         self._add = (-mean * self._mul).astype(np.float32) if std is not None else None
         self.experts = kinds or [f"expert{i}" for i in range(len(experts))]
+        # one window at a time (the daemon): preallocated buffers, C calls only
+        N, C, S = len(experts), len(self.classes), self.masks.shape[0]
+        self._x1 = np.zeros((1, self.in_features), np.float32)
+        self._h1 = np.zeros((1, router_in.out_features), np.float32)
+        self._hs = np.zeros((S, router_in.out_features), np.float32)
+        self._rl = np.zeros((S if curiosity else 1, N), np.float32)
+        self._el = np.zeros((N, C), np.float32)
+        self._out = np.zeros((1, C), np.float32)
+        self._chosen = np.zeros(top_k, np.int32)
+        self._wk = np.zeros(top_k, np.float32)
+        self._fast = all(hasattr(h, "_program") for h in [router_in, router_out, *experts]) and N <= 64 and C <= 64
 
     @property
     def variant(self) -> str:
         return self.router_in.variant
 
+    def _predict_one(self, x: np.ndarray) -> Prediction:
+        """One row, fixed work: the same calls in the same order for every window
+        (with curiosity or evaluate_all); nothing is allocated but the result."""
+        if self._mul is not None:
+            np.multiply(x, self._mul, out=self._x1)
+            np.add(self._x1, self._add, out=self._x1)
+        else:
+            self._x1[...] = x
+        x1 = self._x1
+        self.router_in.run_into(x1, self._h1)
+        if self.curiosity:
+            np.multiply(self._h1, self.masks, out=self._hs)
+            self.router_out.run_into(self._hs, self._rl)
+        else:
+            self.router_out.run_into(self._h1, self._rl)
+        if self.evaluate_all:
+            for i, e in enumerate(self.expert_heads):
+                e.run_into(x1, self._el[i:i + 1])
+        unc, ent = _ckernels.moe_combine(self._rl, self._rl.shape[0], len(self.expert_heads), self._el,
+                                         len(self.classes), self.temperature, self.curiosity, self.alpha, self.top_k,
+                                         self._out, self._chosen, self._wk)
+        if not self.evaluate_all:  # data-dependent: only the chosen experts run
+            for i in self._chosen:
+                self.expert_heads[i].run_into(x1, self._el[i:i + 1])
+            np.dot(self._wk, self._el[self._chosen], out=self._out[0])
+        return Prediction(softmax(self._out), self._chosen[None, :].copy(), self._wk[None, :].copy(),
+                          np.array([unc], np.float32), np.array([ent], np.float32) if self.curiosity else None)
+
     def predict(self, x: np.ndarray) -> Prediction:
+        x = np.asarray(x, dtype=np.float32)
+        if self._fast and x.ndim == 2 and x.shape[0] == 1 and x.shape[1] == self.in_features:
+            return self._predict_one(x)
         x = self._norm(x)
         B, N = x.shape[0], len(self.expert_heads)
         h = self.router_in._run(x)                                        # (B, H)
@@ -132,8 +174,11 @@ class MoEModel(_Normalised):
         return Prediction(softmax(logits), top, wk, unc, ent)
 
 
-def load_model(path_or_bundle, kernel: Optional[str] = None, embedder=None, evaluate_all: bool = False):
-    """A HeadModel or MoEModel from a bundle file (see module doc)."""
+def load_model(path_or_bundle, kernel: Optional[str] = None, embedder=None, evaluate_all: bool = False,
+               uniform_routing: bool = False):
+    """A HeadModel or MoEModel from a bundle file (see module doc). ``uniform_routing``
+    runs a MoE bundle without curiosity: plain top-k of the router (used to measure
+    what curiosity changes)."""
     b: Bundle = path_or_bundle if isinstance(path_or_bundle, Bundle) else load_bundle(path_or_bundle)
     if embedder is not None:
         check_embedder(b, embedder)
@@ -149,7 +194,8 @@ def load_model(path_or_bundle, kernel: Optional[str] = None, embedder=None, eval
             experts = [Head(steps_from_meta(b, e["steps"]), kernel=kernel) for e in g["experts"]]
             return MoEModel(Head(steps_from_meta(b, g["router_in"]), kernel=kernel),
                             Head(steps_from_meta(b, g["router_out"]), kernel=kernel), experts,
-                            b.tensor(g["masks"]), int(g["top_k"]), float(g["temperature"]), bool(g["curiosity"]),
+                            b.tensor(g["masks"]), int(g["top_k"]), float(g["temperature"]),
+                            bool(g["curiosity"]) and not uniform_routing,
                             float(g["curiosity_alpha"]), mean, std, b.classes, b.embedder, b.meta,
                             evaluate_all=evaluate_all, kinds=[e["kind"] for e in g["experts"]])
     except KernelChoiceError:

@@ -166,3 +166,70 @@ void eq_layernorm(float *x, int32_t n, const float *gamma, const float *beta, fl
 void eq_relu(float *x, int32_t n) {
     for (int32_t i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
+
+#define EQ_MOE_MAX 64
+
+static double softmax_row(const float *z, int32_t n, double inv_t, double *p) {
+    double m = -1e300, sum = 0.0, h = 0.0;
+    for (int32_t i = 0; i < n; i++) m = z[i] * inv_t > m ? z[i] * inv_t : m;
+    for (int32_t i = 0; i < n; i++) sum += (p[i] = exp(z[i] * inv_t - m));
+    for (int32_t i = 0; i < n; i++) {
+        p[i] /= sum;
+        if (p[i] > 1e-12) h -= p[i] * log(p[i]);
+    }
+    return h; /* entropy of p */
+}
+
+void eq_moe_combine(const float *router, int32_t S, int32_t N, const float *experts, int32_t C, float T,
+                    int curiosity, float alpha, int32_t top_k, float *out, int32_t *chosen, float *wk,
+                    float *uncertainty, float *entropy) {
+    double ps[EQ_MOE_MAX], p[EQ_MOE_MAX] = {0}, w[EQ_MOE_MAX], hs = 0.0;
+    for (int32_t s = 0; s < S; s++) {
+        hs += softmax_row(router + (size_t)s * N, N, 1.0 / T, ps);
+        for (int32_t i = 0; i < N; i++) p[i] += ps[i] / S;
+    }
+    double hp = 0.0;
+    for (int32_t i = 0; i < N; i++)
+        if (p[i] > 1e-12) hp -= p[i] * log(p[i]);
+    *uncertainty = S > 1 ? (float)(hp - hs / S) : 0.0f;
+    *entropy = 0.0f;
+    if (curiosity) {
+        double q[EQ_MOE_MAX * 64], qbar[64] = {0}, tot = 0.0;
+        for (int32_t i = 0; i < N; i++) {
+            softmax_row(experts + (size_t)i * C, C, 1.0, q + (size_t)i * C);
+            for (int32_t c = 0; c < C; c++) qbar[c] += q[(size_t)i * C + c] / N;
+        }
+        double hq = 0.0;
+        for (int32_t c = 0; c < C; c++)
+            if (qbar[c] > 1e-12) hq -= qbar[c] * log(qbar[c]);
+        *entropy = (float)hq;
+        for (int32_t i = 0; i < N; i++) {
+            double kl = 0.0;
+            for (int32_t c = 0; c < C; c++) {
+                const double a = q[(size_t)i * C + c] > 1e-12 ? q[(size_t)i * C + c] : 1e-12;
+                const double b = qbar[c] > 1e-12 ? qbar[c] : 1e-12;
+                kl += q[(size_t)i * C + c] * (log(a) - log(b));
+            }
+            tot += (w[i] = p[i] * exp(alpha * kl));
+        }
+        for (int32_t i = 0; i < N; i++) w[i] /= tot;
+    } else {
+        for (int32_t i = 0; i < N; i++) w[i] = p[i];
+    }
+    /* top-k by weight, ties to the lower index (as a stable descending sort) */
+    int used[EQ_MOE_MAX] = {0};
+    double wsum = 0.0;
+    for (int32_t j = 0; j < top_k; j++) {
+        int32_t best = -1;
+        for (int32_t i = 0; i < N; i++)
+            if (!used[i] && (best < 0 || w[i] > w[best])) best = i;
+        used[best] = 1;
+        chosen[j] = best;
+        wsum += w[best];
+    }
+    for (int32_t c = 0; c < C; c++) out[c] = 0.0f;
+    for (int32_t j = 0; j < top_k; j++) {
+        wk[j] = (float)(w[chosen[j]] / wsum);
+        for (int32_t c = 0; c < C; c++) out[c] += wk[j] * experts[(size_t)chosen[j] * C + c];
+    }
+}

@@ -115,6 +115,16 @@ void eq_linear_row(const eq_kernels *K, const eq_layer *L, const float *x, float
 void eq_layer_rowsums(const eq_layer *L, int32_t *rowsum, int32_t *wsum);
 
 void eq_layernorm(float *x, int32_t n, const float *gamma, const float *beta, float eps);
+
+/* Mixture of experts for one input (see edgeqmoe/model/moe.py for the maths):
+ * router logits (S x N; S Monte-Carlo samples, 1 without), expert logits (N x C; only
+ * read with curiosity), temperature T, curiosity on/off and alpha, top_k. Writes the
+ * chosen experts (top_k, by descending weight, ties to the lower index), their
+ * normalised weights, the mixed logits (C; from the expert logits given), the router's
+ * mutual information (nats) and the predictive entropy of the experts' mean (nats). */
+void eq_moe_combine(const float *router, int32_t S, int32_t N, const float *experts, int32_t C, float T,
+                    int curiosity, float alpha, int32_t top_k, float *out, int32_t *chosen, float *wk,
+                    float *uncertainty, float *entropy);
 void eq_relu(float *x, int32_t n);
 
 /* helpers shared by the variants */

@@ -380,6 +380,35 @@ def bench_embedders(
             _json.dump(result, f, indent=1)
 
 
+@bench_app.command("models")
+def bench_models(
+    bundles: Optional[List[str]] = typer.Argument(None, help="Bundles (default: the shipped ones)."),
+    windows: int = typer.Option(2000, min=4, help="Windows per model."),
+    markdown_path: Optional[str] = typer.Option(None, "--markdown", help="Also write a Markdown table."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Also write the results as JSON."),
+):
+    """Head latency, memory, energy per inference and size of every model bundle."""
+    import json as _json
+
+    from .bench.models import format_markdown, run_bench
+    from .daemon.profiles import SHIPPED_BUNDLES
+    from .model.bundle import BundleError
+
+    paths = list(bundles) if bundles else sorted(str(p) for p in SHIPPED_BUNDLES.glob("*.eqm"))
+    try:
+        res = run_bench(paths, windows)
+    except BundleError as e:
+        fail(str(e))
+    md = format_markdown(res)
+    typer.echo(md)
+    if markdown_path:
+        with open(markdown_path, "w") as f:
+            f.write(md + "\n")
+    if json_path:
+        with open(json_path, "w") as f:
+            _json.dump(res, f, indent=1)
+
+
 @bench_app.command("latency")
 def bench_latency(
     profile: Optional[List[str]] = typer.Option(None, "--profile", "-p", help="Profiles to time (repeat); default all."),

@@ -82,3 +82,15 @@ def test_bench_latency_tiny(tmp_path, monkeypatch, us8k):
     row = res["rows"][0]
     assert row["profile"] == "stable" and row["fallback"] and row["n"] == 20 and not row["torch_imported"]
     assert set(row["stages_ms"]) == {"embed", "head", "decision", "total"}
+
+
+def test_bench_models_tiny(tmp_path):
+    out = tmp_path / "m.json"
+    res = CliRunner().invoke(app, ["bench", "models", "--windows", "8", "--json", str(out),
+                                   "--markdown", str(tmp_path / "m.md")])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["name"] for r in rows} >= {"balanced", "stable", "latency-critical"}
+    for r in rows:
+        assert r["energy_method"] == "modelled" and r["size_kb"] > 0 and r["n"] == 8
+    assert "| stable | moe" in (tmp_path / "m.md").read_text()

@@ -299,3 +299,42 @@ def test_live_audio_through_the_virtual_microphone(tmp_path, virtual_mic, weight
     assert max(w["capture_lag_ms"] for w in ws) < 500
     stop = [ev for ev in daemon_events(logs) if ev["event"] == "stop"][0]
     assert stop["dropped_samples"] == 0
+
+
+def test_survives_the_microphone_going_away_and_coming_back(tmp_path, virtual_mic):
+    """The sound server (our 'microphone') dies mid-run: the daemon logs it, keeps
+    running, reopens with backoff, and classifies again once it is back."""
+    prof = write_profile(tmp_path, extra="watchdog:\n  silence_timeout: 1.0\n  backoff: [0.5, 0.5, 1.0]\n")
+    logs = tmp_path / "logs"
+    e = dict(os.environ)
+    e.update(virtual_mic)
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "virtual_mic.sh")
+    proc = subprocess.Popen([PY, "-m", "edgeqmoe.cli", "run", "--profile", str(prof), "--log-dir", str(logs)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(windows(logs)) < 2:
+            time.sleep(0.2)
+        assert len(windows(logs)) >= 2
+        subprocess.run([script, "down"], env=e, timeout=30)            # unplugged
+        deadline = time.time() + 30
+        while time.time() < deadline and not any(ev["event"] == "source_lost" for ev in daemon_events(logs)):
+            time.sleep(0.2)
+        assert any(ev["event"] == "source_lost" for ev in daemon_events(logs))
+        time.sleep(2.0)
+        assert proc.poll() is None                                       # still running
+        subprocess.run([script, "up"], env=e, timeout=60, capture_output=True)  # plugged back in
+        opened = lambda: sum(ev["event"] == "source_open" for ev in daemon_events(logs))
+        deadline = time.time() + 60
+        while time.time() < deadline and opened() < 2:
+            time.sleep(0.2)
+        assert opened() >= 2
+        n = len(windows(logs))
+        deadline = time.time() + 30
+        while time.time() < deadline and len(windows(logs)) < n + 2:
+            time.sleep(0.2)
+        assert len(windows(logs)) >= n + 2                               # classifying again
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    assert proc.returncode == 0

@@ -181,3 +181,54 @@ def test_this_machine_without_rapl_says_modelled():
     assert pm.method in ("modelled", "measured")  # a laptop battery would be measured
     if pm.method == "modelled":
         assert pm.describe()["model"]["device_class"] in ("laptop", "desktop", "server", "rpi4", "rpi5")
+
+
+def test_real_runs_summary_plot_compare_and_size(tmp_path, us8k, weights_dir):
+    """Logs of real 'edgeqmoe run's (file source): the stable profile against the same
+    bundle with uniform routing; summary, plot and compare on them and on a damaged
+    copy; the bytes a day at one window a second."""
+    import subprocess
+    import sys
+
+    from conftest import US8K
+
+    src = os.path.join(US8K, "fold3")
+    runs = {}
+    for name, extra in (("stable", False), ("uniform", True)):
+        prof = tmp_path / f"{name}.yaml"
+        prof.write_text("version: 1\nmodel:\n  bundle: stable.eqm\n  evaluate_all_experts: "
+                        f"{'false' if extra else 'true'}\n  uniform_routing: {'true' if extra else 'false'}\n"
+                        "audio:\n  window: 2.0\n  hop: 1.0\nlogging:\n  stats_interval: 60\n")
+        logs = tmp_path / name
+        r = subprocess.run([sys.executable, "-m", "edgeqmoe.cli", "run", "--profile", str(prof), "--source",
+                            f"dir:{src}", "--fast", "--duration", "240", "--log-dir", str(logs)],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        runs[name] = logs
+    s = summary(runs["stable"])
+    assert s["windows"] == 239 and s["runs"] == 1 and s["energy_method"] == ["modelled"]
+    assert s["latency_ms"]["head"]["p50"] > 0 and sum(s["detections"].values()) > 0
+    # bytes a day at one window a second, windows and stats (one a minute) together
+    wbytes = (runs["stable"] / "windows.jsonl").stat().st_size / s["windows"]
+    sbytes = max(len(line) for line in open(runs["stable"] / "stats.jsonl"))
+    per_day = wbytes * 86400 + sbytes * 1440
+    assert per_day < 20e6, f"{per_day / 1e6:.1f} MB a day"
+    r = compare(runs["uniform"], runs["stable"])
+    assert r["latency_ms"]["n_a"] == r["latency_ms"]["n_b"] == 239
+    assert "variance_reduction" in r["latency_ms"] and 0 <= r["latency_ms"]["levene_p"] <= 1
+    assert "Levene p=" in r["verdict"]
+    pytest.importorskip("matplotlib")
+    res = CliRunner().invoke(app, ["logs", "plot", str(runs["stable"]), "-o", str(tmp_path / "r.png")])
+    assert res.exit_code == 0 and (tmp_path / "r.png").stat().st_size > 10_000
+    # a damaged copy: the live file cut mid-line, the rest rotated and compressed
+    d = tmp_path / "damaged"
+    shutil.copytree(runs["stable"], d)
+    data = (d / "windows.jsonl").read_bytes()
+    half = data.index(b"\n", len(data) // 2) + 1
+    with gzip.open(d / "windows.20261101T000000000000.jsonl.gz", "wb") as f:
+        f.write(data[:half])
+    (d / "windows.jsonl").write_bytes(data[half:-40])
+    s2 = summary(d)
+    assert s2["windows"] == 238 and s2["bad_lines"] == 1
+    res = CliRunner().invoke(app, ["logs", "summary", str(d), "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["windows"] == 238

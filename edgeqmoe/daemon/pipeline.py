@@ -48,7 +48,8 @@ def build(profile: Profile) -> Built:
         b = load_bundle(path)
         emb = get_embedder(b.embedder["id"], weights=profile.model.weights, threads=profile.runtime.threads)
         model = load_model(b, kernel=profile.model.kernel, embedder=emb.info,
-                           evaluate_all=profile.model.evaluate_all_experts)
+                           evaluate_all=profile.model.evaluate_all_experts,
+                           uniform_routing=profile.model.uniform_routing)
         return Built(emb, model, path)
 
     try:

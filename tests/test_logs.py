@@ -232,3 +232,19 @@ def test_real_runs_summary_plot_compare_and_size(tmp_path, us8k, weights_dir):
     assert s2["windows"] == 238 and s2["bad_lines"] == 1
     res = CliRunner().invoke(app, ["logs", "summary", str(d), "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["windows"] == 238
+
+
+def test_power_measured_from_the_pi5_pmic(tmp_path):
+    from edgeqmoe.daemon.power import read_pmic_watts
+
+    fake = tmp_path / "vcgencmd"
+    fake.write_text("#!/bin/sh\ncat <<'X'\n VDD_CORE_A current(7)=2.00000000A\n VDD_CORE_V volt(15)=0.80000000V\n"
+                    " EXT5V_A current(0)=0.50000000A\n EXT5V_V volt(8)=5.00000000V\n HDMI_A current(1)=0.1A\nX\n")
+    fake.chmod(0o755)
+    assert abs(read_pmic_watts(str(fake)) - (2.0 * 0.8 + 0.5 * 5.0)) < 1e-9  # HDMI has no voltage: not counted
+    pm = PowerMeter("auto", "rpi5", powercap_root=str(tmp_path / "none"), supply_root=str(tmp_path / "none"),
+                    vcgencmd=str(fake))
+    assert pm.method == "measured" and "PMIC" in pm.describe()["source"]
+    rec = pm.interval()
+    assert rec["power_method"] == "measured" and abs(rec["power_w"] - 4.1) < 1e-9
+    assert read_pmic_watts(str(tmp_path / "absent")) is None

@@ -1,7 +1,8 @@
 """Energy and power, always labelled with how they were obtained.
 
 ``measured``: Intel/AMD RAPL package counters under /sys/class/powercap
-(``energy_uj``, wrapping at ``max_energy_range_uj``); laptop battery discharge
+(``energy_uj``, wrapping at ``max_energy_range_uj``); the Raspberry Pi 5 PMIC
+(``vcgencmd pmic_read_adc``: volts x amps summed over rails); laptop battery discharge
 (``/sys/class/power_supply/*/power_now`` or ``current_now`` x ``voltage_now``) while
 discharging. ``modelled``: the process's CPU time times a per-device-class power
 model, a documented constant (watts per fully busy core above idle), written next to
@@ -75,6 +76,28 @@ class RaplCounters:
         return total / 1e6
 
 
+def read_pmic_watts(vcgencmd: str = "vcgencmd") -> Optional[float]:
+    """Raspberry Pi 5 PMIC: sum over rails of volts x amps from
+    ``vcgencmd pmic_read_adc`` (lines like ``VDD_CORE_A current(7)=2.3A`` and
+    ``VDD_CORE_V volt(15)=0.8V``); None where the command or the PMIC is absent."""
+    import re
+    import shutil
+    import subprocess
+
+    exe = shutil.which(vcgencmd)
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "pmic_read_adc"], capture_output=True, text=True, timeout=2).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    amps, volts = {}, {}
+    for name, kind, value in re.findall(r"^\s*(\S+?)_([AV])\s+\w+\(\d+\)=([0-9.]+)[AV]", out, re.M):
+        (amps if kind == "A" else volts)[name] = float(value)
+    rails = set(amps) & set(volts)
+    return sum(amps[r] * volts[r] for r in rails) if rails else None
+
+
 def read_battery_watts(root: str = POWER_SUPPLY) -> Optional[float]:
     for b in sorted(Path(root).glob("BAT*")):
         try:
@@ -97,7 +120,8 @@ class PowerMeter:
     """Chooses the method once (profile ``power.method``) and labels every number."""
 
     def __init__(self, method: str = "auto", device_class: str = "auto", grid_intensity: float = 300.0,
-                 powercap_root: str = POWERCAP, supply_root: str = POWER_SUPPLY):
+                 powercap_root: str = POWERCAP, supply_root: str = POWER_SUPPLY, vcgencmd: str = "vcgencmd"):
+        self.vcgencmd = vcgencmd
         self.device_class = detect_device_class() if device_class == "auto" else device_class
         self.w_per_core = POWER_MODEL_W_PER_CORE[self.device_class]
         self.grid = grid_intensity
@@ -108,6 +132,9 @@ class PowerMeter:
         elif self.rapl is not None and self.rapl.zones:
             self.method = "measured"
             self.source = f"RAPL ({', '.join(z.name for z, _ in self.rapl.zones)})"
+        elif method in ("auto", "pmic") and read_pmic_watts(vcgencmd) is not None:
+            self.method = "measured"
+            self.source = "Raspberry Pi PMIC (vcgencmd pmic_read_adc)"
         elif method in ("auto", "battery") and read_battery_watts(supply_root) is not None:
             self.method = "measured"
             self.source = "battery discharge"
@@ -120,6 +147,7 @@ class PowerMeter:
             self.note = ""
         self.model = {"name": "cpu-time x watts-per-busy-core", "device_class": self.device_class,
                       "watts_per_core": self.w_per_core}
+        self.model_name = f"cpu-time x {self.w_per_core} W/core ({self.device_class})"
         self._t = time.monotonic()
         self._cpu = cpu_seconds()
 
@@ -150,13 +178,14 @@ class PowerMeter:
             out.update({"power_w": round(j / dt, 4), "energy_j": round(j, 4), "power_method": "measured",
                         "power_source": self.source})
         elif self.method == "measured":
-            w = read_battery_watts(self.supply_root)
+            w = read_pmic_watts(self.vcgencmd) if "PMIC" in self.source else read_battery_watts(self.supply_root)
             out.update({"power_w": None if w is None else round(w, 4), "power_method": "measured",
                         "power_source": self.source})
         elif self.method == "modelled":
             w = dcpu / dt * self.w_per_core
-            # the model itself (name, device class, watts) is in the run's start record
-            out.update({"power_w": round(w, 4), "energy_j": round(w * dt, 4), "power_method": "modelled"})
+            # the full model (name, device class, watts) is in the run's start record
+            out.update({"power_w": round(w, 4), "energy_j": round(w * dt, 4), "power_method": "modelled",
+                        "power_model": self.model_name})
         return out
 
 

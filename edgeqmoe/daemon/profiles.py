@@ -99,7 +99,7 @@ class LoggingSettings:
 
 @dataclass(frozen=True)
 class PowerSettings:
-    method: str = field("auto", choices=("auto", "rapl", "battery", "model", "off"),
+    method: str = field("auto", choices=("auto", "rapl", "pmic", "battery", "model", "off"),
                         doc="auto: a hardware counter when readable, else the power model")
     device_class: str = field("auto", choices=("auto", "laptop", "desktop", "server", "rpi4", "rpi5"))
     grid_intensity: float = field(300.0, unit="gCO2/kWh", range=(0.0, 2000.0))

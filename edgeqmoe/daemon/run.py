@@ -313,6 +313,10 @@ class Daemon:
                "clock_jump_s": round(st.clock_jump(), 4), "rss_mb": round(proc.memory_info().rss / 2**20, 2),
                "temperature_c": temperature_c(), "stages_ms": st.percentiles()}
         rec.update(power.interval())
+        if st.energy:
+            mj = float(np.mean(st.energy))
+            rec["energy_mj_per_inference"] = round(mj, 3)
+            rec["co2_ug_per_inference"] = round(mj / 1e3 / 3.6e6 * power.grid * 1e6, 5)  # mJ -> kWh x g/kWh
         self.writer.put("stats", rec)
         _write_prometheus(Path(self.log_dir) / "edgeqmoe.prom", rec, self.windows)
 
@@ -324,6 +328,7 @@ class _Stats:
         self.lag_max = 0.0
         self.stage: Dict[str, List[float]] = {k: [] for k in STAGES}
         self.wall_mono: List[float] = []
+        self.energy: List[float] = []
 
     def add(self, rec: Dict, lag: float, total_ms: float) -> None:  # noqa: D401
         self.n += 1
@@ -332,6 +337,8 @@ class _Stats:
         for k in STAGES[:-1]:
             self.stage[k].append(rec["stages_ms"][k])
         self.stage["total"].append(total_ms)
+        if rec.get("mj") is not None:
+            self.energy.append(rec["mj"])
         self.wall_mono.append(rec["t_wall"] - rec["t_mono"])
 
     def clock_jump(self) -> float:

@@ -174,11 +174,23 @@ def summary(folder, since=None, until=None) -> Dict:
         "capture_lag_ms": _pct(lag), "dropped_samples": int(dropped),
         "energy_per_inference_mj": _pct(energy), "energy_method": methods, "power_method": power_methods,
         "power_w": _pct([s["power_w"] for s in st if s.get("power_w") is not None]),
+        "co2_ug_per_inference": (round(float(np.mean(energy)) / 1e3 / 3.6e6 * _grid(starts) * 1e6, 5)
+                                 if energy else None),
+        "grid_gco2_per_kwh": _grid(starts),
         "disk_bytes": L["_meta"]["disk_bytes"], "bad_lines": L["_meta"]["bad_lines"],
         "bad_files": L["_meta"]["bad_files"], "unknown_records": L["_meta"]["unknown_records"],
         "schema_versions": L["_meta"]["schema_versions"],
         "runs_detail": runs,
     }
+
+
+def _grid(starts: List[dict]) -> float:
+    """Grid intensity (gCO2/kWh) of the last run's power settings (300 if unknown)."""
+    for s in reversed(starts):
+        g = (s.get("power") or {}).get("grid_gco2_per_kwh")
+        if g is not None:
+            return float(g)
+    return 300.0
 
 
 def format_summary(s: Dict) -> str:
@@ -203,7 +215,8 @@ def format_summary(s: Dict) -> str:
     if s["energy_per_inference_mj"]:
         e = s["energy_per_inference_mj"]
         lines.append(f"energy per inference: mean {e['mean']:.3f} mJ, p99 {e['p99']:.3f} mJ "
-                     f"({'/'.join(s['energy_method'])}); power {'/'.join(s['power_method']) or 'n/a'}")
+                     f"({'/'.join(s['energy_method'])}), {s['co2_ug_per_inference']:.4f} ug CO2 at "
+                     f"{s['grid_gco2_per_kwh']:g} g/kWh; power {'/'.join(s['power_method']) or 'n/a'}")
     if s["bad_lines"] or s["bad_files"] or s["unknown_records"]:
         lines.append(f"skipped: {s['bad_lines']} unreadable line(s), {s['bad_files']} damaged file(s), "
                      f"{s['unknown_records']} record(s) of unknown type or newer schema")

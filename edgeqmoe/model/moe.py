@@ -43,6 +43,12 @@ def _entropy(p: np.ndarray, axis=-1) -> np.ndarray:
 
 
 class _Normalised:
+    """Input standardisation (x - mean) / std, folded into one multiply-add."""
+
+    def _set_norm(self, mean, std) -> None:
+        self._mul = (1.0 / std).astype(np.float32) if std is not None else None
+        self._add = (-mean * self._mul).astype(np.float32) if std is not None else None
+
     def _norm(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
         if x.shape[1] != self.in_features:
@@ -58,8 +64,7 @@ class HeadModel(_Normalised):
     def __init__(self, head: Head, mean, std, classes, embedder, meta):
         self.head, self.classes, self.embedder, self.meta = head, list(classes), dict(embedder), meta
         self.in_features = head.in_features
-        self._mul = (1.0 / std).astype(np.float32) if std is not None else None
-        self._add = (-mean * self._mul).astype(np.float32) if std is not None else None
+        self._set_norm(mean, std)
         self.experts = [meta["graph"].get("kind", "head")]
 
     @property
@@ -85,8 +90,7 @@ class MoEModel(_Normalised):
         self.evaluate_all = evaluate_all or curiosity
         self.classes, self.embedder, self.meta = list(classes), dict(embedder), meta
         self.in_features = router_in.in_features
-        self._mul = (1.0 / std).astype(np.float32) if std is not None else None
-        self._add = (-mean * self._mul).astype(np.float32) if std is not None else None
+        self._set_norm(mean, std)
         self.experts = kinds or [f"expert{i}" for i in range(len(experts))]
         # one window at a time (the daemon): preallocated buffers, C calls only
         N, C, S = len(experts), len(self.classes), self.masks.shape[0]

@@ -295,6 +295,8 @@ def test_live_audio_through_the_virtual_microphone(tmp_path, virtual_mic, weight
             for cls, p in window_probabilities(w).items():
                 mean[cls] = mean.get(cls, 0.0) + p
         recognised += max(mean, key=mean.get) == label
+    lag_max = max(w["capture_lag_ms"] for w in ws)
+    print(f"\nlive: recognised {recognised} of 10, {len(ws)} windows, capture lag max {lag_max:.1f} ms")
     assert recognised >= 8, f"recognised {recognised} of 10"
     assert max(w["capture_lag_ms"] for w in ws) < 500
     stop = [ev for ev in daemon_events(logs) if ev["event"] == "stop"][0]

@@ -34,9 +34,13 @@ def field(default=dataclasses.MISSING, *, unit: str = "", choices: Tuple = (), r
 
 
 def _type_name(tp) -> str:
+    """The type as a YAML user reads it: a number, an integer, a string, null..."""
     origin = get_origin(tp)
     if origin is Union:
         return " or ".join(_type_name(a) for a in get_args(tp))
+    names = {float: "a number", int: "an integer", str: "a string", bool: "true or false", type(None): "null"}
+    if tp in names:
+        return names[tp]
     if origin in (list, tuple):
         args = get_args(tp)
         return f"list of {_type_name(args[0])}" if args else "list"

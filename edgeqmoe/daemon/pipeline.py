@@ -142,7 +142,6 @@ class Pipeline:
         p = pred.proba[0]
         unc = float(pred.uncertainty[0]) if pred.uncertainty is not None else None
         decision, smooth, event = self.decider.decide(p, unc, t_start, t_end)
-        self.last_smoothed = float(smooth.max())
         order = np.argsort(-p)[:self.top_k]
         t3 = clock()
         # compact on purpose (a year of 1 window/s on an SD card): classes and experts

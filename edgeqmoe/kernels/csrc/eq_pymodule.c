@@ -158,6 +158,7 @@ typedef struct {
     int nbufs;
     eq_step *steps;
     int nsteps;
+    int last_linear; /* index of the last linear step: it writes straight into the output */
     int32_t in_width, out_width, max_width;
     eq_scratch scratch;
     float *ping, *pong;
@@ -257,6 +258,9 @@ static int Program_init(ProgramObject *self, PyObject *args, PyObject *kw) {
         s->width = width;
     }
     self->nsteps = (int)ns;
+    self->last_linear = -1;
+    for (int i = 0; i < self->nsteps; i++)
+        if (self->steps[i].kind == STEP_LINEAR) self->last_linear = i;
     self->out_width = width;
     self->max_width = maxw;
     if (eq_scratch_init(&self->scratch, maxkp, maxw) < 0 ||
@@ -273,13 +277,10 @@ static void program_row(ProgramObject *P, const float *x, float *y) {
     const float *cur = x;
     float *bufs[2] = {P->ping, P->pong};
     int which = 0;
-    int last_linear = -1;
-    for (int i = 0; i < P->nsteps; i++)
-        if (P->steps[i].kind == STEP_LINEAR) last_linear = i;
     for (int i = 0; i < P->nsteps; i++) {
         const eq_step *s = &P->steps[i];
         if (s->kind == STEP_LINEAR) {
-            float *dst = (i == last_linear) ? y : bufs[which];
+            float *dst = (i == P->last_linear) ? y : bufs[which];
             eq_linear_row(P->K, s->L, cur, dst, &P->scratch);
             cur = dst;
             which ^= 1;

@@ -207,6 +207,12 @@ def test_real_runs_summary_plot_compare_and_size(tmp_path, us8k, weights_dir):
         runs[name] = logs
     s = summary(runs["stable"])
     assert s["windows"] == 239 and s["runs"] == 1 and s["energy_method"] == ["modelled"]
+    prom = (runs["stable"] / "edgeqmoe.prom").read_text().splitlines()
+    assert "# TYPE edgeqmoe_windows_total counter" in prom and "edgeqmoe_windows_total 239" in prom
+    assert any(line.startswith('edgeqmoe_stage_seconds{stage="head",quantile="0.99"}') for line in prom)
+    stats = [json.loads(line) for line in open(runs["stable"] / "stats.jsonl")]
+    assert stats[-1]["power_method"] == "modelled" and "W/core" in stats[-1]["power_model"]
+    assert stats[-1]["co2_ug_per_inference"] > 0 and "p99" in stats[-1]["stages_ms"]["head"]
     assert s["latency_ms"]["head"]["p50"] > 0 and sum(s["detections"].values()) > 0
     # bytes a day at one window a second, windows and stats (one a minute) together
     wbytes = (runs["stable"] / "windows.jsonl").stat().st_size / s["windows"]

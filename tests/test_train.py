@@ -218,3 +218,19 @@ def test_moe_single_window_path_equals_batch_path():
             np.testing.assert_allclose(one.proba[0], batch.proba[i], atol=1e-5)
             assert one.experts[0].tolist() == batch.experts[i].tolist()
             assert abs(float(one.uncertainty[0]) - float(batch.uncertainty[i])) < 1e-5
+
+
+def test_eval_of_some_folds_keeps_the_full_cache(tmp_path, us8k):
+    """Regression: 'eval --fold 3' once overwrote the whole dataset's cache file."""
+    from edgeqmoe.audio.datasets import read_dataset
+    from edgeqmoe.daemon.profiles import SHIPPED_BUNDLES
+    from edgeqmoe.embed.cache import embed_dataset, load_embeddings
+    from edgeqmoe.embed.stats import LogMelStatsEmbedder
+    from edgeqmoe.train.evaluate import evaluate
+
+    cache = tmp_path / "c"
+    full = embed_dataset(read_dataset(us8k), LogMelStatsEmbedder(), cache, window=2.0, hop=1.0)
+    n = len(load_embeddings(full.output)["label"])
+    r = evaluate(str(SHIPPED_BUNDLES / "balanced-weightfree.eqm"), us8k, str(cache), folds=[3])
+    assert r["n"] == 387
+    assert len(load_embeddings(full.output)["label"]) == n  # untouched

@@ -28,6 +28,8 @@ def evaluate(bundle_path: str, dataset: str, cache: str = "cache", folds: Sequen
     ds = read_dataset(dataset)
     if folds:
         ds.clips = [c for c in ds.clips if c.fold in set(folds)]
+        # a subset gets its own cache file: the whole dataset's must not be overwritten
+        ds.name = f"{ds.name}.folds-{'-'.join(str(f) for f in sorted(set(folds)))}"
     if ds.classes != model.classes:
         raise ValueError(f"{dataset}: its classes {ds.classes} differ from the bundle's {model.classes}")
     emb = get_embedder(b.embedder["id"], weights=weights)

@@ -258,7 +258,7 @@ def test_live_audio_through_the_virtual_microphone(tmp_path, virtual_mic, weight
     env = dict(virtual_mic, EDGEQMOE_WEIGHTS_DIR=weights_dir)
     r = cli(["devices"], env=env)
     assert r.returncode == 0 and "pulse" in r.stdout
-    r = cli(["run", "--profile", "stable", "--source", "mic:99"], env=env)
+    r = cli(["run", "--profile", "stable", "--source", "mic:99", "--log-dir", str(tmp_path / "bad")], env=env)
     assert r.returncode == 2 and "input device 99 does not exist" in r.stderr
     e = dict(os.environ)
     e.update(env)

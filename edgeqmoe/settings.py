@@ -57,14 +57,13 @@ def _convert(tp, value, source: str, key: str):
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _convert(a, value, source, key)
-            except SettingsError as e:
-                errors.append(e.problem)
+            except SettingsError:
+                pass
         raise SettingsError(source, key, f"expected {_type_name(tp)}, got {value!r}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):

@@ -189,6 +189,9 @@ def test_eval_cli_on_real_clips(tmp_path, us8k):
     r = json.loads(res.output[res.output.index("{"):])
     assert r["n"] == 387 and {"weighted_f1", "accuracy", "macro_f1", "confusion"} <= set(r)
     assert len(r["confusion"]) == 10 and r["weighted_f1"] > 0.3
+    from edgeqmoe.kernels import available_variants
+
+    assert r["kernel"] in available_variants()  # the variant actually used, for a single head too
 
 
 def test_reproduce_paper_tiny(tmp_path, cache):

@@ -43,7 +43,8 @@ class JsonlFile:
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         st = os.fstat(self.fd)
         self.size = st.st_size
-        self.opened = time.time() if st.st_size == 0 else min(time.time(), st.st_mtime if st.st_size else time.time())
+        # age for rotation: a file that already has lines counts from its last write
+        self.opened = min(time.time(), st.st_mtime) if st.st_size else time.time()
         # a torn last line (power cut) would glue onto the next record: end it first
         if st.st_size:
             with open(self.path, "rb") as f:

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..kernels import KernelChoiceError, _ckernels
 from .bundle import Bundle, BundleError, load_bundle
-from .runtime import Head, check_embedder, softmax, steps_from_meta
+from .runtime import Head, InputNorm, check_embedder, softmax, steps_from_meta
 
 
 @dataclass
@@ -42,23 +42,7 @@ def _entropy(p: np.ndarray, axis=-1) -> np.ndarray:
     return -(p * np.log(np.clip(p, 1e-12, None))).sum(axis)
 
 
-class _Normalised:
-    """Input standardisation (x - mean) / std, folded into one multiply-add."""
-
-    def _set_norm(self, mean, std) -> None:
-        self._mul = (1.0 / std).astype(np.float32) if std is not None else None
-        self._add = (-mean * self._mul).astype(np.float32) if std is not None else None
-
-    def _norm(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
-        if x.shape[1] != self.in_features:
-            raise ValueError(f"model takes {self.in_features} inputs, got {x.shape[1]}")
-        if self._mul is not None:
-            x = x * self._mul + self._add
-        return np.ascontiguousarray(x, dtype=np.float32)
-
-
-class HeadModel(_Normalised):
+class HeadModel(InputNorm):
     kind = "mlp"
 
     def __init__(self, head: Head, mean, std, classes, embedder, meta):
@@ -78,7 +62,7 @@ class HeadModel(_Normalised):
         return Prediction(softmax(self.logits(x)))
 
 
-class MoEModel(_Normalised):
+class MoEModel(InputNorm):
     kind = "moe"
 
     def __init__(self, router_in: Head, router_out: Head, experts: List[Head], masks: np.ndarray, top_k: int,

@@ -87,7 +87,27 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-class Head:
+class InputNorm:
+    """Input standardisation (x - mean) / std, folded into one multiply-add; also
+    checks the input width. Shared by every runnable model."""
+
+    def _set_norm(self, mean, std) -> None:
+        if std is None:
+            self._mul = self._add = None
+        else:
+            self._mul = (1.0 / np.asarray(std, np.float32)).astype(np.float32)
+            self._add = (-np.asarray(mean, np.float32) * self._mul).astype(np.float32)
+
+    def _norm(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"model takes {self.in_features} inputs, got {x.shape[1]}")
+        if self._mul is not None:
+            x = np.ascontiguousarray(x * self._mul + self._add, dtype=np.float32)
+        return x
+
+
+class Head(InputNorm):
     """A sequence of steps bound to one kernel variant.
 
     ``kernel`` is a choice as in :func:`edgeqmoe.kernels.resolve_variant` (``ref``,
@@ -102,12 +122,7 @@ class Head:
         self.in_features = self.steps[0].in_features
         self.out_features = [s for s in self.steps if isinstance(s, PackedLinear)][-1].out_features
         self.variant = resolve_variant(kernel)
-        # input normalisation folded to one multiply-add: (x - mean) / std
-        if norm_mean is not None:
-            self._norm_mul = (1.0 / np.asarray(norm_std, np.float32)).astype(np.float32)
-            self._norm_add = (-np.asarray(norm_mean, np.float32) * self._norm_mul).astype(np.float32)
-        else:
-            self._norm_mul = self._norm_add = None
+        self._set_norm(norm_mean, norm_std)
         if self.variant == "ref":
             self._run = self._run_ref
         else:
@@ -137,12 +152,7 @@ class Head:
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Logits (B, classes) of inputs (B, in_features) or (in_features,)."""
-        x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
-        if x.shape[1] != self.in_features:
-            raise ValueError(f"head takes {self.in_features} inputs, got {x.shape[1]}")
-        if self._norm_mul is not None:
-            x = x * self._norm_mul + self._norm_add
-        return self._run(x)
+        return self._run(self._norm(x))
 
     __call__ = forward
 

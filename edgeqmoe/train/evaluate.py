@@ -40,9 +40,7 @@ def evaluate(bundle_path: str, dataset: str, cache: str = "cache", folds: Sequen
     w = scores(z["label"], pred.proba.argmax(1), len(model.classes))
     out.update({"bundle": bundle_path, "dataset": dataset, "folds": list(folds), "classes": model.classes,
                 "window_s": window, "hop_s": hop, "n_windows": w["n"], "window_weighted_f1": w["weighted_f1"],
-                "window_accuracy": w["accuracy"], "failed_files": len(s.failed),
-                "kernel": getattr(getattr(model, "head", None), "variant", None)
-                or model.router_in.variant if hasattr(model, "router_in") else None})
+                "window_accuracy": w["accuracy"], "failed_files": len(s.failed), "kernel": model.variant})
     if pred.uncertainty is not None:
         out["mean_uncertainty"] = float(np.mean(pred.uncertainty))
     return out

@@ -27,7 +27,6 @@ from .models import MoE, Head
 @dataclass
 class Trained:
     model: torch.nn.Module           # eval mode; PTQ kinds already in their quantized view
-    float_model: torch.nn.Module     # what was trained (PTQ kinds: the float model)
     mean: np.ndarray
     std: np.ndarray
     epochs: int
@@ -112,5 +111,5 @@ def train_one(cfg: Config, train: Data, val: Optional[Data], seed: int = 0, log=
     if log:
         log(f"  {cfg.name}: {len(history)} epochs, best at {best_epoch + 1} (val wF1 {best:.3f}), "
             f"{time.perf_counter() - t0:.1f} s")
-    return Trained(quantized_view(model).eval(), model, mean, std, best_epoch + 1, best,
+    return Trained(quantized_view(model).eval(), mean, std, best_epoch + 1, best,
                    time.perf_counter() - t0, history)

@@ -148,7 +148,7 @@ def test_kill9_then_restart_keeps_every_file_readable(tmp_path, us8k):
             assert rec["v"] == 1
 
 
-def test_bad_inputs_exit_2_with_one_clear_paragraph(tmp_path):
+def test_bad_inputs_exit_2_with_one_clear_paragraph(tmp_path, clip):
     r = cli(["run", "--profile", "nope"])
     assert r.returncode == 2 and "unknown profile 'nope'" in r.stderr and "balanced" in r.stderr
     bad = tmp_path / "bad.yaml"
@@ -164,8 +164,10 @@ def test_bad_inputs_exit_2_with_one_clear_paragraph(tmp_path):
     data[-5] ^= 0xFF
     corrupt.write_bytes(bytes(data))
     prof = write_profile(tmp_path, bundle=str(corrupt), name="c.yaml")
-    r = cli(["run", "--profile", str(prof), "--source", "file:/nonexistent.wav"])
+    r = cli(["run", "--profile", str(prof), "--source", f"file:{clip}"])
     assert r.returncode == 2 and "checksum mismatch" in r.stderr and str(corrupt) in r.stderr
+    r = cli(["run", "--profile", str(prof), "--source", "file:/nonexistent.wav"])  # the source is checked first
+    assert r.returncode == 2 and "file '/nonexistent.wav' not found" in r.stderr
     for stderr in (r.stderr,):
         assert "Traceback" not in stderr
 

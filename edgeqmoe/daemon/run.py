@@ -70,11 +70,12 @@ class Daemon:
         self._reload = threading.Event()
         self.exit_code = 0
         self.windows = 0
+        self._parsed_source = None
 
     # ------------------------------------------------------------------ setup
     def _make_source(self, ring: RingBuffer):
         a = self.profile.audio
-        kind, arg = parse_source(self.source_spec)
+        kind, arg = self._parsed_source or parse_source(self.source_spec)
         block = max(1, int(round(a.block * a.sample_rate)))
         if kind == "mic":
             return MicSource(ring, a.sample_rate, a.channels, block, arg)
@@ -99,6 +100,8 @@ class Daemon:
     # ------------------------------------------------------------------ run
     def run(self) -> int:
         p = self.profile
+        # a mistyped source fails first: before the model is built or a log file made
+        self._parsed_source = parse_source(self.source_spec) if self.source_factory == self._make_source else None
         self.pipeline = Pipeline.from_profile(p)  # raises PipelineError before any file is touched
         self.writer = LogWriter(self.log_dir, p.logging.flush_interval, p.logging.rotate_bytes, p.logging.rotate_age,
                                 p.logging.retention, p.logging.compress)

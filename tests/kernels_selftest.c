@@ -32,14 +32,17 @@ int main(void) {
             for (size_t a = 0; a < sizeof ins / sizeof ins[0]; a++) {
                 for (size_t b = 0; b < sizeof outs / sizeof outs[0]; b++) {
                     const int32_t k = ins[a], n = outs[b], kp = eq_padded_k(k);
-                    const size_t rb = eq_row_bytes(fmt, k);
-                    uint8_t *w = aligned_alloc(64, rb * n + 64);
-                    for (size_t i = 0; i < rb * n; i++) w[i] = (uint8_t)rnd();
+                    /* every stored byte random, tile padding included: the variants must
+                     * agree on whatever is stored */
+                    const size_t wb = eq_weight_bytes(fmt, n, k);
+                    uint8_t *w = aligned_alloc(64, (wb + 63) / 64 * 64);
+                    for (size_t i = 0; i < wb; i++) w[i] = (uint8_t)rnd();
                     if (fmt == EQ_FMT_F16) /* finite halves in [-2, 2) */
-                        for (size_t i = 0; i < rb * n / 2; i++) ((uint16_t *)w)[i] = (uint16_t)((rnd() & 0x83ff) | 0x3800);
-                    int32_t *rowsum = calloc((size_t)n, 4);
+                        for (size_t i = 0; i < wb / 2; i++) ((uint16_t *)w)[i] = (uint16_t)((rnd() & 0x83ff) | 0x3800);
+                    const size_t rows = (size_t)eq_stored_rows(fmt, n);
+                    int32_t *rowsum = calloc(rows, 4);
                     float scale = 0.01f;
-                    int32_t *wsum = calloc((size_t)n, 4);
+                    int32_t *wsum = calloc(rows, 4);
                     eq_layer L = {fmt, n, k, kp, w, &scale, 0, NULL, rowsum, wsum, EQ_ACT_SIGN, 0.05f};
                     if (fmt == EQ_FMT_Q8 || fmt == EQ_FMT_POPCOUNT) eq_layer_rowsums(&L, rowsum, wsum);
                     float *x = malloc(sizeof(float) * (size_t)k);
@@ -77,7 +80,7 @@ int main(void) {
                         }
                         eq_kernels_generic.acc[fmt](&L, &s1.act, s1.acc);
                         K->acc[fmt](&L, &s1.act, s2.acc); /* same activations for both */
-                        if (memcmp(s1.acc, s2.acc, sizeof(int32_t) * (size_t)n)) {
+                        if (memcmp(s1.acc, s2.acc, sizeof(int32_t) * rows)) {
                             bad++;
                             fprintf(stderr, "%s fmt %d n %d k %d: acc differs\n", K->name, fmt, n, k);
                         }

@@ -33,7 +33,7 @@ def test_accumulators_bit_exact(name, k, rng):
             x = rng.standard_normal((batch, k)).astype(np.float32)
             xq, _ = f.quantize_act(x)
             xq = np.ascontiguousarray(xq)
-            ref = f.ref_acc(packed, k, xq)
+            ref = f.ref_acc(packed, n, k, xq)
             for v in VARIANTS:
                 out = np.full((batch, n), 12345, np.int32)
                 _ckernels.acc(v, layer, xq, out, batch)
@@ -53,7 +53,7 @@ def test_accumulators_extreme_values(rng):
         vals = [-1, 1] if f.act == "binary" else [-127, 127]
         xq = rng.choice(vals, size=(2, k)).astype(np.int8)
         xq[1] = vals[0]
-        ref = f.ref_acc(packed, k, xq)
+        ref = f.ref_acc(packed, n, k, xq)
         for v in VARIANTS:
             out = np.zeros((2, n), np.int32)
             _ckernels.acc(v, layer, xq, out, 2)
@@ -69,7 +69,7 @@ def test_outputs_match_reference_and_float(name, rng):
                 W, b, codes, scale, packed = make_layer(f, n, k, rng, per_channel)
                 layer = _ckernels.Layer(f.code, n, k, packed, scale, b)
                 x = rng.standard_normal((3, k)).astype(np.float32)
-                ref = f.ref_linear(packed, scale, b, k, x)
+                ref = f.ref_linear(packed, scale, b, n, k, x)
                 Wd = f.dequantize(codes, scale)
                 for v in VARIANTS:
                     prog = _ckernels.Program(v, [("linear", layer)])
@@ -150,3 +150,24 @@ def test_program_rejects_bad_shapes(rng):
         _ckernels.Program(VARIANTS[-1], [("linear", layer), ("linear", layer)])
     with pytest.raises(ValueError, match="not available"):
         _ckernels.Program("no-such-isa", [("linear", layer)])
+
+
+@pytest.mark.parametrize("name", INT_FORMATS)
+def test_unaligned_weights_give_the_same_results(name, rng):
+    """Bundles from other writers may map weights off the 64-byte boundary."""
+    f = FORMATS[name]
+    n, k = 40, 300
+    _, b, _, scale, packed = make_layer(f, n, k, rng)
+    buf = np.empty(packed.nbytes + 64 + 3, np.uint8)
+    start = (-buf.ctypes.data) % 64 + 3
+    odd = buf[start:start + packed.nbytes].reshape(packed.shape)
+    odd[...] = packed
+    x = rng.standard_normal((2, k)).astype(np.float32)
+    for v in VARIANTS:
+        ys = []
+        for w in (packed, odd):
+            prog = _ckernels.Program(v, [("linear", _ckernels.Layer(f.code, n, k, w, scale, b))])
+            y = np.empty((2, n), np.float32)
+            prog.run(x, y, 2)
+            ys.append(y)
+        np.testing.assert_array_equal(ys[0], ys[1], err_msg=f"{name} {v}")

@@ -11,6 +11,7 @@ import pytest
 from edgeqmoe.kernels import KernelChoiceError, available_variants, resolve_variant
 from edgeqmoe.kernels.formats import FORMATS
 from edgeqmoe.model import BundleError, Head, LayerNorm, PackedLinear, ReLU, load_bundle, load_head, save_head
+from edgeqmoe.model.bundle import BUNDLE_FORMAT_VERSION
 
 EMB = {"id": "test", "version": "1", "sample_rate": 16000, "dim": 48}
 
@@ -63,7 +64,7 @@ def test_metadata(bundle_path):
     b = load_bundle(bundle_path)
     assert b.classes == [f"c{i}" for i in range(10)]
     assert b.embedder["id"] == "test"
-    assert b.meta["format_version"] == 1 and b.meta["note"] == "test"
+    assert b.meta["format_version"] == BUNDLE_FORMAT_VERSION and b.meta["note"] == "test"
     assert len(b.meta["data_sha256"]) == 64
 
 
@@ -90,19 +91,72 @@ def test_corrupt_bundle(tmp_path, bundle_path):
         load_bundle(p)
 
 
-def test_newer_version(tmp_path, bundle_path):
-    data = open(bundle_path, "rb").read()
+def with_format_version(src, dst, version):
+    """A copy of bundle ``src`` whose metadata claims another format version."""
+    data = open(src, "rb").read()
     hlen = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8:8 + hlen])
     meta = json.loads(header["__metadata__"]["edgeqmoe"])
-    meta["format_version"] = 99
+    meta["format_version"] = version
     header["__metadata__"]["edgeqmoe"] = json.dumps(meta)
     h = json.dumps(header).encode()
     h += b" " * (-len(h) % 8)
-    p = tmp_path / "new.eqm"
-    p.write_bytes(struct.pack("<Q", len(h)) + h + data[8 + hlen:])
+    dst.write_bytes(struct.pack("<Q", len(h)) + h + data[8 + hlen:])
+    return dst
+
+
+def test_newer_version(tmp_path, bundle_path):
+    p = with_format_version(bundle_path, tmp_path / "new.eqm", 99)
     with pytest.raises(BundleError, match="newer edgeqmoe"):
         load_head(p)
+
+
+def legacy_pack(fmt, codes):
+    """Bundle format 1 layouts (row-major blocks; popcount planes per row), written
+    independently of edgeqmoe.model.upgrade so that its decoder is checked."""
+    n, k = codes.shape
+    kp = -(-k // 64) * 64
+    c = np.zeros((n, kp), np.int16)
+    c[:, :k] = codes
+    if fmt == "popcount":
+        return np.concatenate([np.packbits(c < 0, axis=1, bitorder="little"),
+                               np.packbits(c != 0, axis=1, bitorder="little")], axis=1)
+    bits, big, offset = {"q1": (1, 512, 0), "q2": (2, 256, 2), "ternary": (2, 256, 1), "q4": (4, 128, 8)}[fmt]
+    u = ((c + 1) // 2 if fmt == "q1" else c + offset).astype(np.uint8)
+    per, out, pos = 8 // bits, [], 0
+    while pos < kp:
+        bsz = big if kp - pos >= big else 64
+        blk = u[:, pos:pos + bsz].reshape(n, per, bsz // per)
+        out.append(sum((blk[:, j] << (bits * j)).astype(np.uint8) for j in range(per)).astype(np.uint8))
+        pos += bsz
+    return np.concatenate(out, axis=1)
+
+
+@pytest.mark.parametrize("fmt", ["q1", "q2", "q4", "ternary", "popcount"])
+def test_format1_bundle_is_refused_then_upgraded(tmp_path, rng, fmt):
+    from edgeqmoe.model import upgrade
+
+    steps = paper_like_steps(rng, fmt, dims=(48, 40, 24, 10))
+    x = rng.standard_normal((4, 48)).astype(np.float32)
+    want = Head(steps, kernel="ref")(x)
+    # the same model as bundle format 1 would have stored it
+    legacy = []
+    for s in steps:
+        if isinstance(s, PackedLinear):
+            codes = FORMATS[fmt].unpack(s.packed, s.out_features, s.in_features)
+            np.testing.assert_array_equal(upgrade._v1_codes(fmt, legacy_pack(fmt, codes), s.out_features,
+                                                            s.in_features), codes)
+            s = PackedLinear(fmt, s.in_features, s.out_features, legacy_pack(fmt, codes), s.scale, s.bias,
+                             s.act_mode)
+        legacy.append(s)
+    p = save_head(tmp_path / "v2.eqm", legacy, [f"c{i}" for i in range(10)], EMB)
+    old = with_format_version(p, tmp_path / "v1.eqm", 1)
+    with pytest.raises(BundleError, match="upgrade") as e:
+        load_head(old)
+    assert str(old) in str(e.value)
+    assert upgrade.main([str(old), str(tmp_path / "up.eqm")]) == 0
+    np.testing.assert_allclose(load_head(tmp_path / "up.eqm", kernel="ref")(x), want, rtol=0, atol=1e-6)
+    assert upgrade.main([str(tmp_path / "up.eqm")]) == 2  # already current: says so
 
 
 def test_missing_bundle(tmp_path):

@@ -66,7 +66,7 @@ def test_bitlinear_forward_equals_packed_arithmetic():
         f = get_format({1: "q1", 2: "q2", 4: "q4", 8: "q8"}[bits])
         W = lin.weight.detach().numpy()
         codes, scale = f.quantize(W)
-        ref = f.ref_linear(f.pack(codes), scale, lin.bias.detach().numpy(), 37, x.numpy())
+        ref = f.ref_linear(f.pack(codes), scale, lin.bias.detach().numpy(), 11, 37, x.numpy())
         np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
     bn = BitNetLinear(37, 11)
     t = bn.ternary()

@@ -35,7 +35,7 @@ class ModelSettings:
     fallback_bundle: Optional[str] = field(None, doc="bundle for the weight-free embedder, used when the "
                                                      "bundle's embedder weights are missing")
     weights: Optional[str] = field(None, doc="embedder weights (file or folder); default: the usual search")
-    kernel: str = field("simd", doc="ref, generic, simd, or a variant name (avx512, avx2, neon, dotprod)")
+    kernel: str = field("simd", doc="ref, generic, simd, or a variant name (avx512vbmi, avx512, avx2, neon, dotprod)")
     evaluate_all_experts: bool = field(False, doc="MoE: run every expert on every window (fixed work)")
     uniform_routing: bool = field(False, doc="MoE: plain top-k routing even if the bundle has curiosity "
                                              "(the baseline that curiosity is compared with)")

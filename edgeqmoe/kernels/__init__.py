@@ -1,7 +1,8 @@
 """Packed low-bit kernels: formats (``formats``), the C kernels (``_ckernels``) and the
 choice between kernel variants.
 
-Variants, best first where the CPU has them: ``avx512`` (AVX-512 F/BW/VL + VNNI +
+Variants, best first where the CPU has them: ``avx512vbmi`` (``avx512`` plus VBMI byte
+permutes: q1 by table lookup), ``avx512`` (AVX-512 F/BW/VL + VNNI +
 VPOPCNTDQ), ``avx2``, ``dotprod`` (ARMv8.2 sdot), ``neon``, and ``generic`` (portable
 scalar C). ``ref`` is the numpy reference of ``formats``.
 
@@ -33,7 +34,7 @@ __all__ = [
 
 CHOICES = ("ref", "generic", "simd")
 #: Order of SIMD variants from the widest down; EDGEQMOE_ISA cuts this list.
-_SIMD_ORDER = ("avx512", "avx2", "dotprod", "neon")
+_SIMD_ORDER = ("avx512vbmi", "avx512", "avx2", "dotprod", "neon")
 
 
 class KernelChoiceError(ValueError):

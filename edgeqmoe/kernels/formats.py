@@ -22,30 +22,46 @@ the row):
 
 ``q1`` / ``q2`` / ``ternary`` / ``q4``  b = 1, 2, 2, 4 bits per weight, stored
             unsigned: q1 stores bit 1 for +1 and 0 for -1; q2, ternary and q4 store
-            u = q + offset (2, 1, 8).  The row is cut into blocks of ``big`` weights
-            (512, 256, 256, 128: always 64 bytes) while at least ``big`` remain, then
-            blocks of 64.  A block of B weights takes B*b/8 bytes; with f = 8/b fields
-            per byte, byte i of the block holds weights i + j*B/f for j = 0..f-1, field
-            j at bits [b*j, b*j + b)::
+            u = q + offset (2, 1, 8).  Rows are stored in *tiles* of 16 (the last tile
+            is filled up with all-zero rows, whose outputs are never read).  A tile is
+            cut along the padded row into *spans* of 4f columns (f = 8/b fields per
+            byte: 32, 16, 16, 8 columns), and each span is one 64-byte vector: byte
+            ``4r + c`` (r = row in the tile, c = 0..3) holds, in field j (bits
+            [b*j, b*j + b)), the weight of row r at column ``span start + 4j + c``::
 
-                q1, B=512:  byte i: | w[i+448] | ... | w[i+64] | w[i] |        (1 bit each)
-                q2, B=256:  byte i: | w[i+192] | w[i+128] | w[i+64] | w[i] |   (2 bits each)
-                q4, B=128:  byte i: | w[i+64] | w[i] |                         (4 bits each)
+                span bytes:  | row 0: c0 c1 c2 c3 | row 1: c0 .. c3 | ... | row 15: c0 .. c3 |
+                q1 byte 4r+c:  | w[r, 28+c] | w[r, 24+c] | ... | w[r, 4+c] | w[r, c] |   (1 bit each)
+                q2 byte 4r+c:  | w[r, 12+c] | w[r, 8+c] | w[r, 4+c] | w[r, c] |        (2 bits each)
+                q4 byte 4r+c:  | w[r, 4+c] | w[r, c] |                              (4 bits each)
 
-            so field j of a whole 64-byte block is 64 consecutive weights, obtained with
-            one AND (and a shift) per 64 weights; a 64-weight tail block likewise gives
-            8, 16 or 32 consecutive weights per field.
+            Field j of a span is then a 16-row x 4-column block whose four columns
+            sit in the four bytes of one 32-bit lane: an int8 dot-product instruction
+            (VPDPBUSD, SDOT) multiplies it with four broadcast activations and
+            accumulates one row per lane, with no reduction across lanes.  For q1 the
+            low (high) nibble of byte 4r+c holds columns c, c+4, c+8, c+12 (c+16 ..
+            c+28): the AVX-512 kernel looks nibbles up in tables of the 16 possible
+            sums of those four activations (one table per c, 64 bytes in all).  The
+            tensor has shape (tiles, 16 * kp * b / 8); tile t's spans follow each
+            other in column order.
 ``q8``      one signed byte per weight, natural order.
 ``f16``     IEEE half per weight, natural order, little endian.
 ``popcount`` ternary weights (paper Eq. 3-4: |W| > tau * max|W|, tau = 0.05) stored as
-            two bit planes per row, each LSB first: ``sign`` (bit 1 -> negative) then
-            ``mask`` (bit 1 -> non-zero), each ``kp / 8`` bytes.  Activations are
+            two bit planes, ``sign`` (bit 1 -> negative) and ``mask`` (bit 1 ->
+            non-zero), in tiles of 16 rows like the formats above: each span of 32
+            columns is 64 bytes of sign bits then 64 bytes of mask bits, bytes
+            ``4r .. 4r+3`` holding row r's 32 bits as a little-endian word (bit i =
+            column span start + i)::
+
+                span: | sign: row 0 word | row 1 word | ... | row 15 | mask: row 0 | ... | row 15 |
+
+            Activations are
             binarized at x > tau (tau = 0.05; inputs are standardised or
             LayerNorm-ed), one bit each (1 = low), in one of two modes per layer:
             ``sign`` (+1 / -1, scale mean|x|) or ``unsigned`` (1 / 0, scale mean of
             the high inputs; for inputs after a ReLU). The kernel computes the +-1
             dot product ``popcount(mask) - 2 * popcount(mask & (sign_w ^ low_x))``
-            (XOR/AND + popcount, Eq. 4); in unsigned mode the result is
+            (XOR/AND + popcount, Eq. 4) with the span's 32 activation bits broadcast
+            to every row's lane; in unsigned mode the result is
             ``(that + sum w) / 2``. ``popcount(mask)`` and ``sum w`` of each row are
             computed at load.
 
@@ -60,6 +76,8 @@ import numpy as np
 
 #: Weights per padding unit: every packed row holds a multiple of this many codes.
 ROW_ALIGN = 64
+#: Rows per tile of the sub-byte integer formats (q1, q2, ternary, q4).
+ROW_TILE = 16
 #: Threshold of the popcount format, relative to the tensor's (or row's) absmax.
 POPCOUNT_TAU = 0.05
 #: int8 activation range (symmetric; -128 is never produced).
@@ -86,17 +104,9 @@ def padded_k(k: int) -> int:
     return -(-k // ROW_ALIGN) * ROW_ALIGN
 
 
-def block_sizes(kp: int, big: int) -> list:
-    """Block sizes that tile a padded row: ``big`` while it fits, then 64."""
-    sizes = []
-    left = kp
-    while left >= big:
-        sizes.append(big)
-        left -= big
-    while left > 0:
-        sizes.append(ROW_ALIGN)
-        left -= ROW_ALIGN
-    return sizes
+def tiled_rows(n: int) -> int:
+    """Rows stored for an n-row layer of a tiled format (n rounded up to a tile)."""
+    return -(-n // ROW_TILE) * ROW_TILE
 
 
 # --------------------------------------------------------------------------------------
@@ -171,36 +181,31 @@ def _unpack_bits(packed: np.ndarray, kp: int) -> np.ndarray:
     return np.unpackbits(packed, axis=1, count=kp, bitorder="little")
 
 
-def _pack_fields(u: np.ndarray, bits: int, big: int) -> np.ndarray:
-    """Pack unsigned fields of ``bits`` bits, block-interleaved as in the module doc."""
+def _pack_tiles(u: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned fields (n, kp) -> (tiles, 16 * kp * bits / 8) bytes, as in the module doc."""
     n, kp = u.shape
     per = 8 // bits
-    out = np.zeros((n, kp * bits // 8), dtype=np.uint8)
-    pos = 0
-    for bsz in block_sizes(kp, big):
-        nb = bsz // per
-        blk = u[:, pos:pos + bsz].reshape(n, per, nb).astype(np.uint8)
-        byte = np.zeros((n, nb), dtype=np.uint8)
-        for j in range(per):
-            byte |= (blk[:, j, :] << (bits * j)).astype(np.uint8)
-        out[:, pos * bits // 8:(pos + bsz) * bits // 8] = byte
-        pos += bsz
-    return out
+    span = 4 * per
+    full = np.zeros((tiled_rows(n), kp), dtype=np.uint8)
+    full[:n] = u
+    tiles = full.shape[0] // ROW_TILE
+    # (tile, row, span, field j, byte c) -> (tile, span, row, c, j)
+    v = full.reshape(tiles, ROW_TILE, kp // span, per, 4).transpose(0, 2, 1, 4, 3)
+    byte = np.zeros(v.shape[:-1], dtype=np.uint8)
+    for j in range(per):
+        byte |= (v[..., j] << (bits * j)).astype(np.uint8)
+    return byte.reshape(tiles, -1)
 
 
-def _unpack_fields(packed: np.ndarray, kp: int, bits: int, big: int) -> np.ndarray:
-    n = packed.shape[0]
+def _unpack_tiles(packed: np.ndarray, kp: int, bits: int) -> np.ndarray:
+    """Inverse of _pack_tiles: every stored row, (tiles * 16, kp) unsigned fields."""
     per = 8 // bits
+    span = 4 * per
     mask = (1 << bits) - 1
-    u = np.zeros((n, kp), dtype=np.uint8)
-    pos = 0
-    for bsz in block_sizes(kp, big):
-        nb = bsz // per
-        byte = packed[:, pos * bits // 8:(pos + bsz) * bits // 8]
-        for j in range(per):
-            u[:, pos + j * nb:pos + (j + 1) * nb] = (byte >> (bits * j)) & mask
-        pos += bsz
-    return u
+    tiles = packed.shape[0]
+    b = np.asarray(packed, dtype=np.uint8).reshape(tiles, kp // span, ROW_TILE, 4)
+    v = np.stack([(b >> (bits * j)) & mask for j in range(per)], axis=-1)  # tile, span, row, c, j
+    return v.transpose(0, 2, 1, 4, 3).reshape(tiles * ROW_TILE, kp)
 
 
 # --------------------------------------------------------------------------------------
@@ -278,12 +283,27 @@ class Format:
     doc: str = ""
 
     # ---- sizes
+    @property
+    def tiled(self) -> bool:
+        """Rows stored in tiles of ROW_TILE (q1, q2, ternary, q4, popcount)."""
+        return self.act != "f32" and self.bits < 8
+
     def row_bytes(self, k: int) -> int:
         return padded_k(k) * self.bits // 8
 
+    def stored_rows(self, n: int) -> int:
+        return tiled_rows(n) if self.tiled else n
+
+    def packed_shape(self, n: int, k: int) -> Tuple[int, int]:
+        """Shape of the packed tensor: (n, row_bytes), or (tiles, 16 * row_bytes)."""
+        if self.tiled:
+            return tiled_rows(n) // ROW_TILE, ROW_TILE * self.row_bytes(k)
+        return n, self.row_bytes(k)
+
     def weight_nbytes(self, n: int, k: int) -> int:
-        """Packed weight bytes of an (n, k) layer: n * ceil(k/64)*64 * bits / 8."""
-        return n * self.row_bytes(k)
+        """Packed weight bytes of an (n, k) layer: rows * ceil(k/64)*64 * bits / 8, with
+        rows = n rounded up to a tile of 16 for the tiled formats."""
+        return self.stored_rows(n) * self.row_bytes(k)
 
     # ---- codes
     def quantize(self, W: np.ndarray, per_channel: bool | None = None):
@@ -293,12 +313,13 @@ class Format:
         return self.quantize_fn(W, pc)
 
     def pack(self, codes: np.ndarray) -> np.ndarray:
-        """Codes (n, k) -> packed bytes (n, row_bytes), 64-byte aligned."""
+        """Codes (n, k) -> packed bytes of ``packed_shape(n, k)``, 64-byte aligned."""
         codes = np.asarray(codes)
         return aligned_copy(self.pack_fn(_pad_codes(codes, padded_k(codes.shape[1]))))
 
-    def unpack(self, packed: np.ndarray, k: int) -> np.ndarray:
-        return self.unpack_fn(np.asarray(packed), padded_k(k))[:, :k]
+    def unpack(self, packed: np.ndarray, n: int, k: int) -> np.ndarray:
+        """Packed bytes of an (n, k) layer -> its codes (n, k)."""
+        return self.unpack_fn(np.asarray(packed), padded_k(k))[:n, :k]
 
     def dequantize(self, codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
         c = np.asarray(codes, dtype=np.float32)
@@ -314,42 +335,42 @@ class Format:
         x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
         return x, np.ones(x.shape[0], dtype=np.float32)
 
-    def ref_acc(self, packed: np.ndarray, k: int, xq: np.ndarray) -> np.ndarray:
+    def ref_acc(self, packed: np.ndarray, n: int, k: int, xq: np.ndarray) -> np.ndarray:
         """int32 accumulators (B, n) of quantized activations with the packed codes."""
-        codes = self.unpack(packed, k).astype(np.int64)
+        codes = self.unpack(packed, n, k).astype(np.int64)
         return (np.atleast_2d(xq).astype(np.int64) @ codes.T).astype(np.int32)
 
-    def ref_linear(self, packed, scale, bias, k, x, act_mode: str = "sign") -> np.ndarray:
+    def ref_linear(self, packed, scale, bias, n, k, x, act_mode: str = "sign") -> np.ndarray:
         """Float outputs (B, n) exactly as the kernels compute them (reference)."""
         s = np.asarray(scale, dtype=np.float32)
         if self.act == "f32":
-            W = self.unpack(packed, k).astype(np.float32)
+            W = self.unpack(packed, n, k).astype(np.float32)
             y = np.atleast_2d(x).astype(np.float32) @ W.T
         else:
             xq, xs = self.quantize_act(x, act_mode)
-            acc = self.ref_acc(packed, k, xq).astype(np.float32)
+            acc = self.ref_acc(packed, n, k, xq).astype(np.float32)
             y = acc * (s[None, :] if s.size > 1 else s[0]) * xs[:, None]
         if bias is not None:
             y = y + np.asarray(bias, dtype=np.float32)
         return y.astype(np.float32)
 
 
-def _offset_fields(bits: int, big: int, offset: int):
+def _offset_fields(bits: int, offset: int):
     def pack(c):
-        return _pack_fields((c.astype(np.int16) + offset).astype(np.uint8), bits, big)
+        return _pack_tiles((c.astype(np.int16) + offset).astype(np.uint8), bits)
 
     def unpack(p, kp):
-        return (_unpack_fields(p, kp, bits, big).astype(np.int16) - offset).astype(np.int8)
+        return (_unpack_tiles(p, kp, bits).astype(np.int16) - offset).astype(np.int8)
 
     return pack, unpack
 
 
 def _pack_q1(c):
-    return _pack_fields((c > 0).astype(np.uint8), 1, 512)
+    return _pack_tiles((c > 0).astype(np.uint8), 1)
 
 
 def _unpack_q1(p, kp):
-    return (_unpack_fields(p, kp, 1, 512).astype(np.int8) * 2 - 1).astype(np.int8)
+    return (_unpack_tiles(p, kp, 1).astype(np.int8) * 2 - 1).astype(np.int8)
 
 
 def _pack_q8(c):
@@ -369,19 +390,29 @@ def _unpack_f16(p, kp):
 
 
 def _pack_popcount(c):
-    return np.concatenate([_pack_bits(c < 0), _pack_bits(c != 0)], axis=1)
+    """(n, kp) ternary codes -> (tiles, spans * 128): per span 64 bytes of sign words,
+    then 64 of mask words (module doc)."""
+    n, kp = c.shape
+    tiles, spans = tiled_rows(n) // ROW_TILE, kp // 32
+    planes = []
+    for plane in (c < 0, c != 0):
+        full = np.zeros((tiles * ROW_TILE, kp), dtype=np.uint8)
+        full[:n] = plane
+        b = _pack_bits(full).reshape(tiles, ROW_TILE, spans, 4).transpose(0, 2, 1, 3)
+        planes.append(b.reshape(tiles, spans, 64))
+    return np.ascontiguousarray(np.stack(planes, axis=2).reshape(tiles, -1))
 
 
 def _unpack_popcount(p, kp):
-    half = kp // 8
-    sign = _unpack_bits(p[:, :half], kp)
-    mask = _unpack_bits(p[:, half:], kp)
+    tiles, spans = p.shape[0], kp // 32
+    b = np.asarray(p, dtype=np.uint8).reshape(tiles, spans, 2, ROW_TILE, 4).transpose(2, 0, 3, 1, 4)
+    sign, mask = (_unpack_bits(b[i].reshape(tiles * ROW_TILE, kp // 8), kp) for i in range(2))
     return (mask.astype(np.int8) * np.where(sign > 0, -1, 1)).astype(np.int8)
 
 
-_q2p, _q2u = _offset_fields(2, 256, 2)
-_tp, _tu = _offset_fields(2, 256, 1)
-_q4p, _q4u = _offset_fields(4, 128, 8)
+_q2p, _q2u = _offset_fields(2, 2)
+_tp, _tu = _offset_fields(2, 1)
+_q4p, _q4u = _offset_fields(4, 8)
 
 FORMATS: Dict[str, Format] = {
     f.name: f

@@ -10,7 +10,7 @@ and the data region is checked against the sha256 stored in the metadata.
 The metadata key ``edgeqmoe`` holds a JSON document::
 
     {
-      "format_version": 1,
+      "format_version": 2,
       "embedder": {"id": "mn04", "version": "1", "sample_rate": 32000, "dim": 384},
       "classes": ["air_conditioner", ...],
       "input_norm": {"mean": "norm.mean", "std": "norm.std"} | null,
@@ -28,7 +28,9 @@ views are as aligned as the kernels want: safetensors writes uint8 tensors last,
 name order, and the writer adds small ``<name>.pad`` tensors (and ``_align`` before
 the first) to get there.
 
-A newer ``format_version`` than this code knows, a truncated or corrupt file, or a
+A newer ``format_version`` than this code knows, an older one whose packed layouts
+it no longer reads (format 1: row-major q1/q2/q4/ternary/popcount; ``python -m
+edgeqmoe.model.upgrade`` converts those), a truncated or corrupt file, or a
 checksum mismatch raise :class:`BundleError` naming the file and the problem.
 """
 
@@ -45,8 +47,9 @@ from typing import Any, Dict, Mapping
 
 import numpy as np
 
-#: Bundle format this code writes and the newest it reads.
-BUNDLE_FORMAT_VERSION = 1
+#: Bundle format this code writes and the only one it runs. 2: q1, q2, q4, ternary and
+#: popcount weights in tiles of 16 rows (kernels.formats).
+BUNDLE_FORMAT_VERSION = 2
 _META_KEY = "edgeqmoe"
 _DTYPES = {"U8": np.uint8, "I8": np.int8, "F16": np.float16, "F32": np.float32, "I32": np.int32}
 _MAX_HEADER = 16 * 1024 * 1024
@@ -160,8 +163,9 @@ def _serialise_aligned(save, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]
     return blob  # alignment is a speed matter only: the file is valid either way
 
 
-def load_bundle(path, verify: bool = True) -> Bundle:
-    """Map a bundle and validate it; see the module doc for what is checked."""
+def load_bundle(path, verify: bool = True, allow_older: bool = False) -> Bundle:
+    """Map a bundle and validate it; see the module doc for what is checked.
+    ``allow_older`` admits older formats (for edgeqmoe.model.upgrade only)."""
     path = str(path)
     try:
         f = open(path, "rb")
@@ -195,6 +199,10 @@ def load_bundle(path, verify: bool = True) -> Bundle:
     if version > BUNDLE_FORMAT_VERSION:
         raise BundleError(path, f"written by a newer edgeqmoe (bundle format {version}, this version reads up to "
                                 f"{BUNDLE_FORMAT_VERSION}); upgrade edgeqmoe to use it")
+    if version < BUNDLE_FORMAT_VERSION and not allow_older:
+        raise BundleError(path, f"bundle format {version} stores packed weights in a layout this version no longer "
+                                f"runs; convert it with 'python -m edgeqmoe.model.upgrade {path}' (or export it "
+                                f"again with 'edgeqmoe train')")
     for key in ("embedder", "classes", "graph"):
         if key not in meta:
             raise BundleError(path, f"metadata lacks {key!r}")

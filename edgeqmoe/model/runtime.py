@@ -30,7 +30,7 @@ class PackedLinear:
     fmt: str
     in_features: int
     out_features: int
-    packed: np.ndarray  # (out, row_bytes) uint8
+    packed: np.ndarray  # uint8 of get_format(fmt).packed_shape(out, in)
     scale: np.ndarray  # (1,) or (out,) float32
     bias: Optional[np.ndarray]  # (out,) float32
     act_mode: str = "sign"  # popcount only: "sign" or "unsigned" (inputs after a ReLU)
@@ -56,7 +56,8 @@ class PackedLinear:
                                POPCOUNT_ACT_MODES.index(self.act_mode), POPCOUNT_TAU)
 
     def ref(self, x: np.ndarray) -> np.ndarray:
-        return get_format(self.fmt).ref_linear(self.packed, self.scale, self.bias, self.in_features, x,
+        return get_format(self.fmt).ref_linear(self.packed, self.scale, self.bias, self.out_features,
+                                               self.in_features, x,
                                                self.act_mode)
 
 
@@ -215,7 +216,7 @@ def steps_from_meta(bundle: Bundle, step_meta: list) -> List[Step]:
                 mode = d.get("act_mode", "sign")
                 if mode not in ("sign", "unsigned"):
                     raise BundleError(bundle.path, f"step {i}: unknown activation mode {mode!r}")
-                steps.append(PackedLinear(d["format"], k, n, w.reshape(n, -1), scale, bias, mode))
+                steps.append(PackedLinear(d["format"], k, n, w.reshape(f.packed_shape(n, k)), scale, bias, mode))
             elif op == "layernorm":
                 steps.append(LayerNorm(bundle.tensor(d["gamma"]), bundle.tensor(d["beta"]), float(d.get("eps", LN_EPS))))
             elif op == "relu":

@@ -34,12 +34,12 @@ const char *eq_cpu_features(void) {
 #if defined(__x86_64__) || defined(_M_X64)
     __builtin_cpu_init();
     static const char *names[] = {"sse4.2", "popcnt", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
-                                  "avx512vnni", "avx512vpopcntdq"};
+                                  "avx512vnni", "avx512vpopcntdq", "avx512vbmi"};
     int cpu[] = {__builtin_cpu_supports("sse4.2"), __builtin_cpu_supports("popcnt"),
                  __builtin_cpu_supports("avx2"), __builtin_cpu_supports("fma"),
                  __builtin_cpu_supports("avx512f"), __builtin_cpu_supports("avx512bw"),
                  __builtin_cpu_supports("avx512vl"), __builtin_cpu_supports("avx512vnni"),
-                 __builtin_cpu_supports("avx512vpopcntdq")};
+                 __builtin_cpu_supports("avx512vpopcntdq"), __builtin_cpu_supports("avx512vbmi")};
     for (size_t i = 0; i < sizeof cpu / sizeof cpu[0]; i++)
         if (cpu[i]) {
             strcat(features, names[i]);
@@ -59,6 +59,7 @@ const char *eq_cpu_features(void) {
 int eq_available(const eq_kernels **out, int max) {
     int n = 0;
 #if defined(__x86_64__) || defined(_M_X64)
+    if (n < max && has_avx512() && __builtin_cpu_supports("avx512vbmi")) out[n++] = &eq_kernels_avx512vbmi;
     if (n < max && has_avx512()) out[n++] = &eq_kernels_avx512;
     if (n < max && has_avx2()) out[n++] = &eq_kernels_avx2;
 #elif defined(__aarch64__)
@@ -75,9 +76,10 @@ int eq_scratch_init(eq_scratch *s, int32_t kp_max, int32_t n_max) {
     memset(s, 0, sizeof *s);
     kp_max = eq_padded_k(kp_max);
     if (n_max < 1) n_max = 1;
-    /* q (kp) + qu (kp) + planes (kp/4) + acc (4 n) bytes, each 64-aligned */
-    size_t kq = (size_t)kp_max, kpl = (size_t)kp_max / 4, nacc = ((size_t)n_max * 4 + 63) / 64 * 64;
-    size_t total = kq * 2 + (kpl + 63) / 64 * 64 + nacc;
+    /* q (kp) + qu (kp) + planes (kp/4) + acc (4 n, n rounded up to a tile) + lut (8 kp)
+     * bytes, each 64-aligned */
+    size_t kq = (size_t)kp_max, kpl = (size_t)kp_max / 4, nacc = ((size_t)eq_tiled_rows(n_max) * 4 + 63) / 64 * 64;
+    size_t total = kq * 2 + (kpl + 63) / 64 * 64 + nacc + 8 * kq;
     void *mem = NULL;
     if (posix_memalign(&mem, 64, total)) return -1;
     memset(mem, 0, total);
@@ -88,6 +90,7 @@ int eq_scratch_init(eq_scratch *s, int32_t kp_max, int32_t n_max) {
     s->act.qu = p + kq;
     s->act.planes = (uint64_t *)(p + 2 * kq);
     s->acc = (int32_t *)(p + 2 * kq + (kpl + 63) / 64 * 64);
+    s->act.lut = (int8_t *)(p + 2 * kq + (kpl + 63) / 64 * 64 + nacc);
     return 0;
 }
 
@@ -98,16 +101,20 @@ void eq_scratch_free(eq_scratch *s) {
 
 void eq_layer_rowsums(const eq_layer *L, int32_t *rowsum, int32_t *wsum) {
     if (L->fmt == EQ_FMT_POPCOUNT) {
-        const int32_t words = L->kp / 64;
-        for (int32_t i = 0; i < L->n; i++) {
-            const uint64_t *ws = (const uint64_t *)L->w + (size_t)2 * words * i, *wm = ws + words;
-            int32_t m = 0, neg = 0;
-            for (int32_t j = 0; j < words; j++) {
-                m += __builtin_popcountll(wm[j]);
-                neg += __builtin_popcountll(wm[j] & ws[j]);
+        /* tiles of 16 rows; per 32-column span, 16 sign words then 16 mask words */
+        const int32_t spans = L->kp / 32, tiles = eq_tiled_rows(L->n) / EQ_ROW_TILE;
+        const uint32_t *w = (const uint32_t *)L->w;
+        for (int32_t t = 0; t < tiles; t++) {
+            int32_t m[EQ_ROW_TILE] = {0}, neg[EQ_ROW_TILE] = {0};
+            for (int32_t s = 0; s < spans; s++, w += 2 * EQ_ROW_TILE)
+                for (int r = 0; r < EQ_ROW_TILE; r++) {
+                    m[r] += __builtin_popcount(w[EQ_ROW_TILE + r]);
+                    neg[r] += __builtin_popcount(w[EQ_ROW_TILE + r] & w[r]);
+                }
+            for (int r = 0; r < EQ_ROW_TILE; r++) {
+                rowsum[EQ_ROW_TILE * t + r] = m[r];
+                if (wsum) wsum[EQ_ROW_TILE * t + r] = m[r] - 2 * neg[r];
             }
-            rowsum[i] = m;
-            if (wsum) wsum[i] = m - 2 * neg;
         }
         return;
     }

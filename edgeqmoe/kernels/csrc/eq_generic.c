@@ -54,41 +54,37 @@ void eq_generic_quant_sign(const float *x, int32_t k, float tau, int32_t mode, e
     a->scale = scale > 0.0f ? scale : 1.0f;
 }
 
-static inline int popcount64(uint64_t v) { return __builtin_popcountll(v); }
-
-/* Block-interleaved fields (q1, q2, ternary, q4): sum of x * u over the row,
- * u the stored unsigned field. */
-static int32_t row_fields(const uint8_t *row, const int8_t *x, int32_t kp, int bits, int big) {
-    const int per = 8 / bits, mask = (1 << bits) - 1;
-    int32_t s = 0, pos = 0;
-    while (pos < kp) {
-        const int32_t bsz = (kp - pos >= big) ? big : EQ_ROW_ALIGN;
-        const int32_t nb = bsz / per;
-        const uint8_t *blk = row + (size_t)pos * bits / 8;
-        for (int32_t b = 0; b < nb; b++)
-            for (int f = 0; f < per; f++) s += x[pos + f * nb + b] * ((blk[b] >> (bits * f)) & mask);
-        pos += bsz;
+/* Tiled fields (q1, q2, ternary, q4; layout in formats.py): out[i] = sum of x * u over
+ * every stored row i, u the stored unsigned field. */
+static void tiled_sums(const eq_layer *L, const int8_t *x, int32_t *out) {
+    const int bits = eq_fmt_bits[L->fmt], per = 8 / bits, span = 4 * per, mask = (1 << bits) - 1;
+    const int32_t spans = L->kp / span, tiles = eq_tiled_rows(L->n) / EQ_ROW_TILE;
+    const uint8_t *w = L->w;
+    for (int32_t t = 0; t < tiles; t++) {
+        int32_t s[EQ_ROW_TILE] = {0};
+        for (int32_t sp = 0; sp < spans; sp++, w += EQ_SPAN_BYTES) {
+            const int8_t *xs = x + (size_t)sp * span;
+            for (int r = 0; r < EQ_ROW_TILE; r++)
+                for (int c = 0; c < 4; c++) {
+                    const int b = w[4 * r + c];
+                    for (int j = 0; j < per; j++) s[r] += xs[4 * j + c] * ((b >> (bits * j)) & mask);
+                }
+        }
+        memcpy(out + (size_t)t * EQ_ROW_TILE, s, sizeof s);
     }
-    return s;
 }
 
 /* q1: sum x*(2b-1) = 2*sum x*b - sum x */
 static void acc_q1(const eq_layer *L, const eq_act *a, int32_t *acc) {
-    const size_t rb = (size_t)L->kp / 8;
-    for (int32_t i = 0; i < L->n; i++) acc[i] = 2 * row_fields(L->w + rb * i, a->q, L->kp, 1, EQ_Q1_BIG) - a->qsum;
+    tiled_sums(L, a->q, acc);
+    for (int32_t i = 0; i < eq_tiled_rows(L->n); i++) acc[i] = 2 * acc[i] - a->qsum;
 }
 
 /* q2, ternary, q4: sum x*(u - offset) = sum x*u - offset * sum x */
-static void acc_q2(const eq_layer *L, const eq_act *a, int32_t *acc) {
-    const size_t rb = (size_t)L->kp / 4;
+static void acc_tiled(const eq_layer *L, const eq_act *a, int32_t *acc) {
     const int32_t corr = eq_fmt_offset[L->fmt] * a->qsum;
-    for (int32_t i = 0; i < L->n; i++) acc[i] = row_fields(L->w + rb * i, a->q, L->kp, 2, EQ_Q2_BIG) - corr;
-}
-
-static void acc_q4(const eq_layer *L, const eq_act *a, int32_t *acc) {
-    const size_t rb = (size_t)L->kp / 2;
-    const int32_t corr = eq_fmt_offset[L->fmt] * a->qsum;
-    for (int32_t i = 0; i < L->n; i++) acc[i] = row_fields(L->w + rb * i, a->q, L->kp, 4, EQ_Q4_BIG) - corr;
+    tiled_sums(L, a->q, acc);
+    for (int32_t i = 0; i < eq_tiled_rows(L->n); i++) acc[i] -= corr;
 }
 
 static void acc_q8(const eq_layer *L, const eq_act *a, int32_t *acc) {
@@ -101,20 +97,17 @@ static void acc_q8(const eq_layer *L, const eq_act *a, int32_t *acc) {
 }
 
 /* ternary weights x +-1 activations: with M = non-zero weights and D = M & (sign_w ^
- * low_x), dot = popcount(M) - 2 popcount(D); 0/1 activations are handled after the
- * kernel (eq_linear_row). */
+ * low_x), dot = popcount(M) - 2 popcount(D); popcount(M) is L->rowsum. 0/1
+ * activations are handled after the kernel (eq_linear_row). Tiled: per 32-column
+ * span, 16 sign words then 16 mask words; the span's activation bits are one word. */
 static void acc_popcount(const eq_layer *L, const eq_act *a, int32_t *acc) {
-    const int32_t words = L->kp / 64;
-    const uint64_t *xs = a->planes;
-    for (int32_t i = 0; i < L->n; i++) {
-        const uint64_t *ws = (const uint64_t *)L->w + (size_t)2 * words * i;
-        const uint64_t *wm = ws + words;
-        int32_t m = 0, d = 0;
-        for (int32_t j = 0; j < words; j++) {
-            m += popcount64(wm[j]);
-            d += popcount64(wm[j] & (ws[j] ^ xs[j]));
-        }
-        acc[i] = m - 2 * d;
+    const int32_t spans = L->kp / 32, tiles = eq_tiled_rows(L->n) / EQ_ROW_TILE;
+    const uint32_t *w = (const uint32_t *)L->w, *xs = (const uint32_t *)a->planes;
+    for (int32_t t = 0; t < tiles; t++) {
+        int32_t d[EQ_ROW_TILE] = {0};
+        for (int32_t s = 0; s < spans; s++, w += 2 * EQ_ROW_TILE)
+            for (int r = 0; r < EQ_ROW_TILE; r++) d[r] += __builtin_popcount(w[EQ_ROW_TILE + r] & (w[r] ^ xs[s]));
+        for (int r = 0; r < EQ_ROW_TILE; r++) acc[EQ_ROW_TILE * t + r] = L->rowsum[EQ_ROW_TILE * t + r] - 2 * d[r];
     }
 }
 
@@ -151,7 +144,7 @@ const eq_kernels eq_kernels_generic = {
     "generic",
     eq_generic_quant_i8,
     eq_generic_quant_sign,
-    {acc_q1, acc_q2, acc_q4, acc_q8, acc_q2 /* ternary shares q2's layout */, NULL, acc_popcount},
+    {acc_q1, acc_tiled, acc_tiled, acc_q8, acc_tiled, NULL, acc_popcount},
     gemv_f16,
     eq_generic_dequant,
 };

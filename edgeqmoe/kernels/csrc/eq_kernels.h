@@ -21,9 +21,8 @@ enum {
 };
 
 #define EQ_ROW_ALIGN 64   /* every packed row holds a multiple of 64 codes */
-#define EQ_Q1_BIG 512     /* q1: blocks of 512 weights, then 64 */
-#define EQ_Q2_BIG 256     /* q2/ternary: blocks of 256 weights, then 64 */
-#define EQ_Q4_BIG 128     /* q4: blocks of 128 weights, then 64 */
+#define EQ_ROW_TILE 16    /* q1, q2, ternary, q4: rows stored in tiles of 16 */
+#define EQ_SPAN_BYTES 64  /* one span of a tile: 16 rows x 4 bytes */
 #define EQ_ACT_QMAX 127
 #define EQ_ACT_SIGN 0      /* popcount activations +1 (x > tau) / -1, scale mean|x| */
 #define EQ_ACT_UNSIGNED 1  /* popcount activations 1 (x > tau) / 0, scale mean(x | x > tau) */
@@ -33,24 +32,31 @@ static const int eq_fmt_bits[EQ_NFMT] = {1, 2, 4, 8, 2, 16, 2};
 /* value added to signed codes before storing them unsigned */
 static const int eq_fmt_offset[EQ_NFMT] = {0, 2, 8, 0, 1, 0, 0};
 
-_Static_assert(EQ_Q1_BIG / 8 == 64 && EQ_Q2_BIG / 4 == 64 && EQ_Q4_BIG / 2 == 64,
-               "every big block is one 64-byte vector");
 _Static_assert(EQ_ROW_ALIGN % 64 == 0, "rows must hold whole 64-bit words of bits");
-_Static_assert(EQ_Q1_BIG % EQ_ROW_ALIGN == 0 && EQ_Q2_BIG % EQ_ROW_ALIGN == 0 && EQ_Q4_BIG % EQ_ROW_ALIGN == 0,
-               "big blocks must be multiples of the row alignment");
+_Static_assert(EQ_ROW_ALIGN % 32 == 0, "a padded row holds whole spans (32 columns for q1)");
+_Static_assert(EQ_ROW_TILE * 4 == EQ_SPAN_BYTES, "a span is 4 bytes of each row of a tile");
 
 static inline int32_t eq_padded_k(int32_t k) { return (k + EQ_ROW_ALIGN - 1) / EQ_ROW_ALIGN * EQ_ROW_ALIGN; }
 static inline size_t eq_row_bytes(int fmt, int32_t k) { return (size_t)eq_padded_k(k) * eq_fmt_bits[fmt] / 8; }
+/* q1, q2, ternary, q4 and popcount store rows in tiles of 16 (see formats.py) */
+static inline int eq_fmt_tiled(int fmt) {
+    return fmt == EQ_FMT_Q1 || fmt == EQ_FMT_Q2 || fmt == EQ_FMT_Q4 || fmt == EQ_FMT_TERNARY || fmt == EQ_FMT_POPCOUNT;
+}
+static inline int32_t eq_tiled_rows(int32_t n) { return (n + EQ_ROW_TILE - 1) / EQ_ROW_TILE * EQ_ROW_TILE; }
+static inline int32_t eq_stored_rows(int fmt, int32_t n) { return eq_fmt_tiled(fmt) ? eq_tiled_rows(n) : n; }
+static inline size_t eq_weight_bytes(int fmt, int32_t n, int32_t k) {
+    return (size_t)eq_stored_rows(fmt, n) * eq_row_bytes(fmt, k);
+}
 
 /* One packed linear layer y = W x + b (W: n x k, packed rows of eq_row_bytes). */
 typedef struct eq_layer {
     int32_t fmt, n, k, kp;
-    const uint8_t *w;       /* n rows, eq_row_bytes(fmt, k) bytes each */
+    const uint8_t *w;       /* eq_weight_bytes(fmt, n, k): rows, or tiles of 16 rows */
     const float *scale;     /* weight scale(s) */
     int32_t scale_stride;   /* 0: one per layer, 1: one per output channel */
     const float *bias;      /* n floats, or NULL */
-    const int32_t *rowsum;  /* derived per row: q8 sum of codes, popcount non-zero count */
-    const int32_t *wsum;    /* derived per row, popcount: sum of the ternary codes */
+    const int32_t *rowsum;  /* derived per stored row: q8 sum of codes, popcount non-zero count */
+    const int32_t *wsum;    /* derived per stored row, popcount: sum of the ternary codes */
     int32_t act_mode;       /* popcount activations: EQ_ACT_SIGN (+-1) or EQ_ACT_UNSIGNED (0/1) */
     float tau;              /* popcount: an activation is high when x > tau */
 } eq_layer;
@@ -63,8 +69,10 @@ typedef struct eq_act {
     int32_t qsum;     /* sum of q */
     float scale;      /* multiplies the accumulator: max|x|/127, or mean|x| (popcount) */
     uint64_t *planes; /* popcount: kp/64 words, bit 1 = low (x <= tau: -1 or 0) */
+    int8_t *lut;      /* q1 table kernels: 8 * kp bytes of scratch */
 } eq_act;
 
+/* Writes eq_stored_rows(fmt, n) accumulators (a tiled layer's padding rows too). */
 typedef void (*eq_acc_fn)(const eq_layer *L, const eq_act *a, int32_t *acc);
 
 /* A kernel variant: one function per job, all with the generic twin's signature. */
@@ -86,6 +94,7 @@ extern const eq_kernels eq_kernels_generic;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const eq_kernels eq_kernels_avx2;
 extern const eq_kernels eq_kernels_avx512;
+extern const eq_kernels eq_kernels_avx512vbmi;
 #endif
 #if defined(__aarch64__)
 extern const eq_kernels eq_kernels_neon;
@@ -101,7 +110,7 @@ const char *eq_cpu_features(void);
 typedef struct eq_scratch {
     int32_t kp_max;
     eq_act act;
-    int32_t *acc;   /* n_max int32 */
+    int32_t *acc;   /* n_max int32, rounded up to a tile */
     void *mem;
 } eq_scratch;
 
@@ -110,7 +119,8 @@ void eq_scratch_free(eq_scratch *s);
 
 /* y[n] = dequantized W x + b for one row x[k]. */
 void eq_linear_row(const eq_kernels *K, const eq_layer *L, const float *x, float *y, eq_scratch *s);
-/* Derived data of a layer (q8 code sums, popcount non-zero counts); n int32 each;
+/* Derived data of a layer (q8 code sums, popcount non-zero counts); one int32 per
+ * stored row (eq_stored_rows) each;
  * wsum (popcount only, may be NULL otherwise): sum of the ternary codes per row. */
 void eq_layer_rowsums(const eq_layer *L, int32_t *rowsum, int32_t *wsum);
 

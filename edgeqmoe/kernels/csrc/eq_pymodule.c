@@ -67,7 +67,7 @@ static int Layer_init(LayerObject *self, PyObject *args, PyObject *kw) {
     }
     if (PyObject_GetBuffer(wo, &self->w, PyBUF_C_CONTIGUOUS) < 0) return -1;
     if (PyObject_GetBuffer(so, &self->scale, PyBUF_C_CONTIGUOUS) < 0) return -1;
-    const size_t want = eq_row_bytes(fmt, k) * (size_t)n;
+    const size_t want = eq_weight_bytes(fmt, n, k);
     if ((size_t)self->w.len != want) {
         PyErr_Format(PyExc_ValueError, "packed weights hold %zd bytes, format %d of %d x %d needs %zu", self->w.len,
                      fmt, n, k, want);
@@ -97,8 +97,8 @@ static int Layer_init(LayerObject *self, PyObject *args, PyObject *kw) {
     L->act_mode = act_mode;
     L->tau = tau;
     if (fmt == EQ_FMT_Q8 || fmt == EQ_FMT_POPCOUNT) {
-        self->rowsum = malloc(sizeof(int32_t) * (size_t)n);
-        self->wsum = malloc(sizeof(int32_t) * (size_t)n);
+        self->rowsum = malloc(sizeof(int32_t) * (size_t)eq_stored_rows(fmt, n));
+        self->wsum = malloc(sizeof(int32_t) * (size_t)eq_stored_rows(fmt, n));
         if (!self->rowsum || !self->wsum) {
             PyErr_NoMemory();
             return -1;
@@ -403,7 +403,8 @@ static PyObject *py_acc(PyObject *m, PyObject *args) {
     } else {
         for (Py_ssize_t b = 0; b < batch; b++) {
             load_act(L, (const int8_t *)xb.buf + b * L->k, &s.act);
-            K->acc[L->fmt](L, &s.act, (int32_t *)ob.buf + b * L->n);
+            K->acc[L->fmt](L, &s.act, s.acc);
+            memcpy((int32_t *)ob.buf + b * L->n, s.acc, sizeof(int32_t) * (size_t)L->n);
         }
         eq_scratch_free(&s);
         ret = Py_None;
@@ -520,9 +521,7 @@ PyMODINIT_FUNC PyInit__ckernels(void) {
     Py_INCREF(&ProgramType);
     PyModule_AddObject(m, "Program", (PyObject *)&ProgramType);
     PyModule_AddIntConstant(m, "ROW_ALIGN", EQ_ROW_ALIGN);
-    PyModule_AddIntConstant(m, "Q1_BIG", EQ_Q1_BIG);
-    PyModule_AddIntConstant(m, "Q2_BIG", EQ_Q2_BIG);
-    PyModule_AddIntConstant(m, "Q4_BIG", EQ_Q4_BIG);
+    PyModule_AddIntConstant(m, "ROW_TILE", EQ_ROW_TILE);
     PyModule_AddIntConstant(m, "MAX_K", EQ_MAX_K);
     PyObject *bits = PyTuple_New(EQ_NFMT), *offs = PyTuple_New(EQ_NFMT);
     for (int i = 0; i < EQ_NFMT; i++) {

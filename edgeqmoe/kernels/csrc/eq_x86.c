@@ -13,6 +13,7 @@
 
 #define T2 __attribute__((target("avx2,fma,popcnt,f16c")))
 #define T512 __attribute__((target("avx2,fma,popcnt,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vpopcntdq")))
+#define T512V __attribute__((target("avx2,fma,popcnt,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vpopcntdq,avx512vbmi")))
 #define INL inline __attribute__((always_inline))
 
 /* ==================================================================== AVX-512 */
@@ -53,87 +54,156 @@ T512 static INL __m512i reduce16_512(const __m512i *v) {
         }                                                                                 \
     } while (0)
 
-/* 64 consecutive unsigned fields of a 64-weight tail block, in natural order. */
-T512 static INL __m512i tail_fields512(const uint8_t *blk, const int bits) {
-    if (bits == 1) {
-        __m512i v = _mm512_set1_epi64(*(const int64_t *)blk);
-        v = _mm512_srlv_epi64(v, _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7));
-        return _mm512_and_si512(v, _mm512_set1_epi8(1));
-    } else if (bits == 2) {
-        __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)blk));
-        v = _mm512_srlv_epi64(v, _mm512_setr_epi64(0, 0, 2, 2, 4, 4, 6, 6));
-        return _mm512_and_si512(v, _mm512_set1_epi8(3));
-    } else {
-        __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)blk));
-        v = _mm512_srlv_epi64(v, _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4));
-        return _mm512_and_si512(v, _mm512_set1_epi8(15));
-    }
-}
-
-/* Partial sums (one vector per row) of x*u over R rows of block-interleaved fields.
- * R rows share every activation load (zmm loads, not arithmetic, bound a single row).
- * Field j of a 64-byte block is masked in place (not shifted), so it carries a factor
- * 2^(bits*j); each field has its own accumulator, shifted back at the end (exact:
- * every lane is a multiple). Overflow: a lane gets at most 4 * 255 * 127 per block;
- * k <= 131072 keeps it in int32. */
-T512 static INL void rows_fields512(const uint8_t *w, size_t rb, const int8_t *x, int32_t kp, const int bits,
-                                    const int big, const int R, __m512i *out) {
-    const int per = 8 / bits;
-    __m512i A[8][8], v[8];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++)
+/* Tiled fields (q2, ternary, q4, and q1 without VBMI; layout in formats.py): sums of
+ * x * u for RT tiles (16 rows each) that share every broadcast of four activations.
+ * Field j of a span is masked in place (not shifted), so it carries a factor
+ * 2^(bits*j) and has its own accumulator, shifted back at the end (exact: every lane
+ * is a multiple). Each 32-bit lane is one row: no reduction across lanes.
+ * Overflow: a lane gains at most 4 * 255 * 127 per span; k <= 131072 keeps int32. */
+T512 static INL void tiles_fields512(const uint8_t *w, size_t tb, const int8_t *x, int32_t spans, const int bits,
+                                     const int RT, __m512i *out) {
+    const int per = 8 / bits, span = 4 * per;
+    __m512i A[4][8];
+#pragma GCC unroll 4
+    for (int r = 0; r < RT; r++)
 #pragma GCC unroll 8
         for (int j = 0; j < per; j++) A[r][j] = _mm512_setzero_si512();
-    int32_t pos = 0;
-    for (; kp - pos >= big; pos += big) {
-        const size_t off = (size_t)pos * bits / 8;
-#pragma GCC unroll 8
-        for (int r = 0; r < R; r++) v[r] = _mm512_loadu_si512(w + rb * r + off);
+    for (int32_t s = 0; s < spans; s++) {
+        __m512i v[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < RT; r++) v[r] = _mm512_loadu_si512(w + tb * r + (size_t)EQ_SPAN_BYTES * s);
 #pragma GCC unroll 8
         for (int j = 0; j < per; j++) {
+            int32_t four;
+            memcpy(&four, x + (size_t)s * span + 4 * j, 4);
             const __m512i m = _mm512_set1_epi8((char)(((1 << bits) - 1) << (bits * j)));
-            const __m512i xv = _mm512_loadu_si512(x + pos + 64 * j);
-#pragma GCC unroll 8
-            for (int r = 0; r < R; r++) A[r][j] = _mm512_dpbusd_epi32(A[r][j], _mm512_and_si512(v[r], m), xv);
+            const __m512i xb = _mm512_set1_epi32(four);
+#pragma GCC unroll 4
+            for (int r = 0; r < RT; r++) A[r][j] = _mm512_dpbusd_epi32(A[r][j], _mm512_and_si512(v[r], m), xb);
         }
     }
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++) {
+#pragma GCC unroll 4
+    for (int r = 0; r < RT; r++) {
         __m512i t = A[r][0];
 #pragma GCC unroll 8
         for (int j = 1; j < per; j++) t = _mm512_add_epi32(t, _mm512_srai_epi32(A[r][j], bits * j));
         out[r] = t;
     }
-    for (; pos < kp; pos += EQ_ROW_ALIGN) {
-        const __m512i xv = _mm512_loadu_si512(x + pos);
-        const size_t off = (size_t)pos * bits / 8;
-#pragma GCC unroll 8
-        for (int r = 0; r < R; r++) out[r] = _mm512_dpbusd_epi32(out[r], tail_fields512(w + rb * r + off, bits), xv);
+}
+
+/* RT (tiles sharing broadcasts) keeps RT * fields accumulators within the registers. */
+#define TILED512(NAME, BITS, RT, SCALE, CORR)                                                       \
+    T512 static void NAME(const eq_layer *L, const eq_act *a, int32_t *acc) {                       \
+        const int32_t spans = L->kp * BITS / 32, tiles = eq_tiled_rows(L->n) / EQ_ROW_TILE;         \
+        const size_t tb = (size_t)spans * EQ_SPAN_BYTES;                                            \
+        const __m512i corr = _mm512_set1_epi32(CORR);                                               \
+        __m512i o[4];                                                                               \
+        int32_t t = 0;                                                                              \
+        for (; t + RT <= tiles; t += RT) {                                                          \
+            tiles_fields512(L->w + tb * t, tb, a->q, spans, BITS, RT, o);                           \
+            for (int r = 0; r < RT; r++)                                                            \
+                _mm512_store_si512(acc + EQ_ROW_TILE * (t + r),                                     \
+                                   _mm512_sub_epi32(_mm512_mullo_epi32(o[r], _mm512_set1_epi32(SCALE)), corr)); \
+        }                                                                                           \
+        for (; t < tiles; t++) {                                                                    \
+            tiles_fields512(L->w + tb * t, tb, a->q, spans, BITS, 1, o);                            \
+            _mm512_store_si512(acc + EQ_ROW_TILE * t,                                               \
+                               _mm512_sub_epi32(_mm512_mullo_epi32(o[0], _mm512_set1_epi32(SCALE)), corr)); \
+        }                                                                                           \
+    }
+/* q1: 2 * sum - qsum; q2, ternary, q4: sum - offset * qsum */
+TILED512(acc_q1_512, 1, 2, 2, a->qsum)
+TILED512(acc_q2_512, 2, 2, 1, eq_fmt_offset[L->fmt] * a->qsum)
+TILED512(acc_q4_512, 4, 4, 1, eq_fmt_offset[L->fmt] * a->qsum)
+
+/* q1 by table lookup (VBMI). For each 32-column span, four 64-byte tables: entry
+ * 16c + n of the low-nibble table is the sum of the activations at columns c, c+4,
+ * c+8, c+12 whose bit is set in n (the high-nibble table: c+16 .. c+28). A byte of the
+ * tile holds both nibbles of one row at byte position c, so vpermb with index
+ * (nibble | 16c) looks up 64 rows-nibbles at once. Exact int8 sums need 10 bits, so
+ * each activation is split as x = 16 xh + xl (xl in 0..15, xh in -8..7) and there is
+ * one table per part: sums of four stay in 0..60 and -32..28, the two nibbles' sums
+ * in one byte, and vpdpbusd with weights 1 and 16 adds them into the row's lane. */
+T512V static void q1_tables512(const int8_t *x, int32_t kp, int8_t *lut) {
+    __m512i gl[4], gh[4];
+    __mmask64 bit[4];
+    for (int i = 0; i < 4; i++) {
+        uint8_t il[64], ih[64];
+        uint64_t mk = 0;
+        for (int e = 0; e < 64; e++) {
+            il[e] = (uint8_t)(4 * i + (e >> 4));
+            ih[e] = (uint8_t)(16 + 4 * i + (e >> 4));
+            if (((e & 15) >> i) & 1) mk |= 1ull << e;
+        }
+        gl[i] = _mm512_loadu_si512(il);
+        gh[i] = _mm512_loadu_si512(ih);
+        bit[i] = (__mmask64)mk;
+    }
+    const __m512i m0f = _mm512_set1_epi8(15), m8 = _mm512_set1_epi8(8);
+    for (int32_t s = 0; s < kp / 32; s++) {
+        const __m512i xs = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(x + 32 * s)));
+        const __m512i xl = _mm512_and_si512(xs, m0f);
+        const __m512i xh = _mm512_sub_epi8(_mm512_xor_si512(_mm512_and_si512(_mm512_srli_epi16(xs, 4), m0f), m8), m8);
+        __m512i t0 = _mm512_setzero_si512(), t1 = t0, t2 = t0, t3 = t0;
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            t0 = _mm512_mask_add_epi8(t0, bit[i], t0, _mm512_permutexvar_epi8(gl[i], xl));
+            t1 = _mm512_mask_add_epi8(t1, bit[i], t1, _mm512_permutexvar_epi8(gl[i], xh));
+            t2 = _mm512_mask_add_epi8(t2, bit[i], t2, _mm512_permutexvar_epi8(gh[i], xl));
+            t3 = _mm512_mask_add_epi8(t3, bit[i], t3, _mm512_permutexvar_epi8(gh[i], xh));
+        }
+        int8_t *o = lut + 256 * (size_t)s;
+        _mm512_store_si512(o, t0);
+        _mm512_store_si512(o + 64, t1);
+        _mm512_store_si512(o + 128, t2);
+        _mm512_store_si512(o + 192, t3);
     }
 }
 
-/* R (rows sharing loads) is chosen so R * fields accumulators fit the 32 registers. */
-#define FIELDS512(NAME, BITS, BIG, R, CORR)                                                      \
-    T512 static void NAME(const eq_layer *L, const eq_act *a, int32_t *acc) {                     \
-        const size_t rb = (size_t)L->kp * BITS / 8;                                               \
-        const int32_t corr = CORR;                                                                \
-        const int8_t *x = a->q;                                                                   \
-        const __m512i corr_v = _mm512_set1_epi32(corr);                                           \
-        TILE512(GROUP_##NAME, R, EPI16_##NAME, EPI1_##NAME);                                      \
+T512V static INL void tiles_q1_lut512(const uint8_t *w, size_t tb, const int8_t *lut, int32_t spans, const int RT,
+                                      __m512i *out) {
+    const __m512i m0f = _mm512_set1_epi8(15), ones = _mm512_set1_epi8(1), sixteen = _mm512_set1_epi8(16);
+    const __m512i off = _mm512_set1_epi32(0x30201000); /* 16c at byte position c */
+    __m512i A[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < RT; r++) A[r] = _mm512_setzero_si512();
+    for (int32_t s = 0; s < spans; s++) {
+        const int8_t *tab = lut + 256 * (size_t)s;
+        const __m512i lol = _mm512_load_si512(tab), loh = _mm512_load_si512(tab + 64);
+        const __m512i hil = _mm512_load_si512(tab + 128), hih = _mm512_load_si512(tab + 192);
+#pragma GCC unroll 4
+        for (int r = 0; r < RT; r++) {
+            const __m512i v = _mm512_loadu_si512(w + tb * r + (size_t)EQ_SPAN_BYTES * s);
+            /* (v & 15) | off, and the same of v >> 4 (0xEA: a & b | c) */
+            const __m512i il = _mm512_ternarylogic_epi32(v, m0f, off, 0xEA);
+            const __m512i ih = _mm512_ternarylogic_epi32(_mm512_srli_epi16(v, 4), m0f, off, 0xEA);
+            const __m512i sl = _mm512_add_epi8(_mm512_permutexvar_epi8(il, lol), _mm512_permutexvar_epi8(ih, hil));
+            const __m512i sh = _mm512_add_epi8(_mm512_permutexvar_epi8(il, loh), _mm512_permutexvar_epi8(ih, hih));
+            A[r] = _mm512_dpbusd_epi32(A[r], ones, sl);
+            A[r] = _mm512_dpbusd_epi32(A[r], sixteen, sh);
+        }
     }
-/* q1: 2 * sum - qsum; q2, ternary, q4: sum - offset * qsum */
-#define EPI16_acc_q1_512(i, v) _mm512_sub_epi32(_mm512_slli_epi32(v, 1), corr_v)
-#define EPI1_acc_q1_512(i, s) (2 * (s) - corr)
-#define EPI16_acc_q2_512(i, v) _mm512_sub_epi32(v, corr_v)
-#define EPI1_acc_q2_512(i, s) ((s) - corr)
-#define EPI16_acc_q4_512 EPI16_acc_q2_512
-#define EPI1_acc_q4_512 EPI1_acc_q2_512
-#define GROUP_acc_q1_512(i, R, o) rows_fields512(L->w + rb * (i), rb, x, L->kp, 1, EQ_Q1_BIG, R, o)
-#define GROUP_acc_q2_512(i, R, o) rows_fields512(L->w + rb * (i), rb, x, L->kp, 2, EQ_Q2_BIG, R, o)
-#define GROUP_acc_q4_512(i, R, o) rows_fields512(L->w + rb * (i), rb, x, L->kp, 4, EQ_Q4_BIG, R, o)
-FIELDS512(acc_q1_512, 1, EQ_Q1_BIG, 1, a->qsum)
-FIELDS512(acc_q2_512, 2, EQ_Q2_BIG, 2, eq_fmt_offset[L->fmt] * a->qsum)
-FIELDS512(acc_q4_512, 4, EQ_Q4_BIG, 4, eq_fmt_offset[L->fmt] * a->qsum)
+#pragma GCC unroll 4
+    for (int r = 0; r < RT; r++) out[r] = A[r];
+}
+
+T512V static void acc_q1_lut512(const eq_layer *L, const eq_act *a, int32_t *acc) {
+    const int32_t spans = L->kp / 32, tiles = eq_tiled_rows(L->n) / EQ_ROW_TILE;
+    const size_t tb = (size_t)spans * EQ_SPAN_BYTES;
+    const __m512i qsum = _mm512_set1_epi32(a->qsum);
+    q1_tables512(a->q, L->kp, a->lut);
+    __m512i o[4];
+    int32_t t = 0;
+    for (; t + 4 <= tiles; t += 4) {
+        tiles_q1_lut512(L->w + tb * t, tb, a->lut, spans, 4, o);
+        for (int r = 0; r < 4; r++)
+            _mm512_store_si512(acc + EQ_ROW_TILE * (t + r), _mm512_sub_epi32(_mm512_slli_epi32(o[r], 1), qsum));
+    }
+    for (; t < tiles; t++) {
+        tiles_q1_lut512(L->w + tb * t, tb, a->lut, spans, 1, o);
+        _mm512_store_si512(acc + EQ_ROW_TILE * t, _mm512_sub_epi32(_mm512_slli_epi32(o[0], 1), qsum));
+    }
+}
 
 /* q8: (x + 128) as u8 times signed w, minus 128 * rowsum(w); R rows share x. */
 T512 static INL void rows_q8_512(const int8_t *w, size_t kp, const uint8_t *xu, const int R, __m512i *out) {
@@ -160,48 +230,45 @@ T512 static void acc_q8_512(const eq_layer *L, const eq_act *a, int32_t *acc) {
 
 /* popcount (ternary weights, binary activations): with M = non-zero weights and
  * D = M & (sign_w ^ sign_x), dot = popcount(M) - 2 popcount(D); popcount(M) is a
- * per-row constant (L->rowsum), so one popcount per 512 weights remains. */
-T512 static INL void rows_popcount512(const uint64_t *ws, size_t stride, const uint64_t *xs, int32_t words, const int R,
-                                      __m512i *out) {
-    __m512i A[8];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++) A[r] = _mm512_setzero_si512();
-    int32_t j = 0;
-    for (; j + 8 <= words; j += 8) {
-        const __m512i sx = _mm512_loadu_si512(xs + j);
-#pragma GCC unroll 8
-        for (int r = 0; r < R; r++) {
-            const uint64_t *w = ws + stride * r;
+ * per-row constant (L->rowsum). Tiled (formats.py): per 32-column span one zmm of 16
+ * rows' sign words and one of mask words; the span's 32 activation bits are broadcast
+ * to every lane, so each lane counts one row and RT tiles share the broadcast. */
+T512 static INL void tiles_popcount512(const uint8_t *w, size_t tb, const uint32_t *xs, int32_t spans, const int RT,
+                                       __m512i *out) {
+    __m512i A[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < RT; r++) A[r] = _mm512_setzero_si512();
+    for (int32_t s = 0; s < spans; s++) {
+        const __m512i xb = _mm512_set1_epi32((int32_t)xs[s]);
+#pragma GCC unroll 4
+        for (int r = 0; r < RT; r++) {
+            const uint8_t *p = w + tb * r + (size_t)2 * EQ_SPAN_BYTES * s;
             /* mask & (sign_w ^ sign_x) in one ternary-logic op (0x60: a & (b ^ c)) */
-            const __m512i d = _mm512_ternarylogic_epi64(_mm512_loadu_si512(w + words + j), _mm512_loadu_si512(w + j), sx, 0x60);
-            A[r] = _mm512_add_epi64(A[r], _mm512_popcnt_epi64(d));
+            const __m512i d = _mm512_ternarylogic_epi32(_mm512_loadu_si512(p + EQ_SPAN_BYTES), _mm512_loadu_si512(p), xb, 0x60);
+            A[r] = _mm512_add_epi32(A[r], _mm512_popcnt_epi32(d));
         }
     }
-    if (j < words) {
-        const __mmask8 k = (__mmask8)((1u << (words - j)) - 1);
-        const __m512i sx = _mm512_maskz_loadu_epi64(k, xs + j);
-#pragma GCC unroll 8
-        for (int r = 0; r < R; r++) {
-            const uint64_t *w = ws + stride * r;
-            const __m512i d = _mm512_ternarylogic_epi64(_mm512_maskz_loadu_epi64(k, w + words + j),
-                                                        _mm512_maskz_loadu_epi64(k, w + j), sx, 0x60);
-            A[r] = _mm512_add_epi64(A[r], _mm512_popcnt_epi64(d));
-        }
-    }
-    /* non-negative 64-bit lane counts below 2^31: high dwords are zero, so the int32
-     * lane sum of the tile reduction is the row's count */
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++) out[r] = A[r];
+#pragma GCC unroll 4
+    for (int r = 0; r < RT; r++) out[r] = A[r];
 }
 
 T512 static void acc_popcount_512(const eq_layer *L, const eq_act *a, int32_t *acc) {
-    const int32_t words = L->kp / 64;
-    const size_t stride = (size_t)2 * words;
-#define GROUP_PC(i, R, o) rows_popcount512((const uint64_t *)L->w + stride * (i), stride, a->planes, words, R, o)
-/* popcount(M) - 2 popcount(D) */
-#define EPI16_PC(i, v) _mm512_sub_epi32(_mm512_loadu_si512(L->rowsum + (i)), _mm512_slli_epi32(v, 1))
-#define EPI1_PC(i, s) (L->rowsum[i] - 2 * (s))
-    TILE512(GROUP_PC, 4, EPI16_PC, EPI1_PC);
+    const int32_t spans = L->kp / 32, tiles = eq_tiled_rows(L->n) / EQ_ROW_TILE;
+    const size_t tb = (size_t)spans * 2 * EQ_SPAN_BYTES;
+    const uint32_t *xs = (const uint32_t *)a->planes;
+    __m512i o[4];
+    int32_t t = 0;
+    /* popcount(M) - 2 popcount(D) */
+#define EPI_PC(t, v) _mm512_sub_epi32(_mm512_loadu_si512(L->rowsum + EQ_ROW_TILE * (t)), _mm512_slli_epi32(v, 1))
+    for (; t + 4 <= tiles; t += 4) {
+        tiles_popcount512(L->w + tb * t, tb, xs, spans, 4, o);
+        for (int r = 0; r < 4; r++) _mm512_store_si512(acc + EQ_ROW_TILE * (t + r), EPI_PC(t + r, o[r]));
+    }
+    for (; t < tiles; t++) {
+        tiles_popcount512(L->w + tb * t, tb, xs, spans, 1, o);
+        _mm512_store_si512(acc + EQ_ROW_TILE * t, EPI_PC(t, o[0]));
+    }
+#undef EPI_PC
 }
 
 T512 static float absmax512(const float *x, int32_t k) {
@@ -311,6 +378,16 @@ const eq_kernels eq_kernels_avx512 = {
     dequant_512,
 };
 
+/* AVX-512 with VBMI: the same, with q1 by table lookup */
+const eq_kernels eq_kernels_avx512vbmi = {
+    "avx512vbmi",
+    quant_i8_512,
+    quant_sign_512,
+    {acc_q1_lut512, acc_q2_512, acc_q4_512, acc_q8_512, acc_q2_512, NULL, acc_popcount_512},
+    gemv_f16_512,
+    dequant_512,
+};
+
 /* ==================================================================== AVX2 */
 
 T2 static INL int32_t hsum256(__m256i v) {
@@ -320,83 +397,65 @@ T2 static INL int32_t hsum256(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-/* Tail block of 64 weights -> two vectors of 32 natural-order fields. */
-T2 static INL void tail_fields256(const uint8_t *blk, const int bits, __m256i *u0, __m256i *u1) {
-    if (bits == 1) {
-        const __m256i v = _mm256_set1_epi64x(*(const int64_t *)blk), m = _mm256_set1_epi8(1);
-        *u0 = _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 1, 2, 3)), m);
-        *u1 = _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_setr_epi64x(4, 5, 6, 7)), m);
-    } else if (bits == 2) {
-        const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)blk)), m = _mm256_set1_epi8(3);
-        *u0 = _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 0, 2, 2)), m);
-        *u1 = _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_setr_epi64x(4, 4, 6, 6)), m);
-    } else {
-        const __m256i v = _mm256_loadu_si256((const __m256i *)blk), m = _mm256_set1_epi8(15);
-        *u0 = _mm256_and_si256(v, m);
-        *u1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
-    }
-}
-
-/* Sum of x*u over R rows. maddubs (u8 x s8 -> s16 pairs) stays exact: per pair at most
- * 2 * 15 * 127; a block adds at most 16 such pairs per int16 lane (< 32767) before the
- * block is widened to int32 with madd. */
-T2 static INL void rows_fields256(const uint8_t *w, size_t rb, const int8_t *x, int32_t kp, const int bits,
-                                   const int big, const int R, int32_t *out) {
-    const int per = 8 / bits;
-    const __m256i ones16 = _mm256_set1_epi16(1), m = _mm256_set1_epi8((char)((1 << bits) - 1));
+/* Tiled fields with AVX2 (layout in formats.py): a 32-byte half span is 8 rows x 4
+ * bytes, each 32-bit lane one row. Fields are shifted down (maddubs multiplies
+ * unsigned by signed bytes into int16 pairs, at most 2 * 15 * 127); the fields of a
+ * span add up in int16 (at most 8 * 2 * 127, 4 * 2 * 3 * 127 or 2 * 2 * 15 * 127) and
+ * are widened once per span with madd. RT tiles share every activation broadcast. */
+T2 static INL void tiles_fields256(const uint8_t *w, size_t tb, const int8_t *x, int32_t spans, const int bits,
+                                   const int RT, __m256i *out) {
+    const int per = 8 / bits, span = 4 * per;
+    const __m256i m = _mm256_set1_epi8((char)((1 << bits) - 1)), ones16 = _mm256_set1_epi16(1);
     __m256i A[4];
-    for (int r = 0; r < R; r++) A[r] = _mm256_setzero_si256();
-    int32_t pos = 0;
-    for (; kp - pos >= big; pos += big) {
-        const size_t off = (size_t)pos * bits / 8;
-        __m256i S[4];
-        for (int r = 0; r < R; r++) S[r] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int q = 0; q < 2 * RT; q++) A[q] = _mm256_setzero_si256();
+    for (int32_t s = 0; s < spans; s++) {
+        __m256i v[4], S[4];
+#pragma GCC unroll 4
+        for (int q = 0; q < 2 * RT; q++) {
+            v[q] = _mm256_loadu_si256((const __m256i *)(w + tb * (q >> 1) + (size_t)EQ_SPAN_BYTES * s + 32 * (q & 1)));
+            S[q] = _mm256_setzero_si256();
+        }
+#pragma GCC unroll 8
         for (int j = 0; j < per; j++) {
-            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + pos + 64 * j));
-            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + pos + 64 * j + 32));
-            for (int r = 0; r < R; r++) {
-                const __m256i v0 = _mm256_loadu_si256((const __m256i *)(w + rb * r + off));
-                const __m256i v1 = _mm256_loadu_si256((const __m256i *)(w + rb * r + off + 32));
-                const __m256i u0 = _mm256_and_si256(_mm256_srli_epi16(v0, bits * j), m);
-                const __m256i u1 = _mm256_and_si256(_mm256_srli_epi16(v1, bits * j), m);
-                S[r] = _mm256_add_epi16(S[r], _mm256_maddubs_epi16(u0, x0));
-                S[r] = _mm256_add_epi16(S[r], _mm256_maddubs_epi16(u1, x1));
-            }
+            int32_t four;
+            memcpy(&four, x + (size_t)s * span + 4 * j, 4);
+            const __m256i xb = _mm256_set1_epi32(four);
+#pragma GCC unroll 4
+            for (int q = 0; q < 2 * RT; q++)
+                S[q] = _mm256_add_epi16(S[q], _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v[q], bits * j), m), xb));
         }
-        for (int r = 0; r < R; r++) A[r] = _mm256_add_epi32(A[r], _mm256_madd_epi16(S[r], ones16));
+#pragma GCC unroll 4
+        for (int q = 0; q < 2 * RT; q++) A[q] = _mm256_add_epi32(A[q], _mm256_madd_epi16(S[q], ones16));
     }
-    for (; pos < kp; pos += EQ_ROW_ALIGN) {
-        const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + pos));
-        const __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + pos + 32));
-        const size_t off = (size_t)pos * bits / 8;
-        for (int r = 0; r < R; r++) {
-            __m256i u0, u1;
-            tail_fields256(w + rb * r + off, bits, &u0, &u1);
-            const __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(u0, x0), _mm256_maddubs_epi16(u1, x1));
-            A[r] = _mm256_add_epi32(A[r], _mm256_madd_epi16(s, ones16));
-        }
-    }
-    for (int r = 0; r < R; r++) out[r] = hsum256(A[r]);
+#pragma GCC unroll 4
+    for (int q = 0; q < 2 * RT; q++) out[q] = A[q];
 }
 
-#define FIELDS256(NAME, BITS, BIG, R, SCALE, CORR)                                              \
-    T2 static void NAME(const eq_layer *L, const eq_act *a, int32_t *acc) {                      \
-        const size_t rb = (size_t)L->kp * BITS / 8;                                              \
-        const int32_t corr = CORR;                                                               \
-        int32_t i = 0, s[R];                                                                     \
-        for (; i + R <= L->n; i += R) {                                                          \
-            rows_fields256(L->w + rb * i, rb, a->q, L->kp, BITS, BIG, R, s);                     \
-            for (int r = 0; r < R; r++) acc[i + r] = SCALE * s[r] - corr;                        \
-        }                                                                                        \
-        for (; i < L->n; i++) {                                                                  \
-            rows_fields256(L->w + rb * i, rb, a->q, L->kp, BITS, BIG, 1, s);                     \
-            acc[i] = SCALE * s[0] - corr;                                                        \
-        }                                                                                        \
+#define TILED256(NAME, BITS, RT, SCALE, CORR)                                                        \
+    T2 static void NAME(const eq_layer *L, const eq_act *a, int32_t *acc) {                          \
+        const int32_t spans = L->kp * BITS / 32, tiles = eq_tiled_rows(L->n) / EQ_ROW_TILE;          \
+        const size_t tb = (size_t)spans * EQ_SPAN_BYTES;                                             \
+        const __m256i corr = _mm256_set1_epi32(CORR), sc = _mm256_set1_epi32(SCALE);                 \
+        __m256i o[4];                                                                                \
+        int32_t t = 0;                                                                               \
+        for (; t + RT <= tiles; t += RT) {                                                           \
+            tiles_fields256(L->w + tb * t, tb, a->q, spans, BITS, RT, o);                            \
+            for (int q = 0; q < 2 * RT; q++)                                                         \
+                _mm256_store_si256((__m256i *)(acc + EQ_ROW_TILE * t + 8 * q),                       \
+                                   _mm256_sub_epi32(_mm256_mullo_epi32(o[q], sc), corr));            \
+        }                                                                                            \
+        for (; t < tiles; t++) {                                                                     \
+            tiles_fields256(L->w + tb * t, tb, a->q, spans, BITS, 1, o);                             \
+            for (int q = 0; q < 2; q++)                                                              \
+                _mm256_store_si256((__m256i *)(acc + EQ_ROW_TILE * t + 8 * q),                       \
+                                   _mm256_sub_epi32(_mm256_mullo_epi32(o[q], sc), corr));            \
+        }                                                                                            \
     }
 
-FIELDS256(acc_q1_256, 1, EQ_Q1_BIG, 2, 2, a->qsum)
-FIELDS256(acc_q2_256, 2, EQ_Q2_BIG, 2, 1, eq_fmt_offset[L->fmt] * a->qsum)
-FIELDS256(acc_q4_256, 4, EQ_Q4_BIG, 2, 1, eq_fmt_offset[L->fmt] * a->qsum)
+TILED256(acc_q1_256, 1, 1, 2, a->qsum)
+TILED256(acc_q2_256, 2, 2, 1, eq_fmt_offset[L->fmt] * a->qsum)
+TILED256(acc_q4_256, 4, 2, 1, eq_fmt_offset[L->fmt] * a->qsum)
 
 /* q8: maddubs(|w|, sign(x, w)) is exact (2 * 128 * 127 < 32768); widened every step. */
 T2 static void acc_q8_256(const eq_layer *L, const eq_act *a, int32_t *acc) {
@@ -428,8 +487,10 @@ T2 static void acc_q8_256(const eq_layer *L, const eq_act *a, int32_t *acc) {
     }
 }
 
-/* popcount with nibble lookups (vpshufb) on D = M & (sign_w ^ sign_x); byte counters
- * are widened (sad) every 31 steps at most, so a byte never exceeds 31 * 8 = 248. */
+/* popcount with nibble lookups (vpshufb) on D = M & (sign_w ^ sign_x), tiled: a
+ * 32-byte half of a span's plane is 8 rows' words. Byte counters take at most 31
+ * spans (31 * 8 = 248) before they are widened into the rows' lanes with maddubs and
+ * madd. */
 T2 static INL __m256i popcnt8_256(__m256i v) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
@@ -439,27 +500,31 @@ T2 static INL __m256i popcnt8_256(__m256i v) {
 }
 
 T2 static void acc_popcount_256(const eq_layer *L, const eq_act *a, int32_t *acc) {
-    const int32_t words = L->kp / 64, vec_words = words / 4 * 4;
-    const uint64_t *xs = a->planes;
-    const __m256i zero = _mm256_setzero_si256();
-    for (int32_t i = 0; i < L->n; i++) {
-        const uint64_t *ws = (const uint64_t *)L->w + (size_t)2 * words * i, *wm = ws + words;
-        __m256i td = zero;
-        int64_t d = 0;
-        for (int32_t j0 = 0; j0 < vec_words; j0 += 4 * 31) {
-            __m256i bd = zero;
-            const int32_t end = (j0 + 4 * 31 < vec_words) ? j0 + 4 * 31 : vec_words;
-            for (int32_t j = j0; j < end; j += 4)
-                bd = _mm256_add_epi8(bd, popcnt8_256(_mm256_and_si256(
-                                             _mm256_loadu_si256((const __m256i *)(wm + j)),
-                                             _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(ws + j)),
-                                                              _mm256_loadu_si256((const __m256i *)(xs + j))))));
-            td = _mm256_add_epi64(td, _mm256_sad_epu8(bd, zero));
+    const int32_t spans = L->kp / 32, tiles = eq_tiled_rows(L->n) / EQ_ROW_TILE;
+    const size_t tb = (size_t)spans * 2 * EQ_SPAN_BYTES;
+    const uint32_t *xs = (const uint32_t *)a->planes;
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    for (int32_t t = 0; t < tiles; t++) {
+        const uint8_t *w = L->w + tb * t;
+        __m256i A0 = _mm256_setzero_si256(), A1 = A0;
+        for (int32_t s0 = 0; s0 < spans; s0 += 31) {
+            const int32_t end = s0 + 31 < spans ? s0 + 31 : spans;
+            __m256i B0 = _mm256_setzero_si256(), B1 = B0;
+            for (int32_t s = s0; s < end; s++) {
+                const uint8_t *p = w + (size_t)2 * EQ_SPAN_BYTES * s;
+                const __m256i xb = _mm256_set1_epi32((int32_t)xs[s]);
+                B0 = _mm256_add_epi8(B0, popcnt8_256(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + 64)),
+                                                                      _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)p), xb))));
+                B1 = _mm256_add_epi8(B1, popcnt8_256(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + 96)),
+                                                                      _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 32)), xb))));
+            }
+            A0 = _mm256_add_epi32(A0, _mm256_madd_epi16(_mm256_maddubs_epi16(B0, ones8), ones16));
+            A1 = _mm256_add_epi32(A1, _mm256_madd_epi16(_mm256_maddubs_epi16(B1, ones8), ones16));
         }
-        for (int32_t j = vec_words; j < words; j++) d += __builtin_popcountll(wm[j] & (ws[j] ^ xs[j]));
-        d += _mm256_extract_epi64(td, 0) + _mm256_extract_epi64(td, 1) + _mm256_extract_epi64(td, 2) +
-             _mm256_extract_epi64(td, 3);
-        acc[i] = L->rowsum[i] - 2 * (int32_t)d;
+        const __m256i m0 = _mm256_loadu_si256((const __m256i *)(L->rowsum + EQ_ROW_TILE * t));
+        const __m256i m1 = _mm256_loadu_si256((const __m256i *)(L->rowsum + EQ_ROW_TILE * t + 8));
+        _mm256_store_si256((__m256i *)(acc + EQ_ROW_TILE * t), _mm256_sub_epi32(m0, _mm256_slli_epi32(A0, 1)));
+        _mm256_store_si256((__m256i *)(acc + EQ_ROW_TILE * t + 8), _mm256_sub_epi32(m1, _mm256_slli_epi32(A1, 1)));
     }
 }
 

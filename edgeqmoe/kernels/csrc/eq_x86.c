@@ -299,25 +299,36 @@ T512 static void quant_i8_512(const float *x, int32_t k, eq_act *a) {
     a->scale = amax / (float)EQ_ACT_QMAX;
 }
 
-/* binary activations: bit 1 marks x <= tau; scale as eq_generic_quant_sign */
+/* binary activations: bit 1 marks x <= tau; scale as eq_generic_quant_sign. Only the
+ * sum the mode needs is taken; whole 64-input words skip the tail masks. */
 T512 static void quant_sign_512(const float *x, int32_t k, float tau, int32_t mode, eq_act *a) {
-    const int32_t words = a->kp / 64;
+    const int32_t words = a->kp / 64, full = k / 64;
     const __m512 vt = _mm512_set1_ps(tau);
     __m512 tot = _mm512_setzero_ps(), high = tot;
     int32_t nhigh = 0;
     for (int32_t w = 0; w < words; w++) {
-        uint64_t lm = 0;
+        uint64_t hm = 0, km = ~0ull;
         for (int q = 0; q < 4; q++) {
             const int32_t j = w * 64 + q * 16;
-            const __mmask16 km = (k - j >= 16) ? 0xffff : (k > j ? (__mmask16)((1u << (k - j)) - 1) : 0);
-            const __m512 v = _mm512_maskz_loadu_ps(km, x + j);
-            const __mmask16 hi = _mm512_mask_cmp_ps_mask(km, v, vt, _CMP_GT_OQ);
-            tot = _mm512_add_ps(tot, _mm512_abs_ps(v));
-            high = _mm512_mask_add_ps(high, hi, high, v);
-            nhigh += __builtin_popcount(hi);
-            lm |= (uint64_t)(uint16_t)(km & ~hi) << (16 * q);
+            __m512 v;
+            __mmask16 hi;
+            if (w < full) {
+                v = _mm512_loadu_ps(x + j);
+                hi = _mm512_cmp_ps_mask(v, vt, _CMP_GT_OQ);
+            } else {
+                const __mmask16 m = (k - j >= 16) ? 0xffff : (k > j ? (__mmask16)((1u << (k - j)) - 1) : 0);
+                v = _mm512_maskz_loadu_ps(m, x + j);
+                hi = _mm512_mask_cmp_ps_mask(m, v, vt, _CMP_GT_OQ);
+                km &= ~((uint64_t)(uint16_t)~m << (16 * q));
+            }
+            if (mode == EQ_ACT_UNSIGNED)
+                high = _mm512_mask_add_ps(high, hi, high, v);
+            else
+                tot = _mm512_add_ps(tot, _mm512_abs_ps(v));
+            hm |= (uint64_t)hi << (16 * q);
         }
-        a->planes[w] = lm;
+        nhigh += __builtin_popcountll(hm);
+        a->planes[w] = km & ~hm;
     }
     const float scale = mode == EQ_ACT_UNSIGNED ? (nhigh ? _mm512_reduce_add_ps(high) / (float)nhigh : 0.0f)
                                                 : _mm512_reduce_add_ps(tot) / (float)k;

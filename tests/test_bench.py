@@ -94,3 +94,26 @@ def test_bench_models_tiny(tmp_path):
     for r in rows:
         assert r["energy_method"] == "modelled" and r["size_kb"] > 0 and r["n"] == 8
     assert "| stable | moe" in (tmp_path / "m.md").read_text()
+
+
+def test_routing_stability_compares_three_routings():
+    """The stable bundle as configured (fixed work) against uniform routing and the
+    router's top-k, on random embeddings: every number present, uniform routing draws
+    every expert pair."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from edgeqmoe.bench.latency import routing_stability
+    from edgeqmoe.daemon.profiles import SHIPPED_BUNDLES
+    from edgeqmoe.model.moe import load_model
+
+    path = str(SHIPPED_BUNDLES / "stable.eqm")
+    pipe = SimpleNamespace(model=load_model(path, evaluate_all=True), built=SimpleNamespace(bundle=path))
+    embs = np.random.default_rng(0).standard_normal((60, pipe.model.in_features)).astype(np.float32)
+    s = routing_stability(pipe, embs)
+    assert s["n_each"] == 120 and s["repeats"] == 3 and s["routes_uniform"] == 3 and s["routes_curiosity"] >= 1
+    for key in ("variance_reduction", "variance_reduction_vs_router", "variance_reduction_first"):
+        assert -100 < s[key] <= 1
+    assert 0 <= s["levene_p"] <= 1 and 0 <= s["levene_p_vs_router"] <= 1
+    assert s["curiosity_ms"]["p50"] > 0 and s["uniform_ms"]["p50"] > 0 and s["router_ms"]["p50"] > 0

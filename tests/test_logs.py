@@ -197,7 +197,7 @@ def test_real_runs_summary_plot_compare_and_size(tmp_path, us8k, weights_dir):
     for name, extra in (("stable", False), ("uniform", True)):
         prof = tmp_path / f"{name}.yaml"
         prof.write_text("version: 1\nmodel:\n  bundle: stable.eqm\n  evaluate_all_experts: "
-                        f"{'false' if extra else 'true'}\n  uniform_routing: {'true' if extra else 'false'}\n"
+                        f"{'false' if extra else 'true'}\n  routing: {'uniform' if extra else 'trained'}\n"
                         "audio:\n  window: 2.0\n  hop: 1.0\nlogging:\n  stats_interval: 60\n")
         logs = tmp_path / name
         r = subprocess.run([sys.executable, "-m", "edgeqmoe.cli", "run", "--profile", str(prof), "--source",

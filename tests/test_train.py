@@ -212,15 +212,20 @@ def test_moe_single_window_path_equals_batch_path():
     from edgeqmoe.daemon.profiles import SHIPPED_BUNDLES
     from edgeqmoe.model.moe import load_model
 
-    for name, uniform in (("stable.eqm", False), ("stable.eqm", True), ("energy.eqm", False)):
-        m = load_model(SHIPPED_BUNDLES / name, uniform_routing=uniform)
+    for name, routing in (("stable.eqm", "trained"), ("stable.eqm", "router"), ("stable.eqm", "uniform"),
+                          ("energy.eqm", "trained")):
+        m = load_model(SHIPPED_BUNDLES / name, routing=routing)
         X = np.random.default_rng(0).standard_normal((64, m.in_features)).astype(np.float32)
         batch = m.predict(X)
+        m = load_model(SHIPPED_BUNDLES / name, routing=routing)  # uniform: the same seeded draws
         for i in range(64):
             one = m.predict(X[i:i + 1])
             np.testing.assert_allclose(one.proba[0], batch.proba[i], atol=1e-5)
             assert one.experts[0].tolist() == batch.experts[i].tolist()
             assert abs(float(one.uncertainty[0]) - float(batch.uncertainty[i])) < 1e-5
+        if routing == "uniform":  # every pair of the three experts is drawn, equally weighted
+            assert len({tuple(sorted(e)) for e in batch.experts.tolist()}) == 3
+            assert np.allclose(batch.weights, 0.5)
 
 
 def test_eval_of_some_folds_keeps_the_full_cache(tmp_path, us8k):

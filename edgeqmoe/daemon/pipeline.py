@@ -49,7 +49,7 @@ def build(profile: Profile) -> Built:
         emb = get_embedder(b.embedder["id"], weights=profile.model.weights, threads=profile.runtime.threads)
         model = load_model(b, kernel=profile.model.kernel, embedder=emb.info,
                            evaluate_all=profile.model.evaluate_all_experts,
-                           uniform_routing=profile.model.uniform_routing)
+                           routing=profile.model.routing)
         return Built(emb, model, path)
 
     try:

@@ -37,8 +37,10 @@ class ModelSettings:
     weights: Optional[str] = field(None, doc="embedder weights (file or folder); default: the usual search")
     kernel: str = field("simd", doc="ref, generic, simd, or a variant name (avx512vbmi, avx512, avx2, neon, dotprod)")
     evaluate_all_experts: bool = field(False, doc="MoE: run every expert on every window (fixed work)")
-    uniform_routing: bool = field(False, doc="MoE: plain top-k routing even if the bundle has curiosity "
-                                             "(the baseline that curiosity is compared with)")
+    routing: str = field("trained", choices=("trained", "router", "uniform"),
+                         doc="MoE: trained (as the bundle was trained, curiosity included), router (the "
+                             "router's plain top-k), uniform (experts drawn at random per window: the "
+                             "baseline curiosity is compared with)")
     _base: str = field("", doc="(internal) folder of the profile file")
 
     def bundle_path(self, name: Optional[str] = None) -> str:

@@ -13,6 +13,13 @@ experts exactly as ``edgeqmoe.train.models.MoE`` computes it in eval mode:
    them all run, for fixed work per window).
 3. top-k of w; output logits = sum over the top-k of (w_i / sum_topk w) E_i(x).
 
+Routing modes (``load_model(routing=...)``): ``trained`` as above, as the bundle was
+trained; ``router`` the router's plain top-k even if the bundle has curiosity;
+``uniform`` no router at all: every window draws top_k distinct experts uniformly at
+random (a seeded generator, so a replay draws the same) and weighs them equally, the
+baseline that the paper compares curiosity routing against. ``router`` and
+``uniform`` run only the chosen experts (unless ``evaluate_all``).
+
 Inputs are the embedder's raw output; the bundle's input normalisation is applied
 here once.
 """
@@ -67,8 +74,14 @@ class MoEModel(InputNorm):
 
     def __init__(self, router_in: Head, router_out: Head, experts: List[Head], masks: np.ndarray, top_k: int,
                  temperature: float, curiosity: bool, alpha: float, mean, std, classes, embedder, meta,
-                 evaluate_all: bool = False, kinds: Optional[List[str]] = None):
+                 evaluate_all: bool = False, kinds: Optional[List[str]] = None, uniform: bool = False,
+                 seed: int = 0):
         self.router_in, self.router_out, self.expert_heads = router_in, router_out, experts
+        #: uniform routing: experts drawn at random per window (module doc)
+        self.uniform = bool(uniform)
+        if self.uniform:
+            curiosity = False
+        self._rng = np.random.default_rng(seed)
         self.masks = np.ascontiguousarray(masks, np.float32)
         self.top_k, self.temperature, self.curiosity, self.alpha = top_k, temperature, curiosity, alpha
         self.evaluate_all = evaluate_all or curiosity
@@ -87,20 +100,43 @@ class MoEModel(InputNorm):
         self._chosen = np.zeros(top_k, np.int32)
         self._wk = np.zeros(top_k, np.float32)
         self._fast = all(hasattr(h, "_program") for h in [router_in, router_out, *experts]) and N <= 64 and C <= 64
+        # the C variants: the whole window in one call (normalisation, router, experts, combine)
+        self._c = None
+        if self._fast:
+            self._c = _ckernels.MoE(router_in._program, router_out._program, [e._program for e in experts],
+                                    self.masks if curiosity else None, self._mul, self._add, top_k,
+                                    temperature, curiosity, alpha, self.evaluate_all, self.uniform, seed)
 
     @property
     def variant(self) -> str:
         return self.router_in.variant
 
+    def _draw(self, B: int) -> np.ndarray:
+        """Uniform routing: top_k distinct experts per row, uniformly at random."""
+        N = len(self.expert_heads)
+        return np.argsort(self._rng.random((B, N)), axis=1)[:, :self.top_k]
+
     def _predict_one(self, x: np.ndarray) -> Prediction:
         """One row, fixed work: the same calls in the same order for every window
         (with curiosity or evaluate_all); nothing is allocated but the result."""
+        if self._c is not None:
+            unc, ent = self._c.run(x, self._out, self._chosen, self._wk)
+            return Prediction(softmax(self._out), self._chosen[None, :].copy(), self._wk[None, :].copy(),
+                              np.array([unc], np.float32), np.array([ent], np.float32) if self.curiosity else None)
         if self._mul is not None:
             np.multiply(x, self._mul, out=self._x1)
             np.add(self._x1, self._add, out=self._x1)
         else:
             self._x1[...] = x
         x1 = self._x1
+        if self.uniform:
+            self._chosen[:] = self._draw(1)[0]
+            self._wk[:] = 1.0 / self.top_k
+            for i in range(len(self.expert_heads)) if self.evaluate_all else self._chosen:
+                self.expert_heads[i].run_into(x1, self._el[i:i + 1])
+            np.dot(self._wk, self._el[self._chosen], out=self._out[0])
+            return Prediction(softmax(self._out), self._chosen[None, :].copy(), self._wk[None, :].copy(),
+                              np.zeros(1, np.float32), None)
         self.router_in.run_into(x1, self._h1)
         if self.curiosity:
             np.multiply(self._h1, self.masks, out=self._hs)
@@ -124,8 +160,23 @@ class MoEModel(InputNorm):
         x = np.asarray(x, dtype=np.float32)
         if self._fast and x.ndim == 2 and x.shape[0] == 1 and x.shape[1] == self.in_features:
             return self._predict_one(x)
+        if self.uniform and self._c is not None:  # the C generator draws: one window at a time
+            rows = [self._predict_one(np.ascontiguousarray(r[None, :])) for r in x]
+            return Prediction(np.concatenate([r.proba for r in rows]), np.concatenate([r.experts for r in rows]),
+                              np.concatenate([r.weights for r in rows]),
+                              np.concatenate([r.uncertainty for r in rows]), None)
         x = self._norm(x)
         B, N = x.shape[0], len(self.expert_heads)
+        if self.uniform:
+            top = self._draw(B)
+            wk = np.full(top.shape, 1.0 / self.top_k, np.float32)
+            outs = np.zeros((B, N, len(self.classes)), np.float32)
+            for i in range(N):
+                rows = np.arange(B) if self.evaluate_all else np.flatnonzero((top == i).any(1))
+                if rows.size:
+                    outs[rows, i] = self.expert_heads[i]._run(np.ascontiguousarray(x[rows]))
+            logits = (np.take_along_axis(outs, top[:, :, None], 1) * wk[:, :, None]).sum(1)
+            return Prediction(softmax(logits), top, wk, np.zeros(B, np.float32), None)
         h = self.router_in._run(x)                                        # (B, H)
         if self.curiosity:
             S = self.masks.shape[0]
@@ -162,11 +213,16 @@ class MoEModel(InputNorm):
         return Prediction(softmax(logits), top, wk, unc, ent)
 
 
+#: MoE routing modes (module doc).
+ROUTING_MODES = ("trained", "router", "uniform")
+
+
 def load_model(path_or_bundle, kernel: Optional[str] = None, embedder=None, evaluate_all: bool = False,
-               uniform_routing: bool = False):
-    """A HeadModel or MoEModel from a bundle file (see module doc). ``uniform_routing``
-    runs a MoE bundle without curiosity: plain top-k of the router (used to measure
-    what curiosity changes)."""
+               routing: str = "trained", seed: int = 0):
+    """A HeadModel or MoEModel from a bundle file (see module doc). ``routing`` picks
+    how a MoE bundle routes (``ROUTING_MODES``); ``seed`` seeds uniform routing."""
+    if routing not in ROUTING_MODES:
+        raise ValueError(f"routing {routing!r}; use one of {', '.join(ROUTING_MODES)}")
     b: Bundle = path_or_bundle if isinstance(path_or_bundle, Bundle) else load_bundle(path_or_bundle)
     if embedder is not None:
         check_embedder(b, embedder)
@@ -183,9 +239,10 @@ def load_model(path_or_bundle, kernel: Optional[str] = None, embedder=None, eval
             return MoEModel(Head(steps_from_meta(b, g["router_in"]), kernel=kernel),
                             Head(steps_from_meta(b, g["router_out"]), kernel=kernel), experts,
                             b.tensor(g["masks"]), int(g["top_k"]), float(g["temperature"]),
-                            bool(g["curiosity"]) and not uniform_routing,
+                            bool(g["curiosity"]) and routing == "trained",
                             float(g["curiosity_alpha"]), mean, std, b.classes, b.embedder, b.meta,
-                            evaluate_all=evaluate_all, kinds=[e["kind"] for e in g["experts"]])
+                            evaluate_all=evaluate_all, kinds=[e["kind"] for e in g["experts"]],
+                            uniform=routing == "uniform", seed=seed)
     except KernelChoiceError:
         raise
     except (KeyError, ValueError, TypeError) as e:

@@ -27,6 +27,11 @@ enum {
 #define EQ_ACT_SIGN 0      /* popcount activations +1 (x > tau) / -1, scale mean|x| */
 #define EQ_ACT_UNSIGNED 1  /* popcount activations 1 (x > tau) / 0, scale mean(x | x > tau) */
 
+/* Prefetch the weights a kernel reads next: a layer's weights stream once per call,
+ * often cold (the embedder ran in between), and hardware prefetchers stop at 4 KB
+ * pages. Never faults, also past the end of a tensor. */
+#define EQ_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 2)
+
 /* storage bits per weight, indexed by format */
 static const int eq_fmt_bits[EQ_NFMT] = {1, 2, 4, 8, 2, 16, 2};
 /* value added to signed codes before storing them unsigned */

@@ -455,6 +455,215 @@ static PyObject *py_quantize(PyObject *m, PyObject *args) {
     return ret;
 }
 
+/* ------------------------------------------------------------------ MoE
+ * A whole mixture-of-experts window in one call (edgeqmoe/model/moe.py documents the
+ * maths): input normalisation, router (with its S Monte-Carlo dropout masks as S
+ * rows), experts and eq_moe_combine, GIL released, no allocation. ``uniform`` draws
+ * top_k distinct experts per window from a seeded generator instead of routing. */
+typedef struct {
+    PyObject_HEAD ProgramObject *rin, *rout;
+    PyObject *keep; /* the Programs and buffers owners */
+    ProgramObject *ex[64];
+    int32_t N, C, S, D, H, top_k, curiosity, evaluate_all, uniform;
+    float T, alpha;
+    float *mem, *xn, *h1, *hs, *rl, *el, *masks, *mul, *add;
+    uint64_t rng;
+} MoEObject;
+
+static void MoE_dealloc(MoEObject *self) {
+    free(self->mem);
+    Py_XDECREF(self->keep);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* splitmix64: small, seeded, the same sequence on every machine */
+static uint64_t moe_next(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static int copy_floats(PyObject *o, float *dst, Py_ssize_t n, const char *what) {
+    Py_buffer b;
+    if (PyObject_GetBuffer(o, &b, PyBUF_C_CONTIGUOUS) < 0) return -1;
+    if (b.len != 4 * n) {
+        PyErr_Format(PyExc_ValueError, "MoE: %s must be %zd float32, got %zd bytes", what, n, b.len);
+        PyBuffer_Release(&b);
+        return -1;
+    }
+    memcpy(dst, b.buf, (size_t)b.len);
+    PyBuffer_Release(&b);
+    return 0;
+}
+
+/* MoE(router_in, router_out, experts, masks|None, mul|None, add|None, top_k, T,
+ *     curiosity, alpha, evaluate_all, uniform, seed) */
+static int MoE_init(MoEObject *self, PyObject *args, PyObject *kw) {
+    PyObject *rin, *rout, *experts, *mo, *mulo, *addo;
+    int top_k, curiosity, evaluate_all, uniform;
+    float T, alpha;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "O!O!O!OOOifpfppK", &ProgramType, &rin, &ProgramType, &rout, &PyList_Type, &experts,
+                          &mo, &mulo, &addo, &top_k, &T, &curiosity, &alpha, &evaluate_all, &uniform, &seed))
+        return -1;
+    self->keep = PyList_New(0);
+    if (!self->keep) return -1;
+    self->rin = (ProgramObject *)rin;
+    self->rout = (ProgramObject *)rout;
+    PyList_Append(self->keep, rin);
+    PyList_Append(self->keep, rout);
+    self->N = (int32_t)PyList_GET_SIZE(experts);
+    self->D = self->rin->in_width;
+    self->H = self->rin->out_width;
+    if (self->N < 1 || self->N > 64 || self->rout->in_width != self->H || self->rout->out_width != self->N) {
+        PyErr_Format(PyExc_ValueError, "MoE: %d experts (1..64) and a router %d -> %d, %d -> %d that does not fit",
+                     self->N, self->D, self->H, self->rout->in_width, self->rout->out_width);
+        return -1;
+    }
+    for (int i = 0; i < self->N; i++) {
+        PyObject *e = PyList_GET_ITEM(experts, i);
+        if (!PyObject_TypeCheck(e, &ProgramType)) {
+            PyErr_SetString(PyExc_TypeError, "MoE: experts must be Programs");
+            return -1;
+        }
+        self->ex[i] = (ProgramObject *)e;
+        PyList_Append(self->keep, e);
+        if (i == 0) self->C = self->ex[0]->out_width;
+        if (self->ex[i]->in_width != self->D || self->ex[i]->out_width != self->C || self->C > 64) {
+            PyErr_Format(PyExc_ValueError, "MoE: expert %d maps %d -> %d, the others %d -> %d (at most 64 classes)", i,
+                         self->ex[i]->in_width, self->ex[i]->out_width, self->D, self->C);
+            return -1;
+        }
+    }
+    if (top_k < 1 || top_k > self->N || !(T > 0.0f)) {
+        PyErr_Format(PyExc_ValueError, "MoE: top_k %d (1..%d) or temperature %g out of range", top_k, self->N, (double)T);
+        return -1;
+    }
+    self->S = 1;
+    if (curiosity) {
+        Py_buffer b;
+        if (PyObject_GetBuffer(mo, &b, PyBUF_C_CONTIGUOUS) < 0) return -1;
+        self->S = (int32_t)(b.len / (4 * (Py_ssize_t)self->H));
+        PyBuffer_Release(&b);
+        if (self->S < 1) {
+            PyErr_SetString(PyExc_ValueError, "MoE: curiosity needs dropout masks of the router's hidden width");
+            return -1;
+        }
+    }
+    const int32_t D = self->D, H = self->H, S = self->S, N = self->N, C = self->C;
+    const size_t total = (size_t)D * 3 + H + (size_t)S * H * 2 + (size_t)S * N + (size_t)N * C;
+    self->mem = calloc(total, sizeof(float));
+    if (!self->mem) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    float *p = self->mem;
+    self->xn = p, p += D;
+    self->h1 = p, p += H;
+    self->hs = p, p += (size_t)S * H;
+    self->rl = p, p += (size_t)S * N;
+    self->el = p, p += (size_t)N * C;
+    self->masks = p, p += (size_t)S * H;
+    self->mul = p, p += D;
+    self->add = p;
+    if (curiosity && copy_floats(mo, self->masks, (Py_ssize_t)S * H, "masks") < 0) return -1;
+    if (mulo != Py_None && (copy_floats(mulo, self->mul, D, "mul") < 0 || copy_floats(addo, self->add, D, "add") < 0))
+        return -1;
+    if (mulo == Py_None)
+        for (int32_t j = 0; j < D; j++) self->mul[j] = 1.0f;
+    self->top_k = top_k;
+    self->T = T;
+    self->alpha = alpha;
+    self->curiosity = curiosity && !uniform;
+    self->evaluate_all = evaluate_all || self->curiosity;
+    self->uniform = uniform;
+    self->rng = seed;
+    return 0;
+}
+
+static void moe_window(MoEObject *M, const float *x, float *out, int32_t *chosen, float *wk, float *unc, float *ent) {
+    const int32_t D = M->D, H = M->H, N = M->N, C = M->C, k = M->top_k;
+    for (int32_t j = 0; j < D; j++) M->xn[j] = x[j] * M->mul[j] + M->add[j];
+    *unc = *ent = 0.0f;
+    if (M->uniform) {
+        int32_t idx[64];
+        for (int32_t i = 0; i < N; i++) idx[i] = i;
+        for (int32_t j = 0; j < k; j++) { /* partial Fisher-Yates */
+            const int32_t r = j + (int32_t)(moe_next(&M->rng) % (uint64_t)(N - j)), t = idx[j];
+            idx[j] = idx[r];
+            idx[r] = t;
+            chosen[j] = idx[j];
+            wk[j] = 1.0f / (float)k;
+        }
+    } else {
+        program_row(M->rin, M->xn, M->h1);
+        if (M->curiosity) {
+            for (int32_t s = 0; s < M->S; s++) {
+                for (int32_t j = 0; j < H; j++) M->hs[(size_t)s * H + j] = M->h1[j] * M->masks[(size_t)s * H + j];
+                program_row(M->rout, M->hs + (size_t)s * H, M->rl + (size_t)s * N);
+            }
+        } else {
+            program_row(M->rout, M->h1, M->rl);
+        }
+    }
+    if (M->evaluate_all)
+        for (int32_t i = 0; i < N; i++) program_row(M->ex[i], M->xn, M->el + (size_t)i * C);
+    if (!M->uniform)
+        eq_moe_combine(M->rl, M->curiosity ? M->S : 1, N, M->el, C, M->T, M->curiosity, M->alpha, k, out, chosen, wk,
+                       unc, ent);
+    if (!M->evaluate_all)
+        for (int32_t j = 0; j < k; j++) program_row(M->ex[chosen[j]], M->xn, M->el + (size_t)chosen[j] * C);
+    if (M->uniform || !M->evaluate_all) {
+        for (int32_t c = 0; c < C; c++) out[c] = 0.0f;
+        for (int32_t j = 0; j < k; j++)
+            for (int32_t c = 0; c < C; c++) out[c] += wk[j] * M->el[(size_t)chosen[j] * C + c];
+    }
+}
+
+/* run(x, out, chosen, wk) -> (uncertainty, entropy): one window */
+static PyObject *MoE_run(MoEObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "run(x, out, chosen, wk)");
+        return NULL;
+    }
+    Py_buffer b[4];
+    const Py_ssize_t need[4] = {4 * (Py_ssize_t)self->D, 4 * (Py_ssize_t)self->C, 4 * (Py_ssize_t)self->top_k,
+                                4 * (Py_ssize_t)self->top_k};
+    int got = 0;
+    PyObject *ret = NULL;
+    for (; got < 4; got++)
+        if (PyObject_GetBuffer(args[got], &b[got], PyBUF_C_CONTIGUOUS | (got ? PyBUF_WRITABLE : 0)) < 0) goto done;
+    for (int i = 0; i < 4; i++)
+        if (b[i].len != need[i]) {
+            PyErr_Format(PyExc_ValueError, "MoE.run: argument %d holds %zd bytes, needs %zd", i, b[i].len, need[i]);
+            goto done;
+        }
+    float unc, ent;
+    Py_BEGIN_ALLOW_THREADS moe_window(self, b[0].buf, b[1].buf, b[2].buf, b[3].buf, &unc, &ent);
+    Py_END_ALLOW_THREADS ret = Py_BuildValue("ff", unc, ent);
+done:
+    for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
+    return ret;
+}
+
+static PyMethodDef MoE_methods[] = {
+    {"run", (PyCFunction)(void (*)(void))MoE_run, METH_FASTCALL,
+     "run(x, out, chosen, wk) -> (uncertainty, entropy): one window, float32 x (in) and out (classes)"},
+    {NULL},
+};
+
+static PyTypeObject MoEType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "edgeqmoe.kernels._ckernels.MoE",
+    .tp_basicsize = sizeof(MoEObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A mixture of experts (router and expert Programs) run for one window in one call.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)MoE_init,
+    .tp_dealloc = (destructor)MoE_dealloc,
+    .tp_methods = MoE_methods,
+};
+
 /* moe_combine(router, S, N, experts, C, T, curiosity, alpha, top_k, out, chosen, wk)
  * -> (uncertainty, entropy); all arrays float32 except chosen (int32), preallocated */
 static PyObject *py_moe_combine(PyObject *m, PyObject *args) {
@@ -513,13 +722,15 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_ckernels", "edge
                                        module_methods};
 
 PyMODINIT_FUNC PyInit__ckernels(void) {
-    if (PyType_Ready(&LayerType) < 0 || PyType_Ready(&ProgramType) < 0) return NULL;
+    if (PyType_Ready(&LayerType) < 0 || PyType_Ready(&ProgramType) < 0 || PyType_Ready(&MoEType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     Py_INCREF(&LayerType);
     PyModule_AddObject(m, "Layer", (PyObject *)&LayerType);
     Py_INCREF(&ProgramType);
     PyModule_AddObject(m, "Program", (PyObject *)&ProgramType);
+    Py_INCREF(&MoEType);
+    PyModule_AddObject(m, "MoE", (PyObject *)&MoEType);
     PyModule_AddIntConstant(m, "ROW_ALIGN", EQ_ROW_ALIGN);
     PyModule_AddIntConstant(m, "ROW_TILE", EQ_ROW_TILE);
     PyModule_AddIntConstant(m, "MAX_K", EQ_MAX_K);

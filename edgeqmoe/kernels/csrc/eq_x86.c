@@ -71,7 +71,10 @@ T512 static INL void tiles_fields512(const uint8_t *w, size_t tb, const int8_t *
     for (int32_t s = 0; s < spans; s++) {
         __m512i v[4];
 #pragma GCC unroll 4
-        for (int r = 0; r < RT; r++) v[r] = _mm512_loadu_si512(w + tb * r + (size_t)EQ_SPAN_BYTES * s);
+        for (int r = 0; r < RT; r++) {
+            v[r] = _mm512_loadu_si512(w + tb * r + (size_t)EQ_SPAN_BYTES * s);
+            if (!(s & 3)) EQ_PREFETCH(w + tb * (r + RT) + (size_t)EQ_SPAN_BYTES * s);
+        }
 #pragma GCC unroll 8
         for (int j = 0; j < per; j++) {
             int32_t four;
@@ -174,6 +177,7 @@ T512V static INL void tiles_q1_lut512(const uint8_t *w, size_t tb, const int8_t 
 #pragma GCC unroll 4
         for (int r = 0; r < RT; r++) {
             const __m512i v = _mm512_loadu_si512(w + tb * r + (size_t)EQ_SPAN_BYTES * s);
+            if (!(s & 3)) EQ_PREFETCH(w + tb * (r + RT) + (size_t)EQ_SPAN_BYTES * s);
             /* (v & 15) | off, and the same of v >> 4 (0xEA: a & b | c) */
             const __m512i il = _mm512_ternarylogic_epi32(v, m0f, off, 0xEA);
             const __m512i ih = _mm512_ternarylogic_epi32(_mm512_srli_epi16(v, 4), m0f, off, 0xEA);
@@ -243,6 +247,7 @@ T512 static INL void tiles_popcount512(const uint8_t *w, size_t tb, const uint32
 #pragma GCC unroll 4
         for (int r = 0; r < RT; r++) {
             const uint8_t *p = w + tb * r + (size_t)2 * EQ_SPAN_BYTES * s;
+            if (!(s & 1)) EQ_PREFETCH(p + tb * RT);
             /* mask & (sign_w ^ sign_x) in one ternary-logic op (0x60: a & (b ^ c)) */
             const __m512i d = _mm512_ternarylogic_epi32(_mm512_loadu_si512(p + EQ_SPAN_BYTES), _mm512_loadu_si512(p), xb, 0x60);
             A[r] = _mm512_add_epi32(A[r], _mm512_popcnt_epi32(d));
@@ -345,6 +350,8 @@ T512 static void gemv_f16_512(const eq_layer *L, const float *x, float *y) {
         for (int32_t j = 0; j < k; j += 16) {
             const __mmask16 km = (k - j >= 16) ? 0xffff : (__mmask16)((1u << (k - j)) - 1);
             const __m512 xv = _mm512_maskz_loadu_ps(km, x + j);
+            if (!(j & 127)) /* the next four rows, every fourth line */
+                for (int r = 4; r < 8; r++) EQ_PREFETCH(w + r * kp + j);
             A0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + j))), xv, A0);
             A1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + kp + j))), xv, A1);
             A2 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + 2 * kp + j))), xv, A2);
@@ -425,6 +432,7 @@ T2 static INL void tiles_fields256(const uint8_t *w, size_t tb, const int8_t *x,
 #pragma GCC unroll 4
         for (int q = 0; q < 2 * RT; q++) {
             v[q] = _mm256_loadu_si256((const __m256i *)(w + tb * (q >> 1) + (size_t)EQ_SPAN_BYTES * s + 32 * (q & 1)));
+            if (!(q & 1) && !(s & 3)) EQ_PREFETCH(w + tb * ((q >> 1) + RT) + (size_t)EQ_SPAN_BYTES * s);
             S[q] = _mm256_setzero_si256();
         }
 #pragma GCC unroll 8
@@ -632,6 +640,7 @@ T2 static void gemv_f16_256(const eq_layer *L, const float *x, float *y) {
         __m256 A0 = _mm256_setzero_ps(), A1 = A0;
         int32_t j = 0;
         for (; j + 16 <= kv; j += 16) {
+            if (!(j & 127)) EQ_PREFETCH(w + 2 * kp + j); /* two rows ahead, every fourth line */
             A0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + j))), _mm256_loadu_ps(x + j), A0);
             A1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + j + 8))), _mm256_loadu_ps(x + j + 8), A1);
         }

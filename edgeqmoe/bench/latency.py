@@ -88,16 +88,18 @@ def bench_profile(name: str, paths: List[str], n: int, window: Optional[float] =
             "torch_imported": "torch" in sys.modules, "_embeddings": embs, "_pipeline": pipe}
 
 
-def routing_stability(pipe, embeddings: np.ndarray, repeats: int = 3) -> Optional[Dict]:
+def routing_stability(pipe, embeddings: np.ndarray, repeats: int = 5) -> Optional[Dict]:
     """Head latency of the bundle as configured (curiosity, all experts) against the
     same experts with uniform routing and with the router's plain top-k (only the
     chosen experts run in both).
 
-    Each window runs ``repeats`` times in each mode, on as many model instances with
-    the same seed (so uniform routing draws the same experts in every repeat), all
-    interleaved. The per-window minimum over the repeats is the window's work with
-    this shared machine's scheduling jitter filtered out (it moves fixed C work by
-    about 20%); the first repeat alone is reported too, as the daemon would see it."""
+    ``repeats`` passes go over all windows, each window running once in each mode
+    (interleaved), pass r on its own model instances with the same seed (so uniform
+    routing draws the same experts for a window in every pass). A window's latency is
+    its minimum over the passes: its work, with this shared machine's scheduling
+    jitter (bursts that move fixed C work by 20% and more) filtered out, since a burst
+    rarely hits the same window in every pass. The first pass alone, as the daemon
+    would see it, is reported too."""
     from ..model.moe import MoEModel, load_model
 
     m = pipe.model
@@ -108,28 +110,28 @@ def routing_stability(pipe, embeddings: np.ndarray, repeats: int = 3) -> Optiona
                                   for _ in range(repeats - 1)],
               "uniform": [load_model(b, kernel=m.variant, routing="uniform", seed=0) for _ in range(repeats)],
               "router": [load_model(b, kernel=m.variant, routing="router") for _ in range(repeats)]}
-    first = {k: [] for k in models}
-    best = {k: [] for k in models}
+    n = len(embeddings)
+    lat = {k: np.zeros((repeats, n)) for k in models}
+    for ms in models.values():  # first touch of every mapping and buffer, untimed
+        for mi in ms:
+            mi.predict(embeddings[:1])
     used = {k: [] for k in models}
     gc.collect()
     gc.disable()
     try:
-        for _ in range(2):
-            for e in embeddings:
+        for r in range(repeats):
+            for i, e in enumerate(embeddings):
                 x = e[None, :]
-                t = {k: [] for k in models}
-                for r in range(repeats):
-                    for name, ms in models.items():
-                        t0 = time.perf_counter()
-                        pred = ms[r].predict(x)
-                        t[name].append((time.perf_counter() - t0) * 1e3)
-                        if r == 0:
-                            used[name].append(tuple(sorted(pred.experts[0].tolist())))
-                for name in models:
-                    first[name].append(t[name][0])
-                    best[name].append(min(t[name]))
+                for name, ms in models.items():
+                    t0 = time.perf_counter()
+                    pred = ms[r].predict(x)
+                    lat[name][r, i] = (time.perf_counter() - t0) * 1e3
+                    if r == 0:
+                        used[name].append(tuple(sorted(pred.experts[0].tolist())))
     finally:
         gc.enable()
+    first = {k: v[0] for k, v in lat.items()}
+    best = {k: v.min(axis=0) for k, v in lat.items()}
     out = {"bundle": b, "n_each": len(best["curiosity"]), "repeats": repeats, "experts": list(m.experts),
            "top_k": m.top_k}
     for name in models:
@@ -177,7 +179,7 @@ def format_table(res: Dict) -> str:
     s = res.get("stability")
     if s:
         lines += ["", f"stable head latency ({'/'.join(s['experts'])}, top-{s['top_k']}), {s['n_each']} windows each, "
-                      f"per window the minimum of {s['repeats']} interleaved repeats (first repeat alone in brackets):"]
+                      f"per window the minimum over {s['repeats']} passes (first pass alone in brackets):"]
         for name, what in (("curiosity", "curiosity, all experts (as configured)"),
                            ("uniform", "uniform routing (random top-k)"), ("router", "router's plain top-k")):
             q, f = s[f"{name}_ms"], s[f"{name}_first_ms"]
@@ -186,6 +188,6 @@ def format_table(res: Dict) -> str:
         for base, key in (("uniform routing", ""), ("the router's top-k", "_vs_router")):
             lines.append(f"  vs {base}: variance reduction {100 * s['variance_reduction' + key]:.1f}%, Levene "
                          f"W={s['levene_W' + key]}, p={s['levene_p' + key]:.3g}; Welch p={s['welch_p' + key]:.3g} "
-                         f"[first repeat: {100 * s['variance_reduction' + key + '_first']:.1f}%, "
+                         f"[first pass: {100 * s['variance_reduction' + key + '_first']:.1f}%, "
                          f"p={s['levene_p' + key + '_first']:.3g}]")
     return "\n".join(lines)

@@ -148,20 +148,39 @@ def routing_stability(pipe, embeddings: np.ndarray, repeats: int = 5) -> Optiona
     return out
 
 
-def run_bench(profiles: List[str], paths: List[str], n: int = 2000, window: Optional[float] = None) -> Dict:
+def _limit_threads() -> None:
     try:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(1)
     except ImportError:
         pass
+
+
+def _one_profile(name: str, paths: List[str], n: int, window: Optional[float], stability: bool):
+    """One profile's row (and the stable routing comparison), as run_bench reports it."""
+    _limit_threads()
+    r = bench_profile(name, paths, n, window)
+    embs, pipe = r.pop("_embeddings"), r.pop("_pipeline")
+    return r, (routing_stability(pipe, embs) if stability and r["profile"] == "stable" else None)
+
+
+def run_bench(profiles: List[str], paths: List[str], n: int = 2000, window: Optional[float] = None) -> Dict:
+    """Every profile in a process of its own (fresh, spawned), so that each one's
+    resident memory and whether it imported torch are its own, as in the daemon."""
     rows, stability = [], None
-    for name in profiles:
-        r = bench_profile(name, paths, n, window)
-        embs, pipe = r.pop("_embeddings"), r.pop("_pipeline")
-        rows.append(r)
-        if r["profile"] == "stable" and stability is None:
-            stability = routing_stability(pipe, embs)
+    if len(profiles) == 1:
+        row, stability = _one_profile(profiles[0], paths, n, window, True)
+        rows.append(row)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        for name in profiles:
+            with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as ex:
+                row, stab = ex.submit(_one_profile, name, paths, n, window, stability is None).result()
+            rows.append(row)
+            stability = stability or stab
     return {"machine": machine_info({"threads": 1}), "rows": rows, "stability": stability}
 
 

@@ -30,7 +30,6 @@ static void tiled_sums_neon(const eq_layer *L, const int8_t *x, int32_t *out) {
         int32x4_t lo[4], hi[4];
         for (int q = 0; q < 4; q++) lo[q] = hi[q] = vdupq_n_s32(0);
         for (int32_t s = 0; s < spans; s++, w += EQ_SPAN_BYTES) {
-            if (!(s & 3)) EQ_PREFETCH(w + (size_t)spans * EQ_SPAN_BYTES); /* the next tile, every fourth line */
             const uint8x16_t v[4] = {vld1q_u8(w), vld1q_u8(w + 16), vld1q_u8(w + 32), vld1q_u8(w + 48)};
             for (int j = 0; j < per; j++) {
                 const int8x16_t xb = bcast4(x + (size_t)s * span + 4 * j);
@@ -55,7 +54,6 @@ TDOT static void tiled_sums_dot(const eq_layer *L, const int8_t *x, int32_t *out
         int32x4_t A[4];
         for (int q = 0; q < 4; q++) A[q] = vdupq_n_s32(0);
         for (int32_t s = 0; s < spans; s++, w += EQ_SPAN_BYTES) {
-            if (!(s & 3)) EQ_PREFETCH(w + (size_t)spans * EQ_SPAN_BYTES); /* the next tile, every fourth line */
             const uint8x16_t v[4] = {vld1q_u8(w), vld1q_u8(w + 16), vld1q_u8(w + 32), vld1q_u8(w + 48)};
             for (int j = 0; j < per; j++) {
                 const int8x16_t xb = bcast4(x + (size_t)s * span + 4 * j);
@@ -126,7 +124,6 @@ static void acc_popcount_neon(const eq_layer *L, const eq_act *a, int32_t *acc) 
             for (int q = 0; q < 4; q++) B[q] = vdupq_n_u8(0);
             for (int32_t s = s0; s < end; s++) {
                 const uint8_t *p = w + (size_t)2 * EQ_SPAN_BYTES * s;
-                if (!(s & 1)) EQ_PREFETCH(p + tb);
                 const uint8x16_t xb = vreinterpretq_u8_u32(vdupq_n_u32(xs[s]));
                 for (int q = 0; q < 4; q++)
                     B[q] = vaddq_u8(B[q], vcntq_u8(vandq_u8(vld1q_u8(p + 64 + 16 * q), veorq_u8(vld1q_u8(p + 16 * q), xb))));

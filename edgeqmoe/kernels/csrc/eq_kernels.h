@@ -27,9 +27,11 @@ enum {
 #define EQ_ACT_SIGN 0      /* popcount activations +1 (x > tau) / -1, scale mean|x| */
 #define EQ_ACT_UNSIGNED 1  /* popcount activations 1 (x > tau) / 0, scale mean(x | x > tau) */
 
-/* Prefetch the weights a kernel reads next: a layer's weights stream once per call,
- * often cold (the embedder ran in between), and hardware prefetchers stop at 4 KB
- * pages. Never faults, also past the end of a tensor. */
+/* Prefetch (into L2) weights a kernel reads soon: a head's weights stream once per
+ * window, usually cold (the embedder ran in between), and hardware prefetchers stop
+ * at 4 KB pages. Used by the f16 kernels, whose tensors are the largest; the packed
+ * kernels are L2-bound when warm and lose more to the extra loads than they gain.
+ * Never faults, also past the end of a tensor. */
 #define EQ_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 2)
 
 /* storage bits per weight, indexed by format */

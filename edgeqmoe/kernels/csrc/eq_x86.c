@@ -71,10 +71,7 @@ T512 static INL void tiles_fields512(const uint8_t *w, size_t tb, const int8_t *
     for (int32_t s = 0; s < spans; s++) {
         __m512i v[4];
 #pragma GCC unroll 4
-        for (int r = 0; r < RT; r++) {
-            v[r] = _mm512_loadu_si512(w + tb * r + (size_t)EQ_SPAN_BYTES * s);
-            if (!(s & 3)) EQ_PREFETCH(w + tb * (r + RT) + (size_t)EQ_SPAN_BYTES * s);
-        }
+        for (int r = 0; r < RT; r++) v[r] = _mm512_loadu_si512(w + tb * r + (size_t)EQ_SPAN_BYTES * s);
 #pragma GCC unroll 8
         for (int j = 0; j < per; j++) {
             int32_t four;
@@ -177,7 +174,6 @@ T512V static INL void tiles_q1_lut512(const uint8_t *w, size_t tb, const int8_t 
 #pragma GCC unroll 4
         for (int r = 0; r < RT; r++) {
             const __m512i v = _mm512_loadu_si512(w + tb * r + (size_t)EQ_SPAN_BYTES * s);
-            if (!(s & 3)) EQ_PREFETCH(w + tb * (r + RT) + (size_t)EQ_SPAN_BYTES * s);
             /* (v & 15) | off, and the same of v >> 4 (0xEA: a & b | c) */
             const __m512i il = _mm512_ternarylogic_epi32(v, m0f, off, 0xEA);
             const __m512i ih = _mm512_ternarylogic_epi32(_mm512_srli_epi16(v, 4), m0f, off, 0xEA);
@@ -247,7 +243,6 @@ T512 static INL void tiles_popcount512(const uint8_t *w, size_t tb, const uint32
 #pragma GCC unroll 4
         for (int r = 0; r < RT; r++) {
             const uint8_t *p = w + tb * r + (size_t)2 * EQ_SPAN_BYTES * s;
-            if (!(s & 1)) EQ_PREFETCH(p + tb * RT);
             /* mask & (sign_w ^ sign_x) in one ternary-logic op (0x60: a & (b ^ c)) */
             const __m512i d = _mm512_ternarylogic_epi32(_mm512_loadu_si512(p + EQ_SPAN_BYTES), _mm512_loadu_si512(p), xb, 0x60);
             A[r] = _mm512_add_epi32(A[r], _mm512_popcnt_epi32(d));
@@ -432,7 +427,6 @@ T2 static INL void tiles_fields256(const uint8_t *w, size_t tb, const int8_t *x,
 #pragma GCC unroll 4
         for (int q = 0; q < 2 * RT; q++) {
             v[q] = _mm256_loadu_si256((const __m256i *)(w + tb * (q >> 1) + (size_t)EQ_SPAN_BYTES * s + 32 * (q & 1)));
-            if (!(q & 1) && !(s & 3)) EQ_PREFETCH(w + tb * ((q >> 1) + RT) + (size_t)EQ_SPAN_BYTES * s);
             S[q] = _mm256_setzero_si256();
         }
 #pragma GCC unroll 8

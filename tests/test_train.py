@@ -225,7 +225,7 @@ def test_moe_single_window_path_equals_batch_path():
             assert abs(float(one.uncertainty[0]) - float(batch.uncertainty[i])) < 1e-5
         if routing == "uniform":  # every pair of the three experts is drawn, equally weighted
             assert len({tuple(sorted(e)) for e in batch.experts.tolist()}) == 3
-            assert np.allclose(batch.weights, 0.5)
+            assert np.allclose(batch.weights, 1 / 3)
 
 
 def test_eval_of_some_folds_keeps_the_full_cache(tmp_path, us8k):

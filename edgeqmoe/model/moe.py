@@ -11,12 +11,15 @@ experts exactly as ``edgeqmoe.train.models.MoE`` computes it in eval mode:
    w_i = p_i exp(alpha KL(q_i || q_bar)), normalised; predictive entropy H(q_bar).
    Without curiosity: w = p, and only the top-k experts run (``evaluate_all`` makes
    them all run, for fixed work per window).
-3. top-k of w; output logits = sum over the top-k of (w_i / sum_topk w) E_i(x).
+3. top-k of w; output logits = sum over the top-k of w_i E_i(x) (paper Eq. 6: the
+   weights are not renormalised over the top-k, so with top-1 the router's
+   probability scales the output, and the router learns from the task loss).
 
 Routing modes (``load_model(routing=...)``): ``trained`` as above, as the bundle was
 trained; ``router`` the router's plain top-k even if the bundle has curiosity;
 ``uniform`` no router at all: every window draws top_k distinct experts uniformly at
-random (a seeded generator, so a replay draws the same) and weighs them equally, the
+random (a seeded generator, so a replay draws the same) and weighs them 1/N (a
+uniform router's probabilities), the
 baseline that the paper compares curiosity routing against. ``router`` and
 ``uniform`` run only the chosen experts (unless ``evaluate_all``).
 
@@ -131,7 +134,7 @@ class MoEModel(InputNorm):
         x1 = self._x1
         if self.uniform:
             self._chosen[:] = self._draw(1)[0]
-            self._wk[:] = 1.0 / self.top_k
+            self._wk[:] = 1.0 / len(self.expert_heads)
             for i in range(len(self.expert_heads)) if self.evaluate_all else self._chosen:
                 self.expert_heads[i].run_into(x1, self._el[i:i + 1])
             np.dot(self._wk, self._el[self._chosen], out=self._out[0])
@@ -169,7 +172,7 @@ class MoEModel(InputNorm):
         B, N = x.shape[0], len(self.expert_heads)
         if self.uniform:
             top = self._draw(B)
-            wk = np.full(top.shape, 1.0 / self.top_k, np.float32)
+            wk = np.full(top.shape, 1.0 / N, np.float32)
             outs = np.zeros((B, N, len(self.classes)), np.float32)
             for i in range(N):
                 rows = np.arange(B) if self.evaluate_all else np.flatnonzero((top == i).any(1))
@@ -203,8 +206,7 @@ class MoEModel(InputNorm):
         else:
             w = p
         top = np.argsort(-w, axis=1, kind="stable")[:, :self.top_k]
-        wk = np.take_along_axis(w, top, 1)
-        wk = wk / wk.sum(1, keepdims=True)
+        wk = np.take_along_axis(w, top, 1)  # Eq. 6: not renormalised
         if not self.evaluate_all:  # only the chosen experts run: data-dependent work
             for i in np.unique(top):
                 rows = np.flatnonzero((top == i).any(1))

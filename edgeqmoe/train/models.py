@@ -168,7 +168,10 @@ class MoE(nn.Module):
         else:
             w = p
         top = torch.topk(w, self.top_k, dim=-1)
-        wk = top.values / top.values.sum(-1, keepdim=True)
+        # paper Eq. 6: y = sum over the top-k of p_i E_i(z), the weights as they are (not
+        # renormalised over the top-k): with top-1 the router's probability still scales
+        # the output, so the task loss trains the router, not only the balance term
+        wk = top.values
         y = (outs.gather(1, top.indices[:, :, None].expand(-1, -1, outs.shape[-1])) * wk[:, :, None]).sum(1)
         self.last["experts"] = top.indices
         self.last["p_router"] = p

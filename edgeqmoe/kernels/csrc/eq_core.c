@@ -225,18 +225,17 @@ void eq_moe_combine(const float *router, int32_t S, int32_t N, const float *expe
     }
     /* top-k by weight, ties to the lower index (as a stable descending sort) */
     int used[EQ_MOE_MAX] = {0};
-    double wsum = 0.0;
     for (int32_t j = 0; j < top_k; j++) {
         int32_t best = -1;
         for (int32_t i = 0; i < N; i++)
             if (!used[i] && (best < 0 || w[i] > w[best])) best = i;
         used[best] = 1;
         chosen[j] = best;
-        wsum += w[best];
     }
+    /* paper Eq. 6: the chosen experts' weights as they are, not renormalised */
     for (int32_t c = 0; c < C; c++) out[c] = 0.0f;
     for (int32_t j = 0; j < top_k; j++) {
-        wk[j] = (float)(w[chosen[j]] / wsum);
+        wk[j] = (float)w[chosen[j]];
         for (int32_t c = 0; c < C; c++) out[c] += wk[j] * experts[(size_t)chosen[j] * C + c];
     }
 }

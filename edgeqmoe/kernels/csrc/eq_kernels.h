@@ -137,7 +137,7 @@ void eq_layernorm(float *x, int32_t n, const float *gamma, const float *beta, fl
  * router logits (S x N; S Monte-Carlo samples, 1 without), expert logits (N x C; only
  * read with curiosity), temperature T, curiosity on/off and alpha, top_k. Writes the
  * chosen experts (top_k, by descending weight, ties to the lower index), their
- * normalised weights, the mixed logits (C; from the expert logits given), the router's
+ * weights (not renormalised: paper Eq. 6), the mixed logits (C; from the expert logits given), the router's
  * mutual information (nats) and the predictive entropy of the experts' mean (nats). */
 void eq_moe_combine(const float *router, int32_t S, int32_t N, const float *experts, int32_t C, float T,
                     int curiosity, float alpha, int32_t top_k, float *out, int32_t *chosen, float *wk,

@@ -594,7 +594,7 @@ static void moe_window(MoEObject *M, const float *x, float *out, int32_t *chosen
             idx[j] = idx[r];
             idx[r] = t;
             chosen[j] = idx[j];
-            wk[j] = 1.0f / (float)k;
+            wk[j] = 1.0f / (float)N; /* a uniform router: p_i = 1/N */
         }
     } else {
         program_row(M->rin, M->xn, M->h1);

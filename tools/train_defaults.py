@@ -84,11 +84,19 @@ def main():
         report[name] = card
         print(f"{name}: {dest} ({os.path.getsize(dest):,} bytes), weighted F1 {s['weighted_f1']['mean']:.4f}",
               flush=True)
-    with open(os.path.join(ROOT, "edgeqmoe", "bundles", "MODEL_CARDS.md"), "w") as f:
+    cards_path = os.path.join(ROOT, "edgeqmoe", "bundles", "MODEL_CARDS.md")
+    cards = {name: card.replace("# Model card:", "##") for name, card in report.items()}
+    if a.only and os.path.exists(cards_path):  # keep the cards of the bundles not trained again
+        old = open(cards_path).read().split("\n## ")[1:]
+        for sec in old:
+            name = sec.split()[0]
+            cards.setdefault(name, "## " + sec.rstrip("\n") + "\n")
+    with open(cards_path, "w") as f:
         f.write("# Shipped bundles\n\nTrained by `tools/train_defaults.py` on all 2,148 shared UrbanSound8K clips "
                 "(folds 1-3). Scores are the honest protocol: each fold held out in turn.\n\n")
-        for name, card in report.items():
-            f.write(card.replace("# Model card:", "##") + "\n")
+        for name in PROFILES:
+            if name in cards:
+                f.write(cards[name].rstrip("\n") + "\n\n")
     print(f"done in {time.time() - t0:.0f} s")
 
 

@@ -19,7 +19,9 @@ the classes (hidden [640, 320], dropout 0.195: the paper's 4.2-4.3).
 
 MoE (paper 3.3): N experts, a router Linear(d,128)-ReLU-Dropout(0.2)-Linear(128,64)-
 ReLU-Linear(64,N) with Xavier init; routing p = softmax(G(z) / T) (Eq. 5); output
-y = sum over the top-k of p_i E_i(z) with p renormalised over the top-k (Eq. 6);
+y = sum over the top-k of p_i E_i(z), p as it is, not renormalised over the top-k
+(Eq. 6; with top-1 the router's probability scales the output, so the task loss
+trains the router);
 load-balancing loss alpha_lb * N * sum_i f_i P_i (f_i: share of rows routed to i, P_i:
 mean routing probability).
 
@@ -30,7 +32,7 @@ MoE-C (curiosity) computes exactly this, in this order:
 2. Every expert is evaluated: q_i = softmax(E_i(z)) over classes, q_bar = mean_i q_i;
    predictive entropy H(q_bar) (Eq. 7).
 3. Curiosity (Eq. 8): p_i^c = p_router_i * exp(alpha * KL(q_i || q_bar)), normalised.
-4. Top-k of p^c; y = sum over the top-k of (p^c_i / sum_topk p^c) * E_i(z).
+4. Top-k of p^c; y = sum over the top-k of p^c_i * E_i(z) (Eq. 6).
 At inference the S dropout masks are fixed (drawn once from the bundle's seed), so
 replaying the same audio gives the same output whatever came before.
 """

@@ -82,6 +82,19 @@ def test_ste_passes_gradients():
     np.testing.assert_allclose(q.numpy(), np.round(np.array([[0.5, -1.0, 0.25]]) * 127) / 127, atol=1e-7)
 
 
+@pytest.mark.parametrize("curiosity", [False, True])
+def test_top1_router_learns_from_the_task_loss(curiosity):
+    """Eq. 6 weights the chosen expert by its routing probability (not renormalised
+    to 1), so with top-1 the task loss alone reaches the router."""
+    torch.manual_seed(0)
+    m = MoE(["bitnet", "q4"], 16, 3, top_k=1, curiosity=curiosity, hidden=(16,)).train()
+    y = m(torch.randn(64, 16))
+    torch.nn.functional.cross_entropy(y, torch.randint(0, 3, (64,))).backward()  # no balance term
+    g = sum(p.grad.abs().sum() for p in m.router.parameters() if p.grad is not None)
+    assert g > 0
+    assert torch.all(m.last["p_router"].max(-1).values <= 1.0)
+
+
 def test_moe_c_is_deterministic_and_curiosity_changes_routing():
     torch.manual_seed(0)
     m = MoE(["bitnet", "q4", "q8"], 16, 3, top_k=1, curiosity=True, curiosity_alpha=0.0, hidden=(16,)).eval()

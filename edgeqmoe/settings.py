@@ -108,7 +108,8 @@ def build(cls: Type[T], data: Any, source: str = "", prefix: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         k = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
-        raise SettingsError(source, k, f"unknown setting; allowed here: {', '.join(sorted(fields))}")
+        public = sorted(n for n in fields if not n.startswith("_"))  # _names are set by the loader
+        raise SettingsError(source, k, f"unknown setting; allowed here: {', '.join(public)}")
     kwargs = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}" if prefix else name

@@ -1,4 +1,6 @@
-/* x86-64 SIMD kernels: AVX2 and AVX-512 (F/BW/VL + VNNI + VPOPCNTDQ).
+/* x86-64 SIMD kernels: AVX2, AVX-512 (F/BW/VL + VNNI + VPOPCNTDQ) and AVX-512 with
+ * VBMI (q1 by table lookup). The tiled formats (q1, q2, ternary, q4, popcount) keep
+ * one row per 32-bit lane; q8 (row-major) reduces rows with a transposing tree.
  *
  * Compiled with per-function target attributes, so the module builds with the
  * baseline flags and each variant runs only where eq_available() found the features.
@@ -40,7 +42,7 @@ T512 static INL __m512i reduce16_512(const __m512i *v) {
 /* Runs GROUP(i, R, vecs) (R row vectors of partial sums for rows i..i+R-1) over all
  * rows, 16 at a time; EPI16(i, sums) turns 16 row sums into 16 accumulators (vector),
  * EPI1(i, sum) one (scalar, for the last n % 16 rows). */
-#define TILE512(GROUP, R, EPI16, EPI1)                                                   \
+#define ROWS16_512(GROUP, R, EPI16, EPI1)                                                   \
     do {                                                                                  \
         int32_t i = 0;                                                                    \
         __m512i t[16];                                                                    \
@@ -225,7 +227,7 @@ T512 static void acc_q8_512(const eq_layer *L, const eq_act *a, int32_t *acc) {
 /* sum - 128 * rowsum */
 #define EPI16_Q8(i, v) _mm512_sub_epi32(v, _mm512_slli_epi32(_mm512_loadu_si512(L->rowsum + (i)), 7))
 #define EPI1_Q8(i, s) ((s) - 128 * L->rowsum[i])
-    TILE512(GROUP_Q8, 4, EPI16_Q8, EPI1_Q8);
+    ROWS16_512(GROUP_Q8, 4, EPI16_Q8, EPI1_Q8);
 }
 
 /* popcount (ternary weights, binary activations): with M = non-zero weights and

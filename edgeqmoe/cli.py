@@ -135,18 +135,25 @@ def profiles_list():
         typer.echo(f"{name:18} {desc}  [{path}]")
 
 
+def _profile_or_fail(name_or_path: str):
+    """The profile, or exit 2 with the file, key and what is allowed."""
+    from .daemon.profiles import ProfileError, load_profile
+    from .settings import SettingsError
+
+    try:
+        return load_profile(name_or_path)
+    except (ProfileError, SettingsError) as e:
+        fail(str(e))
+
+
 @profiles_app.command("show")
 def profiles_show(name: str):
     """All settings of a profile, defaults included, as YAML."""
     import yaml
 
-    from .daemon.profiles import ProfileError, load_profile
-    from .settings import SettingsError, to_dict
+    from .settings import to_dict
 
-    try:
-        p = load_profile(name)
-    except (ProfileError, SettingsError) as e:
-        fail(str(e))
+    p = _profile_or_fail(name)
     d = to_dict(p)
     d["model"].pop("_base", None)
     d["model"]["bundle_resolved"] = p.model.bundle_path()
@@ -158,13 +165,7 @@ def profiles_validate(path: str):
     """Check a profile file; exit 2 with the file, key and what is allowed if it is wrong."""
     import os as _os
 
-    from .daemon.profiles import ProfileError, load_profile
-    from .settings import SettingsError
-
-    try:
-        p = load_profile(path)
-    except (ProfileError, SettingsError) as e:
-        fail(str(e))
+    p = _profile_or_fail(path)
     for b in (p.model.bundle, p.model.fallback_bundle):
         if b and not _os.path.isfile(p.model.bundle_path(b)):
             fail(f"{p.source_file}: model bundle {b!r} not found (looked in {_os.path.dirname(p.source_file)} and the "

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ..model.moe import ROUTING_MODES
 from ..settings import SettingsError, build, field, load_yaml
 
 PROFILE_VERSION = 1
@@ -37,7 +38,7 @@ class ModelSettings:
     weights: Optional[str] = field(None, doc="embedder weights (file or folder); default: the usual search")
     kernel: str = field("simd", doc="ref, generic, simd, or a variant name (avx512vbmi, avx512, avx2, neon, dotprod)")
     evaluate_all_experts: bool = field(False, doc="MoE: run every expert on every window (fixed work)")
-    routing: str = field("trained", choices=("trained", "router", "uniform"),
+    routing: str = field("trained", choices=ROUTING_MODES,
                          doc="MoE: trained (as the bundle was trained, curiosity included), router (the "
                              "router's plain top-k), uniform (experts drawn at random per window: the "
                              "baseline curiosity is compared with)")

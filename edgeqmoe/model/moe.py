@@ -92,20 +92,14 @@ class MoEModel(InputNorm):
         self.in_features = router_in.in_features
         self._set_norm(mean, std)
         self.experts = kinds or [f"expert{i}" for i in range(len(experts))]
-        # one window at a time (the daemon): preallocated buffers, C calls only
-        N, C, S = len(experts), len(self.classes), self.masks.shape[0]
-        self._x1 = np.zeros((1, self.in_features), np.float32)
-        self._h1 = np.zeros((1, router_in.out_features), np.float32)
-        self._hs = np.zeros((S, router_in.out_features), np.float32)
-        self._rl = np.zeros((S if curiosity else 1, N), np.float32)
-        self._el = np.zeros((N, C), np.float32)
+        # one window at a time (the daemon), C variants: the whole window in one call
+        # (normalisation, router, experts, combine) into preallocated buffers
+        N, C = len(experts), len(self.classes)
         self._out = np.zeros((1, C), np.float32)
         self._chosen = np.zeros(top_k, np.int32)
         self._wk = np.zeros(top_k, np.float32)
-        self._fast = all(hasattr(h, "_program") for h in [router_in, router_out, *experts]) and N <= 64 and C <= 64
-        # the C variants: the whole window in one call (normalisation, router, experts, combine)
         self._c = None
-        if self._fast:
+        if all(hasattr(h, "_program") for h in [router_in, router_out, *experts]) and N <= 64 and C <= 64:
             self._c = _ckernels.MoE(router_in._program, router_out._program, [e._program for e in experts],
                                     self.masks if curiosity else None, self._mul, self._add, top_k,
                                     temperature, curiosity, alpha, self.evaluate_all, self.uniform, seed)
@@ -120,49 +114,16 @@ class MoEModel(InputNorm):
         return np.argsort(self._rng.random((B, N)), axis=1)[:, :self.top_k]
 
     def _predict_one(self, x: np.ndarray) -> Prediction:
-        """One row, fixed work: the same calls in the same order for every window
-        (with curiosity or evaluate_all); nothing is allocated but the result."""
-        if self._c is not None:
-            unc, ent = self._c.run(x, self._out, self._chosen, self._wk)
-            return Prediction(softmax(self._out), self._chosen[None, :].copy(), self._wk[None, :].copy(),
-                              np.array([unc], np.float32), np.array([ent], np.float32) if self.curiosity else None)
-        if self._mul is not None:
-            np.multiply(x, self._mul, out=self._x1)
-            np.add(self._x1, self._add, out=self._x1)
-        else:
-            self._x1[...] = x
-        x1 = self._x1
-        if self.uniform:
-            self._chosen[:] = self._draw(1)[0]
-            self._wk[:] = 1.0 / len(self.expert_heads)
-            for i in range(len(self.expert_heads)) if self.evaluate_all else self._chosen:
-                self.expert_heads[i].run_into(x1, self._el[i:i + 1])
-            np.dot(self._wk, self._el[self._chosen], out=self._out[0])
-            return Prediction(softmax(self._out), self._chosen[None, :].copy(), self._wk[None, :].copy(),
-                              np.zeros(1, np.float32), None)
-        self.router_in.run_into(x1, self._h1)
-        if self.curiosity:
-            np.multiply(self._h1, self.masks, out=self._hs)
-            self.router_out.run_into(self._hs, self._rl)
-        else:
-            self.router_out.run_into(self._h1, self._rl)
-        if self.evaluate_all:
-            for i, e in enumerate(self.expert_heads):
-                e.run_into(x1, self._el[i:i + 1])
-        unc, ent = _ckernels.moe_combine(self._rl, self._rl.shape[0], len(self.expert_heads), self._el,
-                                         len(self.classes), self.temperature, self.curiosity, self.alpha, self.top_k,
-                                         self._out, self._chosen, self._wk)
-        if not self.evaluate_all:  # data-dependent: only the chosen experts run
-            for i in self._chosen:
-                self.expert_heads[i].run_into(x1, self._el[i:i + 1])
-            np.dot(self._wk, self._el[self._chosen], out=self._out[0])
+        """One row through the C mixture: fixed work with curiosity or evaluate_all;
+        nothing is allocated but the result."""
+        unc, ent = self._c.run(x, self._out, self._chosen, self._wk)
         return Prediction(softmax(self._out), self._chosen[None, :].copy(), self._wk[None, :].copy(),
                           np.array([unc], np.float32), np.array([ent], np.float32) if self.curiosity else None)
 
     def predict(self, x: np.ndarray) -> Prediction:
         x = np.asarray(x, dtype=np.float32)
-        if self._fast and x.ndim == 2 and x.shape[0] == 1 and x.shape[1] == self.in_features:
-            return self._predict_one(x)
+        if self._c is not None and x.ndim == 2 and x.shape[0] == 1 and x.shape[1] == self.in_features:
+            return self._predict_one(np.ascontiguousarray(x))
         if self.uniform and self._c is not None:  # the C generator draws: one window at a time
             rows = [self._predict_one(np.ascontiguousarray(r[None, :])) for r in x]
             return Prediction(np.concatenate([r.proba for r in rows]), np.concatenate([r.experts for r in rows]),

@@ -4,6 +4,8 @@
  *   Program(variant, steps)                  a head: ("linear", Layer) | ("layernorm",
  *                                            gamma, beta, eps) | ("relu",), run in C
  *   Program.run(x, out, batch)               float32 in, float32 out, GIL released
+ *   MoE(router_in, router_out, experts, ...) a mixture of Programs; MoE.run(x, out,
+ *                                            chosen, wk) -> (uncertainty, entropy)
  *   acc(variant, layer, xq, out, batch)      int32 accumulators of given quantized
  *                                            activations (int8, or -1/+1 for popcount;
  *                                            0/1 activations: (acc + wsum) / 2)
@@ -664,40 +666,6 @@ static PyTypeObject MoEType = {
     .tp_methods = MoE_methods,
 };
 
-/* moe_combine(router, S, N, experts, C, T, curiosity, alpha, top_k, out, chosen, wk)
- * -> (uncertainty, entropy); all arrays float32 except chosen (int32), preallocated */
-static PyObject *py_moe_combine(PyObject *m, PyObject *args) {
-    PyObject *ro, *eo, *oo, *co, *wo;
-    int S, N, C, curiosity, top_k;
-    float T, alpha;
-    if (!PyArg_ParseTuple(args, "OiiOifpfiOOO", &ro, &S, &N, &eo, &C, &T, &curiosity, &alpha, &top_k, &oo, &co, &wo))
-        return NULL;
-    if (S < 1 || N < 1 || N > 64 || C < 1 || C > 64 || top_k < 1 || top_k > N || !(T > 0.0f)) {
-        PyErr_Format(PyExc_ValueError, "moe_combine: S=%d N=%d (1..64) C=%d (1..64) top_k=%d T=%g out of range", S, N,
-                     C, top_k, (double)T);
-        return NULL;
-    }
-    Py_buffer b[5];
-    PyObject *objs[5] = {ro, eo, oo, co, wo};
-    const Py_ssize_t need[5] = {4 * (Py_ssize_t)S * N, 4 * (Py_ssize_t)N * C, 4 * (Py_ssize_t)C, 4 * (Py_ssize_t)top_k,
-                                4 * (Py_ssize_t)top_k};
-    int got = 0;
-    PyObject *ret = NULL;
-    for (; got < 5; got++)
-        if (PyObject_GetBuffer(objs[got], &b[got], PyBUF_C_CONTIGUOUS | (got >= 2 ? PyBUF_WRITABLE : 0)) < 0) goto done;
-    for (int i = 0; i < 5; i++)
-        if (b[i].len < need[i]) {
-            PyErr_Format(PyExc_ValueError, "moe_combine: argument %d holds %zd bytes, needs %zd", i, b[i].len, need[i]);
-            goto done;
-        }
-    float unc, ent;
-    eq_moe_combine(b[0].buf, S, N, b[1].buf, C, T, curiosity, alpha, top_k, b[2].buf, b[3].buf, b[4].buf, &unc, &ent);
-    ret = Py_BuildValue("ff", unc, ent);
-done:
-    for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
-    return ret;
-}
-
 static PyObject *py_variants(PyObject *m, PyObject *unused) {
     const eq_kernels *ks[8];
     int n = eq_available(ks, 8);
@@ -712,8 +680,6 @@ static PyMethodDef module_methods[] = {
     {"acc", py_acc, METH_VARARGS, "acc(variant, layer, xq, out, batch): int32 accumulators"},
     {"quantize", py_quantize, METH_VARARGS, "quantize(variant, x, binary, q_out, tau=0.05, mode=0) -> (scale, qsum)"},
     {"variants", py_variants, METH_NOARGS, "kernel variants this CPU runs, best first"},
-    {"moe_combine", py_moe_combine, METH_VARARGS,
-     "moe_combine(router, S, N, experts, C, T, curiosity, alpha, top_k, out, chosen, wk) -> (uncertainty, entropy)"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "CPU features detected at run time"},
     {NULL},
 };

@@ -87,6 +87,9 @@ def run_cmd(
     kernel: Optional[str] = typer.Option(None, help="Kernel variant, overriding the profile."),
 ):
     """Listen and classify every window, writing what was heard to the log folder."""
+    from .daemon.run import Signals
+
+    signals = Signals().install()  # first: a SIGHUP while starting is kept for later, not fatal
     from .daemon.pipeline import PipelineError
     from .daemon.profiles import ProfileError, load_profile
     from .daemon.run import Daemon
@@ -97,7 +100,7 @@ def run_cmd(
     overrides = {"model": {"kernel": kernel}} if kernel else None
     try:
         p = load_profile(profile, overrides)
-        d = Daemon(p, source=source, duration=duration, log_dir=log_dir, realtime=realtime)
+        d = Daemon(p, source=source, duration=duration, log_dir=log_dir, realtime=realtime, signals=signals)
         code = d.run()
     except (ProfileError, SettingsError, PipelineError, SourceError, KernelChoiceError, OSError) as e:
         fail(str(e))

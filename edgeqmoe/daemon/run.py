@@ -36,10 +36,10 @@ import numpy as np
 
 from ..audio.windowing import Windower
 from ..settings import SettingsError
-from .pipeline import Pipeline, PipelineError
+from .pipeline import Decider, Pipeline, PipelineError
 from .power import PowerMeter, temperature_c
 from .profiles import Profile, ProfileError, load_profile
-from .sinks import LogWriter
+from .sinks import LogWriter, replace_file
 from .sources import FileSource, MicSource, RingBuffer, SourceError, parse_source
 
 STAGES = ("embed", "head", "decision", "total")
@@ -55,10 +55,130 @@ WINDOW_SCHEMA = {"v": 1, "fields": {"t_wall": "Unix s", "t_mono": "monotonic s",
                  "energy_method": "modelled"}
 
 
+class Signals:
+    """SIGINT/SIGTERM (stop) and SIGHUP (reload) as events. Installed as early as the
+    command line can (before the profile and model load), so a SIGHUP that arrives
+    while the daemon starts is kept for later instead of killing it."""
+
+    def __init__(self):
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+
+    def install(self) -> "Signals":
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+            signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+            if hasattr(signal, "SIGHUP"):
+                signal.signal(signal.SIGHUP, lambda *_: self.reload.set())
+        return self
+
+
+class Supervisor:
+    """Owns the audio source: opens it, watches it (no audio, only zeros, a stream
+    that stopped) and reopens it with backoff, forever."""
+
+    def __init__(self, daemon: "Daemon", ring: RingBuffer):
+        self.d, self.ring = daemon, ring
+        self.src = None
+        self.backoff_i = 0
+        self.next_try = 0.0
+        self.last_audio = self.last_nonzero = time.monotonic()
+
+    def open_first(self) -> None:
+        """At start a missing or unknown device is bad input (exit 2; a service manager
+        restarts us); a device lost later is reopened with backoff."""
+        try:
+            self.src = self.d.source_factory(self.ring)
+            self.src.start()
+        except SourceError as e:
+            self.d.log("source_error", message=str(e))
+            raise
+        self.d.log("source_open", source=self.d.source_spec, kind=self.src.kind)
+        self.last_audio = self.last_nonzero = time.monotonic()
+
+    def try_reopen(self, now: float) -> bool:
+        """One attempt when its time has come; True when the source is open again."""
+        if now < self.next_try:
+            return False
+        try:
+            self.ring.reset()
+            src = self.d.source_factory(self.ring)
+            src.start()
+        except SourceError as e:
+            backoff = self.d.profile.watchdog.backoff
+            wait = backoff[min(self.backoff_i, len(backoff) - 1)]
+            self.backoff_i += 1
+            self.next_try = now + wait
+            self.d.log("source_error", message=str(e), retry_in_s=wait)
+            return False
+        self.src = src
+        self.d.log("source_open", source=self.d.source_spec, kind=src.kind, after_retries=self.backoff_i)
+        self.d.echo(f"edgeqmoe: input {self.d.source_spec} open again")
+        self.backoff_i = 0
+        self.last_audio = self.last_nonzero = time.monotonic()
+        return True
+
+    def heard(self, block: np.ndarray, now: float) -> None:
+        self.last_audio = now
+        if np.any(block):
+            self.last_nonzero = now
+
+    def lost(self, now: float) -> Optional[str]:
+        """Why a microphone counts as gone, or None."""
+        if self.src is None or self.src.kind != "mic":
+            return None
+        w = self.d.profile.watchdog
+        if not self.src.active:
+            return "the input stream stopped"
+        if now - self.last_audio > w.silence_timeout:
+            return f"no audio for {now - self.last_audio:.1f} s"
+        if now - self.last_nonzero > w.flat_timeout:
+            return f"only zeros for {now - self.last_nonzero:.1f} s"
+        return None
+
+    def close(self, reason: str) -> None:
+        self.d.log("source_lost", reason=reason, callbacks=getattr(self.src, "callbacks", None))
+        self.d.echo(f"edgeqmoe: input {self.d.source_spec} lost ({reason}); reopening")
+        self.stop()
+        backoff = self.d.profile.watchdog.backoff
+        self.next_try = time.monotonic() + backoff[0]
+        self.backoff_i = 1
+
+    def stop(self) -> None:
+        if self.src is not None:
+            self.src.stop()
+            self.src = None
+
+
+class LoopState:
+    """What the window loop carries from one window to the next."""
+
+    def __init__(self, profile: Profile):
+        sr = profile.audio.sample_rate
+        self.sr = sr
+        self.ring = RingBuffer(int(profile.audio.ring * sr))
+        self.set_window(profile)
+        self.stats = _Stats()
+        self.last_stats = self.last_file_check = time.monotonic()
+        self.prof_mtime = _mtime(profile.source_file)
+        self.audio_pos = 0  # samples consumed since the stream (re)started
+        self.warmed = False
+
+    def set_window(self, profile: Profile) -> None:
+        sr = self.sr
+        self.win_n, self.hop_n = int(round(profile.audio.window * sr)), int(round(profile.audio.hop * sr))
+        self.windower = Windower(self.win_n, self.hop_n)
+        self.chunk = np.zeros(max(self.hop_n, int(0.1 * sr)), np.float32)
+
+
+#: how often the profile file is looked at for changes (s)
+PROFILE_CHECK_S = 1.0
+
+
 class Daemon:
     def __init__(self, profile: Profile, source: Optional[str] = None, duration: Optional[float] = None,
                  log_dir: Optional[str] = None, realtime: Optional[bool] = None, echo: Callable = None,
-                 source_factory: Optional[Callable] = None):
+                 source_factory: Optional[Callable] = None, signals: Optional[Signals] = None):
         self.profile = profile
         self.source_spec = source or profile.audio.source
         self.duration = duration
@@ -66,8 +186,8 @@ class Daemon:
         self.realtime = profile.audio.realtime if realtime is None else realtime
         self.echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.source_factory = source_factory or self._make_source
-        self._stop = threading.Event()
-        self._reload = threading.Event()
+        self.signals = signals or Signals()
+        self._stop, self._reload = self.signals.stop, self.signals.reload
         self.exit_code = 0
         self.windows = 0
         self._parsed_source = None
@@ -86,201 +206,166 @@ class Daemon:
         rec.update(fields)
         self.writer.put("daemon", rec)
 
-    def _install_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
-
     def stop(self) -> None:
         self._stop.set()
 
     # ------------------------------------------------------------------ run
     def run(self) -> int:
         p = self.profile
+        self.signals.install()
         # a mistyped source fails first: before the model is built or a log file made
         self._parsed_source = parse_source(self.source_spec) if self.source_factory == self._make_source else None
         self.pipeline = Pipeline.from_profile(p)  # raises PipelineError before any file is touched
         self.writer = LogWriter(self.log_dir, p.logging.flush_interval, p.logging.rotate_bytes, p.logging.rotate_age,
-                                p.logging.retention, p.logging.compress)
+                                p.logging.retention, p.logging.compress, warn=self.echo)
         try:
             return self._run()
         finally:
             self.writer.close()
 
-    def _open(self, ring: RingBuffer):
-        src = self.source_factory(ring)
-        src.start()
-        return src
-
     def _run(self) -> int:
         p = self.profile
-        pipe = self.pipeline
-        power = PowerMeter(p.power.method, p.power.device_class, p.power.grid_intensity)
+        self.power = PowerMeter(p.power.method, p.power.device_class, p.power.grid_intensity)
         if p.runtime.cpu_affinity and hasattr(os, "sched_setaffinity"):
             try:
                 os.sched_setaffinity(0, set(p.runtime.cpu_affinity))
             except OSError as e:
                 self.echo(f"edgeqmoe: cannot pin to cores {list(p.runtime.cpu_affinity)}: {e}")
-        self._install_signals()
-        sr = p.audio.sample_rate
-        win_n, hop_n = int(round(p.audio.window * sr)), int(round(p.audio.hop * sr))
-        ring = RingBuffer(int(p.audio.ring * sr))
-        windower = Windower(win_n, hop_n)
-        chunk = np.zeros(max(hop_n, int(0.1 * sr)), np.float32)
+        st = LoopState(p)
         self.log("start", profile=p.name, profile_file=p.source_file, source=self.source_spec,
-                 classes=pipe.classes, window_schema=WINDOW_SCHEMA,
-                 bundle=pipe.built.bundle, embedder=pipe.embedder.info.as_dict(), model=pipe.model.kind,
-                 experts=list(pipe.model.experts), kernel=getattr(pipe.model, "variant", None) or p.model.kernel,
-                 window_s=p.audio.window, hop_s=p.audio.hop, sample_rate=sr, pid=os.getpid(),
-                 power=power.describe(), realtime=self.realtime)
-        if pipe.built.fallback:
-            self.echo(f"edgeqmoe: {pipe.built.fallback}")
-            self.log("fallback", message=pipe.built.fallback)
-        # warm up (first calls allocate, compile and fault pages) before audio flows
-        warm = np.zeros(win_n, np.float32)
-        for _ in range(3):
-            pipe.embedder.embed(warm, sr)
-            pipe.model.predict(np.zeros((1, pipe.model.in_features), np.float32))
-        src = None
-        backoff_i, next_try = 0, 0.0
-        # at start a missing or unknown device is bad input (exit 2; a service manager
-        # restarts us); a device lost later is reopened with backoff, forever
-        try:
-            src = self._open(ring)
-        except SourceError as e:
-            self.log("source_error", message=str(e))
-            raise
-        self.log("source_open", source=self.source_spec, kind=src.kind)
-        stats = _Stats()
-        last_stats = time.monotonic()
-        last_audio = time.monotonic()
-        last_nonzero = time.monotonic()
-        prof_mtime = _mtime(p.source_file)
-        warmed = False
+                 window_schema=WINDOW_SCHEMA, window_s=p.audio.window, hop_s=p.audio.hop,
+                 sample_rate=st.sr, pid=os.getpid(), power=self.power.describe(), realtime=self.realtime,
+                 **self._model_fields())
+        if self.pipeline.built.fallback:
+            self.echo(f"edgeqmoe: {self.pipeline.built.fallback}")
+            self.log("fallback", message=self.pipeline.built.fallback)
+        self._warm_up(st)
+        sup = Supervisor(self, st.ring)
+        sup.open_first()
         gc_was = gc.isenabled()
-        audio_pos = 0  # samples consumed since the stream (re)started
+        reason = "end of input"
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
-                # ---------------------------------------------- watchdog / reopen
-                if src is None:
-                    if now >= next_try:
-                        try:
-                            ring.reset()
-                            windower.reset()
-                            pipe.decider.reset()
-                            audio_pos = 0
-                            src = self._open(ring)
-                            self.log("source_open", source=self.source_spec, kind=src.kind, after_retries=backoff_i)
-                            self.echo(f"edgeqmoe: input {self.source_spec} open again")
-                            backoff_i = 0
-                            last_audio = last_nonzero = time.monotonic()
-                        except SourceError as e:
-                            wait = p.watchdog.backoff[min(backoff_i, len(p.watchdog.backoff) - 1)]
-                            backoff_i += 1
-                            next_try = now + wait
-                            self.log("source_error", message=str(e), retry_in_s=wait)
+                self._housekeeping(st, now)
+                if sup.src is None:
+                    if sup.try_reopen(now):
+                        self._restart_stream(st)
                     else:
                         self._stop.wait(0.05)
                     continue
-                n = ring.read(chunk)
+                n = st.ring.read(st.chunk)
                 if n:
-                    last_audio = now
-                    block = chunk[:n]
-                    if np.any(block):
-                        last_nonzero = now
-                    for start, window in windower.feed(block):
-                        t0 = time.perf_counter()
-                        cpu0 = _cpu()
-                        rec = pipe.process(window, start / sr, (start + win_n) / sr)
-                        total_ms = (time.perf_counter() - t0) * 1e3
-                        # behind live audio: what was captured after this window's end, plus the
-                        # callback's own delay; meaningless when files are read ahead (--fast)
-                        live = src.kind == "mic" or self.realtime
-                        lag = (ring.written - (start + win_n)) / sr + ring.callback_lag if live else 0.0
-                        rec.update({"t_wall": round(time.time(), 2), "t_mono": round(time.monotonic(), 3),
-                                    "capture_lag_ms": round(lag * 1e3, 1) if live else None})
-                        if total_ms > p.audio.hop * 1e3:
-                            rec["deadline_miss"] = True
-                        rec["mj"] = round(power.window_energy_mj(_cpu() - cpu0)["energy_mj"], 2)
-                        rec["v"] = 1
-                        stats.add(rec, lag, total_ms)
-                        ev = rec.pop("_event", None)
-                        self.writer.put("windows", rec)
-                        if ev is not None:
-                            self.writer.put("events", _event_record(ev))
-                        self.windows += 1
-                        if not warmed:
-                            warmed = True
-                            if p.runtime.freeze_gc:
-                                gc.collect()
-                                gc.freeze()
-                                gc.disable()
-                    audio_pos += n
-                    if self.duration is not None and audio_pos >= self.duration * sr:
+                    sup.heard(st.chunk[:n], now)
+                    for start, window in st.windower.feed(st.chunk[:n]):
+                        self._step(st, sup.src, start, window)
+                    st.audio_pos += n
+                    if self.duration is not None and st.audio_pos >= self.duration * st.sr:
+                        reason = "duration reached"
                         break
                     continue
                 # no audio waiting
-                finished = getattr(src, "finished", False)
-                if finished and ring.available == 0:
-                    for e in getattr(src, "errors", []):
+                if getattr(sup.src, "finished", False) and st.ring.available == 0:
+                    for e in getattr(sup.src, "errors", []):
                         self.log("source_error", message=e)
                     break
-                lost = None
-                if src.kind == "mic":
-                    if not src.active:
-                        lost = "the input stream stopped"
-                    elif now - last_audio > p.watchdog.silence_timeout:
-                        lost = f"no audio for {now - last_audio:.1f} s"
-                    elif now - last_nonzero > p.watchdog.flat_timeout:
-                        lost = f"only zeros for {now - last_nonzero:.1f} s"
+                lost = sup.lost(now)
                 if lost:
-                    self.log("source_lost", reason=lost, callbacks=getattr(src, "callbacks", None))
-                    self.echo(f"edgeqmoe: input {self.source_spec} lost ({lost}); reopening")
-                    src.stop()
-                    ev = pipe.decider.flush()
-                    if ev is not None:
-                        self.writer.put("events", _event_record(ev))
-                    src = None
-                    next_try = time.monotonic() + p.watchdog.backoff[0]
-                    backoff_i = 1
+                    sup.close(lost)
+                    self._flush_event()
                     continue
-                # periodic work happens only while waiting for audio: never mid-window
-                if now - last_stats >= p.logging.stats_interval:
-                    self._write_stats(stats, ring, power, now - last_stats)
-                    stats = _Stats()
-                    last_stats = now
-                    if p.runtime.freeze_gc and warmed:
-                        gc.collect(0)
-                    m = _mtime(p.source_file)
-                    if m != prof_mtime:
-                        prof_mtime = m
-                        self._reload.set()
-                if self._reload.is_set():
-                    self._reload.clear()
-                    new = self._try_reload()
-                    if new is not None:
-                        p, pipe, windower, win_n, hop_n = new
-                        chunk = np.zeros(max(hop_n, int(0.1 * sr)), np.float32)
-                self._stop.wait(min(0.01, p.audio.block / 2))
+                self._stop.wait(min(0.01, self.profile.audio.block / 2))
+            if self._stop.is_set():
+                reason = "signal"
         finally:
-            if src is not None:
-                src.stop()
-            ev = pipe.decider.flush()
-            if ev is not None:
-                self.writer.put("events", _event_record(ev))
-            if stats.n:
-                self._write_stats(stats, ring, power, time.monotonic() - last_stats)
-            self.log("stop", windows=self.windows, dropped_samples=ring.dropped,
-                     reason="signal" if self._stop.is_set() else "end of input")
+            sup.stop()
+            self._flush_event()
+            if st.stats.n:
+                self._write_stats(st.stats, st.ring, time.monotonic() - st.last_stats)
+            self.log("stop", windows=self.windows, dropped_samples=st.ring.dropped, reason=reason,
+                     dropped_log_lines=self.writer.dropped_total)
             if gc_was:
                 gc.enable()
         return 0
 
-    def _try_reload(self):
+    def _model_fields(self) -> Dict:
+        """What a reader needs to name the windows that follow (start and reload records)."""
+        pipe, p = self.pipeline, self.profile
+        return {"bundle": pipe.built.bundle, "classes": pipe.classes, "experts": list(pipe.model.experts),
+                "embedder": pipe.embedder.info.as_dict(), "model": pipe.model.kind,
+                "kernel": getattr(pipe.model, "variant", None) or p.model.kernel}
+
+    def _warm_up(self, st: LoopState) -> None:
+        """First calls allocate, compile and fault pages: do them before audio flows."""
+        pipe = self.pipeline
+        warm = np.zeros(st.win_n, np.float32)
+        for _ in range(3):
+            pipe.embedder.embed(warm, st.sr)
+            pipe.model.predict(np.zeros((1, pipe.model.in_features), np.float32))
+
+    def _restart_stream(self, st: LoopState) -> None:
+        st.windower.reset()
+        self.pipeline.decider.reset()
+        st.audio_pos = 0
+
+    def _flush_event(self) -> None:
+        ev = self.pipeline.decider.flush()
+        if ev is not None:
+            self.writer.put("events", _event_record(ev))
+
+    def _step(self, st: LoopState, src, start: int, window: np.ndarray) -> None:
+        """One window: pipeline, timing, energy, record, event."""
+        p, sr = self.profile, st.sr
+        t0 = time.perf_counter()
+        cpu0 = _cpu()
+        rec = self.pipeline.process(window, start / sr, (start + st.win_n) / sr)
+        total_ms = (time.perf_counter() - t0) * 1e3
+        # behind live audio: what was captured after this window's end, plus the
+        # callback's own delay; meaningless when files are read ahead (--fast)
+        live = src.kind == "mic" or self.realtime
+        lag = (st.ring.written - (start + st.win_n)) / sr + st.ring.callback_lag if live else 0.0
+        rec.update({"t_wall": round(time.time(), 2), "t_mono": round(time.monotonic(), 3),
+                    "capture_lag_ms": round(lag * 1e3, 1) if live else None})
+        if total_ms > p.audio.hop * 1e3:
+            rec["deadline_miss"] = True
+        rec["mj"] = round(self.power.window_energy_mj(_cpu() - cpu0)["energy_mj"], 2)
+        rec["v"] = 1
+        st.stats.add(rec, lag, total_ms)
+        ev = rec.pop("_event", None)
+        self.writer.put("windows", rec)
+        if ev is not None:
+            self.writer.put("events", _event_record(ev))
+        self.windows += 1
+        if not st.warmed:
+            st.warmed = True
+            if p.runtime.freeze_gc:
+                gc.collect()
+                gc.freeze()
+                gc.disable()
+
+    def _housekeeping(self, st: LoopState, now: float) -> None:
+        """Between windows, whatever the ring holds: stats on their interval, the
+        profile file looked at every second, a pending reload applied."""
+        p = self.profile
+        if now - st.last_stats >= p.logging.stats_interval:
+            self._write_stats(st.stats, st.ring, now - st.last_stats)
+            st.stats = _Stats()
+            st.last_stats = now
+            if p.runtime.freeze_gc and st.warmed:
+                gc.collect(0)
+        if now - st.last_file_check >= PROFILE_CHECK_S:
+            st.last_file_check = now
+            m = _mtime(p.source_file)
+            if m != st.prof_mtime:
+                st.prof_mtime = m
+                self._reload.set()
+        if self._reload.is_set():
+            self._reload.clear()
+            if self._try_reload():
+                st.set_window(self.profile)
+
+    def _try_reload(self) -> bool:
+        """Load the profile file again; any failure keeps the running settings and says why."""
         p = self.profile
         try:
             new = load_profile(p.source_file)
@@ -289,24 +374,22 @@ class Daemon:
             if changed_audio:
                 raise ProfileError("audio.sample_rate, audio.channels and audio.source cannot change while "
                                    "running; restart the daemon for those")
-            pipe = Pipeline.from_profile(new) if (new.model != p.model or new.runtime.threads != p.runtime.threads) \
-                else self.pipeline
-            if pipe is self.pipeline:
-                from .pipeline import Decider
-
+            if new.model != p.model or new.runtime.threads != p.runtime.threads:
+                pipe = Pipeline.from_profile(new)
+            else:
+                pipe = self.pipeline
                 pipe.decider = Decider(pipe.classes, new.decision)
-        except (SettingsError, ProfileError, PipelineError) as e:
-            self.log("reload_rejected", message=str(e))
-            self.echo(f"edgeqmoe: profile edit rejected, still running the previous settings: {e}")
-            return None
-        sr = new.audio.sample_rate
-        win_n, hop_n = int(round(new.audio.window * sr)), int(round(new.audio.hop * sr))
-        windower = Windower(win_n, hop_n)
+        except Exception as e:  # noqa: BLE001 - a reload must never take the daemon down
+            msg = str(e) if isinstance(e, (SettingsError, ProfileError, PipelineError)) else f"{type(e).__name__}: {e}"
+            self.log("reload_rejected", message=msg)
+            self.echo(f"edgeqmoe: profile edit rejected, still running the previous settings: {msg}")
+            return False
+        self._flush_event()
         self.profile, self.pipeline = new, pipe
-        self.log("reload", profile=new.name, bundle=pipe.built.bundle, window_s=new.audio.window, hop_s=new.audio.hop)
-        return new, pipe, windower, win_n, hop_n
+        self.log("reload", profile=new.name, window_s=new.audio.window, hop_s=new.audio.hop, **self._model_fields())
+        return True
 
-    def _write_stats(self, st: "_Stats", ring: RingBuffer, power: PowerMeter, interval: float) -> None:
+    def _write_stats(self, st: "_Stats", ring: RingBuffer, interval: float) -> None:
         import psutil
 
         proc = psutil.Process()
@@ -315,13 +398,20 @@ class Daemon:
                "dropped_samples_total": ring.dropped, "capture_lag_ms_max": round(st.lag_max * 1e3, 3),
                "clock_jump_s": round(st.clock_jump(), 4), "rss_mb": round(proc.memory_info().rss / 2**20, 2),
                "temperature_c": temperature_c(), "stages_ms": st.percentiles()}
+        power = self.power
+        rec["dropped_log_lines_total"] = self.writer.dropped_total
         rec.update(power.interval())
         if st.energy:
             mj = float(np.mean(st.energy))
             rec["energy_mj_per_inference"] = round(mj, 3)
             rec["co2_ug_per_inference"] = round(mj / 1e3 / 3.6e6 * power.grid * 1e6, 5)  # mJ -> kWh x g/kWh
         self.writer.put("stats", rec)
-        _write_prometheus(Path(self.log_dir) / "edgeqmoe.prom", rec, self.windows)
+        try:
+            _write_prometheus(Path(self.log_dir) / "edgeqmoe.prom", rec, self.windows)
+        except OSError as e:  # a metrics file is not worth stopping for; said once
+            if not getattr(self, "_prom_said", False):
+                self._prom_said = True
+                self.echo(f"edgeqmoe: cannot write {Path(self.log_dir) / 'edgeqmoe.prom'}: {e}")
 
 
 class _Stats:
@@ -398,6 +488,4 @@ def _write_prometheus(path: Path, rec: Dict, windows_total: int) -> None:
         lines += ["# HELP edgeqmoe_power_watts Average power over the last interval.",
                   "# TYPE edgeqmoe_power_watts gauge",
                   f'edgeqmoe_power_watts{{method="{rec.get("power_method")}"}} {rec["power_w"]}']
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    replace_file(path, ("\n".join(lines) + "\n").encode())

@@ -83,12 +83,17 @@ def _name_windows(L: Dict) -> None:
     ``expert_names``) and the total stage time."""
     import bisect
 
-    starts = sorted((d["t_wall"], d) for d in L["daemon"] if d.get("event") == "start" and "t_wall" in d)
-    keys = [t for t, _ in starts]
+    # a start, or a reload that changed the model, sets the names of the windows after it
+    starts = sorted(((d["t_wall"], i, d) for i, d in enumerate(L["daemon"])
+                     if d.get("event") in ("start", "reload") and isinstance(d.get("t_wall"), (int, float))
+                     and isinstance(d.get("classes"), list)), key=lambda x: x[:2])
+    keys = [t for t, _, _ in starts]
     for w in L["windows"]:
-        i = bisect.bisect_right(keys, w.get("t_wall", 0)) - 1
-        start = starts[i][1] if i >= 0 else {}
-        classes, experts = start.get("classes") or [], start.get("experts") or []
+        t = w.get("t_wall")
+        i = bisect.bisect_right(keys, t if isinstance(t, (int, float)) else 0) - 1
+        start = starts[i][2] if i >= 0 else {}
+        classes = start.get("classes") or []
+        experts = start.get("experts") if isinstance(start.get("experts"), list) else []
 
         def name(idx):
             if isinstance(idx, str):

@@ -159,7 +159,9 @@ def profiles_show(name: str):
     p = _profile_or_fail(name)
     d = to_dict(p)
     d["model"].pop("_base", None)
-    d["model"]["bundle_resolved"] = p.model.bundle_path()
+    d.pop("source_file", None)
+    # a valid profile as it is (profiles validate accepts it); where things come from in comments
+    typer.echo(f"# profile {p.name!r} from {p.source_file}\n# model.bundle resolves to {p.model.bundle_path()}")
     typer.echo(yaml.safe_dump(d, sort_keys=False))
 
 
@@ -168,11 +170,25 @@ def profiles_validate(path: str):
     """Check a profile file; exit 2 with the file, key and what is allowed if it is wrong."""
     import os as _os
 
+    from .model.bundle import BundleError, load_bundle
+
     p = _profile_or_fail(path)
-    for b in (p.model.bundle, p.model.fallback_bundle):
-        if b and not _os.path.isfile(p.model.bundle_path(b)):
-            fail(f"{p.source_file}: model bundle {b!r} not found (looked in {_os.path.dirname(p.source_file)} and the "
-                 "shipped bundles)")
+    problems = []
+    for key, b in (("model.bundle", p.model.bundle), ("model.fallback_bundle", p.model.fallback_bundle)):
+        if not b:
+            continue
+        where = p.model.bundle_path(b)
+        if not _os.path.isfile(where):
+            problems.append(f"{key}: bundle {b!r} not found at {where} (a bare name is a shipped bundle or a file "
+                            "beside the profile; a path is relative to the profile's folder)")
+            continue
+        try:
+            load_bundle(where)
+        except BundleError as e:
+            problems.append(f"{key}: {e}")
+    if problems:
+        fail(f"{p.source_file}: " + ("\n  ".join([f"{len(problems)} problems:"] + problems) if len(problems) > 1
+                                     else problems[0]))
     typer.echo(f"{p.source_file}: valid (profile {p.name!r}, version {p.version})")
 
 

@@ -114,6 +114,7 @@ def test_routing_stability_compares_three_routings():
     s = routing_stability(pipe, embs)
     assert s["n_each"] == 60 and s["repeats"] == 5 and s["routes_uniform"] == 3 and s["routes_curiosity"] >= 1
     for key in ("variance_reduction", "variance_reduction_vs_router", "variance_reduction_first"):
-        assert -100 < s[key] <= 1
+        # 1 - var(B)/var(A): a ratio of timings, whatever the machine's load (never asserted beyond that)
+        assert np.isfinite(s[key]) and s[key] <= 1
     assert 0 <= s["levene_p"] <= 1 and 0 <= s["levene_p_vs_router"] <= 1
     assert s["curiosity_ms"]["p50"] > 0 and s["uniform_ms"]["p50"] > 0 and s["router_ms"]["p50"] > 0

@@ -2,9 +2,16 @@
 
 A profile is found by path (``--profile ./my.yaml``) or by name among
 ``$EDGEQMOE_PROFILES`` and the profiles shipped with the package
-(``edgeqmoe/profiles``, also ``profiles/`` at the top of a checkout). Bundles named
-in a profile are looked for relative to the profile file, then among the bundles
-shipped with the package (``edgeqmoe/bundles``).
+(``edgeqmoe/profiles``, also ``profiles/`` at the top of a checkout).
+
+A bundle named in a profile is resolved in this order, and never in the working
+directory unless the profile itself lies there:
+1. an absolute path (``~`` expanded) is taken as it is;
+2. a path with a folder in it (``models/x.eqm``) is relative to the profile's folder;
+3. a bare file name is a shipped bundle (``edgeqmoe/bundles``) when one has that name,
+   else a file of that name in the profile's folder.
+So a stray ``balanced.eqm`` beside the profile or in the working directory never
+replaces the shipped one; name your own bundles differently or give a path.
 
 Every field below documents its unit. Unknown keys, wrong types and values out of
 range fail with the file, the dotted key and what is allowed (``SettingsError``).
@@ -45,11 +52,15 @@ class ModelSettings:
     _base: str = field("", doc="(internal) folder of the profile file")
 
     def bundle_path(self, name: Optional[str] = None) -> str:
+        """Where ``name`` (default: ``bundle``) resolves (module doc); the path may not exist."""
         name = name or self.bundle
-        for cand in ([Path(self._base) / name] if self._base else []) + [Path(name), SHIPPED_BUNDLES / name]:
-            if cand.is_file():
-                return str(cand)
-        return str(Path(self._base) / name if self._base else name)
+        p = Path(name).expanduser()
+        base = Path(self._base) if self._base else Path.cwd()
+        if p.is_absolute():
+            return str(p)
+        if len(p.parts) == 1 and (SHIPPED_BUNDLES / p).is_file():
+            return str(SHIPPED_BUNDLES / p)
+        return str(base / p)
 
 
 @dataclass(frozen=True)
@@ -64,17 +75,22 @@ class AudioSettings:
     realtime: bool = field(True, doc="file and dir sources: replay at real time (false: as fast as possible)")
 
     def validate(self):
-        if self.hop > self.window * 4:
-            return "hop", f"{self.hop} s skips more than three windows of {self.window} s"
+        out = []
+        if self.hop > self.window:
+            out.append(("hop", f"{self.hop} s is longer than the window ({self.window} s): audio between windows "
+                               "would never be heard"))
         if self.ring < 2 * self.window:
-            return "ring", f"{self.ring} s must hold at least two windows ({2 * self.window} s)"
-        return None
+            out.append(("ring", f"{self.ring} s must hold at least two windows ({2 * self.window} s)"))
+        if self.block > self.window:
+            out.append(("block", f"{self.block} s is longer than the window ({self.window} s)"))
+        return out
 
 
 @dataclass(frozen=True)
 class RuntimeSettings:
     threads: int = field(1, range=(1, 64), doc="torch/BLAS threads for the embedder")
-    cpu_affinity: Tuple[int, ...] = field((), doc="pin the process to these CPU cores (empty: no pinning)")
+    cpu_affinity: Tuple[int, ...] = field((), range=(0, 4095), doc="pin the process to these CPU cores (empty: no "
+                                                                    "pinning)")
     freeze_gc: bool = field(True, doc="freeze the heap after warm-up and keep the collector out of the hot loop")
 
 
@@ -87,6 +103,10 @@ class DecisionSettings:
     abstain_uncertainty: Optional[float] = field(None, unit="nats", range=(0.0, 10.0),
                                                  doc="abstain when the router's uncertainty exceeds this")
     event_min_windows: int = field(2, range=(1, 1000), doc="consecutive decided windows that make an event")
+
+    def validate(self):
+        return [(f"thresholds.{k}", f"{v!r} is outside 0.0..1.0") for k, v in self.thresholds.items()
+                if not 0.0 <= v <= 1.0]
 
 
 @dataclass(frozen=True)
@@ -112,7 +132,11 @@ class PowerSettings:
 class WatchdogSettings:
     silence_timeout: float = field(5.0, unit="s", range=(0.5, 3600.0), doc="no audio this long: reopen the device")
     flat_timeout: float = field(30.0, unit="s", range=(1.0, 86400.0), doc="exact zeros this long: reopen")
-    backoff: Tuple[float, ...] = field((0.5, 1.0, 2.0, 5.0, 10.0), unit="s", doc="waits between reopen attempts")
+    backoff: Tuple[float, ...] = field((0.5, 1.0, 2.0, 5.0, 10.0), unit="s", range=(0.01, 3600.0),
+                                       doc="waits between reopen attempts (the last one repeats)")
+
+    def validate(self):
+        return [("backoff", "give at least one wait")] if not self.backoff else []
 
 
 @dataclass(frozen=True)

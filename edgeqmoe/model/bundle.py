@@ -2,10 +2,14 @@
 
 Layout: the standard safetensors container (8-byte little-endian header length, a
 JSON header describing every tensor's dtype, shape and byte range, then the data).
-Tensors are written with the ``safetensors`` library. Loading memory-maps the file
-and returns numpy views into the mapping, so weights are never copied; the header
-is validated first (every range inside the file, sizes matching dtypes and shapes)
-and the data region is checked against the sha256 stored in the metadata.
+Tensors are written with the ``safetensors`` library. Loading reads the file once
+into private, 64-byte aligned memory (a bundle is at most a few MB) and returns
+numpy views into it: replacing or overwriting the file while a daemon runs (``cp
+new.eqm model.eqm``) never reaches the running model, which a shared mapping of the
+file would (SIGBUS when the file shrinks). The header is validated first (every range
+inside the file, sizes matching dtypes and shapes, no negative or overflowing
+dimensions), the data region is checked against the sha256 stored in the metadata,
+and float tensors (scales, norms, biases) must be finite.
 
 The metadata key ``edgeqmoe`` holds a JSON document::
 
@@ -38,7 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -53,6 +57,7 @@ BUNDLE_FORMAT_VERSION = 2
 _META_KEY = "edgeqmoe"
 _DTYPES = {"U8": np.uint8, "I8": np.int8, "F16": np.float16, "F32": np.float32, "I32": np.int32}
 _MAX_HEADER = 16 * 1024 * 1024
+_MAX_FILE = 512 * 1024 * 1024
 _ALIGN = 64
 _PAD_SUFFIX = ".pad"
 
@@ -163,6 +168,13 @@ def _serialise_aligned(save, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]
     return blob  # alignment is a speed matter only: the file is valid either way
 
 
+def _aligned_bytes(n: int) -> np.ndarray:
+    """n bytes of private memory starting on a 64-byte boundary."""
+    raw = np.empty(n + _ALIGN, np.uint8)
+    off = (-raw.ctypes.data) % _ALIGN
+    return raw[off:off + n]
+
+
 def load_bundle(path, verify: bool = True, allow_older: bool = False) -> Bundle:
     """Map a bundle and validate it; see the module doc for what is checked.
     ``allow_older`` admits older formats (for edgeqmoe.model.upgrade only)."""
@@ -177,7 +189,14 @@ def load_bundle(path, verify: bool = True, allow_older: bool = False) -> Bundle:
         size = os.fstat(f.fileno()).st_size
         if size < 8:
             raise BundleError(path, f"truncated: {size} bytes, not even a header length")
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if size > _MAX_FILE:
+            raise BundleError(path, f"{size} bytes: larger than any bundle ({_MAX_FILE} bytes at most)")
+        mm = _aligned_bytes(size)
+        got = f.readinto(mm)
+        if got != size:
+            raise BundleError(path, f"changed while being read ({got} of {size} bytes); try again")
+        mm.flags.writeable = False
+        mm = mm.data
     hlen = struct.unpack("<Q", mm[:8])[0]
     if hlen > _MAX_HEADER or 8 + hlen > size:
         raise BundleError(path, f"truncated or not a bundle: header of {hlen} bytes in a {size}-byte file")
@@ -206,6 +225,13 @@ def load_bundle(path, verify: bool = True, allow_older: bool = False) -> Bundle:
     for key in ("embedder", "classes", "graph"):
         if key not in meta:
             raise BundleError(path, f"metadata lacks {key!r}")
+    classes = meta["classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+        raise BundleError(path, "metadata 'classes' must be a non-empty list of names")
+    if not isinstance(meta["embedder"], dict) or not isinstance(meta["embedder"].get("id"), str):
+        raise BundleError(path, "metadata 'embedder' must be a mapping with an 'id'")
+    if not isinstance(meta["graph"], dict) or not isinstance(meta["graph"].get("type"), str):
+        raise BundleError(path, "metadata 'graph' must be a mapping with a 'type'")
     base = 8 + hlen
     data_len = size - base
     tensors: Dict[str, np.ndarray] = {}
@@ -218,12 +244,16 @@ def load_bundle(path, verify: bool = True, allow_older: bool = False) -> Bundle:
             begin, end = (int(o) for o in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise BundleError(path, f"corrupt header entry for tensor {name!r}") from None
-        count = int(np.prod(shape)) if shape else 1
+        if any(d < 0 for d in shape):
+            raise BundleError(path, f"corrupt header: tensor {name!r} has a negative dimension {shape}")
+        count = math.prod(shape)  # Python integers: a product that would wrap in int64 stays too large
         if not (0 <= begin <= end <= data_len):
             raise BundleError(path, f"truncated: tensor {name!r} ends at byte {base + end}, file has {size}")
         if end - begin != count * dtype.itemsize:
             raise BundleError(path, f"corrupt header: tensor {name!r} spans {end - begin} bytes for shape {shape}")
         arr = np.frombuffer(mm, dtype=dtype, count=count, offset=base + begin).reshape(shape)
+        if dtype.kind == "f" and not np.isfinite(arr).all():
+            raise BundleError(path, f"tensor {name!r} holds NaN or infinite values; export the model again")
         tensors[name] = arr
     if verify:
         want = meta.get("data_sha256")

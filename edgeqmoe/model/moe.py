@@ -29,6 +29,7 @@ here once.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -36,7 +37,7 @@ import numpy as np
 
 from ..kernels import KernelChoiceError, _ckernels
 from .bundle import Bundle, BundleError, load_bundle
-from .runtime import Head, InputNorm, check_embedder, softmax, steps_from_meta
+from .runtime import Head, InputNorm, check_embedder, out_features, softmax, steps_from_meta
 
 
 @dataclass
@@ -98,6 +99,7 @@ class MoEModel(InputNorm):
         self._out = np.zeros((1, C), np.float32)
         self._chosen = np.zeros(top_k, np.int32)
         self._wk = np.zeros(top_k, np.float32)
+        self._lock = threading.Lock()
         self._c = None
         if all(hasattr(h, "_program") for h in [router_in, router_out, *experts]) and N <= 64 and C <= 64:
             self._c = _ckernels.MoE(router_in._program, router_out._program, [e._program for e in experts],
@@ -116,9 +118,10 @@ class MoEModel(InputNorm):
     def _predict_one(self, x: np.ndarray) -> Prediction:
         """One row through the C mixture: fixed work with curiosity or evaluate_all;
         nothing is allocated but the result."""
-        unc, ent = self._c.run(x, self._out, self._chosen, self._wk)
-        return Prediction(softmax(self._out), self._chosen[None, :].copy(), self._wk[None, :].copy(),
-                          np.array([unc], np.float32), np.array([ent], np.float32) if self.curiosity else None)
+        with self._lock:  # the buffers are the object's: one caller at a time fills and reads them
+            unc, ent = self._c.run(x, self._out, self._chosen, self._wk)
+            return Prediction(softmax(self._out), self._chosen[None, :].copy(), self._wk[None, :].copy(),
+                              np.array([unc], np.float32), np.array([ent], np.float32) if self.curiosity else None)
 
     def predict(self, x: np.ndarray) -> Prediction:
         x = np.asarray(x, dtype=np.float32)
@@ -190,17 +193,29 @@ def load_model(path_or_bundle, kernel: Optional[str] = None, embedder=None, eval
     if embedder is not None:
         check_embedder(b, embedder)
     g = b.meta["graph"]
-    norm = b.meta.get("input_norm")
-    mean = b.tensor(norm["mean"]) if norm else None
-    std = b.tensor(norm["std"]) if norm else None
+    n_classes = len(b.classes)
+
+    def head(step_meta, d_in, d_out, what):
+        steps = steps_from_meta(b, step_meta, d_in)
+        if d_out is not None and out_features(steps) != d_out:
+            raise BundleError(b.path, f"{what} gives {out_features(steps)} outputs; the bundle has "
+                                      f"{d_out} {'classes' if what != 'router' else 'experts'}")
+        return Head(steps, kernel=kernel)
+
     try:
+        norm = b.meta.get("input_norm")
+        mean = b.tensor(norm["mean"]) if norm else None
+        std = b.tensor(norm["std"]) if norm else None
+        d_in = int(mean.size) if mean is not None else None
         if g.get("type") == "mlp":
-            return HeadModel(Head(steps_from_meta(b, g["steps"]), kernel=kernel), mean, std, b.classes, b.embedder,
+            return HeadModel(head(g["steps"], d_in, n_classes, "the head"), mean, std, b.classes, b.embedder,
                              b.meta)
         if g.get("type") == "moe":
-            experts = [Head(steps_from_meta(b, e["steps"]), kernel=kernel) for e in g["experts"]]
-            return MoEModel(Head(steps_from_meta(b, g["router_in"]), kernel=kernel),
-                            Head(steps_from_meta(b, g["router_out"]), kernel=kernel), experts,
+            if not isinstance(g["experts"], list) or not g["experts"]:
+                raise BundleError(b.path, "a mixture needs a non-empty list of experts")
+            experts = [head(e["steps"], d_in, n_classes, f"expert {i}") for i, e in enumerate(g["experts"])]
+            r_in = head(g["router_in"], d_in, None, "router")
+            return MoEModel(r_in, head(g["router_out"], out_features(r_in.steps), len(experts), "router"), experts,
                             b.tensor(g["masks"]), int(g["top_k"]), float(g["temperature"]),
                             bool(g["curiosity"]) and routing == "trained",
                             float(g["curiosity_alpha"]), mean, std, b.classes, b.embedder, b.meta,
@@ -208,6 +223,6 @@ def load_model(path_or_bundle, kernel: Optional[str] = None, embedder=None, eval
                             uniform=routing == "uniform", seed=seed)
     except KernelChoiceError:
         raise
-    except (KeyError, ValueError, TypeError) as e:
-        raise BundleError(b.path, f"bad graph: {e}") from None
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise BundleError(b.path, f"bad graph: {type(e).__name__} {e}") from None
     raise BundleError(b.path, f"unknown graph type {g.get('type')!r}")

@@ -198,34 +198,69 @@ def head_tensors(steps: Sequence[Step], prefix: str = "") -> tuple:
     return tensors, meta
 
 
-def steps_from_meta(bundle: Bundle, step_meta: list) -> List[Step]:
-    """Rebuild steps from bundle metadata, checking every packed tensor's size."""
+#: largest layer side a bundle may declare (a corrupt header must not allocate terabytes)
+MAX_FEATURES = 1 << 16
+
+
+def steps_from_meta(bundle: Bundle, step_meta: list, in_features: Optional[int] = None) -> List[Step]:
+    """Rebuild steps from bundle metadata, checking every tensor's size and that each
+    step takes what the one before gives (``in_features``: what the first one gets)."""
+    if not isinstance(step_meta, list) or not step_meta:
+        raise BundleError(bundle.path, "a head's 'steps' must be a non-empty list")
     steps: List[Step] = []
+    width = in_features
     for i, d in enumerate(step_meta):
+        if not isinstance(d, dict):
+            raise BundleError(bundle.path, f"step {i}: not a mapping")
         op = d.get("op")
         try:
             if op == "linear":
                 f = get_format(d["format"])
                 n, k = int(d["out"]), int(d["in"])
+                if not (0 < n <= MAX_FEATURES and 0 < k <= MAX_FEATURES):
+                    raise BundleError(bundle.path, f"step {i}: a {n}x{k} layer is not a layer this code runs")
+                if width is not None and k != width:
+                    raise BundleError(bundle.path, f"step {i}: takes {k} inputs, the step before gives {width}")
                 w = bundle.tensor(d["w"])
                 if w.nbytes != f.weight_nbytes(n, k):
                     raise BundleError(bundle.path, f"step {i}: packed {d['format']} weights of {n}x{k} need "
                                                    f"{f.weight_nbytes(n, k)} bytes, tensor has {w.nbytes}")
-                scale = bundle.tensor(d["scale"])
-                bias = bundle.tensor(d["bias"]) if d.get("bias") else None
+                scale = _float_vector(bundle, d["scale"], (1, n), i, "scale")
+                bias = _float_vector(bundle, d["bias"], (n,), i, "bias") if d.get("bias") else None
                 mode = d.get("act_mode", "sign")
                 if mode not in ("sign", "unsigned"):
                     raise BundleError(bundle.path, f"step {i}: unknown activation mode {mode!r}")
                 steps.append(PackedLinear(d["format"], k, n, w.reshape(f.packed_shape(n, k)), scale, bias, mode))
+                width = n
             elif op == "layernorm":
-                steps.append(LayerNorm(bundle.tensor(d["gamma"]), bundle.tensor(d["beta"]), float(d.get("eps", LN_EPS))))
+                sizes = (width,) if width is not None else None
+                gamma = _float_vector(bundle, d["gamma"], sizes, i, "gamma")
+                beta = _float_vector(bundle, d["beta"], (gamma.size,), i, "beta")
+                steps.append(LayerNorm(gamma, beta, float(d.get("eps", LN_EPS))))
+                width = gamma.size
             elif op == "relu":
                 steps.append(ReLU())
             else:
                 raise BundleError(bundle.path, f"step {i}: unknown op {op!r}")
         except KeyError as e:
-            raise BundleError(bundle.path, f"step {i}: {e.args[0]}") from None
+            raise BundleError(bundle.path, f"step {i}: lacks {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise BundleError(bundle.path, f"step {i}: {e}") from None
+    if not any(isinstance(s, PackedLinear) for s in steps):
+        raise BundleError(bundle.path, "a head without a linear step")
     return steps
+
+
+def _float_vector(bundle: Bundle, name: str, sizes, i: int, what: str) -> np.ndarray:
+    t = bundle.tensor(name)
+    if t.dtype != np.float32 or t.ndim != 1 or (sizes is not None and t.size not in sizes):
+        raise BundleError(bundle.path, f"step {i}: {what} tensor {name!r} is {t.dtype} of shape {t.shape}; "
+                                       f"expected float32 of {' or '.join(map(str, sizes or ['any']))} values")
+    return t
+
+
+def out_features(steps: Sequence[Step]) -> int:
+    return [s for s in steps if isinstance(s, PackedLinear)][-1].out_features
 
 
 def save_head(path, head_steps: Sequence[Step], classes: Sequence[str], embedder: dict,

@@ -14,12 +14,57 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "eq_kernels.h"
 
 #define EQ_MAX_K 131072 /* int32 accumulators are exact up to this many inputs */
+
+/* Programs and mixtures keep scratch buffers in their objects and run with the GIL
+ * released, so two threads in one object would share them. One lock serialises every
+ * such run: the daemon has one inference thread, and a caller with several threads
+ * gets the same numbers as with one (tests/test_kernels.py). */
+static PyThread_type_lock run_lock;
+
+/* A C-contiguous buffer of one element type: 'f' float32, 'i' int32, 'b' int8, 'B'
+ * uint8; anything else (float64, a strided view...) is a TypeError naming ``what``. */
+static int get_typed(PyObject *o, Py_buffer *b, char type, int writable, const char *what) {
+    if (PyObject_GetBuffer(o, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
+    const char *f = b->format ? b->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@') f++;
+    const Py_ssize_t size = type == 'f' || type == 'i' ? 4 : 1;
+    const int same = f[0] == type || (type == 'i' && f[0] == 'l' && b->itemsize == 4) ||
+                     (type == 'B' && f[0] == 'c');
+    if (!same || f[1] != 0 || b->itemsize != size) {
+        const char *names = type == 'f' ? "float32" : type == 'i' ? "int32" : type == 'b' ? "int8" : "uint8";
+        PyErr_Format(PyExc_TypeError, "%s must be %s, got buffer format '%s' of %zd-byte items", what, names,
+                     b->format ? b->format : "B", b->itemsize);
+        PyBuffer_Release(b);
+        return -1;
+    }
+    return 0;
+}
+
+/* __init__ runs once per object: a second call would leak or overrun what the first set up */
+#define INIT_ONCE(self, what)                                                                  \
+    do {                                                                                       \
+        if ((self)->inited) {                                                                  \
+            PyErr_SetString(PyExc_TypeError, what " objects cannot be initialised twice");     \
+            return -1;                                                                         \
+        }                                                                                      \
+        (self)->inited = 1;                                                                    \
+    } while (0)
+
+#define NEED_READY(self, what, ret)                                                            \
+    do {                                                                                       \
+        if (!(self)->ready) {                                                                  \
+            PyErr_SetString(PyExc_ValueError, what " object was not initialised (its __init__ failed or never ran)"); \
+            return ret;                                                                        \
+        }                                                                                      \
+    } while (0)
 
 static const eq_kernels *find_variant(const char *name) {
     const eq_kernels *ks[8];
@@ -35,7 +80,7 @@ static const eq_kernels *find_variant(const char *name) {
 typedef struct {
     PyObject_HEAD eq_layer L;
     Py_buffer w, scale, bias;
-    int has_bias;
+    int has_bias, inited, ready;
     int32_t *rowsum, *wsum;
 } LayerObject;
 
@@ -55,6 +100,7 @@ static int Layer_init(LayerObject *self, PyObject *args, PyObject *kw) {
     PyObject *wo, *so, *bo = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiOO|Oif", kwlist, &fmt, &n, &k, &wo, &so, &bo, &act_mode, &tau))
         return -1;
+    INIT_ONCE(self, "Layer");
     if (act_mode != EQ_ACT_SIGN && act_mode != EQ_ACT_UNSIGNED) {
         PyErr_Format(PyExc_ValueError, "act_mode must be 0 (sign) or 1 (unsigned), not %d", act_mode);
         return -1;
@@ -67,8 +113,8 @@ static int Layer_init(LayerObject *self, PyObject *args, PyObject *kw) {
         PyErr_Format(PyExc_ValueError, "layer shape %d x %d out of range (1..%d inputs)", n, k, EQ_MAX_K);
         return -1;
     }
-    if (PyObject_GetBuffer(wo, &self->w, PyBUF_C_CONTIGUOUS) < 0) return -1;
-    if (PyObject_GetBuffer(so, &self->scale, PyBUF_C_CONTIGUOUS) < 0) return -1;
+    if (get_typed(wo, &self->w, 'B', 0, "packed weights") < 0) return -1;
+    if (get_typed(so, &self->scale, 'f', 0, "scale") < 0) return -1;
     const size_t want = eq_weight_bytes(fmt, n, k);
     if ((size_t)self->w.len != want) {
         PyErr_Format(PyExc_ValueError, "packed weights hold %zd bytes, format %d of %d x %d needs %zu", self->w.len,
@@ -80,7 +126,7 @@ static int Layer_init(LayerObject *self, PyObject *args, PyObject *kw) {
         return -1;
     }
     if (bo != Py_None) {
-        if (PyObject_GetBuffer(bo, &self->bias, PyBUF_C_CONTIGUOUS) < 0) return -1;
+        if (get_typed(bo, &self->bias, 'f', 0, "bias") < 0) return -1;
         self->has_bias = 1;
         if (self->bias.len != 4 * (Py_ssize_t)n) {
             PyErr_Format(PyExc_ValueError, "bias must be %d float32, got %zd bytes", n, self->bias.len);
@@ -109,6 +155,7 @@ static int Layer_init(LayerObject *self, PyObject *args, PyObject *kw) {
         L->rowsum = self->rowsum;
         L->wsum = self->wsum;
     }
+    self->ready = 1;
     return 0;
 }
 
@@ -164,6 +211,7 @@ typedef struct {
     int32_t in_width, out_width, max_width;
     eq_scratch scratch;
     float *ping, *pong;
+    int inited, ready;
 } ProgramObject;
 
 static void Program_dealloc(ProgramObject *self) {
@@ -181,6 +229,7 @@ static int Program_init(ProgramObject *self, PyObject *args, PyObject *kw) {
     const char *variant;
     PyObject *steps;
     if (!PyArg_ParseTuple(args, "sO!", &variant, &PyList_Type, &steps)) return -1;
+    INIT_ONCE(self, "Program");
     self->K = find_variant(variant);
     if (!self->K) return -1;
     Py_ssize_t ns = PyList_GET_SIZE(steps);
@@ -211,7 +260,7 @@ static int Program_init(ProgramObject *self, PyObject *args, PyObject *kw) {
                 return -1;
             }
             LayerObject *lobj = (LayerObject *)lo;
-            if (!lobj->w.obj) {
+            if (!lobj->ready) {
                 PyErr_Format(PyExc_ValueError, "step %zd: layer was not initialised", i);
                 return -1;
             }
@@ -233,10 +282,10 @@ static int Program_init(ProgramObject *self, PyObject *args, PyObject *kw) {
                 return -1;
             }
             Py_buffer *g = &self->bufs[self->nbufs];
-            if (PyObject_GetBuffer(PyTuple_GET_ITEM(t, 1), g, PyBUF_C_CONTIGUOUS) < 0) return -1;
+            if (get_typed(PyTuple_GET_ITEM(t, 1), g, 'f', 0, "layernorm gamma") < 0) return -1;
             self->nbufs++;
             Py_buffer *b = &self->bufs[self->nbufs];
-            if (PyObject_GetBuffer(PyTuple_GET_ITEM(t, 2), b, PyBUF_C_CONTIGUOUS) < 0) return -1;
+            if (get_typed(PyTuple_GET_ITEM(t, 2), b, 'f', 0, "layernorm beta") < 0) return -1;
             self->nbufs++;
             if (g->len != 4 * (Py_ssize_t)width || b->len != 4 * (Py_ssize_t)width) {
                 PyErr_Format(PyExc_ValueError, "step %zd: layernorm parameters must be %d float32", i, width);
@@ -271,6 +320,7 @@ static int Program_init(ProgramObject *self, PyObject *args, PyObject *kw) {
         PyErr_NoMemory();
         return -1;
     }
+    self->ready = 1;
     return 0;
 }
 
@@ -300,9 +350,10 @@ static PyObject *Program_run(ProgramObject *self, PyObject *const *args, Py_ssiz
         PyErr_SetString(PyExc_TypeError, "run(x, out[, batch])");
         return NULL;
     }
+    NEED_READY(self, "Program", NULL);
     Py_buffer xb, yb;
-    if (PyObject_GetBuffer(args[0], &xb, PyBUF_C_CONTIGUOUS) < 0) return NULL;
-    if (PyObject_GetBuffer(args[1], &yb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+    if (get_typed(args[0], &xb, 'f', 0, "run: x") < 0) return NULL;
+    if (get_typed(args[1], &yb, 'f', 1, "run: out") < 0) {
         PyBuffer_Release(&xb);
         return NULL;
     }
@@ -321,14 +372,18 @@ static PyObject *Program_run(ProgramObject *self, PyObject *const *args, Py_ssiz
     }
     const float *x = xb.buf;
     float *y = yb.buf;
-    Py_BEGIN_ALLOW_THREADS for (Py_ssize_t b = 0; b < batch; b++)
-        program_row(self, x + b * self->in_width, y + b * self->out_width);
+    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(run_lock, WAIT_LOCK);
+    for (Py_ssize_t b = 0; b < batch; b++) program_row(self, x + b * self->in_width, y + b * self->out_width);
+    PyThread_release_lock(run_lock);
     Py_END_ALLOW_THREADS PyBuffer_Release(&xb);
     PyBuffer_Release(&yb);
     Py_RETURN_NONE;
 }
 
-static PyObject *Program_get_variant(ProgramObject *self, void *c) { return PyUnicode_FromString(self->K->name); }
+static PyObject *Program_get_variant(ProgramObject *self, void *c) {
+    if (!self->ready) Py_RETURN_NONE;
+    return PyUnicode_FromString(self->K->name);
+}
 static PyObject *Program_get_in(ProgramObject *self, void *c) { return PyLong_FromLong(self->in_width); }
 static PyObject *Program_get_out(ProgramObject *self, void *c) { return PyLong_FromLong(self->out_width); }
 
@@ -385,14 +440,15 @@ static PyObject *py_acc(PyObject *m, PyObject *args) {
     if (!PyArg_ParseTuple(args, "sO!OOn", &variant, &LayerType, &lo, &xo, &oo, &batch)) return NULL;
     const eq_kernels *K = find_variant(variant);
     if (!K) return NULL;
+    NEED_READY((LayerObject *)lo, "Layer", NULL);
     const eq_layer *L = &((LayerObject *)lo)->L;
     if (L->fmt == EQ_FMT_F16) {
         PyErr_SetString(PyExc_ValueError, "f16 has no integer accumulators");
         return NULL;
     }
     Py_buffer xb, ob;
-    if (PyObject_GetBuffer(xo, &xb, PyBUF_C_CONTIGUOUS) < 0) return NULL;
-    if (PyObject_GetBuffer(oo, &ob, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+    if (get_typed(xo, &xb, 'b', 0, "acc: xq") < 0) return NULL;
+    if (get_typed(oo, &ob, 'i', 1, "acc: out") < 0) {
         PyBuffer_Release(&xb);
         return NULL;
     }
@@ -426,8 +482,8 @@ static PyObject *py_quantize(PyObject *m, PyObject *args) {
     const eq_kernels *K = find_variant(variant);
     if (!K) return NULL;
     Py_buffer xb, qb;
-    if (PyObject_GetBuffer(xo, &xb, PyBUF_C_CONTIGUOUS) < 0) return NULL;
-    if (PyObject_GetBuffer(qo, &qb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+    if (get_typed(xo, &xb, 'f', 0, "quantize: x") < 0) return NULL;
+    if (get_typed(qo, &qb, 'b', 1, "quantize: q_out") < 0) {
         PyBuffer_Release(&xb);
         return NULL;
     }
@@ -470,6 +526,7 @@ typedef struct {
     float T, alpha;
     float *mem, *xn, *h1, *hs, *rl, *el, *masks, *mul, *add;
     uint64_t rng;
+    int inited, ready;
 } MoEObject;
 
 static void MoE_dealloc(MoEObject *self) {
@@ -488,7 +545,7 @@ static uint64_t moe_next(uint64_t *s) {
 
 static int copy_floats(PyObject *o, float *dst, Py_ssize_t n, const char *what) {
     Py_buffer b;
-    if (PyObject_GetBuffer(o, &b, PyBUF_C_CONTIGUOUS) < 0) return -1;
+    if (get_typed(o, &b, 'f', 0, what) < 0) return -1;
     if (b.len != 4 * n) {
         PyErr_Format(PyExc_ValueError, "MoE: %s must be %zd float32, got %zd bytes", what, n, b.len);
         PyBuffer_Release(&b);
@@ -509,12 +566,17 @@ static int MoE_init(MoEObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTuple(args, "O!O!O!OOOifpfppK", &ProgramType, &rin, &ProgramType, &rout, &PyList_Type, &experts,
                           &mo, &mulo, &addo, &top_k, &T, &curiosity, &alpha, &evaluate_all, &uniform, &seed))
         return -1;
+    INIT_ONCE(self, "MoE");
     self->keep = PyList_New(0);
     if (!self->keep) return -1;
     self->rin = (ProgramObject *)rin;
     self->rout = (ProgramObject *)rout;
     PyList_Append(self->keep, rin);
     PyList_Append(self->keep, rout);
+    if (!self->rin->ready || !self->rout->ready) {
+        PyErr_SetString(PyExc_ValueError, "MoE: the router Programs were not initialised");
+        return -1;
+    }
     self->N = (int32_t)PyList_GET_SIZE(experts);
     self->D = self->rin->in_width;
     self->H = self->rin->out_width;
@@ -530,6 +592,10 @@ static int MoE_init(MoEObject *self, PyObject *args, PyObject *kw) {
             return -1;
         }
         self->ex[i] = (ProgramObject *)e;
+        if (!self->ex[i]->ready) {
+            PyErr_Format(PyExc_ValueError, "MoE: expert %d was not initialised", i);
+            return -1;
+        }
         PyList_Append(self->keep, e);
         if (i == 0) self->C = self->ex[0]->out_width;
         if (self->ex[i]->in_width != self->D || self->ex[i]->out_width != self->C || self->C > 64) {
@@ -538,14 +604,16 @@ static int MoE_init(MoEObject *self, PyObject *args, PyObject *kw) {
             return -1;
         }
     }
-    if (top_k < 1 || top_k > self->N || !(T > 0.0f)) {
-        PyErr_Format(PyExc_ValueError, "MoE: top_k %d (1..%d) or temperature %g out of range", top_k, self->N, (double)T);
+    if (top_k < 1 || top_k > self->N || !(T > 0.0f) || !isfinite(T) || !isfinite(alpha)) {
+        char num[64]; /* PyErr_Format has no %g */
+        snprintf(num, sizeof num, "%g, alpha %g", (double)T, (double)alpha);
+        PyErr_Format(PyExc_ValueError, "MoE: top_k %d (1..%d) or temperature %s out of range", top_k, self->N, num);
         return -1;
     }
     self->S = 1;
     if (curiosity) {
         Py_buffer b;
-        if (PyObject_GetBuffer(mo, &b, PyBUF_C_CONTIGUOUS) < 0) return -1;
+        if (get_typed(mo, &b, 'f', 0, "MoE: masks") < 0) return -1;
         self->S = (int32_t)(b.len / (4 * (Py_ssize_t)self->H));
         PyBuffer_Release(&b);
         if (self->S < 1) {
@@ -581,6 +649,7 @@ static int MoE_init(MoEObject *self, PyObject *args, PyObject *kw) {
     self->evaluate_all = evaluate_all || self->curiosity;
     self->uniform = uniform;
     self->rng = seed;
+    self->ready = 1;
     return 0;
 }
 
@@ -629,20 +698,25 @@ static PyObject *MoE_run(MoEObject *self, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "run(x, out, chosen, wk)");
         return NULL;
     }
+    NEED_READY(self, "MoE", NULL);
     Py_buffer b[4];
+    static const char types[4] = {'f', 'f', 'i', 'f'};
+    static const char *what[4] = {"MoE.run: x", "MoE.run: out", "MoE.run: chosen", "MoE.run: wk"};
     const Py_ssize_t need[4] = {4 * (Py_ssize_t)self->D, 4 * (Py_ssize_t)self->C, 4 * (Py_ssize_t)self->top_k,
                                 4 * (Py_ssize_t)self->top_k};
     int got = 0;
     PyObject *ret = NULL;
     for (; got < 4; got++)
-        if (PyObject_GetBuffer(args[got], &b[got], PyBUF_C_CONTIGUOUS | (got ? PyBUF_WRITABLE : 0)) < 0) goto done;
+        if (get_typed(args[got], &b[got], types[got], got > 0, what[got]) < 0) goto done;
     for (int i = 0; i < 4; i++)
         if (b[i].len != need[i]) {
             PyErr_Format(PyExc_ValueError, "MoE.run: argument %d holds %zd bytes, needs %zd", i, b[i].len, need[i]);
             goto done;
         }
     float unc, ent;
-    Py_BEGIN_ALLOW_THREADS moe_window(self, b[0].buf, b[1].buf, b[2].buf, b[3].buf, &unc, &ent);
+    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(run_lock, WAIT_LOCK);
+    moe_window(self, b[0].buf, b[1].buf, b[2].buf, b[3].buf, &unc, &ent);
+    PyThread_release_lock(run_lock);
     Py_END_ALLOW_THREADS ret = Py_BuildValue("ff", unc, ent);
 done:
     for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
@@ -689,6 +763,8 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_ckernels", "edge
 
 PyMODINIT_FUNC PyInit__ckernels(void) {
     if (PyType_Ready(&LayerType) < 0 || PyType_Ready(&ProgramType) < 0 || PyType_Ready(&MoEType) < 0) return NULL;
+    run_lock = PyThread_allocate_lock();
+    if (!run_lock) return PyErr_NoMemory();
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     Py_INCREF(&LayerType);

@@ -1,0 +1,408 @@
+"""What a year-long deployment meets: write errors, links, a second daemon, crashes
+mid-rotation, hostile profile edits, bundles replaced under a running model, and the
+C objects used from several threads or the wrong way."""
+import gzip
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+from edgeqmoe.daemon.sinks import LogFolderBusy, LogWriter, encode, log_files, read_jsonl
+from edgeqmoe.settings import SettingsError
+
+PY = sys.executable
+
+
+# --------------------------------------------------------------------------- log writer
+
+def test_non_finite_numbers_become_null_and_numpy_is_plain():
+    line = encode({"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32("nan"), "d": np.arange(2),
+                   "e": {"f": -float("inf")}, "g": np.int64(3)})
+    assert json.loads(line) == {"a": None, "b": [1.0, None], "c": None, "d": [0, 1], "e": {"f": None}, "g": 3}
+
+
+WRITE_ERRORS_CHILD = textwrap.dedent("""
+    import json, resource, signal, sys, time
+    from edgeqmoe.daemon.sinks import LogWriter
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # writes past the limit fail with EFBIG instead
+    folder, limit = sys.argv[1], int(sys.argv[2])
+    w = LogWriter(folder, flush_interval=0.0)
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))   # the disk is 'full' at limit bytes
+    for i in range(300):
+        w.put("windows", {"i": i, "pad": "x" * 40, "bad": float("nan")})
+    time.sleep(1.5)                                             # a few failed retries
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))     # room again
+    w.close()
+    print(json.dumps({"written": w.written, "dropped": w.dropped, "errors": w.write_errors}))
+""")
+
+
+def test_write_errors_are_retried_reported_and_lose_nothing(tmp_path):
+    """A real EFBIG (RLIMIT_FSIZE) mid-batch: the short write is cut back, the batch
+    retried with backoff, reported once, and every line arrives whole and once."""
+    r = subprocess.run([PY, "-c", WRITE_ERRORS_CHILD, str(tmp_path), "3000"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    counts = {}
+    recs = list(read_jsonl(log_files(tmp_path, "windows"), counts))
+    assert [x["i"] for x in recs] == list(range(300)) and counts.get("bad_lines", 0) == 0
+    assert all(x["bad"] is None for x in recs)
+    assert out["errors"] >= 1 and out["dropped"]["windows"] == 0
+    assert r.stderr.count("cannot write windows log") == 1 and "EFBIG" in r.stderr
+    events = [d["event"] for d in read_jsonl(log_files(tmp_path, "daemon"))]
+    assert "log_write_error" in events and "log_write_recovered" in events
+    print(f"\nEFBIG: {out['errors']} failed attempts, 300 of 300 lines written once")
+
+
+def test_full_queue_counts_its_drops(tmp_path):
+    w = LogWriter(tmp_path, flush_interval=3600.0, queue_lines=10)
+    accepted = sum(w.put("events", {"i": i}) for i in range(25))
+    w.close()
+    assert accepted == 10 and w.dropped["events"] == 15
+    assert [r["i"] for r in read_jsonl(tmp_path / "events.jsonl")] == list(range(10))
+
+
+def test_links_in_the_log_folder_are_never_followed(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("keep me\n")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "windows.jsonl").symlink_to(secret)
+    with pytest.raises(OSError, match="symbolic link"):
+        LogWriter(logs)
+    os.unlink(logs / "windows.jsonl")
+    # leftovers of a crash that point elsewhere: replaced, never written through
+    (logs / "edgeqmoe.prom.tmp").symlink_to(secret)
+    from edgeqmoe.daemon.sinks import replace_file
+
+    replace_file(logs / "edgeqmoe.prom", b"x 1\n")
+    assert secret.read_text() == "keep me\n" and (logs / "edgeqmoe.prom").read_text() == "x 1\n"
+    w = LogWriter(logs, flush_interval=0.0)
+    w.put("windows", {"i": 1})
+    w.close()
+    for f in logs.iterdir():
+        assert f.is_symlink() or oct(f.stat().st_mode & 0o777) == "0o640", f
+    assert secret.read_text() == "keep me\n"
+
+
+def test_a_second_writer_on_the_same_folder_is_refused(tmp_path):
+    w = LogWriter(tmp_path)
+    try:
+        with pytest.raises(LogFolderBusy, match=f"pid {os.getpid()}"):
+            LogWriter(tmp_path)
+    finally:
+        w.close()
+    LogWriter(tmp_path).close()  # free again once the first has closed
+
+
+def test_interrupted_rotation_is_finished_and_never_counted_twice(tmp_path):
+    lines = [json.dumps({"i": i, "v": 1}) + "\n" for i in range(10)]
+    # crash after publishing the .gz, before unlinking its source
+    (tmp_path / "windows.20260101T000000000000.jsonl").write_text("".join(lines[:5]))
+    with gzip.open(tmp_path / "windows.20260101T000000000000.jsonl.gz", "wt") as f:
+        f.write("".join(lines[:5]))
+    # crash while compressing: a partial .gz.tmp beside its source
+    (tmp_path / "windows.20260102T000000000000.jsonl").write_text("".join(lines[5:]))
+    (tmp_path / "windows.20260102T000000000000.jsonl.gz.tmp").write_bytes(b"\x1f\x8b partial")
+    assert [r["i"] for r in read_jsonl(log_files(tmp_path, "windows"))] == list(range(10))  # readers: no doubles
+    LogWriter(tmp_path).close()
+    names = sorted(p.name for p in tmp_path.glob("windows.2*"))
+    assert names == ["windows.20260101T000000000000.jsonl.gz", "windows.20260102T000000000000.jsonl.gz"]
+    assert [r["i"] for r in read_jsonl(log_files(tmp_path, "windows"))] == list(range(10))
+    LogWriter(tmp_path).close()  # idempotent
+    assert sorted(p.name for p in tmp_path.glob("windows.2*")) == names
+
+
+def test_close_writes_everything_however_long_the_rotation(tmp_path):
+    w = LogWriter(tmp_path, flush_interval=0.5, rotate_bytes=2_000_000, compress=True)
+    for i in range(60_000):  # about three rotations' worth, most of it still queued at close
+        if not w.put("windows", {"i": i, "pad": "y" * 30}):
+            break
+    w.put("daemon", {"type": "daemon", "event": "stop"})
+    w.close()
+    got = [r["i"] for r in read_jsonl(log_files(tmp_path, "windows"))]
+    assert got == list(range(len(got))) and len(got) + w.dropped["windows"] == min(60_000, len(got) + w.dropped["windows"])
+    assert len(got) == w.written["windows"]
+    assert [r["event"] for r in read_jsonl(tmp_path / "daemon.jsonl")] == ["stop"]
+
+
+KILL_CHILD = textwrap.dedent("""
+    import sys, threading, time
+    from edgeqmoe.daemon.sinks import LogWriter
+    folder, start = sys.argv[1], int(sys.argv[2])
+    w = LogWriter(folder, flush_interval=0.0, rotate_bytes=10_000, retention=100000, compress=True)
+    def report():
+        last = -1
+        while True:
+            n = w.synced["windows"]
+            if n != last:
+                print(start + n - 1, flush=True)   # every line up to here is on disk
+                last = n
+            time.sleep(0.0005)
+    threading.Thread(target=report, daemon=True).start()
+    i = start
+    while True:
+        w.put("windows", {"i": i})
+        i += 1
+        time.sleep(0.0002)
+""")
+
+
+def test_kill9_at_random_moments_loses_nothing_flushed_and_repeats_nothing(tmp_path):
+    """100 times: start a writer that rotates and compresses often, kill -9 it at a
+    random moment, start the next where the logs end."""
+    rnd = random.Random(7)
+    synced_max = -1
+    for _ in range(100):
+        have = [r["i"] for r in read_jsonl(log_files(tmp_path, "windows"))]
+        start = have[-1] + 1 if have else 0
+        p = subprocess.Popen([PY, "-c", KILL_CHILD, str(tmp_path), str(start)], stdout=subprocess.PIPE, text=True)
+        first = p.stdout.readline()  # the writer is up
+        assert first, "child did not start"
+        threading.Event().wait(rnd.uniform(0.0, 0.08))
+        p.send_signal(signal.SIGKILL)
+        out = first + p.stdout.read()
+        p.wait()
+        reported = [int(x) for x in out.split()]
+        synced_max = max([synced_max] + reported)
+        got = [r["i"] for r in read_jsonl(log_files(tmp_path, "windows"))]
+        assert got == list(range(len(got))), "a line repeated or missing"
+        assert len(got) - 1 >= synced_max, "a line reported on disk was lost"
+    counts = {}
+    list(read_jsonl(log_files(tmp_path, "windows"), counts))
+    print(f"\nkill -9 x100: {synced_max + 1} lines synced, {len(log_files(tmp_path, 'windows'))} files, "
+          f"{counts.get('bad_lines', 0)} torn lines skipped")
+
+
+# --------------------------------------------------------------------------- profiles
+
+def load(tmp_path, text, name="p.yaml", mode="w"):
+    from edgeqmoe.daemon.profiles import load_profile
+
+    p = tmp_path / name
+    if isinstance(text, bytes):
+        p.write_bytes(text)
+    else:
+        p.write_text(text)
+    return load_profile(str(p))
+
+
+@pytest.mark.parametrize("text,message", [
+    ("model: {bundle: balanced.eqm}\naudio: {window: .nan}\n", "audio.window: nan is not a finite number"),
+    ("model: {bundle: balanced.eqm}\naudio: {hop: .nan}\n", "audio.hop: nan is not a finite number"),
+    ("model: {bundle: balanced.eqm}\nlogging: {flush_interval: .nan}\n", "logging.flush_interval: nan"),
+    ("model: {bundle: balanced.eqm}\npower: {grid_intensity: .inf}\n", "power.grid_intensity: inf"),
+    ("model: {bundle: balanced.eqm}\ndecision: {threshold: .nan}\n", "decision.threshold: nan"),
+    ("model: {bundle: balanced.eqm}\naudio: {window: 1.0, hop: 2.0}\n", "audio.hop: 2.0 s is longer than the window"),
+    ("model: {bundle: balanced.eqm}\ndecision: {thresholds: {siren: 1.5}}\n", "decision.thresholds.siren: 1.5"),
+    ("model: {bundle: balanced.eqm}\nwatchdog: {backoff: [1.0, .nan]}\n", "watchdog.backoff[1]: nan"),
+    ("model: {bundle: balanced.eqm}\nwatchdog: {backoff: [-1.0]}\n", "watchdog.backoff: -1.0 is outside"),
+])
+def test_non_finite_and_inconsistent_values_are_refused(tmp_path, text, message):
+    with pytest.raises(SettingsError) as e:
+        load(tmp_path, text)
+    assert message in str(e.value)
+
+
+def test_every_problem_of_a_file_is_reported_at_once(tmp_path):
+    with pytest.raises(SettingsError) as e:
+        load(tmp_path, "model: {bundle: balanced.eqm, kernal: simd}\naudio: {window: -1}\n"
+                       "decision: {smoothing: 0}\nlogging: {stats_interval: .nan}\n")
+    msg = str(e.value)
+    assert "4 problems" in msg and "model.kernal: unknown setting" in msg and "audio.window: -1" in msg
+    assert "decision.smoothing: 0 is outside" in msg and "logging.stats_interval: nan" in msg
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"model:\n  bundle: caf\xe9.eqm\n", "not UTF-8 text"),
+    (("a: &a [" + ",".join(["1"] * 9) + "]\n" + "".join(
+        f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefgh", "bcdefghi"))).encode(),
+     "aliases"),
+    (("model: " + "[" * 3000 + "]" * 3000 + "\n").encode(), "nested deeper"),
+    (b"x: " + b"y" * 300_000, "larger than"),
+])
+def test_hostile_yaml_fails_fast_with_a_message(tmp_path, data, message):
+    with pytest.raises(SettingsError, match=message):
+        load(tmp_path, data)
+
+
+def test_bundles_resolve_in_the_documented_order_never_the_working_directory(tmp_path, monkeypatch):
+    from edgeqmoe.daemon.profiles import SHIPPED_BUNDLES
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "balanced.eqm").write_bytes(b"not a bundle")      # a stray file in the working directory
+    prof_dir = tmp_path / "etc"
+    prof_dir.mkdir()
+    (prof_dir / "balanced.eqm").write_bytes(b"not a bundle")       # and beside the profile
+    p = load(prof_dir, "model: {bundle: balanced.eqm}\n")
+    assert p.model.bundle_path() == str(SHIPPED_BUNDLES / "balanced.eqm")
+    p = load(prof_dir, "model: {bundle: mine/own.eqm}\n")
+    assert p.model.bundle_path() == str(prof_dir / "mine" / "own.eqm")
+    p = load(prof_dir, "model: {bundle: own.eqm}\n")
+    assert p.model.bundle_path() == str(prof_dir / "own.eqm")
+
+
+def test_validate_checks_that_the_bundle_is_a_bundle_and_show_round_trips(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeqmoe.cli import app
+
+    prof = tmp_path / "p.yaml"
+    prof.write_text("model: {bundle: /etc/passwd}\n")
+    r = CliRunner().invoke(app, ["profiles", "validate", str(prof)])
+    assert r.exit_code == 2 and "model.bundle" in r.output and "/etc/passwd" in r.output
+    for name in ("balanced", "stable", "energy", "latency-critical", "accuracy"):
+        shown = CliRunner().invoke(app, ["profiles", "show", name])
+        assert shown.exit_code == 0
+        out = tmp_path / f"{name}.yaml"
+        out.write_text(shown.output)
+        r = CliRunner().invoke(app, ["profiles", "validate", str(out)])
+        assert r.exit_code == 0, r.output
+
+
+# --------------------------------------------------------------------------- bundles
+
+def test_a_bundle_replaced_in_place_never_reaches_the_running_model(tmp_path):
+    import shutil
+
+    from edgeqmoe.daemon.profiles import SHIPPED_BUNDLES
+    from edgeqmoe.model.moe import load_model
+
+    path = tmp_path / "m.eqm"
+    shutil.copy(SHIPPED_BUNDLES / "energy.eqm", path)
+    m = load_model(str(path))
+    x = np.random.default_rng(0).standard_normal((1, m.in_features)).astype(np.float32)
+    before = m.predict(x).proba.copy()
+    with open(path, "r+b") as f:  # 'cp new.eqm model.eqm': truncated, then written again
+        f.truncate(0)
+    np.testing.assert_array_equal(m.predict(x).proba, before)
+    shutil.copy(SHIPPED_BUNDLES / "latency-critical.eqm", path)
+    np.testing.assert_array_equal(m.predict(x).proba, before)
+
+
+def edit_bundle(src, dst, edit_meta=None, edit_tensor=None):
+    """A copy of bundle ``src`` with its metadata or one float tensor changed (checksum kept valid)."""
+    import hashlib
+    import struct
+
+    data = bytearray(open(src, "rb").read())
+    hlen = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + hlen])
+    meta = json.loads(header["__metadata__"]["edgeqmoe"])
+    body = data[8 + hlen:]
+    if edit_tensor:
+        name, value = edit_tensor
+        b, _ = header[name]["data_offsets"]
+        body[b:b + 4] = np.float32(value).tobytes()
+    if edit_meta:
+        edit_meta(meta, header)
+    meta["data_sha256"] = hashlib.sha256(bytes(body)).hexdigest()
+    header["__metadata__"]["edgeqmoe"] = json.dumps(meta)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    dst.write_bytes(struct.pack("<Q", len(h)) + h + bytes(body))
+    return dst
+
+
+def _first_scale(meta, header):
+    return meta["graph"]["steps"][0]["scale"]
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m, h: m.update(classes=m["classes"][:-1]), "gives 10 outputs; the bundle has 9 classes"),
+    (lambda m, h: m.update(graph=[1, 2]), "'graph' must be a mapping"),
+    (lambda m, h: m.update(classes="dog"), "'classes' must be a non-empty list"),
+    (lambda m, h: h[_first_scale(m, h)].update(shape=[-1]), "negative dimension"),
+    (lambda m, h: h[_first_scale(m, h)].update(shape=[2**32, 2**32]), "spans"),
+    (lambda m, h: m["graph"]["steps"][0].update(out=10**9), "is not a layer"),
+    (lambda m, h: m["graph"]["steps"][0].pop("w"), "lacks 'w'"),
+    (lambda m, h: m["graph"]["steps"].insert(1, "relu"), "step 1: not a mapping"),
+])
+def test_malformed_bundle_fields_are_clear_errors(tmp_path, edit, message):
+    from edgeqmoe.daemon.profiles import SHIPPED_BUNDLES
+    from edgeqmoe.model import BundleError
+    from edgeqmoe.model.moe import load_model
+
+    bad = edit_bundle(SHIPPED_BUNDLES / "balanced.eqm", tmp_path / "bad.eqm", edit_meta=edit)
+    with pytest.raises(BundleError, match=message):
+        load_model(str(bad))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_scales_are_refused_at_load(tmp_path, value):
+    from edgeqmoe.daemon.profiles import SHIPPED_BUNDLES
+    from edgeqmoe.model import BundleError, load_bundle
+
+    b = load_bundle(SHIPPED_BUNDLES / "balanced.eqm")
+    name = b.meta["graph"]["steps"][0]["scale"]
+    bad = edit_bundle(SHIPPED_BUNDLES / "balanced.eqm", tmp_path / "bad.eqm", edit_tensor=(name, value))
+    with pytest.raises(BundleError, match="NaN or infinite"):
+        load_bundle(bad)
+
+
+# --------------------------------------------------------------------------- C objects
+
+def test_c_objects_give_the_same_answers_from_four_threads():
+    from edgeqmoe.daemon.profiles import SHIPPED_BUNDLES
+    from edgeqmoe.model.moe import load_model
+
+    for name in ("energy.eqm", "stable.eqm", "balanced.eqm"):
+        m = load_model(str(SHIPPED_BUNDLES / name))
+        x = np.random.default_rng(1).standard_normal((192, m.in_features)).astype(np.float32)
+        one = np.stack([m.predict(x[i:i + 1]).proba[0] for i in range(len(x))])
+        got = np.zeros_like(one)
+
+        def work(rows):
+            for i in rows:
+                got[i] = m.predict(x[i:i + 1]).proba[0]
+
+        threads = [threading.Thread(target=work, args=(range(t, len(x), 4),)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        np.testing.assert_array_equal(got, one, err_msg=name)
+
+
+def test_c_objects_refuse_misuse_with_python_errors(rng):
+    from edgeqmoe.kernels import _ckernels, available_variants
+    from edgeqmoe.kernels.formats import FORMATS
+
+    f = FORMATS["q4"]
+    variant = available_variants()[-1]
+    W = rng.standard_normal((16, 64)).astype(np.float32)
+    codes, scale = f.quantize(W)
+    packed = f.pack(codes)
+    scale = np.asarray(scale, np.float32).reshape(-1)
+    with pytest.raises(ValueError, match="not initialised"):
+        _ckernels.Program.__new__(_ckernels.Program).run(np.zeros(64, np.float32), np.zeros(16, np.float32))
+    with pytest.raises(ValueError, match="not initialised"):
+        _ckernels.Program(variant, [("linear", _ckernels.Layer.__new__(_ckernels.Layer))])
+    with pytest.raises(ValueError, match="not initialised"):
+        _ckernels.MoE.__new__(_ckernels.MoE).run(np.zeros(1, np.float32), np.zeros(1, np.float32),
+                                                  np.zeros(1, np.int32), np.zeros(1, np.float32))
+    assert _ckernels.Program.__new__(_ckernels.Program).variant is None
+    layer = _ckernels.Layer(f.code, 16, 64, packed, scale, None)
+    with pytest.raises(TypeError, match="initialised twice"):
+        layer.__init__(f.code, 16, 64, packed, scale, None)
+    with pytest.raises(TypeError, match="scale must be float32"):
+        _ckernels.Layer(f.code, 16, 64, packed, scale.astype(np.float64)[:1].repeat(1), None)
+    prog = _ckernels.Program(variant, [("linear", layer)])
+    with pytest.raises(TypeError, match="initialised twice"):
+        prog.__init__(variant, [("linear", layer)])
+    with pytest.raises(TypeError, match="run: x must be float32"):
+        prog.run(np.zeros(32, np.float64), np.zeros(16, np.float32))
+    with pytest.raises(TypeError, match="run: out must be float32"):
+        prog.run(np.zeros(64, np.float32), np.zeros(8, np.float64))
+    out = np.zeros(16, np.float32)
+    prog.run(np.ones(64, np.float32), out)
+    assert np.isfinite(out).all()

@@ -406,3 +406,84 @@ def test_c_objects_refuse_misuse_with_python_errors(rng):
     out = np.zeros(16, np.float32)
     prog.run(np.ones(64, np.float32), out)
     assert np.isfinite(out).all()
+
+
+# --------------------------------------------------------------------------- audio files
+
+def wav_bytes(rate: int, samples: np.ndarray) -> bytes:
+    """A plain 16-bit mono WAV, header written by hand (any rate it claims)."""
+    import struct
+
+    data = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+    return (b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " +
+            struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16) + b"data" + struct.pack("<I", len(data)) + data)
+
+
+def run_cli(args, timeout=300):
+    return subprocess.run([PY, "-m", "edgeqmoe.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+WEIGHTFREE_PROFILE = "version: 1\nmodel: {bundle: balanced-weightfree.eqm}\naudio: {window: 2.0, hop: 1.0}\n"
+
+
+def test_a_file_that_declares_1_hz_ends_the_run_with_exit_2(tmp_path):
+    bad = tmp_path / "one-hertz.wav"
+    bad.write_bytes(wav_bytes(1, np.zeros(50_000)))
+    prof = tmp_path / "p.yaml"
+    prof.write_text(WEIGHTFREE_PROFILE)
+    r = run_cli(["run", "--profile", str(prof), "--source", f"file:{bad}", "--fast", "--log-dir", str(tmp_path / "l")])
+    assert r.returncode == 2 and "declares 1 Hz" in r.stderr, r.stderr
+    stop = [d for d in read_jsonl(tmp_path / "l" / "daemon.jsonl") if d["event"] == "stop"]
+    assert stop and stop[0]["reason"] == "input failed"
+
+
+def test_odd_file_names_are_read_and_named(tmp_path):
+    d = tmp_path / "rec"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    name = os.path.join(os.fsencode(d), b"caf\xe9-\xff.wav")  # not UTF-8
+    with open(name, "wb") as f:
+        f.write(wav_bytes(16000, rng.standard_normal(16000 * 3) * 0.1))
+    (d / "plain.wav").write_bytes(wav_bytes(22050, rng.standard_normal(22050 * 3) * 0.1))
+    prof = tmp_path / "p.yaml"
+    prof.write_text(WEIGHTFREE_PROFILE)
+    r = run_cli(["run", "--profile", str(prof), "--source", f"dir:{d}", "--fast", "--log-dir", str(tmp_path / "l")])
+    assert r.returncode == 0, r.stderr
+    files = [x["path"] for x in read_jsonl(tmp_path / "l" / "daemon.jsonl") if x["event"] == "file"]
+    assert len(files) == 2 and any("caf\\xe9-\\xff.wav" in f for f in files), files
+    ws = list(read_jsonl(tmp_path / "l" / "windows.jsonl"))
+    assert [(w["fi"], w["fo"]) for w in ws] == [(0, 0.0), (0, 1.0), (1, 0.0), (1, 1.0)]
+
+
+RSS_CHILD = textwrap.dedent("""
+    import resource, sys
+    from edgeqmoe.cli import main
+    sys.argv = ["edgeqmoe"] + sys.argv[1:]
+    try:
+        main()
+    except SystemExit:
+        pass
+    print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+""")
+
+
+def test_an_hour_long_file_is_read_in_bounded_memory(tmp_path):
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    long_wav, short_wav = tmp_path / "hour.wav", tmp_path / "five.wav"
+    with sf.SoundFile(long_wav, "w", samplerate=8000, channels=1, subtype="PCM_16") as f:
+        block = (rng.standard_normal(8000 * 60) * 0.1).astype(np.float32)
+        for _ in range(60):
+            f.write(block)
+    sf.write(short_wav, block[:8000 * 5], 8000, subtype="PCM_16")
+    prof = tmp_path / "p.yaml"
+    prof.write_text(WEIGHTFREE_PROFILE)
+    rss = {}
+    for name, path in (("5 s", short_wav), ("1 h", long_wav)):
+        r = subprocess.run([PY, "-c", RSS_CHILD, "run", "--profile", str(prof), "--source", f"file:{path}", "--fast",
+                            "--duration", "4", "--log-dir", str(tmp_path / name.replace(" ", ""))],
+                           capture_output=True, text=True, timeout=300)
+        rss[name] = int(r.stdout.split("MAXRSS")[-1]) / 1024
+    print(f"\npeak RSS: 5 s file {rss['5 s']:.1f} MB, 1 h file {rss['1 h']:.1f} MB")
+    assert rss["1 h"] <= rss["5 s"] * 1.1 + 5  # the whole hour would add 115 MB of float32 at 8 kHz alone

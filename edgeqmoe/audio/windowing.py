@@ -44,11 +44,11 @@ class Windower:
         self._buf = np.zeros(self.window + self.hop, dtype=np.float32)
         self.reset()
 
-    def reset(self) -> None:
-        """Forget buffered audio; the next sample fed is sample 0 again."""
+    def reset(self, start: int = 0) -> None:
+        """Forget buffered audio; the next sample fed is sample ``start``."""
         self._fill = 0          # samples in _buf
         self._skip = 0          # samples still to drop before the next window starts (hop > window)
-        self._next_start = 0    # absolute index of _buf[0]
+        self._next_start = start  # absolute index of _buf[0]
 
     def feed(self, chunk: np.ndarray) -> Iterator[Tuple[int, np.ndarray]]:
         """Yield (start_sample, window) for every window completed by ``chunk``."""

@@ -163,6 +163,7 @@ class LoopState:
         self.prof_mtime = _mtime(profile.source_file)
         self.audio_pos = 0  # samples consumed since the stream (re)started
         self.warmed = False
+        self.file_i, self.file_start = -1, 0  # file sources: the file being read, its first sample
 
     def set_window(self, profile: Profile) -> None:
         sr = self.sr
@@ -191,6 +192,7 @@ class Daemon:
         self.exit_code = 0
         self.windows = 0
         self._parsed_source = None
+        self._file: Optional[tuple] = None  # file sources: (name, stream second where it starts)
 
     # ------------------------------------------------------------------ setup
     def _make_source(self, ring: RingBuffer):
@@ -254,7 +256,7 @@ class Daemon:
                     else:
                         self._stop.wait(0.05)
                     continue
-                n = st.ring.read(st.chunk)
+                n = self._read(st, sup.src)
                 if n:
                     sup.heard(st.chunk[:n], now)
                     for start, window in st.windower.feed(st.chunk[:n]):
@@ -268,6 +270,11 @@ class Daemon:
                 if getattr(sup.src, "finished", False) and st.ring.available == 0:
                     for e in getattr(sup.src, "errors", []):
                         self.log("source_error", message=e)
+                        self.echo(f"edgeqmoe: skipped {e}")
+                    if getattr(sup.src, "fatal", None):
+                        reason = "input failed"
+                        self.log("source_error", message=sup.src.fatal)
+                        raise SourceError(sup.src.fatal)
                     break
                 lost = sup.lost(now)
                 if lost:
@@ -311,7 +318,26 @@ class Daemon:
     def _flush_event(self) -> None:
         ev = self.pipeline.decider.flush()
         if ev is not None:
-            self.writer.put("events", _event_record(ev))
+            self.writer.put("events", _event_record(ev, self._file))
+
+    def _read(self, st: LoopState, src) -> int:
+        """Samples from the ring into ``st.chunk``. Sources of files are read one file
+        at a time: at a file's first sample the windows, smoothing and any open event
+        start afresh, so that no window straddles two files."""
+        files = getattr(src, "files", None)
+        if files is None:
+            return st.ring.read(st.chunk)
+        pos = st.ring.read_pos
+        i = src.file_starting_at(pos, st.file_i)
+        if i is not None:
+            self._flush_event()
+            self.pipeline.decider.reset()
+            st.windower.reset(pos)
+            st.file_i, st.file_start = i, pos
+            self._file = (files[i][1], pos / st.sr)
+            self.log("file", index=i, path=files[i][1], at_s=round(pos / st.sr, 3))
+        nxt = src.next_start(pos)
+        return st.ring.read(st.chunk if nxt is None else st.chunk[:min(len(st.chunk), nxt - pos)])
 
     def _step(self, st: LoopState, src, start: int, window: np.ndarray) -> None:
         """One window: pipeline, timing, energy, record, event."""
@@ -330,11 +356,13 @@ class Daemon:
             rec["deadline_miss"] = True
         rec["mj"] = round(self.power.window_energy_mj(_cpu() - cpu0)["energy_mj"], 2)
         rec["v"] = 1
+        if st.file_i >= 0:  # which file ("file" records of daemon.jsonl) and where in it, seconds
+            rec["fi"], rec["fo"] = st.file_i, round((start - st.file_start) / sr, 3)
         st.stats.add(rec, lag, total_ms)
         ev = rec.pop("_event", None)
         self.writer.put("windows", rec)
         if ev is not None:
-            self.writer.put("events", _event_record(ev))
+            self.writer.put("events", _event_record(ev, self._file))
         self.windows += 1
         if not st.warmed:
             st.warmed = True
@@ -448,9 +476,12 @@ class _Stats:
         return out
 
 
-def _event_record(ev: Dict) -> Dict:
-    return {"type": "event", "class": ev["class"], "start_s": round(ev["start"], 3), "end_s": round(ev["end"], 3),
-            "windows": ev["windows"], "peak": round(ev["peak"], 5), "t_wall": round(time.time(), 3)}
+def _event_record(ev: Dict, file: Optional[tuple] = None) -> Dict:
+    rec = {"type": "event", "class": ev["class"], "start_s": round(ev["start"], 3), "end_s": round(ev["end"], 3),
+           "windows": ev["windows"], "peak": round(ev["peak"], 5), "t_wall": round(time.time(), 3)}
+    if file is not None:  # file sources: the file and where in it the event starts
+        rec["file"], rec["offset_s"] = file[0], round(ev["start"] - file[1], 3)
+    return rec
 
 
 def _cpu() -> float:

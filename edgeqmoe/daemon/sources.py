@@ -177,19 +177,25 @@ class MicSource:
 
 class FileSource:
     """Audio files replayed into the ring, one after another, at real time or as fast
-    as possible (waiting for room, never dropping)."""
+    as possible (waiting for room, never dropping). Files are decoded a block at a time
+    (``audio.io.stream``), so memory does not grow with their length.
+
+    ``files`` lists (absolute sample where a file starts, its name), published before
+    its first sample is written, so the reader can start each file's windows afresh
+    (a window never straddles two files) and say which file and offset it came from.
+    A file that cannot be decoded is skipped and its error kept in ``errors``; an
+    unexpected failure of the reader, or no readable file at all, sets ``fatal``."""
 
     kind = "file"
 
-    def __init__(self, ring: RingBuffer, paths: List[str], sample_rate: int, block: int, realtime: bool = True,
-                 on_file=None):
+    def __init__(self, ring: RingBuffer, paths: List[str], sample_rate: int, block: int, realtime: bool = True):
         self.ring, self.paths, self.sample_rate, self.block, self.realtime = ring, paths, sample_rate, block, realtime
-        self.on_file = on_file
         self.finished = False
         self.errors: List[str] = []
+        self.fatal: Optional[str] = None
+        self.files: List[tuple] = []
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self.file_starts: List[tuple] = []  # (absolute sample, path)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="edgeqmoe-file-source", daemon=True)
@@ -199,25 +205,52 @@ class FileSource:
     def active(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def _run(self) -> None:
-        from ..audio.io import AudioReadError, load
-
-        t0 = time.monotonic()
-        for path in self.paths:
-            if self._stop.is_set():
+    def file_starting_at(self, pos: int, after: int) -> Optional[int]:
+        """Index of a file (later than ``after``) that starts at sample ``pos``."""
+        for i in range(after + 1, len(self.files)):
+            if self.files[i][0] == pos:
+                return i
+            if self.files[i][0] > pos:
                 break
-            try:
-                x = load(path, self.sample_rate)
-            except AudioReadError as e:
-                self.errors.append(str(e))
-                continue
-            self.file_starts.append((self.ring.written, path))
-            if self.on_file:
-                self.on_file(path, self.ring.written)
-            for i in range(0, len(x), self.block):
+        return None
+
+    def next_start(self, pos: int) -> Optional[int]:
+        """The first file start after sample ``pos``, if already known."""
+        for start, _ in self.files:
+            if start > pos:
+                return start
+        return None
+
+    def _run(self) -> None:
+        from ..audio.io import AudioReadError, display_name, stream
+
+        try:
+            t0 = time.monotonic()
+            for path in self.paths:
                 if self._stop.is_set():
                     break
+                try:
+                    self._play(stream(path, self.sample_rate), display_name(path), t0)
+                except AudioReadError as e:
+                    self.errors.append(str(e))
+            if not self.files and not self._stop.is_set():
+                self.fatal = "none of the input files could be read: " + "; ".join(self.errors)
+        except Exception as e:  # noqa: BLE001 - said to the daemon, which ends the run with exit 2
+            self.fatal = f"reading {self.paths[len(self.files) - 1] if self.files else self.paths[0]} failed: " \
+                         f"{type(e).__name__}: {e}"
+        finally:
+            self.finished = True
+
+    def _play(self, blocks, name: str, t0: float) -> None:
+        announced = False
+        for x in blocks:
+            for i in range(0, len(x), self.block):
+                if self._stop.is_set():
+                    return
                 chunk = x[i:i + self.block]
+                if not announced:  # only once a first block decoded: a file that fails at once is never listed
+                    self.files.append((self.ring.written, name))
+                    announced = True
                 if self.realtime:
                     due = t0 + (self.ring.written + len(chunk)) / self.sample_rate
                     delay = due - time.monotonic()
@@ -227,9 +260,8 @@ class FileSource:
                     while self.ring.free < len(chunk) and not self._stop.is_set():
                         time.sleep(0.001)
                 if self._stop.is_set():
-                    break
+                    return
                 self.ring.write(chunk)
-        self.finished = True
 
     def stop(self) -> None:
         self._stop.set()
@@ -252,7 +284,7 @@ def parse_source(spec: str):
     if kind == "dir":
         if not arg or not os.path.isdir(arg):
             raise SourceError(f"--source {spec}: folder {arg!r} not found")
-        files = sorted(str(p) for p in Path(arg).rglob("*") if p.suffix.lower() in AUDIO_EXT)
+        files = sorted(str(p) for p in Path(arg).rglob("*") if p.suffix.lower() in AUDIO_EXT and p.is_file())
         if not files:
             raise SourceError(f"--source {spec}: no audio files ({', '.join(AUDIO_EXT)}) in {arg}")
         return "dir", files

@@ -11,12 +11,19 @@ apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     python3 python3-venv python3-dev gcc libportaudio2 libsndfile1
 id edgeqmoe >/dev/null 2>&1 || useradd --system --home /var/lib/edgeqmoe --shell /usr/sbin/nologin -G audio edgeqmoe
-install -d -o edgeqmoe -g audio /var/lib/edgeqmoe /var/lib/edgeqmoe/weights /var/log/edgeqmoe
+install -d -m 0750 -o edgeqmoe -g audio /var/lib/edgeqmoe /var/lib/edgeqmoe/weights /var/log/edgeqmoe
 install -d /opt/edgeqmoe /etc/edgeqmoe
 python3 -m venv /opt/edgeqmoe/venv
 /opt/edgeqmoe/venv/bin/pip install -q --upgrade pip
 /opt/edgeqmoe/venv/bin/pip install -q "torch==2.13.0"
-/opt/edgeqmoe/venv/bin/pip install -q "$SRC"
+# pip builds in the tree it installs from: never let root build inside a checkout that a
+# user owns (root-owned build/ and egg-info left behind). Build from a root-owned copy.
+BUILD=$(mktemp -d /tmp/edgeqmoe-build.XXXXXX)
+trap 'rm -rf "$BUILD"' EXIT
+tar -C "$SRC" --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.egg-info' \
+    --exclude='*.so' --exclude='__pycache__' --no-same-owner -cf - . | tar -C "$BUILD" --no-same-owner -xf -
+chown -R root:root "$BUILD"
+/opt/edgeqmoe/venv/bin/pip install -q --no-cache-dir "$BUILD"
 if [ ! -f /etc/edgeqmoe/profile.yaml ]; then
     cp "$SRC/edgeqmoe/profiles/$PROFILE.yaml" /etc/edgeqmoe/profile.yaml
 fi
@@ -26,6 +33,7 @@ sudo -u edgeqmoe EDGEQMOE_WEIGHTS_DIR=/var/lib/edgeqmoe/weights \
     /opt/edgeqmoe/venv/bin/edgeqmoe weights fetch mn04 --to /var/lib/edgeqmoe/weights \
     || echo "install.sh: weights not fetched (offline?); the daemon runs on the weight-free fallback until they are"
 install -m 0644 "$SRC/deploy/edgeqmoe.service" /etc/systemd/system/edgeqmoe.service
+systemd-analyze verify /etc/systemd/system/edgeqmoe.service
 systemctl daemon-reload
 systemctl enable --now edgeqmoe.service
 echo "install.sh: edgeqmoe is running; logs: /var/log/edgeqmoe, 'edgeqmoe logs summary /var/log/edgeqmoe'"

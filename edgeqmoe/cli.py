@@ -7,8 +7,22 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
                   help="edgeqmoe: an always-on sound classifier with bit-packed low-bit heads.")
+
+
+def _version(value: bool):
+    if value:
+        from . import __version__
+
+        typer.echo(f"edgeqmoe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    """edgeqmoe: an always-on sound classifier with bit-packed low-bit heads."""
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (each prints what it measured and the machine).")
 app.add_typer(bench_app, name="bench")
 weights_app = typer.Typer(no_args_is_help=True, help="Pretrained embedder weights: where they are, fetching them.")

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from edgeqmoe.cli import app
 from edgeqmoe.daemon.power import PowerMeter, RaplCounters
 from edgeqmoe.daemon.sinks import LogWriter, read_jsonl
-from edgeqmoe.inspect.logs import compare, load_logs, summary
+from edgeqmoe.inspect.logs import compare, summary
 
 CLASSES = ["dog", "siren", "rain"]
 

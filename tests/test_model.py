@@ -1,6 +1,5 @@
 """Torch-free runtime and model bundles."""
 import json
-import os
 import struct
 import subprocess
 import sys

@@ -361,7 +361,7 @@ def test_c_objects_give_the_same_answers_from_four_threads():
         one = np.stack([m.predict(x[i:i + 1]).proba[0] for i in range(len(x))])
         got = np.zeros_like(one)
 
-        def work(rows):
+        def work(rows, m=m, x=x, got=got):
             for i in rows:
                 got[i] = m.predict(x[i:i + 1]).proba[0]
 
@@ -487,3 +487,17 @@ def test_an_hour_long_file_is_read_in_bounded_memory(tmp_path):
         rss[name] = int(r.stdout.split("MAXRSS")[-1]) / 1024
     print(f"\npeak RSS: 5 s file {rss['5 s']:.1f} MB, 1 h file {rss['1 h']:.1f} MB")
     assert rss["1 h"] <= rss["5 s"] * 1.1 + 5  # the whole hour would add 115 MB of float32 at 8 kHz alone
+
+
+def test_a_clip_shorter_than_a_window_gets_one_padded_window_as_offline():
+    from edgeqmoe.audio.windowing import Windower, frame
+
+    x = np.arange(1, 701, dtype=np.float32)
+    w = Windower(1000, 500)
+    assert list(w.feed(x[:300])) == [] and list(w.feed(x[300:])) == []
+    start, win = w.finish_short()
+    np.testing.assert_array_equal(win, frame(x, 1000, 500)[0])
+    assert start == 0 and w.finish_short() is None
+    w.reset(5000)
+    got = list(w.feed(np.ones(1500, np.float32)))
+    assert [s for s, _ in got] == [5000, 5500] and w.finish_short() is None  # long clips: tails dropped, as offline

@@ -10,7 +10,6 @@ card) and trains the final bundle on all clips. Each model follows the paper's
 deployment recommendation for its case (Sec. 5.3-5.4).
 """
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -21,7 +20,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from edgeqmoe.train.config import config_from_dict  # noqa: E402
-from edgeqmoe.train.run import run_training, embed_if_needed  # noqa: E402
+from edgeqmoe.train.run import run_training  # noqa: E402
 
 PROFILES = {
     # profile: (embedder, model settings, why)

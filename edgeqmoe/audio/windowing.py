@@ -9,7 +9,7 @@ one zero-padded window, see ``frame``).
 
 from __future__ import annotations
 
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -49,6 +49,7 @@ class Windower:
         self._fill = 0          # samples in _buf
         self._skip = 0          # samples still to drop before the next window starts (hop > window)
         self._next_start = start  # absolute index of _buf[0]
+        self._emitted = False   # a window was yielded since the reset
 
     def feed(self, chunk: np.ndarray) -> Iterator[Tuple[int, np.ndarray]]:
         """Yield (start_sample, window) for every window completed by ``chunk``."""
@@ -66,6 +67,7 @@ class Windower:
             self._fill += take
             pos += take
             while self._fill >= self.window:
+                self._emitted = True
                 yield self._next_start, self._buf[:self.window].copy()
                 if self.hop < self.window:
                     keep = self._fill - self.hop
@@ -81,3 +83,13 @@ class Windower:
                     self._next_start += drop_buffered
                     if self._skip:
                         break
+
+    def finish_short(self) -> Optional[Tuple[int, np.ndarray]]:
+        """At the end of a clip: when it was shorter than one window (nothing yielded
+        since the reset), its one window, zero-padded at the end, as ``frame`` gives."""
+        if self._emitted or self._fill == 0:
+            return None
+        out = np.zeros(self.window, np.float32)
+        out[:self._fill] = self._buf[:self._fill]
+        self._emitted = True
+        return self._next_start, out

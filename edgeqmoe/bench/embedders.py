@@ -34,7 +34,7 @@ def run_bench(embedders: List[str], window_s: float = 1.0, sr: int = 16000, roun
     windows = [np.ascontiguousarray(audio[s:s + n]) for s in starts]
     built = {e: get_embedder(e, weights=weights, threads=1) for e in embedders}
     times = {e: [] for e in embedders}
-    for e, emb in built.items():
+    for emb in built.values():
         for w in windows:
             emb.embed(w, sr)
     for _ in range(rounds):

@@ -34,7 +34,7 @@ def run_bench(bundles: List[str], n: int = 2000, rounds: int = 4, embeddings: Op
         models.append((b, m, (after - before) / 2**20))
     rng = np.random.default_rng(0)
     rows = {b: {"lat": [], "cpu": []} for b, _, _ in models}
-    for r in range(rounds):
+    for _ in range(rounds):
         for b, m, _ in models:
             X = embeddings if embeddings is not None and embeddings.shape[1] == m.in_features else \
                 rng.standard_normal((n // rounds, m.in_features)).astype(np.float32)

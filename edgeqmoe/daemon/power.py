@@ -16,7 +16,6 @@ window's processing (measured, whole package: it includes other processes).
 from __future__ import annotations
 
 import os
-import platform
 import resource
 import time
 from pathlib import Path
@@ -70,7 +69,7 @@ class RaplCounters:
         """Energy since the previous call, handling counter wrap-around."""
         now = self._read()
         total = 0
-        for (z, rng), a, b in zip(self.zones, self.last, now):
+        for (_, rng), a, b in zip(self.zones, self.last, now):
             total += b - a if b >= a else (rng - a) + b
         self.last = now
         return total / 1e6

@@ -22,8 +22,6 @@ current window, flush every file and exit 0.
 from __future__ import annotations
 
 import gc
-import json
-import math
 import os
 import signal
 import sys
@@ -268,6 +266,7 @@ class Daemon:
                     continue
                 # no audio waiting
                 if getattr(sup.src, "finished", False) and st.ring.available == 0:
+                    self._finish_file(st, sup.src)
                     for e in getattr(sup.src, "errors", []):
                         self.log("source_error", message=e)
                         self.echo(f"edgeqmoe: skipped {e}")
@@ -320,6 +319,14 @@ class Daemon:
         if ev is not None:
             self.writer.put("events", _event_record(ev, self._file))
 
+    def _finish_file(self, st: LoopState, src) -> None:
+        """A file shorter than one window still gets its one window (zero-padded), as
+        offline framing gives it."""
+        if st.file_i >= 0:
+            short = st.windower.finish_short()
+            if short is not None:
+                self._step(st, src, *short)
+
     def _read(self, st: LoopState, src) -> int:
         """Samples from the ring into ``st.chunk``. Sources of files are read one file
         at a time: at a file's first sample the windows, smoothing and any open event
@@ -330,6 +337,7 @@ class Daemon:
         pos = st.ring.read_pos
         i = src.file_starting_at(pos, st.file_i)
         if i is not None:
+            self._finish_file(st, src)
             self._flush_event()
             self.pipeline.decider.reset()
             st.windower.reset(pos)

@@ -306,8 +306,8 @@ class LogWriter:
         except OSError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise LogFolderBusy(f"another edgeqmoe daemon (pid {holder}) is writing to "
-                                                   f"{self.folder}; stop it, or give this one another --log-dir")
+            raise LogFolderBusy(f"another edgeqmoe daemon (pid {holder}) is writing to {self.folder}; stop it, or "
+                                "give this one another --log-dir") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd

@@ -123,7 +123,6 @@ class MicSource:
             pass
 
     def resolve_device(self):
-        import sounddevice as sd
 
         devs = list_devices()
         if not devs:

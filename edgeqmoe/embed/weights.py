@@ -84,9 +84,10 @@ def resolve(spec: WeightsSpec, explicit: Optional[str] = None) -> Path:
             raise WeightsError(f"{spec.name} weights: {p} (given explicitly) does not exist. Expected "
                                f"{spec.filename} with sha256 {spec.sha256}.")
     where = ", ".join(str(p) for p in looked)
+    place = "that place" if len(looked) == 1 else "one of those places"
     raise WeightsError(
         f"{spec.name} weights not found: {spec.filename} (sha256 {spec.sha256}) was looked for in {where}. "
-        f"Run '{fetch_command(spec)}' (needs internet), or put the file in one of those places, or set "
+        f"Run '{fetch_command(spec)}' (needs internet), or put the file in {place}, or set "
         f"EDGEQMOE_WEIGHTS_DIR to the folder that holds it.")
 
 
@@ -106,7 +107,11 @@ def fetch(spec: WeightsSpec, dest_dir: Optional[str] = None, timeout: float = 60
                     h.update(block)
                     f.write(block)
         except OSError as e:
-            raise WeightsError(f"could not download {spec.name} weights from {spec.url}: {e}") from None
+            why = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+            raise WeightsError(
+                f"could not download {spec.name} weights from {spec.url} ({why}). Without internet here: download "
+                f"{spec.filename} on a connected machine (or run 'edgeqmoe weights fetch {spec.name} --to FOLDER' "
+                f"there), copy it into {dest}, or set EDGEQMOE_WEIGHTS_DIR to the folder that holds it") from None
         if h.hexdigest() != spec.sha256:
             raise WeightsError(f"downloaded {spec.name} weights have sha256 {h.hexdigest()}, expected "
                                f"{spec.sha256}; nothing was saved")

@@ -95,7 +95,7 @@ def _name_windows(L: Dict) -> None:
         classes = start.get("classes") or []
         experts = start.get("experts") if isinstance(start.get("experts"), list) else []
 
-        def name(idx):
+        def name(idx, classes=classes):
             if isinstance(idx, str):
                 return idx  # older, verbose records
             if idx == -1:

@@ -67,6 +67,7 @@ def logs_compare(a: str, b: str, stage: str = typer.Option("head", help="embed, 
     import json as _json
 
     from .inspect.logs import LogsError, compare
+    from .stats import percent
 
     try:
         r = compare(a, b, stage)
@@ -80,7 +81,7 @@ def logs_compare(a: str, b: str, stage: str = typer.Option("head", help="embed, 
             if v:
                 typer.echo(f"{key}: A mean {v['mean_a']:.4f} std {v['std_a']:.4f} (n={v['n_a']}); B mean "
                            f"{v['mean_b']:.4f} std {v['std_b']:.4f} (n={v['n_b']}); variance reduction "
-                           f"{100 * v['variance_reduction']:.1f}%, Levene p={v['levene_p']:.3g}, Welch "
+                           f"{percent(v['variance_reduction'])}, Levene p={v['levene_p']:.3g}, Welch "
                            f"p={v['welch_p']:.3g}, Cohen's d={v['cohens_d']:.2f}")
         typer.echo(f"verdict: {r['verdict']}")
 

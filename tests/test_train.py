@@ -12,7 +12,8 @@ from edgeqmoe.embed.cache import save_npz
 from edgeqmoe.kernels import get_format
 from edgeqmoe.train.config import config_from_dict
 from edgeqmoe.train.data import load_data, splits, val_split
-from edgeqmoe.train.metrics import cohens_d_paired, compare_samples, paired_tests, scores
+from edgeqmoe.stats import compare_samples
+from edgeqmoe.train.metrics import cohens_d_paired, paired_tests, scores
 from edgeqmoe.train.models import MoE
 from edgeqmoe.train.quant import BitLinear, BitNetLinear, quant_act_int8
 from edgeqmoe.settings import SettingsError

@@ -100,7 +100,7 @@ def main():
 
 
 def write_report(path, results, tests, elapsed, cache, tiny, protocols=("5", "folds")):
-    from edgeqmoe.bench.machine import describe, machine_info
+    from edgeqmoe.machine import describe, machine_info
 
     lines = ["# The paper's configurations on our data", "",
              f"Made by `tools/reproduce_paper.py`{' --tiny' if tiny else ''} in {elapsed / 60:.1f} min on "

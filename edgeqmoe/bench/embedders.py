@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .machine import machine_info
+from ..machine import machine_info
 
 
 def run_bench(embedders: List[str], window_s: float = 1.0, sr: int = 16000, rounds: int = 10,
@@ -57,7 +57,7 @@ def run_bench(embedders: List[str], window_s: float = 1.0, sr: int = 16000, roun
 
 
 def format_table(result: Dict) -> str:
-    from .machine import describe
+    from ..machine import describe
 
     lines = [f"machine: {describe(result['machine'])}", "",
              f"{'embedder':14} {'dim':>4} {'window':>7} {'median ms':>10} {'p95 ms':>8} {'p99 ms':>8} {'n':>6}"]

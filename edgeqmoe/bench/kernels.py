@@ -24,7 +24,7 @@ import numpy as np
 
 from ..kernels import FORMATS, available_variants, resolve_variant
 from ..model import Head, LayerNorm, PackedLinear, ReLU
-from .machine import describe, machine_info
+from ..machine import describe, machine_info
 
 
 @dataclass
@@ -213,7 +213,7 @@ def format_table(result: Dict) -> str:
 
 
 def format_markdown(result: Dict) -> str:
-    from .machine import describe
+    from ..machine import describe
 
     m = result["machine"]
     out = [f"Machine: {describe(m)}. {m['threads']}. Kernel variants: {', '.join(m['kernel_variants'])}.", "",

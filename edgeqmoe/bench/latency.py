@@ -25,8 +25,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..train.metrics import compare_samples
-from .machine import machine_info
+from ..stats import compare_samples, percent, percentiles
+from ..machine import machine_info
 
 
 def _windows(paths: List[str], sr: int, window: float, hop: float, n: int):
@@ -42,12 +42,6 @@ def _windows(paths: List[str], sr: int, window: float, hop: float, n: int):
                 return
             done += 1
             yield np.ascontiguousarray(w)
-
-
-def _summary(ms: np.ndarray) -> Dict:
-    return {"p50": round(float(np.percentile(ms, 50)), 4), "p95": round(float(np.percentile(ms, 95)), 4),
-            "p99": round(float(np.percentile(ms, 99)), 4), "max": round(float(ms.max()), 4),
-            "std": round(float(ms.std()), 4), "mean": round(float(ms.mean()), 4)}
 
 
 def bench_profile(name: str, paths: List[str], n: int, window: Optional[float] = None) -> Dict:
@@ -83,7 +77,7 @@ def bench_profile(name: str, paths: List[str], n: int, window: Optional[float] =
     return {"profile": p.name, "bundle": pipe.built.bundle, "fallback": bool(pipe.built.fallback),
             "embedder": pipe.embedder.info.id, "model": pipe.model.kind, "experts": list(pipe.model.experts),
             "window_s": p.audio.window, "n": len(embs),
-            "stages_ms": {k: _summary(np.asarray(v)) for k, v in stages.items()},
+            "stages_ms": {k: percentiles((v)) for k, v in stages.items()},
             "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
             "torch_imported": "torch" in sys.modules, "_embeddings": embs, "_pipeline": pipe}
 
@@ -135,14 +129,15 @@ def routing_stability(pipe, embeddings: np.ndarray, repeats: int = 5) -> Optiona
     out = {"bundle": b, "n_each": len(best["curiosity"]), "repeats": repeats, "experts": list(m.experts),
            "top_k": m.top_k}
     for name in models:
-        out[f"{name}_ms"] = _summary(np.asarray(best[name]))
-        out[f"{name}_first_ms"] = _summary(np.asarray(first[name]))
+        out[f"{name}_ms"] = percentiles((best[name]))
+        out[f"{name}_first_ms"] = percentiles((first[name]))
         out[f"routes_{name}"] = len(set(used[name]))
     for base in ("uniform", "router"):
         for which, lat in (("", best), ("_first", first)):
             cmp = compare_samples(lat[base], lat["curiosity"])
             key = ("" if base == "uniform" else "_vs_router") + which
-            out.update({f"variance_reduction{key}": round(cmp["variance_reduction"], 4),
+            out.update({f"variance_reduction{key}": (None if cmp["variance_reduction"] is None
+                                                             else round(cmp["variance_reduction"], 4)),
                         f"levene_W{key}": round(cmp["levene_W"], 3), f"levene_p{key}": cmp["levene_p"],
                         f"welch_p{key}": cmp["welch_p"]})
     return out
@@ -185,7 +180,7 @@ def run_bench(profiles: List[str], paths: List[str], n: int = 2000, window: Opti
 
 
 def format_table(res: Dict) -> str:
-    from .machine import describe
+    from ..machine import describe
 
     lines = [f"machine: {describe(res['machine'])}", ""]
     for r in res["rows"]:
@@ -205,8 +200,8 @@ def format_table(res: Dict) -> str:
             lines.append(f"  {what:40} p50 {q['p50']:.4f} p99 {q['p99']:.4f} std {q['std']:.4f} ms "
                          f"[std {f['std']:.4f}], {s[f'routes_{name}']} distinct expert sets")
         for base, key in (("uniform routing", ""), ("the router's top-k", "_vs_router")):
-            lines.append(f"  vs {base}: variance reduction {100 * s['variance_reduction' + key]:.1f}%, Levene "
+            lines.append(f"  vs {base}: variance reduction {percent(s['variance_reduction' + key])}, Levene "
                          f"W={s['levene_W' + key]}, p={s['levene_p' + key]:.3g}; Welch p={s['welch_p' + key]:.3g} "
-                         f"[first pass: {100 * s['variance_reduction' + key + '_first']:.1f}%, "
+                         f"[first pass: {percent(s['variance_reduction' + key + '_first'])}, "
                          f"p={s['levene_p' + key + '_first']:.3g}]")
     return "\n".join(lines)

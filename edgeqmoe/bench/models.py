@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .machine import machine_info
+from ..machine import machine_info
 
 
 def run_bench(bundles: List[str], n: int = 2000, rounds: int = 4, embeddings: Optional[np.ndarray] = None) -> Dict:
@@ -59,7 +59,7 @@ def run_bench(bundles: List[str], n: int = 2000, rounds: int = 4, embeddings: Op
 
 
 def format_markdown(res: Dict) -> str:
-    from .machine import describe
+    from ..machine import describe
 
     lines = [f"Machine: {describe(res['machine'])}. Energy: {res['power']['method']} "
              f"({res['power'].get('model', {}).get('name', '')}, {res['power'].get('model', {}).get('watts_per_core', '')} "

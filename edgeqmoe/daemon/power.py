@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ..stats import co2_ug
+
 #: Active power of one fully busy core above idle, watts, per device class. Sources:
 #: typical package power over active cores from vendor TDPs and published Raspberry
 #: Pi measurements (Pi 4 ~2.7 W idle -> ~6.4 W all 4 cores busy; Pi 5 ~2.7 -> ~7 W).
@@ -40,7 +42,7 @@ def detect_device_class() -> str:
         pass
     if any(Path(POWER_SUPPLY).glob("BAT*")):
         return "laptop"
-    from ..bench.machine import cpu_model
+    from ..machine import cpu_model
 
     cpu = cpu_model()
     return "server" if (os.cpu_count() or 1) >= 16 or any(w in cpu for w in ("EPYC", "Xeon")) else "desktop"
@@ -163,8 +165,7 @@ class PowerMeter:
         counter cannot be split per window)."""
         mj = cpu_s * self.w_per_core * 1e3
         return {"energy_mj": round(mj, 5), "energy_method": "modelled",
-                # mJ -> kWh (/1e3 /3.6e6) x g/kWh -> g, x 1e6 -> ug
-                "co2_ug": round(mj / 1e3 / 3.6e6 * self.grid * 1e6, 6)}
+                "co2_ug": round(co2_ug(mj, self.grid), 6)}
 
     def interval(self) -> Dict:
         """Average power over the interval since the last call, with its method."""

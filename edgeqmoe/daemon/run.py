@@ -37,10 +37,10 @@ from ..settings import SettingsError
 from .pipeline import Decider, Pipeline, PipelineError
 from .power import PowerMeter, temperature_c
 from .profiles import Profile, ProfileError, load_profile
+from ..stats import STAGES, co2_ug, percentiles
 from .sinks import LogWriter, replace_file
 from .sources import FileSource, MicSource, RingBuffer, SourceError, parse_source
 
-STAGES = ("embed", "head", "decision", "total")
 #: Keys of a window record (docs/logs.md): class/decision/topk/experts are indices
 #: into the start record's "classes" and "experts".
 WINDOW_SCHEMA = {"v": 1, "fields": {"t_wall": "Unix s", "t_mono": "monotonic s", "capture_lag_ms": "ms",
@@ -440,7 +440,7 @@ class Daemon:
         if st.energy:
             mj = float(np.mean(st.energy))
             rec["energy_mj_per_inference"] = round(mj, 3)
-            rec["co2_ug_per_inference"] = round(mj / 1e3 / 3.6e6 * power.grid * 1e6, 5)  # mJ -> kWh x g/kWh
+            rec["co2_ug_per_inference"] = round(co2_ug(mj, power.grid), 5)
         self.writer.put("stats", rec)
         try:
             _write_prometheus(Path(self.log_dir) / "edgeqmoe.prom", rec, self.windows)
@@ -474,14 +474,7 @@ class _Stats:
         return (max(self.wall_mono) - min(self.wall_mono)) if self.wall_mono else 0.0
 
     def percentiles(self) -> Dict:
-        out = {}
-        for k, v in self.stage.items():
-            if v:
-                a = np.asarray(v)
-                out[k] = {"p50": round(float(np.percentile(a, 50)), 3), "p95": round(float(np.percentile(a, 95)), 3),
-                          "p99": round(float(np.percentile(a, 99)), 3), "max": round(float(a.max()), 3),
-                          "std": round(float(a.std()), 3)}
-        return out
+        return {k: percentiles(v, 3) for k, v in self.stage.items() if v}
 
 
 def _event_record(ev: Dict, file: Optional[tuple] = None) -> Dict:

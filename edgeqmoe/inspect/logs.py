@@ -14,10 +14,9 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ..daemon.sinks import KINDS, SCHEMA_VERSION, log_files, read_jsonl
-from ..train.metrics import compare_samples
+from ..stats import STAGES, co2_ug, compare_samples, percentiles
 
 KNOWN_TYPES = {"window", "event", "daemon", "stats"}
-STAGES = ("embed", "head", "decision", "total")
 
 
 class LogsError(Exception):
@@ -128,15 +127,6 @@ def window_probabilities(w: Dict) -> Dict[str, float]:
     return out
 
 
-def _pct(a: List[float]) -> Dict:
-    if not a:
-        return {}
-    x = np.asarray(a, dtype=float)
-    return {"p50": round(float(np.percentile(x, 50)), 4), "p95": round(float(np.percentile(x, 95)), 4),
-            "p99": round(float(np.percentile(x, 99)), 4), "max": round(float(x.max()), 4),
-            "mean": round(float(x.mean()), 4), "std": round(float(x.std()), 4)}
-
-
 def summary(folder, since=None, until=None) -> Dict:
     L = load_logs(folder, since, until)
     ws, evs, ds, st = L["windows"], L["events"], L["daemon"], L["stats"]
@@ -161,7 +151,7 @@ def summary(folder, since=None, until=None) -> Dict:
     events: Dict[str, int] = {}
     for e in evs:
         events[e["class"]] = events.get(e["class"], 0) + 1
-    stages = {k: _pct([w["stages_ms"][k] for w in ws if k in w.get("stages_ms", {})]) for k in STAGES}
+    stages = {k: percentiles([w["stages_ms"][k] for w in ws if k in w.get("stages_ms", {})]) for k in STAGES}
     lag = [w["capture_lag_ms"] for w in ws if w.get("capture_lag_ms") is not None]
     energy = [w["energy_mj"] for w in ws if w.get("energy_mj") is not None]
     methods = sorted({w.get("energy_method") for w in ws if w.get("energy_method")})
@@ -176,10 +166,10 @@ def summary(folder, since=None, until=None) -> Dict:
         "detections": dict(sorted(detections.items())), "events": dict(sorted(events.items())),
         "abstained": abstained,
         "latency_ms": stages, "jitter_ms": {k: v.get("std") for k, v in stages.items() if v},
-        "capture_lag_ms": _pct(lag), "dropped_samples": int(dropped),
-        "energy_per_inference_mj": _pct(energy), "energy_method": methods, "power_method": power_methods,
-        "power_w": _pct([s["power_w"] for s in st if s.get("power_w") is not None]),
-        "co2_ug_per_inference": (round(float(np.mean(energy)) / 1e3 / 3.6e6 * _grid(starts) * 1e6, 5)
+        "capture_lag_ms": percentiles(lag), "dropped_samples": int(dropped),
+        "energy_per_inference_mj": percentiles(energy), "energy_method": methods, "power_method": power_methods,
+        "power_w": percentiles([s["power_w"] for s in st if s.get("power_w") is not None]),
+        "co2_ug_per_inference": (round(co2_ug(float(np.mean(energy)), _grid(starts)), 5)
                                  if energy else None),
         "grid_gco2_per_kwh": _grid(starts),
         "disk_bytes": L["_meta"]["disk_bytes"], "bad_lines": L["_meta"]["bad_lines"],
@@ -243,11 +233,12 @@ def compare(a, b, stage: str = "head") -> Dict:
         out[key] = compare_samples(xa, xb)
     lat = out.get("latency_ms")
     if lat:
-        better = lat["variance_reduction"] > 0 and lat["levene_p"] < 0.05
-        worse = lat["variance_reduction"] < 0 and lat["levene_p"] < 0.05
-        verdict = (f"B's {stage} latency variance is {100 * abs(lat['variance_reduction']):.1f}% "
-                   f"{'lower' if lat['variance_reduction'] > 0 else 'higher'} than A's "
-                   f"(Levene p={lat['levene_p']:.3g}): " +
+        vr = lat["variance_reduction"]
+        better = vr is not None and vr > 0 and lat["levene_p"] < 0.05
+        worse = (vr is None or vr < 0) and lat["levene_p"] < 0.05
+        change = (f"{100 * abs(vr):.1f}% {'lower' if vr > 0 else 'higher'} than A's" if vr is not None else
+                  "not comparable as a ratio (A's variance is zero)")
+        verdict = (f"B's {stage} latency variance is {change} (Levene p={lat['levene_p']:.3g}): " +
                    ("B is significantly more stable" if better else "A is significantly more stable" if worse
                     else "no significant difference in stability"))
         verdict += (f"; mean {lat['mean_b']:.4f} vs {lat['mean_a']:.4f} ms (Welch p={lat['welch_p']:.3g}, "

@@ -80,21 +80,3 @@ def paired_tests(per_model: Dict[str, List[float]], reference: str) -> List[Dict
                     "p_bonferroni": float(min(1.0, p * len(others))), "cohens_d": cohens_d_paired(a, b),
                     "diff": float(np.mean(a) - np.mean(b))})
     return out
-
-
-def compare_samples(a: Sequence[float], b: Sequence[float]) -> Dict:
-    """Two independent samples (e.g. latencies of two runs): Levene (Brown-Forsythe)
-    on the variances with the reduction of b against a, Welch's t on the means, Cohen's d."""
-    from scipy import stats
-
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    lev = stats.levene(a, b, center="median")
-    welch = stats.ttest_ind(a, b, equal_var=False)
-    va, vb = a.var(ddof=1), b.var(ddof=1)
-    pooled = np.sqrt((va + vb) / 2)
-    return {"n_a": int(a.size), "n_b": int(b.size), "mean_a": float(a.mean()), "mean_b": float(b.mean()),
-            "std_a": float(np.sqrt(va)), "std_b": float(np.sqrt(vb)),
-            "variance_reduction": float(1 - vb / va) if va > 0 else 0.0,
-            "levene_W": float(lev.statistic), "levene_p": float(lev.pvalue),
-            "welch_t": float(welch.statistic), "welch_p": float(welch.pvalue),
-            "cohens_d": float((b.mean() - a.mean()) / pooled) if pooled > 0 else 0.0}

@@ -1,4 +1,5 @@
-"""What a benchmark ran on: CPU model and features, cores, versions, kernel variant."""
+"""Facts about this machine: CPU model and features, cores, versions, kernel variants.
+What a benchmark ran on, and what the power model needs to know."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def cpu_mhz() -> float | None:
 
 
 def machine_info(extra: Dict[str, Any] | None = None) -> Dict[str, Any]:
-    from ..kernels import available_variants, cpu_features
+    from .kernels import available_variants, cpu_features
     import numpy
 
     info = {

@@ -501,3 +501,49 @@ def test_a_clip_shorter_than_a_window_gets_one_padded_window_as_offline():
     w.reset(5000)
     got = list(w.feed(np.ones(1500, np.float32)))
     assert [s for s, _ in got] == [5000, 5500] and w.finish_short() is None  # long clips: tails dropped, as offline
+
+
+# --------------------------------------------------------------------------- reading logs back
+
+def test_summary_survives_odd_records_and_says_where_logs_are(tmp_path):
+    from edgeqmoe.inspect.logs import LogsError, format_summary, summary
+
+    d = tmp_path / "site" / "pi1"
+    d.mkdir(parents=True)
+    recs = {
+        "daemon": [{"v": 1, "type": "daemon", "event": "start", "t_wall": 100.0, "classes": ["a", "b"]},
+                   {"v": 1, "type": "daemon", "event": "start", "t_wall": 100.0, "classes": ["a", "b"]},  # same time
+                   {"v": 1, "type": "daemon", "event": "stop", "t_wall": 150.0, "dropped_samples": "many"},
+                   {"v": "1", "type": "daemon", "event": "stop", "t_wall": 160.0},                       # v a string
+                   {"v": 1, "type": "daemon", "t_wall": 170.0}],                                        # no event
+        "windows": [{"v": 1, "class": 0, "score": 0.9, "stages_ms": {"embed": 1.0, "head": 0.1}, "t_wall": 101.0},
+                    {"v": 1, "class": 1, "score": "high", "stages_ms": {}, "t_wall": 102.0},            # mistyped
+                    {"v": 1, "class": 1, "score": 0.5, "t_wall": 103.0},                                # no stages
+                    {"v": 1, "class": 1, "score": 0.5, "stages_ms": {"embed": 1.0}}],                   # no time
+        "events": [{"v": 1, "type": "event", "t_wall": 101.0}],                                        # no class
+        "stats": [{"v": 1, "type": "stats", "t_wall": 120.0, "power_w": "1 W"}],
+    }
+    for kind, rows in recs.items():
+        (d / f"{kind}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = summary(d)
+    assert s["windows"] == 1 and s["runs"] == 2 and s["invalid_records"] == 6 and s["unknown_records"] == 1
+    assert "wrong type" in format_summary(s)
+    with pytest.raises(LogsError, match=f"one level down: {d}"):
+        summary(tmp_path / "site")
+
+
+def test_compare_says_undefined_without_baseline_variance(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeqmoe.cli import app
+
+    for name, ms in (("a", lambda i: 1.0), ("b", lambda i: 1.0 + (i % 3) * 0.1)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "daemon.jsonl").write_text(json.dumps({"v": 1, "type": "daemon", "event": "start", "t_wall": 1.0,
+                                                    "classes": ["x"]}) + "\n")
+        (d / "windows.jsonl").write_text("".join(json.dumps(
+            {"v": 1, "class": 0, "score": 1.0, "stages_ms": {"embed": 1.0, "head": ms(i), "decision": 0.0},
+             "t_wall": 2.0 + i}) + "\n" for i in range(30)))
+    r = CliRunner().invoke(app, ["logs", "compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert r.exit_code == 0 and "variance reduction undefined" in r.output and "%," not in r.output.split("latency")[1]

@@ -49,31 +49,68 @@ def load_logs(folder, since=None, until=None) -> Dict:
     counts: Dict = {}
     t0, t1 = _parse_time(since), _parse_time(until)
     out: Dict[str, List[dict]] = {k: [] for k in KINDS}
-    unknown = 0
+    unknown = invalid = 0
     versions = set()
     files = []
     for kind in KINDS:
         paths = log_files(folder, kind) if folder.is_dir() else ([folder] if folder.name.startswith(kind) else [])
         files += paths
         for rec in read_jsonl(paths, counts):
-            versions.add(rec.get("v", 0))
             if kind == "windows":
                 rec.setdefault("type", "window")  # window lines carry no type: the file says it
-            typ = rec.get("type")
-            if typ not in KNOWN_TYPES or rec.get("v", 1) > SCHEMA_VERSION:
+            v = rec.get("v", 1)
+            if rec.get("type") not in KNOWN_TYPES or not _is_int(v) or v > SCHEMA_VERSION:
                 unknown += 1
                 continue
+            if not _well_formed(kind, rec):
+                invalid += 1
+                continue
+            versions.add(v)
             t = rec.get("t_wall")
             if t is not None and ((t0 is not None and t < t0) or (t1 is not None and t > t1)):
                 continue
             out[kind].append(rec)
     if not files:
-        raise LogsError(f"{folder}: no edgeqmoe log files (windows.jsonl, events.jsonl, daemon.jsonl, stats.jsonl)")
+        below = sorted(str(p.parent) for p in folder.glob("*/daemon.jsonl")) if folder.is_dir() else []
+        hint = (f"; the logs are one level down: {', '.join(below)} (give one of those folders)" if below else
+                "; give the folder a daemon wrote to (logging.dir of its profile, or its --log-dir)")
+        raise LogsError(f"{folder}: no edgeqmoe log files (windows.jsonl, events.jsonl, daemon.jsonl, stats.jsonl)"
+                        + hint)
     _name_windows(out)
     out["_meta"] = {"bad_lines": counts.get("bad_lines", 0), "bad_files": counts.get("bad_files", 0),
-                    "unknown_records": unknown, "schema_versions": sorted(versions),
+                    "unknown_records": unknown, "invalid_records": invalid, "schema_versions": sorted(versions),
                     "files": [str(f) for f in files], "disk_bytes": sum(f.stat().st_size for f in files if f.exists())}
     return out
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _well_formed(kind: str, r: Dict) -> bool:
+    """The fields the readers use have the types docs/logs.md gives them (a record
+    that lies about them is counted and skipped, never fatal)."""
+    if not _is_num(r.get("t_wall")):
+        return False
+    if kind == "windows":
+        st = r.get("stages_ms")
+        return (isinstance(st, dict) and all(_is_num(x) for x in st.values()) and
+                (_is_int(r.get("class")) or isinstance(r.get("class"), str)) and _is_num(r.get("score")) and
+                all(isinstance(p, list) and len(p) == 2 and _is_num(p[1]) for p in r.get("k", r.get("topk", []))) and
+                all(r.get(f) is None or _is_num(r.get(f)) for f in ("capture_lag_ms", "mj", "u")))
+    if kind == "events":
+        return isinstance(r.get("class"), str)
+    if kind == "daemon":
+        return isinstance(r.get("event"), str)
+    if kind == "stats":
+        st = r.get("stages_ms", {})
+        return isinstance(st, dict) and all(r.get(f) is None or _is_num(r.get(f)) for f in ("power_w",
+                                                                                          "dropped_samples_total"))
+    return True
 
 
 def _name_windows(L: Dict) -> None:
@@ -156,7 +193,8 @@ def summary(folder, since=None, until=None) -> Dict:
     energy = [w["energy_mj"] for w in ws if w.get("energy_mj") is not None]
     methods = sorted({w.get("energy_method") for w in ws if w.get("energy_method")})
     power_methods = sorted({s.get("power_method") for s in st if s.get("power_method")})
-    dropped = max([d.get("dropped_samples", 0) for d in stops] + [s.get("dropped_samples_total", 0) for s in st] + [0])
+    dropped = max([d["dropped_samples"] for d in stops if _is_num(d.get("dropped_samples"))] +
+                  [s["dropped_samples_total"] for s in st if _is_num(s.get("dropped_samples_total"))] + [0])
     return {
         "folder": str(folder), "runs": len(runs), "restarts": max(0, len(runs) - 1),
         "unclean_stops": sum(not r["clean_stop"] for r in runs),
@@ -174,6 +212,7 @@ def summary(folder, since=None, until=None) -> Dict:
         "grid_gco2_per_kwh": _grid(starts),
         "disk_bytes": L["_meta"]["disk_bytes"], "bad_lines": L["_meta"]["bad_lines"],
         "bad_files": L["_meta"]["bad_files"], "unknown_records": L["_meta"]["unknown_records"],
+        "invalid_records": L["_meta"]["invalid_records"],
         "schema_versions": L["_meta"]["schema_versions"],
         "runs_detail": runs,
     }
@@ -212,9 +251,10 @@ def format_summary(s: Dict) -> str:
         lines.append(f"energy per inference: mean {e['mean']:.3f} mJ, p99 {e['p99']:.3f} mJ "
                      f"({'/'.join(s['energy_method'])}), {s['co2_ug_per_inference']:.4f} ug CO2 at "
                      f"{s['grid_gco2_per_kwh']:g} g/kWh; power {'/'.join(s['power_method']) or 'n/a'}")
-    if s["bad_lines"] or s["bad_files"] or s["unknown_records"]:
+    if s["bad_lines"] or s["bad_files"] or s["unknown_records"] or s.get("invalid_records"):
         lines.append(f"skipped: {s['bad_lines']} unreadable line(s), {s['bad_files']} damaged file(s), "
-                     f"{s['unknown_records']} record(s) of unknown type or newer schema")
+                     f"{s['unknown_records']} record(s) of unknown type or newer schema, "
+                     f"{s.get('invalid_records', 0)} record(s) with fields of the wrong type")
     return "\n".join(lines)
 
 

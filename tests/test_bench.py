@@ -66,6 +66,14 @@ def test_bench_embedders_tiny(tmp_path, monkeypatch):
     assert rows[0]["embedder"] == "logmel-stats" and rows[0]["median_ms"] > 0 and rows[0]["n"] == 3
 
 
+def test_bench_embedders_without_weights_times_what_it_can(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEQMOE_WEIGHTS_DIR", str(tmp_path / "none"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    res = CliRunner().invoke(app, ["bench", "embedders", "--rounds", "1", "--per-round", "2"])
+    assert res.exit_code == 0, res.output
+    assert "logmel-stats" in res.output and "mn04" in res.output and "not timed" in res.output
+
+
 def test_bench_latency_tiny(tmp_path, monkeypatch, us8k):
     """Weight-free fallback (no weights here): also shows torch is never imported."""
     monkeypatch.setenv("EDGEQMOE_WEIGHTS_DIR", str(tmp_path / "none"))

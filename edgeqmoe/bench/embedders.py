@@ -18,7 +18,7 @@ from ..machine import machine_info
 
 def run_bench(embedders: List[str], window_s: float = 1.0, sr: int = 16000, rounds: int = 10,
               per_round: int = 50, weights: Optional[str] = None, audio: Optional[np.ndarray] = None) -> Dict:
-    from ..embed import get_embedder
+    from ..embed import WeightsError, get_embedder
 
     try:
         from threadpoolctl import threadpool_limits
@@ -32,8 +32,15 @@ def run_bench(embedders: List[str], window_s: float = 1.0, sr: int = 16000, roun
         audio = (rng.standard_normal(n * 8) * 0.1).astype(np.float32)
     starts = np.linspace(0, max(0, len(audio) - n), 8).astype(int)
     windows = [np.ascontiguousarray(audio[s:s + n]) for s in starts]
-    built = {e: get_embedder(e, weights=weights, threads=1) for e in embedders}
-    times = {e: [] for e in embedders}
+    built, skipped = {}, {}
+    for e in embedders:  # one without its weights is skipped and said; the others are still timed
+        try:
+            built[e] = get_embedder(e, weights=weights, threads=1)
+        except WeightsError as err:
+            skipped[e] = str(err)
+    if not built:
+        raise WeightsError("; ".join(skipped.values()))
+    times = {e: [] for e in built}
     for emb in built.values():
         for w in windows:
             emb.embed(w, sr)
@@ -53,7 +60,7 @@ def run_bench(embedders: List[str], window_s: float = 1.0, sr: int = 16000, roun
                      "input_rate": sr, "window_s": window_s, "median_ms": round(float(np.median(a)), 3),
                      "p95_ms": round(float(np.percentile(a, 95)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3),
                      "n": int(a.size)})
-    return {"machine": machine_info({"threads": 1}), "rows": rows}
+    return {"machine": machine_info({"threads": 1}), "rows": rows, "skipped": skipped}
 
 
 def format_table(result: Dict) -> str:
@@ -64,4 +71,6 @@ def format_table(result: Dict) -> str:
     for r in result["rows"]:
         lines.append(f"{r['embedder']:14} {r['dim']:4d} {r['window_s']:6.2f}s {r['median_ms']:10.3f} "
                      f"{r['p95_ms']:8.3f} {r['p99_ms']:8.3f} {r['n']:6d}")
+    for name, why in result.get("skipped", {}).items():
+        lines.append(f"{name:14} not timed: {why}")
     return "\n".join(lines)

@@ -17,6 +17,80 @@ static uint32_t rnd(void) {
     return rng_state;
 }
 
+/* a random packed layer of format fmt, n x k, with its derived sums */
+static eq_layer random_layer(int fmt, int32_t n, int32_t k, float *scale) {
+    const size_t wb = eq_weight_bytes(fmt, n, k), rows = (size_t)eq_stored_rows(fmt, n);
+    uint8_t *w = aligned_alloc(64, (wb + 63) / 64 * 64);
+    for (size_t i = 0; i < wb; i++) w[i] = (uint8_t)rnd();
+    int32_t *rowsum = calloc(rows, 4), *wsum = calloc(rows, 4);
+    eq_layer L = {fmt, n, k, eq_padded_k(k), w, scale, 0, NULL, rowsum, wsum, EQ_ACT_SIGN, 0.05f};
+    if (fmt == EQ_FMT_Q8 || fmt == EQ_FMT_POPCOUNT) eq_layer_rowsums(&L, rowsum, wsum);
+    return L;
+}
+
+/* Heads and mixtures (eq_program.c) built on each variant give what the generic twin
+ * gives: the same experts chosen (uniform routing: the same seeded draws) and logits
+ * within a float tolerance (the integer accumulators are exact, but the variants
+ * dequantise with their own rounding). Returns the mismatches. */
+static int check_programs(const eq_kernels *K) {
+    enum { D = 96, H = 40, N = 3, C = 10, S = 4, K_TOP = 2 };
+    static float scale = 0.02f, gamma[H], beta[H], masks[S * H], mul[D], add[D];
+    for (int j = 0; j < H; j++) gamma[j] = 1.0f, beta[j] = 0.01f * (float)j;
+    for (int j = 0; j < S * H; j++) masks[j] = (rnd() % 5) ? 1.25f : 0.0f;
+    for (int j = 0; j < D; j++) mul[j] = 0.5f + (float)(rnd() % 100) / 100.0f, add[j] = 0.01f * (float)(j % 7);
+    const int fmts[N] = {EQ_FMT_Q4, EQ_FMT_TERNARY, EQ_FMT_POPCOUNT};
+    eq_layer ri = random_layer(EQ_FMT_Q8, H, D, &scale), ro = random_layer(EQ_FMT_Q8, N, H, &scale);
+    eq_layer e1[N], e2[N];
+    for (int i = 0; i < N; i++) e1[i] = random_layer(fmts[i], H, D, &scale), e2[i] = random_layer(EQ_FMT_Q2, C, H, &scale);
+    const eq_kernels *both[2] = {&eq_kernels_generic, K};
+    eq_program P[2][2 + N];
+    eq_moe M[2][2];
+    for (int v = 0; v < 2; v++) {
+        eq_step r_in[2] = {{EQ_STEP_LINEAR, &ri, NULL, NULL, 0, H}, {EQ_STEP_RELU, NULL, NULL, NULL, 0, H}};
+        eq_step r_out[1] = {{EQ_STEP_LINEAR, &ro, NULL, NULL, 0, N}};
+        if (eq_program_init(&P[v][0], both[v], r_in, 2) || eq_program_init(&P[v][1], both[v], r_out, 1)) return 1;
+        for (int i = 0; i < N; i++) {
+            eq_step ex[4] = {{EQ_STEP_LINEAR, &e1[i], NULL, NULL, 0, H},
+                             {EQ_STEP_LAYERNORM, NULL, gamma, beta, 1e-5f, H},
+                             {EQ_STEP_RELU, NULL, NULL, NULL, 0, H},
+                             {EQ_STEP_LINEAR, &e2[i], NULL, NULL, 0, C}};
+            if (eq_program_init(&P[v][2 + i], both[v], ex, 4)) return 1;
+        }
+        eq_program *experts[N] = {&P[v][2], &P[v][3], &P[v][4]};
+        /* curious and fixed work; then uniform routing from a seeded generator */
+        if (eq_moe_init(&M[v][0], &P[v][0], &P[v][1], experts, N, masks, S, mul, add, K_TOP, 1.0f, 1, 0.5f, 1, 0, 7) ||
+            eq_moe_init(&M[v][1], &P[v][0], &P[v][1], experts, N, NULL, 0, mul, add, K_TOP, 1.0f, 0, 0.0f, 0, 1, 7))
+            return 1;
+    }
+    eq_step bad_chain[2] = {{EQ_STEP_LINEAR, &ri, NULL, NULL, 0, H}, {EQ_STEP_LINEAR, &ri, NULL, NULL, 0, H}};
+    eq_program unused;
+    int bad = eq_program_init(&unused, K, bad_chain, 2) != EQ_ERR_SHAPE;
+    float x[D], out[2][C];
+    int32_t chosen[2][K_TOP];
+    float wk[2][K_TOP], unc[2], ent[2];
+    for (int t = 0; t < 50; t++) {
+        for (int j = 0; j < D; j++) x[j] = (float)((int32_t)(rnd() % 2001) - 1000) / 300.0f;
+        for (int m = 0; m < 2; m++) {
+            for (int v = 0; v < 2; v++) eq_moe_window(&M[v][m], x, out[v], chosen[v], wk[v], &unc[v], &ent[v]);
+            float d = 0.0f, mag = 0.0f;
+            for (int c = 0; c < C; c++) d = fmaxf(d, fabsf(out[0][c] - out[1][c])), mag = fmaxf(mag, fabsf(out[0][c]));
+            if (memcmp(chosen[0], chosen[1], sizeof chosen[0]) || d > 1e-4f * (1.0f + mag)) {
+                bad++;
+                fprintf(stderr, "%s: mixture %d differs from generic at window %d: %d %d / %d %d, max diff %g of %g\n",
+                        K->name, m, t, chosen[0][0], chosen[0][1], chosen[1][0], chosen[1][1], d, mag);
+            }
+            if (chosen[0][0] == chosen[0][1] || chosen[0][0] < 0 || chosen[0][0] >= N || chosen[0][1] < 0 ||
+                chosen[0][1] >= N)
+                bad++; /* top-k experts are distinct and in range */
+        }
+    }
+    for (int v = 0; v < 2; v++) {
+        for (int m = 0; m < 2; m++) eq_moe_free(&M[v][m]);
+        for (int i = 0; i < 2 + N; i++) eq_program_free(&P[v][i]);
+    }
+    return bad;
+}
+
 int main(void) {
     const eq_kernels *ks[8];
     const int nk = eq_available(ks, 8);
@@ -95,6 +169,8 @@ int main(void) {
                 }
             }
         }
+        bad += check_programs(K);
+        n_checks++;
         printf("variant %s: %d checks, %d mismatches\n", K->name, n_checks, bad);
         failures += bad;
         checks += n_checks;

@@ -144,6 +144,61 @@ void eq_moe_combine(const float *router, int32_t S, int32_t N, const float *expe
                     float *uncertainty, float *entropy);
 void eq_relu(float *x, int32_t n);
 
+/* ---- heads and mixtures (eq_program.c) ---- */
+enum { EQ_ERR_SHAPE = -1, EQ_ERR_NOMEM = -2 };
+enum { EQ_STEP_LINEAR, EQ_STEP_LAYERNORM, EQ_STEP_RELU };
+#define EQ_MOE_MAX 64 /* experts, and classes, of one mixture at most */
+
+/* One step of a head: a packed linear layer, or LayerNorm / ReLU over ``width`` values. */
+typedef struct eq_step {
+    int kind;
+    const eq_layer *L;
+    const float *gamma, *beta;
+    float eps;
+    int32_t width;
+} eq_step;
+
+/* A head: steps run one row at a time with one kernel variant, in preallocated
+ * buffers. Not for two threads at once (the scratch is the program's). */
+typedef struct eq_program {
+    const eq_kernels *K;
+    eq_step *steps;
+    int nsteps, last_linear;
+    int32_t in_width, out_width;
+    eq_scratch scratch;
+    float *ping, *pong;
+} eq_program;
+
+/* Copies the steps (the layers and parameters they point to must outlive P) after
+ * checking that they chain: a linear step first, each layer taking what the one before
+ * gives. 0, EQ_ERR_SHAPE or EQ_ERR_NOMEM. */
+int eq_program_init(eq_program *P, const eq_kernels *K, const eq_step *steps, int nsteps);
+void eq_program_free(eq_program *P);
+void eq_program_row(eq_program *P, const float *x, float *y);
+
+/* A mixture of experts (edgeqmoe/model/moe.py documents the maths): input
+ * normalisation x * mul + add, router (with its S Monte-Carlo dropout masks as S rows
+ * when curious), experts and eq_moe_combine, all in buffers allocated once. ``uniform``
+ * draws top_k distinct experts per window from a seeded splitmix64 generator instead of
+ * routing. The programs must outlive M; not for two threads at once. */
+typedef struct eq_moe {
+    eq_program *rin, *rout, *ex[EQ_MOE_MAX];
+    int32_t N, C, S, D, H, top_k, curiosity, evaluate_all, uniform;
+    float T, alpha;
+    float *mem, *xn, *h1, *hs, *rl, *el, *masks, *mul, *add;
+    uint64_t rng;
+} eq_moe;
+
+/* masks: S x H (read only when curiosity); mul, add: D each or NULL (1 and 0).
+ * 0, EQ_ERR_SHAPE or EQ_ERR_NOMEM. */
+int eq_moe_init(eq_moe *M, eq_program *rin, eq_program *rout, eq_program *const *experts, int32_t N,
+                const float *masks, int32_t S, const float *mul, const float *add, int32_t top_k, float T,
+                int curiosity, float alpha, int evaluate_all, int uniform, uint64_t seed);
+void eq_moe_free(eq_moe *M);
+/* One window: out (C logits), chosen and wk (top_k), router uncertainty and entropy. */
+void eq_moe_window(eq_moe *M, const float *x, float *out, int32_t *chosen, float *wk, float *unc, float *ent);
+uint64_t eq_splitmix64(uint64_t *state);
+
 /* helpers shared by the variants */
 void eq_generic_quant_i8(const float *x, int32_t k, eq_act *a);
 void eq_generic_quant_sign(const float *x, int32_t k, float tau, int32_t mode, eq_act *a);

@@ -2,10 +2,13 @@
  *
  *   Layer(fmt, n, k, w, scale, bias)        packed layer; holds the buffers (no copy)
  *   Program(variant, steps)                  a head: ("linear", Layer) | ("layernorm",
- *                                            gamma, beta, eps) | ("relu",), run in C
+ *                                            gamma, beta, eps) | ("relu",); eq_program
  *   Program.run(x, out, batch)               float32 in, float32 out, GIL released
- *   MoE(router_in, router_out, experts, ...) a mixture of Programs; MoE.run(x, out,
- *                                            chosen, wk) -> (uncertainty, entropy)
+ *   MoE(router_in, router_out, experts, ...) a mixture of Programs (eq_moe); MoE.run(x,
+ *                                            out, chosen, wk) -> (uncertainty, entropy)
+ *
+ * The interpreter and the mixture live in eq_program.c; this file parses and checks
+ * Python objects, turns problems into Python errors, and releases the GIL around runs.
  *   acc(variant, layer, xq, out, batch)      int32 accumulators of given quantized
  *                                            activations (int8, or -1/+1 for popcount;
  *                                            0/1 activations: (acc + wsum) / 2)
@@ -190,158 +193,119 @@ static PyTypeObject LayerType = {
 
 /* ------------------------------------------------------------------ Program */
 
-enum { STEP_LINEAR, STEP_LAYERNORM, STEP_RELU };
-
 typedef struct {
-    int kind;
-    const eq_layer *L;
-    const float *gamma, *beta;
-    float eps;
-    int32_t width;
-} eq_step;
-
-typedef struct {
-    PyObject_HEAD const eq_kernels *K;
-    PyObject *keep;      /* list: Layer objects and buffer owners */
-    Py_buffer *bufs;     /* layernorm parameter views */
+    PyObject_HEAD eq_program prog;
+    PyObject *keep;  /* list: Layer objects and buffer owners */
+    Py_buffer *bufs; /* layernorm parameter views */
     int nbufs;
-    eq_step *steps;
-    int nsteps;
-    int last_linear; /* index of the last linear step: it writes straight into the output */
-    int32_t in_width, out_width, max_width;
-    eq_scratch scratch;
-    float *ping, *pong;
     int inited, ready;
 } ProgramObject;
 
 static void Program_dealloc(ProgramObject *self) {
+    eq_program_free(&self->prog);
     for (int i = 0; i < self->nbufs; i++) PyBuffer_Release(&self->bufs[i]);
     free(self->bufs);
-    free(self->steps);
-    free(self->ping);
-    free(self->pong);
-    if (self->scratch.mem) eq_scratch_free(&self->scratch);
     Py_XDECREF(self->keep);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* Program(variant, steps): parses and checks the Python steps (with messages that name
+ * the step), then eq_program_init does the rest. */
 static int Program_init(ProgramObject *self, PyObject *args, PyObject *kw) {
     const char *variant;
     PyObject *steps;
     if (!PyArg_ParseTuple(args, "sO!", &variant, &PyList_Type, &steps)) return -1;
     INIT_ONCE(self, "Program");
-    self->K = find_variant(variant);
-    if (!self->K) return -1;
+    const eq_kernels *K = find_variant(variant);
+    if (!K) return -1;
     Py_ssize_t ns = PyList_GET_SIZE(steps);
     if (ns < 1) {
         PyErr_SetString(PyExc_ValueError, "a program needs at least one step");
         return -1;
     }
-    self->steps = calloc((size_t)ns, sizeof(eq_step));
+    eq_step *st = calloc((size_t)ns, sizeof(eq_step));
     self->bufs = calloc((size_t)ns * 2, sizeof(Py_buffer));
     self->keep = PyList_New(0);
-    if (!self->steps || !self->bufs || !self->keep) {
+    if (!st || !self->bufs || !self->keep) {
+        free(st);
         PyErr_NoMemory();
         return -1;
     }
-    int32_t width = -1, maxw = 0, maxkp = 64;
+    int32_t width = -1;
     for (Py_ssize_t i = 0; i < ns; i++) {
         PyObject *t = PyList_GET_ITEM(steps, i);
         if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) < 1 || !PyUnicode_Check(PyTuple_GET_ITEM(t, 0))) {
             PyErr_Format(PyExc_TypeError, "step %zd must be a tuple starting with its kind", i);
-            return -1;
+            goto fail;
         }
         const char *kind = PyUnicode_AsUTF8(PyTuple_GET_ITEM(t, 0));
-        eq_step *s = &self->steps[i];
+        eq_step *s = &st[i];
         if (strcmp(kind, "linear") == 0) {
             PyObject *lo;
             if (PyTuple_GET_SIZE(t) != 2 || !PyObject_TypeCheck((lo = PyTuple_GET_ITEM(t, 1)), &LayerType)) {
                 PyErr_Format(PyExc_TypeError, "step %zd: ('linear', Layer) expected", i);
-                return -1;
+                goto fail;
             }
             LayerObject *lobj = (LayerObject *)lo;
             if (!lobj->ready) {
                 PyErr_Format(PyExc_ValueError, "step %zd: layer was not initialised", i);
-                return -1;
+                goto fail;
             }
             if (width >= 0 && width != lobj->L.k) {
                 PyErr_Format(PyExc_ValueError, "step %zd: layer takes %d inputs but receives %d", i, lobj->L.k, width);
-                return -1;
+                goto fail;
             }
-            if (width < 0) self->in_width = lobj->L.k;
-            s->kind = STEP_LINEAR;
+            s->kind = EQ_STEP_LINEAR;
             s->L = &lobj->L;
-            if (PyList_Append(self->keep, lo) < 0) return -1;
-            maxw = lobj->L.k > maxw ? lobj->L.k : maxw;
-            maxw = lobj->L.n > maxw ? lobj->L.n : maxw;
-            maxkp = lobj->L.kp > maxkp ? lobj->L.kp : maxkp;
+            if (PyList_Append(self->keep, lo) < 0) goto fail;
             width = lobj->L.n;
         } else if (strcmp(kind, "layernorm") == 0) {
             if (width < 0 || PyTuple_GET_SIZE(t) != 4) {
                 PyErr_Format(PyExc_ValueError, "step %zd: ('layernorm', gamma, beta, eps) after a linear step", i);
-                return -1;
+                goto fail;
             }
             Py_buffer *g = &self->bufs[self->nbufs];
-            if (get_typed(PyTuple_GET_ITEM(t, 1), g, 'f', 0, "layernorm gamma") < 0) return -1;
+            if (get_typed(PyTuple_GET_ITEM(t, 1), g, 'f', 0, "layernorm gamma") < 0) goto fail;
             self->nbufs++;
             Py_buffer *b = &self->bufs[self->nbufs];
-            if (get_typed(PyTuple_GET_ITEM(t, 2), b, 'f', 0, "layernorm beta") < 0) return -1;
+            if (get_typed(PyTuple_GET_ITEM(t, 2), b, 'f', 0, "layernorm beta") < 0) goto fail;
             self->nbufs++;
             if (g->len != 4 * (Py_ssize_t)width || b->len != 4 * (Py_ssize_t)width) {
                 PyErr_Format(PyExc_ValueError, "step %zd: layernorm parameters must be %d float32", i, width);
-                return -1;
+                goto fail;
             }
-            s->kind = STEP_LAYERNORM;
+            s->kind = EQ_STEP_LAYERNORM;
             s->gamma = g->buf;
             s->beta = b->buf;
             s->eps = (float)PyFloat_AsDouble(PyTuple_GET_ITEM(t, 3));
-            if (PyErr_Occurred()) return -1;
+            if (PyErr_Occurred()) goto fail;
         } else if (strcmp(kind, "relu") == 0) {
             if (width < 0) {
                 PyErr_Format(PyExc_ValueError, "step %zd: relu needs a linear step before it", i);
-                return -1;
+                goto fail;
             }
-            s->kind = STEP_RELU;
+            s->kind = EQ_STEP_RELU;
         } else {
             PyErr_Format(PyExc_ValueError, "step %zd: unknown kind '%s' (linear, layernorm, relu)", i, kind);
-            return -1;
+            goto fail;
         }
         s->width = width;
     }
-    self->nsteps = (int)ns;
-    self->last_linear = -1;
-    for (int i = 0; i < self->nsteps; i++)
-        if (self->steps[i].kind == STEP_LINEAR) self->last_linear = i;
-    self->out_width = width;
-    self->max_width = maxw;
-    if (eq_scratch_init(&self->scratch, maxkp, maxw) < 0 ||
-        posix_memalign((void **)&self->ping, 64, sizeof(float) * (size_t)eq_padded_k(maxw)) ||
-        posix_memalign((void **)&self->pong, 64, sizeof(float) * (size_t)eq_padded_k(maxw))) {
+    int rc = eq_program_init(&self->prog, K, st, (int)ns);
+    free(st);
+    if (rc == EQ_ERR_NOMEM) {
         PyErr_NoMemory();
+        return -1;
+    }
+    if (rc < 0) {
+        PyErr_SetString(PyExc_ValueError, "the steps do not chain");
         return -1;
     }
     self->ready = 1;
     return 0;
-}
-
-/* one row through all steps; the last linear writes straight into y */
-static void program_row(ProgramObject *P, const float *x, float *y) {
-    const float *cur = x;
-    float *bufs[2] = {P->ping, P->pong};
-    int which = 0;
-    for (int i = 0; i < P->nsteps; i++) {
-        const eq_step *s = &P->steps[i];
-        if (s->kind == STEP_LINEAR) {
-            float *dst = (i == P->last_linear) ? y : bufs[which];
-            eq_linear_row(P->K, s->L, cur, dst, &P->scratch);
-            cur = dst;
-            which ^= 1;
-        } else if (s->kind == STEP_LAYERNORM) {
-            eq_layernorm((float *)cur, s->width, s->gamma, s->beta, s->eps);
-        } else {
-            eq_relu((float *)cur, s->width);
-        }
-    }
+fail:
+    free(st);
+    return -1;
 }
 
 /* run(x, out[, batch]): batch defaults to the rows that x holds */
@@ -351,21 +315,18 @@ static PyObject *Program_run(ProgramObject *self, PyObject *const *args, Py_ssiz
         return NULL;
     }
     NEED_READY(self, "Program", NULL);
+    const int32_t din = self->prog.in_width, dout = self->prog.out_width;
     Py_buffer xb, yb;
     if (get_typed(args[0], &xb, 'f', 0, "run: x") < 0) return NULL;
     if (get_typed(args[1], &yb, 'f', 1, "run: out") < 0) {
         PyBuffer_Release(&xb);
         return NULL;
     }
-    Py_ssize_t batch = nargs == 3 ? PyLong_AsSsize_t(args[2]) : xb.len / (4 * (Py_ssize_t)self->in_width);
-    if (batch < 1 || xb.len != 4 * batch * self->in_width || yb.len != 4 * batch * self->out_width) {
-        if (PyErr_Occurred()) {
-            PyBuffer_Release(&xb);
-            PyBuffer_Release(&yb);
-            return NULL;
-        }
-        PyErr_Format(PyExc_ValueError, "run: x needs %zd x %d float32 and out %zd x %d (got %zd and %zd bytes)", batch,
-                     self->in_width, batch, self->out_width, xb.len, yb.len);
+    Py_ssize_t batch = nargs == 3 ? PyLong_AsSsize_t(args[2]) : xb.len / (4 * (Py_ssize_t)din);
+    if (batch < 1 || xb.len != 4 * batch * din || yb.len != 4 * batch * dout) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "run: x needs %zd x %d float32 and out %zd x %d (got %zd and %zd bytes)",
+                         batch, din, batch, dout, xb.len, yb.len);
         PyBuffer_Release(&xb);
         PyBuffer_Release(&yb);
         return NULL;
@@ -373,7 +334,7 @@ static PyObject *Program_run(ProgramObject *self, PyObject *const *args, Py_ssiz
     const float *x = xb.buf;
     float *y = yb.buf;
     Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(run_lock, WAIT_LOCK);
-    for (Py_ssize_t b = 0; b < batch; b++) program_row(self, x + b * self->in_width, y + b * self->out_width);
+    for (Py_ssize_t b = 0; b < batch; b++) eq_program_row(&self->prog, x + b * din, y + b * dout);
     PyThread_release_lock(run_lock);
     Py_END_ALLOW_THREADS PyBuffer_Release(&xb);
     PyBuffer_Release(&yb);
@@ -382,10 +343,10 @@ static PyObject *Program_run(ProgramObject *self, PyObject *const *args, Py_ssiz
 
 static PyObject *Program_get_variant(ProgramObject *self, void *c) {
     if (!self->ready) Py_RETURN_NONE;
-    return PyUnicode_FromString(self->K->name);
+    return PyUnicode_FromString(self->prog.K->name);
 }
-static PyObject *Program_get_in(ProgramObject *self, void *c) { return PyLong_FromLong(self->in_width); }
-static PyObject *Program_get_out(ProgramObject *self, void *c) { return PyLong_FromLong(self->out_width); }
+static PyObject *Program_get_in(ProgramObject *self, void *c) { return PyLong_FromLong(self->prog.in_width); }
+static PyObject *Program_get_out(ProgramObject *self, void *c) { return PyLong_FromLong(self->prog.out_width); }
 
 static PyMethodDef Program_methods[] = {
     {"run", (PyCFunction)(void (*)(void))Program_run, METH_FASTCALL,
@@ -514,45 +475,28 @@ static PyObject *py_quantize(PyObject *m, PyObject *args) {
 }
 
 /* ------------------------------------------------------------------ MoE
- * A whole mixture-of-experts window in one call (edgeqmoe/model/moe.py documents the
- * maths): input normalisation, router (with its S Monte-Carlo dropout masks as S
- * rows), experts and eq_moe_combine, GIL released, no allocation. ``uniform`` draws
- * top_k distinct experts per window from a seeded generator instead of routing. */
+ * A whole mixture-of-experts window in one call (eq_moe in eq_program.c), GIL released,
+ * no allocation. */
 typedef struct {
-    PyObject_HEAD ProgramObject *rin, *rout;
-    PyObject *keep; /* the Programs and buffers owners */
-    ProgramObject *ex[64];
-    int32_t N, C, S, D, H, top_k, curiosity, evaluate_all, uniform;
-    float T, alpha;
-    float *mem, *xn, *h1, *hs, *rl, *el, *masks, *mul, *add;
-    uint64_t rng;
+    PyObject_HEAD eq_moe moe;
+    PyObject *keep; /* the Programs */
     int inited, ready;
 } MoEObject;
 
 static void MoE_dealloc(MoEObject *self) {
-    free(self->mem);
+    eq_moe_free(&self->moe);
     Py_XDECREF(self->keep);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* splitmix64: small, seeded, the same sequence on every machine */
-static uint64_t moe_next(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static int copy_floats(PyObject *o, float *dst, Py_ssize_t n, const char *what) {
-    Py_buffer b;
-    if (get_typed(o, &b, 'f', 0, what) < 0) return -1;
-    if (b.len != 4 * n) {
-        PyErr_Format(PyExc_ValueError, "MoE: %s must be %zd float32, got %zd bytes", what, n, b.len);
-        PyBuffer_Release(&b);
+/* float32 of exactly n values, or NULL (None) when allowed; the caller releases b */
+static int floats_of(PyObject *o, Py_buffer *b, Py_ssize_t n, const char *what) {
+    if (get_typed(o, b, 'f', 0, what) < 0) return -1;
+    if (n >= 0 && b->len != 4 * n) {
+        PyErr_Format(PyExc_ValueError, "%s must be %zd float32, got %zd bytes", what, n, b->len);
+        PyBuffer_Release(b);
         return -1;
     }
-    memcpy(dst, b.buf, (size_t)b.len);
-    PyBuffer_Release(&b);
     return 0;
 }
 
@@ -569,127 +513,71 @@ static int MoE_init(MoEObject *self, PyObject *args, PyObject *kw) {
     INIT_ONCE(self, "MoE");
     self->keep = PyList_New(0);
     if (!self->keep) return -1;
-    self->rin = (ProgramObject *)rin;
-    self->rout = (ProgramObject *)rout;
-    PyList_Append(self->keep, rin);
-    PyList_Append(self->keep, rout);
-    if (!self->rin->ready || !self->rout->ready) {
+    ProgramObject *ri = (ProgramObject *)rin, *ro = (ProgramObject *)rout;
+    if (!ri->ready || !ro->ready) {
         PyErr_SetString(PyExc_ValueError, "MoE: the router Programs were not initialised");
         return -1;
     }
-    self->N = (int32_t)PyList_GET_SIZE(experts);
-    self->D = self->rin->in_width;
-    self->H = self->rin->out_width;
-    if (self->N < 1 || self->N > 64 || self->rout->in_width != self->H || self->rout->out_width != self->N) {
-        PyErr_Format(PyExc_ValueError, "MoE: %d experts (1..64) and a router %d -> %d, %d -> %d that does not fit",
-                     self->N, self->D, self->H, self->rout->in_width, self->rout->out_width);
+    const int32_t N = (int32_t)PyList_GET_SIZE(experts), D = ri->prog.in_width, H = ri->prog.out_width;
+    if (N < 1 || N > EQ_MOE_MAX || ro->prog.in_width != H || ro->prog.out_width != N) {
+        PyErr_Format(PyExc_ValueError, "MoE: %d experts (1..%d) and a router %d -> %d, %d -> %d that does not fit", N,
+                     EQ_MOE_MAX, D, H, ro->prog.in_width, ro->prog.out_width);
         return -1;
     }
-    for (int i = 0; i < self->N; i++) {
+    eq_program *ex[EQ_MOE_MAX];
+    int32_t C = -1;
+    for (int32_t i = 0; i < N; i++) {
         PyObject *e = PyList_GET_ITEM(experts, i);
         if (!PyObject_TypeCheck(e, &ProgramType)) {
             PyErr_SetString(PyExc_TypeError, "MoE: experts must be Programs");
             return -1;
         }
-        self->ex[i] = (ProgramObject *)e;
-        if (!self->ex[i]->ready) {
+        ProgramObject *pe = (ProgramObject *)e;
+        if (!pe->ready) {
             PyErr_Format(PyExc_ValueError, "MoE: expert %d was not initialised", i);
             return -1;
         }
-        PyList_Append(self->keep, e);
-        if (i == 0) self->C = self->ex[0]->out_width;
-        if (self->ex[i]->in_width != self->D || self->ex[i]->out_width != self->C || self->C > 64) {
-            PyErr_Format(PyExc_ValueError, "MoE: expert %d maps %d -> %d, the others %d -> %d (at most 64 classes)", i,
-                         self->ex[i]->in_width, self->ex[i]->out_width, self->D, self->C);
+        if (i == 0) C = pe->prog.out_width;
+        if (pe->prog.in_width != D || pe->prog.out_width != C || C > EQ_MOE_MAX) {
+            PyErr_Format(PyExc_ValueError, "MoE: expert %d maps %d -> %d, the others %d -> %d (at most %d classes)", i,
+                         pe->prog.in_width, pe->prog.out_width, D, C, EQ_MOE_MAX);
             return -1;
         }
+        ex[i] = &pe->prog;
+        if (PyList_Append(self->keep, e) < 0) return -1;
     }
-    if (top_k < 1 || top_k > self->N || !(T > 0.0f) || !isfinite(T) || !isfinite(alpha)) {
+    if (PyList_Append(self->keep, rin) < 0 || PyList_Append(self->keep, rout) < 0) return -1;
+    if (top_k < 1 || top_k > N || !(T > 0.0f) || !isfinite(T) || !isfinite(alpha)) {
         char num[64]; /* PyErr_Format has no %g */
         snprintf(num, sizeof num, "%g, alpha %g", (double)T, (double)alpha);
-        PyErr_Format(PyExc_ValueError, "MoE: top_k %d (1..%d) or temperature %s out of range", top_k, self->N, num);
+        PyErr_Format(PyExc_ValueError, "MoE: top_k %d (1..%d) or temperature %s out of range", top_k, N, num);
         return -1;
     }
-    self->S = 1;
+    Py_buffer mb = {0}, ub = {0}, ab = {0};
+    int32_t S = 1, rc = -1;
     if (curiosity) {
-        Py_buffer b;
-        if (get_typed(mo, &b, 'f', 0, "MoE: masks") < 0) return -1;
-        self->S = (int32_t)(b.len / (4 * (Py_ssize_t)self->H));
-        PyBuffer_Release(&b);
-        if (self->S < 1) {
+        if (floats_of(mo, &mb, -1, "MoE: masks") < 0) return -1;
+        S = (int32_t)(mb.len / (4 * (Py_ssize_t)H));
+        if (S < 1 || mb.len != 4 * (Py_ssize_t)S * H) {
             PyErr_SetString(PyExc_ValueError, "MoE: curiosity needs dropout masks of the router's hidden width");
-            return -1;
+            goto done;
         }
     }
-    const int32_t D = self->D, H = self->H, S = self->S, N = self->N, C = self->C;
-    const size_t total = (size_t)D * 3 + H + (size_t)S * H * 2 + (size_t)S * N + (size_t)N * C;
-    self->mem = calloc(total, sizeof(float));
-    if (!self->mem) {
+    if (mulo != Py_None && (floats_of(mulo, &ub, D, "MoE: mul") < 0 || floats_of(addo, &ab, D, "MoE: add") < 0))
+        goto done;
+    rc = eq_moe_init(&self->moe, &ri->prog, &ro->prog, ex, N, curiosity ? mb.buf : NULL, S, ub.obj ? ub.buf : NULL,
+                     ab.obj ? ab.buf : NULL, top_k, T, curiosity, alpha, evaluate_all, uniform, seed);
+    if (rc == EQ_ERR_NOMEM)
         PyErr_NoMemory();
-        return -1;
-    }
-    float *p = self->mem;
-    self->xn = p, p += D;
-    self->h1 = p, p += H;
-    self->hs = p, p += (size_t)S * H;
-    self->rl = p, p += (size_t)S * N;
-    self->el = p, p += (size_t)N * C;
-    self->masks = p, p += (size_t)S * H;
-    self->mul = p, p += D;
-    self->add = p;
-    if (curiosity && copy_floats(mo, self->masks, (Py_ssize_t)S * H, "masks") < 0) return -1;
-    if (mulo != Py_None && (copy_floats(mulo, self->mul, D, "mul") < 0 || copy_floats(addo, self->add, D, "add") < 0))
-        return -1;
-    if (mulo == Py_None)
-        for (int32_t j = 0; j < D; j++) self->mul[j] = 1.0f;
-    self->top_k = top_k;
-    self->T = T;
-    self->alpha = alpha;
-    self->curiosity = curiosity && !uniform;
-    self->evaluate_all = evaluate_all || self->curiosity;
-    self->uniform = uniform;
-    self->rng = seed;
-    self->ready = 1;
-    return 0;
-}
-
-static void moe_window(MoEObject *M, const float *x, float *out, int32_t *chosen, float *wk, float *unc, float *ent) {
-    const int32_t D = M->D, H = M->H, N = M->N, C = M->C, k = M->top_k;
-    for (int32_t j = 0; j < D; j++) M->xn[j] = x[j] * M->mul[j] + M->add[j];
-    *unc = *ent = 0.0f;
-    if (M->uniform) {
-        int32_t idx[64];
-        for (int32_t i = 0; i < N; i++) idx[i] = i;
-        for (int32_t j = 0; j < k; j++) { /* partial Fisher-Yates */
-            const int32_t r = j + (int32_t)(moe_next(&M->rng) % (uint64_t)(N - j)), t = idx[j];
-            idx[j] = idx[r];
-            idx[r] = t;
-            chosen[j] = idx[j];
-            wk[j] = 1.0f / (float)N; /* a uniform router: p_i = 1/N */
-        }
-    } else {
-        program_row(M->rin, M->xn, M->h1);
-        if (M->curiosity) {
-            for (int32_t s = 0; s < M->S; s++) {
-                for (int32_t j = 0; j < H; j++) M->hs[(size_t)s * H + j] = M->h1[j] * M->masks[(size_t)s * H + j];
-                program_row(M->rout, M->hs + (size_t)s * H, M->rl + (size_t)s * N);
-            }
-        } else {
-            program_row(M->rout, M->h1, M->rl);
-        }
-    }
-    if (M->evaluate_all)
-        for (int32_t i = 0; i < N; i++) program_row(M->ex[i], M->xn, M->el + (size_t)i * C);
-    if (!M->uniform)
-        eq_moe_combine(M->rl, M->curiosity ? M->S : 1, N, M->el, C, M->T, M->curiosity, M->alpha, k, out, chosen, wk,
-                       unc, ent);
-    if (!M->evaluate_all)
-        for (int32_t j = 0; j < k; j++) program_row(M->ex[chosen[j]], M->xn, M->el + (size_t)chosen[j] * C);
-    if (M->uniform || !M->evaluate_all) {
-        for (int32_t c = 0; c < C; c++) out[c] = 0.0f;
-        for (int32_t j = 0; j < k; j++)
-            for (int32_t c = 0; c < C; c++) out[c] += wk[j] * M->el[(size_t)chosen[j] * C + c];
-    }
+    else if (rc < 0)
+        PyErr_SetString(PyExc_ValueError, "MoE: the router and experts do not fit together");
+    else
+        self->ready = 1;
+done:
+    if (mb.obj) PyBuffer_Release(&mb);
+    if (ub.obj) PyBuffer_Release(&ub);
+    if (ab.obj) PyBuffer_Release(&ab);
+    return self->ready ? 0 : -1;
 }
 
 /* run(x, out, chosen, wk) -> (uncertainty, entropy): one window */
@@ -702,8 +590,9 @@ static PyObject *MoE_run(MoEObject *self, PyObject *const *args, Py_ssize_t narg
     Py_buffer b[4];
     static const char types[4] = {'f', 'f', 'i', 'f'};
     static const char *what[4] = {"MoE.run: x", "MoE.run: out", "MoE.run: chosen", "MoE.run: wk"};
-    const Py_ssize_t need[4] = {4 * (Py_ssize_t)self->D, 4 * (Py_ssize_t)self->C, 4 * (Py_ssize_t)self->top_k,
-                                4 * (Py_ssize_t)self->top_k};
+    const eq_moe *M = &self->moe;
+    const Py_ssize_t need[4] = {4 * (Py_ssize_t)M->D, 4 * (Py_ssize_t)M->C, 4 * (Py_ssize_t)M->top_k,
+                                4 * (Py_ssize_t)M->top_k};
     int got = 0;
     PyObject *ret = NULL;
     for (; got < 4; got++)
@@ -715,7 +604,7 @@ static PyObject *MoE_run(MoEObject *self, PyObject *const *args, Py_ssize_t narg
         }
     float unc, ent;
     Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(run_lock, WAIT_LOCK);
-    moe_window(self, b[0].buf, b[1].buf, b[2].buf, b[3].buf, &unc, &ent);
+    eq_moe_window(&self->moe, b[0].buf, b[1].buf, b[2].buf, b[3].buf, &unc, &ent);
     PyThread_release_lock(run_lock);
     Py_END_ALLOW_THREADS ret = Py_BuildValue("ff", unc, ent);
 done:

@@ -547,3 +547,128 @@ def test_compare_says_undefined_without_baseline_variance(tmp_path):
              "t_wall": 2.0 + i}) + "\n" for i in range(30)))
     r = CliRunner().invoke(app, ["logs", "compare", str(tmp_path / "a"), str(tmp_path / "b")])
     assert r.exit_code == 0 and "variance reduction undefined" in r.output and "%," not in r.output.split("latency")[1]
+
+
+# --------------------------------------------------------------------------- the daemon: reload, signals, lock
+
+def _daemon_records(logs):
+    return list(read_jsonl(log_files(logs, "daemon")))
+
+
+def _wait(cond, timeout=60.0):
+    deadline = __import__("time").monotonic() + timeout
+    while __import__("time").monotonic() < deadline:
+        if cond():
+            return True
+        threading.Event().wait(0.05)
+    return cond()
+
+
+def test_reload_and_stats_run_while_the_ring_is_never_empty(tmp_path, us8k):
+    """--fast reads files as fast as the daemon takes them, so audio is always waiting:
+    stats and reloads must still happen on time; an unreadable edit is rejected."""
+    from conftest import US8K
+
+    from edgeqmoe.daemon.profiles import load_profile
+    from edgeqmoe.daemon.run import Daemon
+
+    prof = tmp_path / "p.yaml"
+    text = ("version: 1\nmodel: {bundle: balanced-weightfree.eqm}\naudio: {window: 2.0, hop: 1.0}\n"
+            "logging: {flush_interval: 0.1, stats_interval: 1.0}\n")
+    prof.write_text(text)
+    logs = tmp_path / "logs"
+    d = Daemon(load_profile(str(prof)), source=f"dir:{US8K}", realtime=False, log_dir=str(logs))
+    t = threading.Thread(target=d.run)
+    t.start()
+    try:
+        assert _wait(lambda: (logs / "windows.jsonl").exists() and len((logs / "windows.jsonl").read_bytes()) > 2000)
+        prof.write_text(text + "decision: {threshold: 0.35}\n")  # noticed by the file check alone
+        assert _wait(lambda: any(r["event"] == "reload" for r in _daemon_records(logs)))
+        assert d.profile.decision.threshold == 0.35
+        prof.write_bytes(b"version: 1\nmodel: {bundle: caf\xe9.eqm}\n")
+        d._reload.set()
+        assert _wait(lambda: any(r["event"] == "reload_rejected" for r in _daemon_records(logs)))
+        assert _wait(lambda: (logs / "stats.jsonl").exists() and len(list(read_jsonl(logs / "stats.jsonl"))) >= 2)
+        assert t.is_alive()  # still reading the folder: all of it happened mid-stream
+    finally:
+        d.stop()
+        t.join(timeout=60)
+    rej = [r for r in _daemon_records(logs) if r["event"] == "reload_rejected"][0]
+    assert "UTF-8" in rej["message"] and d.profile.decision.threshold == 0.35
+    assert _daemon_records(logs)[-1]["event"] == "stop"
+
+
+def test_reload_to_another_model_names_the_windows_after_it(tmp_path, us8k, weights_dir):
+    from conftest import US8K
+
+    from edgeqmoe.daemon.profiles import load_profile
+    from edgeqmoe.daemon.run import Daemon
+    from edgeqmoe.inspect.logs import load_logs
+
+    prof = tmp_path / "p.yaml"
+    text = ("version: 1\nmodel: {bundle: latency-critical.eqm}\naudio: {window: 2.0, hop: 1.0}\n"
+            "logging: {flush_interval: 0.1}\n")
+    prof.write_text(text)
+    logs = tmp_path / "logs"
+    d = Daemon(load_profile(str(prof)), source=f"dir:{os.path.join(US8K, 'fold1')}", realtime=False,
+               log_dir=str(logs))
+    t = threading.Thread(target=d.run)
+    t.start()
+    try:
+        assert _wait(lambda: (logs / "windows.jsonl").exists() and (logs / "windows.jsonl").stat().st_size > 500)
+        prof.write_text(text.replace("latency-critical.eqm", "energy.eqm"))
+        d._reload.set()
+        assert _wait(lambda: any(r["event"] == "reload" for r in _daemon_records(logs)))
+        n = d.windows
+        assert _wait(lambda: d.windows > n + 5)
+    finally:
+        d.stop()
+        t.join(timeout=60)
+    recs = _daemon_records(logs)
+    start = [r for r in recs if r["event"] == "start"][0]
+    reload = [r for r in recs if r["event"] == "reload"][-1]  # the file check and the flag may both reload
+    assert reload["bundle"].endswith("energy.eqm") and reload["model"] == "moe"
+    assert reload["experts"] != start["experts"] and reload["classes"] == start["classes"]
+    ws = load_logs(logs)["windows"]
+    after = [w for w in ws if w["t_wall"] > reload["t_wall"]]
+    assert after and all(set(w["expert_names"]) <= set(reload["experts"]) for w in after)
+
+
+def test_sighup_while_starting_is_kept_for_later(tmp_path, us8k):
+    from conftest import US8K
+
+    prof = tmp_path / "p.yaml"
+    prof.write_text("version: 1\nmodel: {bundle: balanced-weightfree.eqm}\naudio: {window: 2.0, hop: 1.0}\n"
+                    "logging: {flush_interval: 0.1}\n")
+    logs = tmp_path / "logs"
+    p = subprocess.Popen([PY, "-m", "edgeqmoe.cli", "run", "--profile", str(prof), "--source",
+                          f"dir:{os.path.join(US8K, 'fold1')}", "--realtime", "--log-dir", str(logs)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # the lock appears once the model is built: before warm-up and before the source opens
+        assert _wait(lambda: (logs / ".lock").exists() or p.poll() is not None, 120)
+        p.send_signal(signal.SIGHUP)
+        assert _wait(lambda: any(r["event"] == "reload" for r in _daemon_records(logs)) or p.poll() is not None)
+        assert p.poll() is None, p.stderr.read()
+        assert _wait(lambda: (logs / "windows.jsonl").exists() and (logs / "windows.jsonl").stat().st_size > 0)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=60)
+    assert rc == 0
+    events = [r["event"] for r in _daemon_records(logs)]
+    assert events[0] == "start" and "reload" in events and events[-1] == "stop"
+
+
+def test_a_second_daemon_on_the_same_log_folder_exits_2(tmp_path):
+    prof = tmp_path / "p.yaml"
+    prof.write_text(WEIGHTFREE_PROFILE)
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(wav_bytes(16000, np.zeros(16000 * 3)))
+    first = LogWriter(tmp_path / "l")
+    try:
+        r = run_cli(["run", "--profile", str(prof), "--source", f"file:{wav}", "--fast", "--log-dir",
+                     str(tmp_path / "l")])
+    finally:
+        first.close()
+    assert r.returncode == 2 and f"another edgeqmoe daemon (pid {os.getpid()})" in r.stderr
+    assert not (tmp_path / "l" / "windows.jsonl").stat().st_size  # the second wrote nothing

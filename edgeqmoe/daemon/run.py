@@ -162,6 +162,7 @@ class LoopState:
         self.audio_pos = 0  # samples consumed since the stream (re)started
         self.warmed = False
         self.file_i, self.file_start = -1, 0  # file sources: the file being read, its first sample
+        self.reason = ""  # why the loop ended (the stop record's reason)
 
     def set_window(self, profile: Profile) -> None:
         sr = self.sr
@@ -224,6 +225,26 @@ class Daemon:
             self.writer.close()
 
     def _run(self) -> int:
+        st = self._begin()
+        sup = Supervisor(self, st.ring)
+        sup.open_first()
+        gc_was = gc.isenabled()
+        st.reason = "end of input"
+        try:
+            self._loop(st, sup)
+        finally:
+            sup.stop()
+            self._flush_event()
+            if st.stats.n:
+                self._write_stats(st.stats, st.ring, time.monotonic() - st.last_stats)
+            self.log("stop", windows=self.windows, dropped_samples=st.ring.dropped, reason=st.reason,
+                     dropped_log_lines=self.writer.dropped_total)
+            if gc_was:
+                gc.enable()
+        return 0
+
+    def _begin(self) -> LoopState:
+        """Power meter, CPU pinning, the start record, warm-up: all before audio flows."""
         p = self.profile
         self.power = PowerMeter(p.power.method, p.power.device_class, p.power.grid_intensity)
         if p.runtime.cpu_affinity and hasattr(os, "sched_setaffinity"):
@@ -240,59 +261,51 @@ class Daemon:
             self.echo(f"edgeqmoe: {self.pipeline.built.fallback}")
             self.log("fallback", message=self.pipeline.built.fallback)
         self._warm_up(st)
-        sup = Supervisor(self, st.ring)
-        sup.open_first()
-        gc_was = gc.isenabled()
-        reason = "end of input"
-        try:
-            while not self._stop.is_set():
-                now = time.monotonic()
-                self._housekeeping(st, now)
-                if sup.src is None:
-                    if sup.try_reopen(now):
-                        self._restart_stream(st)
-                    else:
-                        self._stop.wait(0.05)
-                    continue
-                n = self._read(st, sup.src)
-                if n:
-                    sup.heard(st.chunk[:n], now)
-                    for start, window in st.windower.feed(st.chunk[:n]):
-                        self._step(st, sup.src, start, window)
-                    st.audio_pos += n
-                    if self.duration is not None and st.audio_pos >= self.duration * st.sr:
-                        reason = "duration reached"
-                        break
-                    continue
-                # no audio waiting
-                if getattr(sup.src, "finished", False) and st.ring.available == 0:
-                    self._finish_file(st, sup.src)
-                    for e in getattr(sup.src, "errors", []):
-                        self.log("source_error", message=e)
-                        self.echo(f"edgeqmoe: skipped {e}")
-                    if getattr(sup.src, "fatal", None):
-                        reason = "input failed"
-                        self.log("source_error", message=sup.src.fatal)
-                        raise SourceError(sup.src.fatal)
-                    break
-                lost = sup.lost(now)
-                if lost:
-                    sup.close(lost)
-                    self._flush_event()
-                    continue
-                self._stop.wait(min(0.01, self.profile.audio.block / 2))
-            if self._stop.is_set():
-                reason = "signal"
-        finally:
-            sup.stop()
-            self._flush_event()
-            if st.stats.n:
-                self._write_stats(st.stats, st.ring, time.monotonic() - st.last_stats)
-            self.log("stop", windows=self.windows, dropped_samples=st.ring.dropped, reason=reason,
-                     dropped_log_lines=self.writer.dropped_total)
-            if gc_was:
-                gc.enable()
-        return 0
+        return st
+
+    def _loop(self, st: LoopState, sup: Supervisor) -> None:
+        """Windows until a signal, the end of the input or the duration; ``st.reason`` says which."""
+        while not self._stop.is_set():
+            now = time.monotonic()
+            self._housekeeping(st, now)
+            if sup.src is None:
+                if sup.try_reopen(now):
+                    self._restart_stream(st)
+                else:
+                    self._stop.wait(0.05)
+                continue
+            n = self._read(st, sup.src)
+            if n:
+                sup.heard(st.chunk[:n], now)
+                for start, window in st.windower.feed(st.chunk[:n]):
+                    self._step(st, sup.src, start, window)
+                st.audio_pos += n
+                if self.duration is not None and st.audio_pos >= self.duration * st.sr:
+                    st.reason = "duration reached"
+                    return
+                continue
+            if getattr(sup.src, "finished", False) and st.ring.available == 0:
+                self._end_of_input(st, sup.src)
+                return
+            lost = sup.lost(now)
+            if lost:
+                sup.close(lost)
+                self._flush_event()
+                continue
+            self._stop.wait(min(0.01, self.profile.audio.block / 2))  # no audio waiting
+        st.reason = "signal"
+
+    def _end_of_input(self, st: LoopState, src) -> None:
+        """A file source read to its end: the last short file, what was skipped, and a
+        reader that failed (exit 2 through SourceError)."""
+        self._finish_file(st, src)
+        for e in getattr(src, "errors", []):
+            self.log("source_error", message=e)
+            self.echo(f"edgeqmoe: skipped {e}")
+        if getattr(src, "fatal", None):
+            st.reason = "input failed"
+            self.log("source_error", message=src.fatal)
+            raise SourceError(src.fatal)
 
     def _model_fields(self) -> Dict:
         """What a reader needs to name the windows that follow (start and reload records)."""

@@ -9,7 +9,7 @@ import pytest
 
 from edgeqmoe.kernels import KernelChoiceError, available_variants, resolve_variant
 from edgeqmoe.kernels.formats import FORMATS
-from edgeqmoe.model import BundleError, Head, LayerNorm, PackedLinear, ReLU, load_bundle, load_head, save_head
+from edgeqmoe.model import BundleError, Head, LayerNorm, PackedLinear, ReLU, load_bundle, load_model, save_head
 from edgeqmoe.model.bundle import BUNDLE_FORMAT_VERSION
 
 EMB = {"id": "test", "version": "1", "sample_rate": 16000, "dim": 48}
@@ -40,7 +40,7 @@ def test_roundtrip_every_format(tmp_path, rng, fmt):
     x = rng.standard_normal((4, 48)).astype(np.float32)
     want = Head(steps, kernel="ref")(x)
     for kernel in ["ref"] + available_variants():
-        got = load_head(p, kernel=kernel)(x)
+        got = load_model(p, kernel=kernel).logits(x)
         np.testing.assert_allclose(got, want, atol=1e-3 * max(1.0, np.abs(want).max()))
     b = load_bundle(p)
     # packed tensors on disk are exactly their formula
@@ -53,7 +53,7 @@ def test_load_reads_one_private_aligned_copy(bundle_path):
     b = load_bundle(bundle_path)
     for name, arr in b.tensors.items():
         assert not arr.flags.owndata and not arr.flags.writeable, name
-    head = load_head(b)
+    head = load_model(b).head
     lin = head.steps[0]
     # the layer's packed weights are the very bytes of the bundle's one buffer, not a copy of their own
     assert np.shares_memory(lin.packed, b.tensors["s0.w"])
@@ -75,7 +75,7 @@ def test_truncated_bundle(tmp_path, bundle_path):
         p = tmp_path / f"cut{cut}.eqm"
         p.write_bytes(data[:cut])
         with pytest.raises(BundleError) as e:
-            load_head(p)
+            load_model(p)
         assert str(p) in str(e.value)
         assert any(w in e.value.problem for w in ("truncated", "corrupt", "not a bundle"))
 
@@ -86,7 +86,7 @@ def test_corrupt_bundle(tmp_path, bundle_path):
     p = tmp_path / "flip.eqm"
     p.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="checksum mismatch"):
-        load_head(p)
+        load_model(p)
     p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     with pytest.raises(BundleError, match="corrupt header"):
         load_bundle(p)
@@ -109,7 +109,7 @@ def with_format_version(src, dst, version):
 def test_newer_version(tmp_path, bundle_path):
     p = with_format_version(bundle_path, tmp_path / "new.eqm", 99)
     with pytest.raises(BundleError, match="newer edgeqmoe"):
-        load_head(p)
+        load_model(p)
 
 
 def legacy_pack(fmt, codes):
@@ -153,24 +153,24 @@ def test_format1_bundle_is_refused_then_upgraded(tmp_path, rng, fmt):
     p = save_head(tmp_path / "v2.eqm", legacy, [f"c{i}" for i in range(10)], EMB)
     old = with_format_version(p, tmp_path / "v1.eqm", 1)
     with pytest.raises(BundleError, match="upgrade") as e:
-        load_head(old)
+        load_model(old)
     assert str(old) in str(e.value)
     assert upgrade.main([str(old), str(tmp_path / "up.eqm")]) == 0
-    np.testing.assert_allclose(load_head(tmp_path / "up.eqm", kernel="ref")(x), want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(load_model(tmp_path / "up.eqm", kernel="ref").logits(x), want, rtol=0, atol=1e-6)
     assert upgrade.main([str(tmp_path / "up.eqm")]) == 2  # already current: says so
 
 
 def test_missing_bundle(tmp_path):
     with pytest.raises(BundleError, match="file not found"):
-        load_head(tmp_path / "nope.eqm")
+        load_model(tmp_path / "nope.eqm")
 
 
 def test_runs_without_torch(bundle_path):
     code = (
         "import sys, numpy as np\n"
-        "from edgeqmoe.model import load_head\n"
-        f"h = load_head({str(bundle_path)!r})\n"
-        "y = h.predict_proba(np.ones((2, 48), np.float32))\n"
+        "from edgeqmoe.model import load_model\n"
+        f"h = load_model({str(bundle_path)!r})\n"
+        "y = h.predict(np.ones((2, 48), np.float32)).proba\n"
         "assert y.shape == (2, 10) and abs(y.sum() - 2) < 1e-4\n"
         "print('torch' in sys.modules)\n"
     )

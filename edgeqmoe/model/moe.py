@@ -206,7 +206,7 @@ def load_model(path_or_bundle, kernel: Optional[str] = None, embedder=None, eval
         norm = b.meta.get("input_norm")
         mean = b.tensor(norm["mean"]) if norm else None
         std = b.tensor(norm["std"]) if norm else None
-        d_in = int(mean.size) if mean is not None else None
+        d_in = int(mean.size) if mean is not None else int(b.embedder.get("dim", 0)) or None
         if g.get("type") == "mlp":
             return HeadModel(head(g["steps"], d_in, n_classes, "the head"), mean, std, b.classes, b.embedder,
                              b.meta)

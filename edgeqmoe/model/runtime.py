@@ -16,8 +16,8 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
-from ..kernels import KernelChoiceError, _ckernels, get_format, resolve_variant
-from .bundle import Bundle, BundleError, load_bundle
+from ..kernels import _ckernels, get_format, resolve_variant
+from .bundle import Bundle, BundleError
 
 #: LayerNorm epsilon of the heads (as torch.nn.LayerNorm's default).
 LN_EPS = 1e-5
@@ -288,31 +288,3 @@ def check_embedder(bundle: Bundle, info) -> None:
         raise BundleError(bundle.path, f"was trained on embedder {want.get('id')!r} ({want.get('dim')}-d) and cannot "
                                        f"run on {got.get('id')!r} ({got.get('dim')}-d); use a bundle made for "
                                        f"{got.get('id')!r} or switch the embedder")
-
-
-def load_head(path_or_bundle, kernel: Optional[str] = None, embedder=None) -> Head:
-    """A runnable head from a bundle; with ``embedder`` (info or dict), refuse a
-    bundle trained on another embedder."""
-    b = path_or_bundle if isinstance(path_or_bundle, Bundle) else load_bundle(path_or_bundle)
-    if embedder is not None:
-        check_embedder(b, embedder)
-    graph = b.meta["graph"]
-    if graph.get("type") != "mlp":
-        raise BundleError(b.path, f"graph type {graph.get('type')!r} is not a single head")
-    steps = steps_from_meta(b, graph.get("steps", []))
-    norm = b.meta.get("input_norm")
-    mean = std = None
-    if norm:
-        mean, std = b.tensor(norm["mean"]), b.tensor(norm["std"])
-    try:
-        head = Head(steps, kernel=kernel, norm_mean=mean, norm_std=std)
-    except KernelChoiceError:
-        raise
-    except ValueError as e:
-        raise BundleError(b.path, str(e)) from None
-    if head.in_features != int(b.embedder.get("dim", head.in_features)):
-        raise BundleError(b.path, f"head takes {head.in_features} inputs but the bundle's embedder gives "
-                                  f"{b.embedder.get('dim')}")
-    head.classes = b.classes
-    head.embedder = b.embedder
-    return head

@@ -672,3 +672,17 @@ def test_a_second_daemon_on_the_same_log_folder_exits_2(tmp_path):
         first.close()
     assert r.returncode == 2 and f"another edgeqmoe daemon (pid {os.getpid()})" in r.stderr
     assert not (tmp_path / "l" / "windows.jsonl").stat().st_size  # the second wrote nothing
+
+
+def test_an_offline_fetch_says_what_to_do(tmp_path):
+    import dataclasses
+
+    from edgeqmoe.embed import weights as W
+
+    spec = next(s for s in vars(W).values() if isinstance(s, W.WeightsSpec))
+    unreachable = dataclasses.replace(spec, url="http://127.0.0.1:9/weights.pt")  # nothing listens on port 9
+    with pytest.raises(W.WeightsError) as e:
+        W.fetch(unreachable, str(tmp_path), timeout=5)
+    msg = str(e.value)
+    assert "Without internet here" in msg and str(tmp_path) in msg and "EDGEQMOE_WEIGHTS_DIR" in msg
+    assert "urlopen error" not in msg and not list(tmp_path.iterdir())  # nothing half-written left

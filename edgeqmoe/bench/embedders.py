@@ -14,6 +14,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ..machine import machine_info
+from ..stats import percentiles
 
 
 def run_bench(embedders: List[str], window_s: float = 1.0, sr: int = 16000, rounds: int = 10,
@@ -54,12 +55,11 @@ def run_bench(embedders: List[str], window_s: float = 1.0, sr: int = 16000, roun
                 ts.append(time.perf_counter() - t0)
     rows = []
     for e, ts in times.items():
-        a = np.asarray(ts) * 1e3
+        q = percentiles(np.asarray(ts) * 1e3, 3)
         info = built[e].info
         rows.append({"embedder": e, "version": info.version, "dim": info.dim, "model_rate": info.sample_rate,
-                     "input_rate": sr, "window_s": window_s, "median_ms": round(float(np.median(a)), 3),
-                     "p95_ms": round(float(np.percentile(a, 95)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3),
-                     "n": int(a.size)})
+                     "input_rate": sr, "window_s": window_s, "median_ms": q["p50"], "p95_ms": q["p95"],
+                     "p99_ms": q["p99"], "n": len(ts)})
     return {"machine": machine_info({"threads": 1}), "rows": rows, "skipped": skipped}
 
 

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ..machine import machine_info
+from ..stats import percentiles
 
 
 def run_bench(bundles: List[str], n: int = 2000, rounds: int = 4, embeddings: Optional[np.ndarray] = None) -> Dict:
@@ -46,13 +47,14 @@ def run_bench(bundles: List[str], n: int = 2000, rounds: int = 4, embeddings: Op
                 rows[b]["cpu"].append(time.thread_time() - c0)
     out = []
     for b, m, rss in models:
-        lat = np.asarray(rows[b]["lat"])
+        lat = rows[b]["lat"]
+        q = percentiles(lat, 4)
         cpu = float(np.mean(rows[b]["cpu"]))
         e = power.window_energy_mj(cpu)
         out.append({"bundle": b, "name": os.path.basename(os.path.dirname(b)) if os.path.basename(b) == "model.eqm"
                     else os.path.splitext(os.path.basename(b))[0], "model": m.kind, "experts": list(m.experts),
-                    "n": int(lat.size), "mean_ms": round(float(lat.mean()), 4), "std_ms": round(float(lat.std()), 4),
-                    "p99_ms": round(float(np.percentile(lat, 99)), 4), "rss_added_mb": round(rss, 2),
+                    "n": len(lat), "mean_ms": q["mean"], "std_ms": q["std"], "p99_ms": q["p99"],
+                    "rss_added_mb": round(rss, 2),
                     "energy_mj": round(e["energy_mj"], 5), "energy_method": e["energy_method"],
                     "size_kb": round(os.path.getsize(b) / 1024, 1)})
     return {"machine": machine_info({"threads": 1}), "power": power.describe(), "rows": out}

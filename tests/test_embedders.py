@@ -112,12 +112,12 @@ def test_unknown_embedder():
 
 
 def test_bundle_refuses_other_embedder(tmp_path, rng):
-    from edgeqmoe.model import BundleError, PackedLinear, load_head, save_head
+    from edgeqmoe.model import BundleError, PackedLinear, load_model, save_head
 
     W = rng.standard_normal((10, 320)).astype(np.float32)
     p = save_head(tmp_path / "m.eqm", [PackedLinear.from_float(W, None, "q4")], [str(i) for i in range(10)],
                   LogMelStatsEmbedder.info.as_dict())
-    h = load_head(p, embedder=LogMelStatsEmbedder.info)
+    h = load_model(p, embedder=LogMelStatsEmbedder.info)
     assert h.embedder["id"] == "logmel-stats"
     with pytest.raises(BundleError, match="trained on embedder 'logmel-stats'.*cannot run on 'mn04'"):
-        load_head(p, embedder=embedder_info("mn04"))
+        load_model(p, embedder=embedder_info("mn04"))

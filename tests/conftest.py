@@ -64,9 +64,10 @@ def one_clip_per_class(root=US8K):
 
 
 @pytest.fixture(scope="session")
-def virtual_mic():
-    """The project's virtual microphone (tools/virtual_mic.sh): returns the environment
-    that subprocesses need; sounddevice in this process sees it too."""
+def virtual_mic(tmp_path_factory):
+    """The project's virtual microphone (tools/virtual_mic.sh), a sound server of this
+    test session's own (two sessions on one machine never stop each other's): returns
+    the environment that subprocesses need; sounddevice in this process sees it too."""
     import shutil
     import subprocess
 
@@ -75,10 +76,11 @@ def virtual_mic():
             pytest.fail("CI must install pulseaudio (tools/setup.sh --dev)")
         pytest.skip("pulseaudio not installed")
     script = os.path.join(ROOT, "tools", "virtual_mic.sh")
-    out = subprocess.run([script, "up"], capture_output=True, text=True, timeout=60)
+    own = {"EDGEQMOE_VMIC_DIR": str(tmp_path_factory.mktemp("vmic"))}
+    out = subprocess.run([script, "up"], capture_output=True, text=True, timeout=60, env={**os.environ, **own})
     if out.returncode != 0:
         pytest.fail(f"virtual microphone did not start: {out.stderr}")
-    env = {}
+    env = dict(own)
     for part in out.stdout.strip().split("\n")[-1].replace("export ", "").split():
         k, _, v = part.partition("=")
         env[k] = v

@@ -686,3 +686,46 @@ def test_an_offline_fetch_says_what_to_do(tmp_path):
     msg = str(e.value)
     assert "Without internet here" in msg and str(tmp_path) in msg and "EDGEQMOE_WEIGHTS_DIR" in msg
     assert "urlopen error" not in msg and not list(tmp_path.iterdir())  # nothing half-written left
+
+
+# --------------------------------------------------------------------------- the level gate
+
+def test_quiet_windows_run_no_model_and_decide_nothing(tmp_path):
+    """Digital silence and noise at -70 and -60 dBFS are quiet (no embedder, no head,
+    nothing decided, less energy); noise at -30 dBFS is not."""
+    from edgeqmoe.inspect.logs import format_summary, summary
+
+    rng = np.random.default_rng(3)
+    d = tmp_path / "rec"
+    d.mkdir()
+    noise = rng.standard_normal(16000 * 4)
+    noise /= np.sqrt(np.mean(noise ** 2))
+    for name, x in (("a-silence", np.zeros(16000 * 4)), ("b-70", noise * 10 ** (-70 / 20)),
+                    ("c-60", noise * 10 ** (-60 / 20)), ("d-30", noise * 10 ** (-30 / 20))):
+        import soundfile as sf
+
+        sf.write(d / f"{name}.wav", x.astype(np.float32), 16000, subtype="FLOAT")
+    prof = tmp_path / "p.yaml"
+    prof.write_text(WEIGHTFREE_PROFILE + "decision: {threshold: 0.0}\nlogging: {stats_interval: 1.0}\n")
+    r = run_cli(["run", "--profile", str(prof), "--source", f"dir:{d}", "--fast", "--log-dir", str(tmp_path / "l")])
+    assert r.returncode == 0, r.stderr
+    ws = list(read_jsonl(tmp_path / "l" / "windows.jsonl"))
+    by_file = {}
+    for w in ws:
+        by_file.setdefault(w["fi"], []).append(w)
+    assert len(by_file) == 4 and all(len(v) == 3 for v in by_file.values())
+    for fi in (0, 1, 2):  # silence, -70, -60: quiet
+        for w in by_file[fi]:
+            assert w["d"] == -2 and "class" not in w and w["stages_ms"]["embed"] == 0.0 and w["lv"][0] < -57
+    assert [round(w["lv"][0]) for w in by_file[1]] == [-70] * 3 and by_file[0][0]["lv"] == [-200, -200]
+    for w in by_file[3]:  # -30 dBFS: the model ran and (threshold 0) decided a class
+        assert w["d"] >= 0 and "class" in w and w["stages_ms"]["embed"] > 0 and abs(w["lv"][0] + 30) <= 1
+    quiet_mj = np.mean([w["mj"] for fi in (0, 1, 2) for w in by_file[fi]])
+    loud_mj = np.mean([w["mj"] for w in by_file[3]])
+    print(f"\nenergy per window: quiet {quiet_mj:.3f} mJ, classified {loud_mj:.3f} mJ (modelled)")
+    assert quiet_mj < loud_mj
+    s = summary(tmp_path / "l")
+    assert s["quiet"] == 9 and s["windows"] == 12 and sum(s["detections"].values()) == 3
+    assert "quiet 9" in format_summary(s)
+    stats = list(read_jsonl(tmp_path / "l" / "stats.jsonl"))
+    assert sum(x["quiet_windows"] for x in stats) == 9

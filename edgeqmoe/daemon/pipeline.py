@@ -12,6 +12,10 @@ class is decided when that mean reaches its threshold (per class, else the defau
 the window abstains when the router's epistemic uncertainty exceeds
 ``abstain_uncertainty``; ``event_min_windows`` consecutive windows of one class open an
 event, which closes when another decision (or none) follows.
+
+Level gate: every window's RMS and peak level (dBFS) is measured first; below
+``decision.min_level_dbfs`` the window is ``quiet``: neither embedder nor head runs,
+nothing is decided, smoothing starts afresh and an open event ends.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .profiles import Profile
+from .sinks import DECISION_CODES
+
+ABSTAIN, QUIET, OTHER = (next(k for k, v in DECISION_CODES.items() if v == name) for name in ("abstain", "quiet",
+                                                                                            "other"))
 
 
 class PipelineError(Exception):
@@ -114,6 +122,19 @@ class Decider:
         ev, self.event = self.event, None
         return ev if ev is not None and ev["windows"] >= self.s.event_min_windows else None
 
+    def quiet(self) -> Optional[Dict]:
+        """A quiet window: no evidence to smooth with; the open event (if any) ends."""
+        self.hist.clear()
+        return self.flush()
+
+
+def level_dbfs(window: np.ndarray):
+    """(RMS, peak) of a window in dB relative to full scale (-200 for digital silence)."""
+    x = np.asarray(window, dtype=np.float32)
+    ms = float(np.dot(x, x)) / max(1, x.size)
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    return (10.0 * np.log10(ms) if ms > 1e-20 else -200.0), (20.0 * np.log10(peak) if peak > 1e-10 else -200.0)
+
 
 class Pipeline:
     def __init__(self, built: Built, profile: Profile):
@@ -125,6 +146,7 @@ class Pipeline:
         self.top_k = min(profile.decision.top_k, len(self.classes))
         self.decider = Decider(self.classes, profile.decision)
         self.is_moe = getattr(self.model, "kind", "") == "moe"
+        self.min_level = profile.decision.min_level_dbfs
 
     @classmethod
     def from_profile(cls, profile: Profile) -> "Pipeline":
@@ -135,6 +157,9 @@ class Pipeline:
         timestamps of capture, which the caller adds)."""
         clock = time.perf_counter
         t0 = clock()
+        rms, peak = level_dbfs(window)
+        if self.min_level is not None and rms < self.min_level:
+            return self._quiet(rms, peak, t0)
         emb = self.embedder.embed(window, self.sr)
         t1 = clock()
         pred = self.model.predict(emb[None, :])
@@ -151,12 +176,22 @@ class Pipeline:
             "k": [[int(i), round(float(p[i]), 3)] for i in order[1:]],
             "stages_ms": {"embed": round((t1 - t0) * 1e3, 3), "head": round((t2 - t1) * 1e3, 3),
                           "decision": round((t3 - t2) * 1e3, 3)},
+            "lv": [round(rms), round(peak)],
         }
         if decision is not None:
-            rec["d"] = -1 if decision == "abstain" else self.classes.index(decision)
+            rec["d"] = ABSTAIN if decision == "abstain" else self.classes.index(decision)
         if self.is_moe:
             rec["u"] = None if unc is None else round(unc, 3)
             rec["x"] = pred.experts[0].tolist()
+        if event is not None:
+            rec["_event"] = event
+        return rec
+
+    def _quiet(self, rms: float, peak: float, t0: float) -> Dict:
+        """The record of a window below the level gate: no inference ran."""
+        event = self.decider.quiet()
+        rec = {"d": QUIET, "lv": [round(rms), round(peak)],
+               "stages_ms": {"embed": 0.0, "head": 0.0, "decision": round((time.perf_counter() - t0) * 1e3, 3)}}
         if event is not None:
             rec["_event"] = event
         return rec

@@ -4,12 +4,12 @@ Threads: the audio source (sounddevice callback or file reader) writes into the 
 buffer; this module's loop (the one inference thread) reads the ring, cuts windows,
 runs the pipeline and hands records to the writer thread, which owns the files.
 
-Each window record: ``t_wall`` (Unix seconds at the end of processing), ``t_mono``
-(monotonic seconds), ``start_s``/``end_s`` (position in the audio stream),
+Each window record (docs/logs.md): ``t_wall`` (Unix seconds at the end of processing),
 ``capture_lag_ms`` (how far behind live audio the window's end was when processed),
-``stages_ms`` (embed, head, decision, total), ``deadline_miss`` (processing took longer
-than the hop), top-1 ``class``/``score``, ``topk``, ``uncertainty``, ``experts``,
-``decision``, and the modelled energy of the window.
+``stages_ms`` (embed, head, decision), ``lv`` (RMS and peak level), ``deadline_miss``
+(processing took longer than the hop), top-1 ``class``/``score``, the top-k, the
+router's uncertainty and experts, the decision (a class, abstain, quiet, other), and
+the modelled energy of the window.
 
 Robustness: no audio for ``watchdog.silence_timeout`` (or exact zeros for
 ``flat_timeout``, or a stream that stopped) is logged and the device reopened with
@@ -34,7 +34,7 @@ import numpy as np
 
 from ..audio.windowing import Windower
 from ..settings import SettingsError
-from .pipeline import Decider, Pipeline, PipelineError
+from .pipeline import QUIET, Decider, Pipeline, PipelineError
 from .power import PowerMeter, temperature_c
 from .profiles import Profile, ProfileError, load_profile
 from ..stats import STAGES, co2_ug, percentiles
@@ -43,10 +43,12 @@ from .sources import FileSource, MicSource, RingBuffer, SourceError, parse_sourc
 
 #: Keys of a window record (docs/logs.md): class/decision/topk/experts are indices
 #: into the start record's "classes" and "experts".
-WINDOW_SCHEMA = {"v": 1, "fields": {"t_wall": "Unix s", "t_mono": "monotonic s", "capture_lag_ms": "ms",
+WINDOW_SCHEMA = {"v": 1, "fields": {"t_wall": "Unix s", "capture_lag_ms": "ms",
                                      "stages_ms": "embed/head/decision ms", "class": "top-1 class index",
                                      "score": "top-1 probability", "k": "[class index, probability] after the top-1",
-                                     "d": "decided class index, -1 abstain, absent: none",
+                                     "d": "decided class index, -1 abstain, -2 quiet (below the level gate: "
+                                          "no class, score or k), -3 other, absent: none",
+                                     "lv": "[RMS, peak] level of the window, dBFS",
                                      "u": "router uncertainty (nats), MoE", "x": "expert indices used, MoE",
                                      "deadline_miss": "present when slower than the hop",
                                      "mj": "energy of the window, mJ"},
@@ -371,15 +373,15 @@ class Daemon:
         # callback's own delay; meaningless when files are read ahead (--fast)
         live = src.kind == "mic" or self.realtime
         lag = (st.ring.written - (start + st.win_n)) / sr + st.ring.callback_lag if live else 0.0
-        rec.update({"t_wall": round(time.time(), 2), "t_mono": round(time.monotonic(), 3),
-                    "capture_lag_ms": round(lag * 1e3, 1) if live else None})
+        t_wall, t_mono = time.time(), time.monotonic()
+        rec.update({"t_wall": round(t_wall, 2), "capture_lag_ms": round(lag * 1e3, 1) if live else None})
         if total_ms > p.audio.hop * 1e3:
             rec["deadline_miss"] = True
         rec["mj"] = round(self.power.window_energy_mj(_cpu() - cpu0)["energy_mj"], 2)
         rec["v"] = 1
         if st.file_i >= 0:  # which file ("file" records of daemon.jsonl) and where in it, seconds
             rec["fi"], rec["fo"] = st.file_i, round((start - st.file_start) / sr, 3)
-        st.stats.add(rec, lag, total_ms)
+        st.stats.add(rec, lag, total_ms, t_wall - t_mono)
         ev = rec.pop("_event", None)
         self.writer.put("windows", rec)
         if ev is not None:
@@ -443,7 +445,8 @@ class Daemon:
 
         proc = psutil.Process()
         rec = {"type": "stats", "t_wall": round(time.time(), 3), "t_mono": round(time.monotonic(), 3),
-               "interval_s": round(interval, 3), "windows": st.n, "deadline_misses": st.misses,
+               "interval_s": round(interval, 3), "windows": st.n, "quiet_windows": st.quiet,
+               "deadline_misses": st.misses,
                "dropped_samples_total": ring.dropped, "capture_lag_ms_max": round(st.lag_max * 1e3, 3),
                "clock_jump_s": round(st.clock_jump(), 4), "rss_mb": round(proc.memory_info().rss / 2**20, 2),
                "temperature_c": temperature_c(), "stages_ms": st.percentiles()}
@@ -466,22 +469,26 @@ class Daemon:
 class _Stats:
     def __init__(self):
         self.n = 0
+        self.quiet = 0
         self.misses = 0
         self.lag_max = 0.0
         self.stage: Dict[str, List[float]] = {k: [] for k in STAGES}
         self.wall_mono: List[float] = []
         self.energy: List[float] = []
 
-    def add(self, rec: Dict, lag: float, total_ms: float) -> None:  # noqa: D401
+    def add(self, rec: Dict, lag: float, total_ms: float, wall_minus_mono: float) -> None:
         self.n += 1
         self.misses += int(rec.get("deadline_miss", False))
         self.lag_max = max(self.lag_max, lag)
-        for k in STAGES[:-1]:
-            self.stage[k].append(rec["stages_ms"][k])
-        self.stage["total"].append(total_ms)
+        if rec.get("d") == QUIET:  # no model ran: counted, but not in the latency of inference
+            self.quiet += 1
+        else:
+            for k in STAGES[:-1]:
+                self.stage[k].append(rec["stages_ms"][k])
+            self.stage["total"].append(total_ms)
         if rec.get("mj") is not None:
             self.energy.append(rec["mj"])
-        self.wall_mono.append(rec["t_wall"] - rec["t_mono"])
+        self.wall_mono.append(wall_minus_mono)
 
     def clock_jump(self) -> float:
         return (max(self.wall_mono) - min(self.wall_mono)) if self.wall_mono else 0.0

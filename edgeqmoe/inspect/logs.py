@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..daemon.sinks import KINDS, SCHEMA_VERSION, log_files, read_jsonl
+from ..daemon.sinks import DECISION_CODES, KINDS, SCHEMA_VERSION, log_files, read_jsonl
 from ..stats import STAGES, co2_ug, compare_samples, percentiles
 
 KNOWN_TYPES = {"window", "event", "daemon", "stats"}
@@ -98,7 +98,11 @@ def _well_formed(kind: str, r: Dict) -> bool:
         return False
     if kind == "windows":
         st = r.get("stages_ms")
-        return (isinstance(st, dict) and all(_is_num(x) for x in st.values()) and
+        if not (isinstance(st, dict) and all(_is_num(x) for x in st.values())):
+            return False
+        if r.get("d") == -2 and "class" not in r:  # quiet: the level gate ran, no model
+            return True
+        return (
                 (_is_int(r.get("class")) or isinstance(r.get("class"), str)) and _is_num(r.get("score")) and
                 all(isinstance(p, list) and len(p) == 2 and _is_num(p[1]) for p in r.get("k", r.get("topk", []))) and
                 all(r.get(f) is None or _is_num(r.get(f)) for f in ("capture_lag_ms", "mj", "u")))
@@ -134,8 +138,8 @@ def _name_windows(L: Dict) -> None:
         def name(idx, classes=classes):
             if isinstance(idx, str):
                 return idx  # older, verbose records
-            if idx == -1:
-                return "abstain"
+            if idx in DECISION_CODES:
+                return DECISION_CODES[idx]
             return classes[idx] if isinstance(idx, int) and 0 <= idx < len(classes) else str(idx)
 
         # short keys of schema 1 (docs/logs.md) under their long names
@@ -143,7 +147,8 @@ def _name_windows(L: Dict) -> None:
                             ("mj", "energy_mj")):
             if short in w:
                 w[long] = w.pop(short)
-        w["class_name"] = name(w.get("class"))
+        if "class" in w:  # quiet windows ran no model: no class, score or top-k
+            w["class_name"] = name(w["class"])
         w["topk_names"] = [[name(i), p] for i, p in w.get("topk", [])]
         if w.get("decision") is not None:
             w["decision_name"] = name(w["decision"])
@@ -158,6 +163,8 @@ def _name_windows(L: Dict) -> None:
 
 def window_probabilities(w: Dict) -> Dict[str, float]:
     """Class name -> probability of the classes a window record kept (top-1 and top-k)."""
+    if "class_name" not in w:
+        return {}
     out = {w["class_name"]: w["score"]}
     for n, p in w.get("topk_names", []):
         out[n] = p
@@ -185,10 +192,12 @@ def summary(folder, since=None, until=None) -> Dict:
         if d:
             detections[d] = detections.get(d, 0) + 1
     abstained = detections.pop("abstain", 0)
+    quiet, other = detections.pop("quiet", 0), detections.pop("other", 0)
     events: Dict[str, int] = {}
     for e in evs:
         events[e["class"]] = events.get(e["class"], 0) + 1
-    stages = {k: percentiles([w["stages_ms"][k] for w in ws if k in w.get("stages_ms", {})]) for k in STAGES}
+    ran = [w for w in ws if w.get("decision") != -2]  # latency of inference: quiet windows ran no model
+    stages = {k: percentiles([w["stages_ms"][k] for w in ran if k in w.get("stages_ms", {})]) for k in STAGES}
     lag = [w["capture_lag_ms"] for w in ws if w.get("capture_lag_ms") is not None]
     energy = [w["energy_mj"] for w in ws if w.get("energy_mj") is not None]
     methods = sorted({w.get("energy_method") for w in ws if w.get("energy_method")})
@@ -202,7 +211,8 @@ def summary(folder, since=None, until=None) -> Dict:
         "first": min(times) if times else None, "last": max(times) if times else None,
         "windows": len(ws), "deadline_misses": sum(1 for w in ws if w.get("deadline_miss")),
         "detections": dict(sorted(detections.items())), "events": dict(sorted(events.items())),
-        "abstained": abstained,
+        "abstained": abstained, "quiet": quiet, "other": other,
+        "undecided": sum(1 for w in ws if w.get("decision") is None),
         "latency_ms": stages, "jitter_ms": {k: v.get("std") for k, v in stages.items() if v},
         "capture_lag_ms": percentiles(lag), "dropped_samples": int(dropped),
         "energy_per_inference_mj": percentiles(energy), "energy_method": methods, "power_method": power_methods,
@@ -234,8 +244,9 @@ def format_summary(s: Dict) -> str:
     lines = [f"logs: {s['folder']}  ({s['disk_bytes'] / 1e6:.2f} MB on disk)",
              f"from {ts(s['first'])} to {ts(s['last'])} UTC; uptime {s['uptime_s'] / 3600:.2f} h over {s['runs']} run(s), "
              f"{s['restarts']} restart(s), {s['unclean_stops']} without a clean stop",
-             f"windows {s['windows']}, deadline misses {s['deadline_misses']}, dropped samples {s['dropped_samples']}, "
-             f"abstained {s['abstained']}",
+             f"windows {s['windows']}, deadline misses {s['deadline_misses']}, dropped samples {s['dropped_samples']}",
+             f"windows decided: quiet {s['quiet']}, other {s['other']}, abstained {s['abstained']}, "
+             f"below threshold {s['undecided']}",
              "detections (windows): " + (", ".join(f"{k} {v}" for k, v in s["detections"].items()) or "none"),
              "events: " + (", ".join(f"{k} {v}" for k, v in s["events"].items()) or "none"),
              "latency per window (ms):"]
@@ -311,7 +322,7 @@ def plot(folder, out_png: str, since=None, until=None) -> str:
         ax[0, 1].plot(t, [w["stages_ms"][k] for w in ws], ".", ms=2, color=c, label=k)
     ax[0, 1].set(title="Latency over time", xlabel="minutes", ylabel="ms")
     ax[0, 1].legend()
-    classes = sorted({w["decision_name"] for w in ws if w.get("decision_name") not in (None, "abstain")})
+    classes = sorted({w["decision_name"] for w in ws if w.get("decision_name") not in (None, *DECISION_CODES.values())})
     for i, c in enumerate(classes):
         tt = [(w["t_wall"] - t0) / 60 for w in ws if w.get("decision_name") == c]
         ax[1, 0].plot(tt, [i] * len(tt), "|", ms=10)

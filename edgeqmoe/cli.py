@@ -123,6 +123,16 @@ def run_cmd(
     raise typer.Exit(code)
 
 
+@app.command("labels")
+def labels_cmd(search: Optional[str] = typer.Argument(None, help="Only names containing this (any case).")):
+    """The 527 AudioSet classes that a profile's listen: section can name (mn04 embedder)."""
+    from .embed.audioset import audioset_labels
+
+    for i, name in enumerate(audioset_labels()):
+        if search is None or search.lower() in name.lower():
+            typer.echo(f"{i:3d}  {name}")
+
+
 @app.command("devices")
 def devices_cmd():
     """List audio input devices (index, name, channels, default sample rate)."""

@@ -87,13 +87,13 @@ def _convert(tp, value, source: str, key: str):
         if not isinstance(value, (list, tuple)):
             raise SettingsError(source, key, f"expected a list, got {value!r}")
         (inner,) = get_args(tp)[:1] or (Any,)
-        items = [_convert(inner, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items)
+        return tuple(_each(((f"{key}[{i}]", inner, v) for i, v in enumerate(value)), source))
     if origin is dict:
         if not isinstance(value, dict):
             raise SettingsError(source, key, f"expected a mapping, got {value!r}")
         kt, vt = get_args(tp) or (Any, Any)
-        return {_convert(kt, k, source, f"{key}.{k}"): _convert(vt, v, source, f"{key}.{k}") for k, v in value.items()}
+        keys = _each(((f"{key}.{k}", kt, k) for k in value), source)
+        return dict(zip(keys, _each(((f"{key}.{k}", vt, v) for k, v in value.items()), source)))
     if dataclasses.is_dataclass(tp):
         return build(tp, value, source, key)
     if tp is bool:
@@ -115,6 +115,19 @@ def _convert(tp, value, source: str, key: str):
             return value
         raise SettingsError(source, key, f"expected a string, got {value!r}")
     return value
+
+
+def _each(items, source: str) -> list:
+    """Convert every (key, type, value); all problems of all items in one SettingsError."""
+    out, problems = [], []
+    for key, tp, value in items:
+        try:
+            out.append(_convert(tp, value, source, key))
+        except SettingsError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise SettingsError(source, problems[0][0], problems[0][1], problems)
+    return out
 
 
 def build(cls: Type[T], data: Any, source: str = "", prefix: str = "") -> T:

@@ -16,6 +16,12 @@ event, which closes when another decision (or none) follows.
 Level gate: every window's RMS and peak level (dBFS) is measured first; below
 ``decision.min_level_dbfs`` the window is ``quiet``: neither embedder nor head runs,
 nothing is decided, smoothing starts afresh and an open event ends.
+
+Listening (``listen:``): with mn04, each window's 527 AudioSet probabilities come out of
+the same forward pass as the embedding; a group is heard when its largest class
+probability reaches its threshold (``ls`` in the window record), and
+``event_min_windows`` consecutive windows make an event of it, as for the classes.
+Several groups can be heard at once.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .profiles import Profile
+from ..embed.audioset import sigmoid
 from .sinks import DECISION_CODES
 
 ABSTAIN, QUIET, OTHER = (next(k for k, v in DECISION_CODES.items() if v == name) for name in ("abstain", "quiet",
@@ -128,6 +135,44 @@ class Decider:
         return self.flush()
 
 
+class Listener:
+    """The ``listen:`` groups of a profile over AudioSet probabilities."""
+
+    def __init__(self, groups: Dict, event_min_windows: int):
+        from ..embed.audioset import audioset_labels, find_label
+
+        names = audioset_labels()
+        self.names = list(groups)
+        self.index = [np.array([find_label(n) for n in g.labels]) for g in groups.values()]
+        self.thr = np.array([g.threshold for g in groups.values()], np.float32)
+        self.describe = {k: {"labels": [names[i] for i in ix], "threshold": g.threshold}
+                         for (k, g), ix in zip(groups.items(), self.index)}
+        self.min_windows = event_min_windows
+        self.open: Dict[int, Dict] = {}
+
+    def step(self, probs: np.ndarray, t_start: float, t_end: float):
+        """-> ([[group index, probability]] of the groups heard, finished events)."""
+        score = np.array([probs[ix].max() for ix in self.index], np.float32)
+        heard = np.flatnonzero(score >= self.thr)
+        done = []
+        for g in list(self.open):
+            if g not in heard:
+                done.append(self.open.pop(g))
+        for g in heard:
+            ev = self.open.get(int(g))
+            if ev is None:
+                self.open[int(g)] = {"class": self.names[g], "source": "audioset", "start": t_start, "end": t_end,
+                                     "windows": 1, "peak": float(score[g])}
+            else:
+                ev["end"], ev["windows"], ev["peak"] = t_end, ev["windows"] + 1, max(ev["peak"], float(score[g]))
+        hits = [[int(g), round(float(score[g]), 3)] for g in heard]
+        return hits, [e for e in done if e["windows"] >= self.min_windows]
+
+    def flush(self) -> List[Dict]:
+        done, self.open = list(self.open.values()), {}
+        return [e for e in done if e["windows"] >= self.min_windows]
+
+
 def level_dbfs(window: np.ndarray):
     """(RMS, peak) of a window in dB relative to full scale (-200 for digital silence)."""
     x = np.asarray(window, dtype=np.float32)
@@ -143,10 +188,26 @@ class Pipeline:
         self.model = built.model
         self.classes = list(self.model.classes)
         self.sr = profile.audio.sample_rate
-        self.top_k = min(profile.decision.top_k, len(self.classes))
-        self.decider = Decider(self.classes, profile.decision)
         self.is_moe = getattr(self.model, "kind", "") == "moe"
+        self.set_decisions(profile)
+
+    def set_decisions(self, profile: Profile) -> List[Dict]:
+        """What is decided from the model's output (also on a reload that keeps the
+        model); all or nothing: a bad setting raises before anything changes. Returns
+        the events that the replaced decisions still had open."""
+        decider = Decider(self.classes, profile.decision)
+        listener, unavailable = None, None
+        if profile.listen:
+            if hasattr(self.embedder, "embed_with_logits"):
+                listener = Listener(profile.listen, profile.decision.event_min_windows)
+            else:
+                unavailable = (f"AudioSet labels are unavailable: the embedder {self.embedder.info.id!r} has no "
+                               "AudioSet output (they need mn04 and its weights); listen: is ignored until then")
+        left = self.flush_events() if hasattr(self, "decider") else []
+        self.top_k = min(profile.decision.top_k, len(self.classes))
         self.min_level = profile.decision.min_level_dbfs
+        self.decider, self.listener, self.listen_unavailable = decider, listener, unavailable
+        return left
 
     @classmethod
     def from_profile(cls, profile: Profile) -> "Pipeline":
@@ -160,13 +221,22 @@ class Pipeline:
         rms, peak = level_dbfs(window)
         if self.min_level is not None and rms < self.min_level:
             return self._quiet(rms, peak, t0)
-        emb = self.embedder.embed(window, self.sr)
+        if self.listener is not None:
+            embs, logits = self.embedder.embed_with_logits(window[None, :], self.sr)
+            emb, probs = embs[0], sigmoid(logits[0])
+        else:
+            emb = self.embedder.embed(window, self.sr)
         t1 = clock()
         pred = self.model.predict(emb[None, :])
         t2 = clock()
         p = pred.proba[0]
         unc = float(pred.uncertainty[0]) if pred.uncertainty is not None else None
         decision, smooth, event = self.decider.decide(p, unc, t_start, t_end)
+        events = [event] if event is not None else []
+        hits = None
+        if self.listener is not None:
+            hits, done = self.listener.step(probs, t_start, t_end)
+            events += done
         order = np.argsort(-p)[:self.top_k]
         t3 = clock()
         # compact on purpose (a year of 1 window/s on an SD card): classes and experts
@@ -183,15 +253,23 @@ class Pipeline:
         if self.is_moe:
             rec["u"] = None if unc is None else round(unc, 3)
             rec["x"] = pred.experts[0].tolist()
-        if event is not None:
-            rec["_event"] = event
+        if hits:
+            rec["ls"] = hits
+        if events:
+            rec["_events"] = events
         return rec
+
+    def flush_events(self) -> List[Dict]:
+        """Events still open (end of input, a lost device, a reload, a new file)."""
+        out = [e for e in [self.decider.flush()] if e is not None]
+        return out + (self.listener.flush() if self.listener is not None else [])
 
     def _quiet(self, rms: float, peak: float, t0: float) -> Dict:
         """The record of a window below the level gate: no inference ran."""
         event = self.decider.quiet()
+        events = ([event] if event is not None else []) + (self.listener.flush() if self.listener else [])
         rec = {"d": QUIET, "lv": [round(rms), round(peak)],
                "stages_ms": {"embed": 0.0, "head": 0.0, "decision": round((time.perf_counter() - t0) * 1e3, 3)}}
-        if event is not None:
-            rec["_event"] = event
+        if events:
+            rec["_events"] = events
         return rec

@@ -117,6 +117,27 @@ class DecisionSettings:
 
 
 @dataclass(frozen=True)
+class ListenGroup:
+    """AudioSet classes listened to as one name (``listen:`` of a profile)."""
+
+    labels: Tuple[str, ...] = field((), doc="AudioSet classes: a display name or a comma-separated part of one "
+                                            "('Smoke detector'); empty: the group's own name")
+    threshold: float = field(0.5, range=(0.0, 1.0),
+                             doc="AudioSet probability (the largest of the group's classes) that counts as heard")
+
+    def validate(self):
+        from ..embed.audioset import LabelError, find_label
+
+        out = []
+        for i, name in enumerate(self.labels):
+            try:
+                find_label(name)
+            except LabelError as e:
+                out.append((f"labels[{i}]", str(e)))
+        return out
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     dir: str = field("edgeqmoe-logs", doc="log folder (relative to the working directory)")
     flush_interval: float = field(2.0, unit="s", range=(0.0, 3600.0), doc="batch writes (SD cards)")
@@ -158,6 +179,9 @@ class Profile:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     power: PowerSettings = field(default_factory=PowerSettings)
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
+    listen: Dict[str, ListenGroup] = field(default_factory=dict,
+                                           doc="AudioSet classes reported beside the model's classes, by group name: "
+                                               "a list of classes, or {labels: [...], threshold: p} (mn04 only)")
     source_file: str = field("", doc="(internal) where the profile was read from")
 
 
@@ -210,6 +234,22 @@ def load_profile(name_or_path: str, overrides: Optional[dict] = None) -> Profile
                             "internal setting; remove it")
     model["_base"] = str(path.parent)
     data["model"] = model
+    if isinstance(data.get("listen"), dict):
+        data["listen"] = {k: _listen_group(k, v) for k, v in data["listen"].items()}
     data["source_file"] = str(path)
     data.setdefault("name", path.stem)
     return build(Profile, data, str(path))
+
+
+def _listen_group(name, value):
+    """``listen:`` shorthands: a list of classes, a bare threshold, or nothing (the
+    group's own name is the class)."""
+    if value is None:
+        value = {}
+    elif isinstance(value, (list, tuple)):
+        value = {"labels": list(value)}
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = {"threshold": value}
+    if isinstance(value, dict) and not value.get("labels"):
+        value = {**value, "labels": [str(name)]}
+    return value

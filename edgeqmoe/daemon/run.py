@@ -34,7 +34,7 @@ import numpy as np
 
 from ..audio.windowing import Windower
 from ..settings import SettingsError
-from .pipeline import QUIET, Decider, Pipeline, PipelineError
+from .pipeline import QUIET, Pipeline, PipelineError
 from .power import PowerMeter, temperature_c
 from .profiles import Profile, ProfileError, load_profile
 from ..stats import STAGES, co2_ug, percentiles
@@ -49,6 +49,8 @@ WINDOW_SCHEMA = {"v": 1, "fields": {"t_wall": "Unix s", "capture_lag_ms": "ms",
                                      "d": "decided class index, -1 abstain, -2 quiet (below the level gate: "
                                           "no class, score or k), -3 other, absent: none",
                                      "lv": "[RMS, peak] level of the window, dBFS",
+                                     "ls": "[listen group index (start record's listen, in order), AudioSet "
+                                           "probability] of each group heard",
                                      "u": "router uncertainty (nats), MoE", "x": "expert indices used, MoE",
                                      "deadline_miss": "present when slower than the hop",
                                      "mj": "energy of the window, mJ"},
@@ -262,6 +264,8 @@ class Daemon:
         if self.pipeline.built.fallback:
             self.echo(f"edgeqmoe: {self.pipeline.built.fallback}")
             self.log("fallback", message=self.pipeline.built.fallback)
+        if self.pipeline.listen_unavailable:
+            self.echo(f"edgeqmoe: {self.pipeline.listen_unavailable}")
         self._warm_up(st)
         return st
 
@@ -314,7 +318,9 @@ class Daemon:
         pipe, p = self.pipeline, self.profile
         return {"bundle": pipe.built.bundle, "classes": pipe.classes, "experts": list(pipe.model.experts),
                 "embedder": pipe.embedder.info.as_dict(), "model": pipe.model.kind,
-                "kernel": getattr(pipe.model, "variant", None) or p.model.kernel}
+                "kernel": getattr(pipe.model, "variant", None) or p.model.kernel,
+                "listen": pipe.listener.describe if pipe.listener else {},
+                **({"listen_unavailable": pipe.listen_unavailable} if pipe.listen_unavailable else {})}
 
     def _warm_up(self, st: LoopState) -> None:
         """First calls allocate, compile and fault pages: do them before audio flows."""
@@ -330,8 +336,7 @@ class Daemon:
         st.audio_pos = 0
 
     def _flush_event(self) -> None:
-        ev = self.pipeline.decider.flush()
-        if ev is not None:
+        for ev in self.pipeline.flush_events():
             self.writer.put("events", _event_record(ev, self._file))
 
     def _finish_file(self, st: LoopState, src) -> None:
@@ -382,9 +387,9 @@ class Daemon:
         if st.file_i >= 0:  # which file ("file" records of daemon.jsonl) and where in it, seconds
             rec["fi"], rec["fo"] = st.file_i, round((start - st.file_start) / sr, 3)
         st.stats.add(rec, lag, total_ms, t_wall - t_mono)
-        ev = rec.pop("_event", None)
+        events = rec.pop("_events", ())
         self.writer.put("windows", rec)
-        if ev is not None:
+        for ev in events:
             self.writer.put("events", _event_record(ev, self._file))
         self.windows += 1
         if not st.warmed:
@@ -429,7 +434,8 @@ class Daemon:
                 pipe = Pipeline.from_profile(new)
             else:
                 pipe = self.pipeline
-                pipe.decider = Decider(pipe.classes, new.decision)
+                for ev in pipe.set_decisions(new):
+                    self.writer.put("events", _event_record(ev, self._file))
         except Exception as e:  # noqa: BLE001 - a reload must never take the daemon down
             msg = str(e) if isinstance(e, (SettingsError, ProfileError, PipelineError)) else f"{type(e).__name__}: {e}"
             self.log("reload_rejected", message=msg)
@@ -500,6 +506,8 @@ class _Stats:
 def _event_record(ev: Dict, file: Optional[tuple] = None) -> Dict:
     rec = {"type": "event", "class": ev["class"], "start_s": round(ev["start"], 3), "end_s": round(ev["end"], 3),
            "windows": ev["windows"], "peak": round(ev["peak"], 5), "t_wall": round(time.time(), 3)}
+    if "source" in ev:  # a listen: group (AudioSet), not one of the model's classes
+        rec["source"] = ev["source"]
     if file is not None:  # file sources: the file and where in it the event starts
         rec["file"], rec["offset_s"] = file[0], round(ev["start"] - file[1], 3)
     return rec

@@ -152,6 +152,10 @@ def _name_windows(L: Dict) -> None:
         w["topk_names"] = [[name(i), p] for i, p in w.get("topk", [])]
         if w.get("decision") is not None:
             w["decision_name"] = name(w["decision"])
+        groups = list(start.get("listen") or {}) if isinstance(start.get("listen"), dict) else []
+        if isinstance(w.get("ls"), list):
+            w["heard"] = [groups[g] if isinstance(g, int) and 0 <= g < len(groups) else str(g)
+                          for g, _ in (x for x in w["ls"] if isinstance(x, list) and len(x) == 2)]
         if w.get("experts") is not None:
             w["expert_names"] = [experts[e] if isinstance(e, int) and e < len(experts) else str(e) for e in w["experts"]]
         if "energy_mj" in w:
@@ -194,8 +198,14 @@ def summary(folder, since=None, until=None) -> Dict:
     abstained = detections.pop("abstain", 0)
     quiet, other = detections.pop("quiet", 0), detections.pop("other", 0)
     events: Dict[str, int] = {}
+    heard_events: Dict[str, int] = {}
     for e in evs:
-        events[e["class"]] = events.get(e["class"], 0) + 1
+        into = heard_events if e.get("source") == "audioset" else events
+        into[e["class"]] = into.get(e["class"], 0) + 1
+    heard: Dict[str, int] = {}
+    for w in ws:
+        for g in w.get("heard", ()):
+            heard[g] = heard.get(g, 0) + 1
     ran = [w for w in ws if w.get("decision") != -2]  # latency of inference: quiet windows ran no model
     stages = {k: percentiles([w["stages_ms"][k] for w in ran if k in w.get("stages_ms", {})]) for k in STAGES}
     lag = [w["capture_lag_ms"] for w in ws if w.get("capture_lag_ms") is not None]
@@ -211,6 +221,7 @@ def summary(folder, since=None, until=None) -> Dict:
         "first": min(times) if times else None, "last": max(times) if times else None,
         "windows": len(ws), "deadline_misses": sum(1 for w in ws if w.get("deadline_miss")),
         "detections": dict(sorted(detections.items())), "events": dict(sorted(events.items())),
+        "heard": dict(sorted(heard.items())), "heard_events": dict(sorted(heard_events.items())),
         "abstained": abstained, "quiet": quiet, "other": other,
         "undecided": sum(1 for w in ws if w.get("decision") is None),
         "latency_ms": stages, "jitter_ms": {k: v.get("std") for k, v in stages.items() if v},
@@ -249,6 +260,8 @@ def format_summary(s: Dict) -> str:
              f"below threshold {s['undecided']}",
              "detections (windows): " + (", ".join(f"{k} {v}" for k, v in s["detections"].items()) or "none"),
              "events: " + (", ".join(f"{k} {v}" for k, v in s["events"].items()) or "none"),
+             "heard (listen:, windows / events): " + (", ".join(
+                 f"{k} {v} / {s['heard_events'].get(k, 0)}" for k, v in s["heard"].items()) or "none"),
              "latency per window (ms):"]
     for k, v in s["latency_ms"].items():
         if v:

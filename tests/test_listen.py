@@ -1,0 +1,98 @@
+"""listen: AudioSet classes reported beside the model's classes (mn04's own output)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from edgeqmoe.daemon.sinks import read_jsonl
+from edgeqmoe.settings import SettingsError
+
+from conftest import IN_CI, US8K
+
+PY = sys.executable
+
+
+def run_cli(args, env=None, timeout=300):
+    return subprocess.run([PY, "-m", "edgeqmoe.cli", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_listen_groups_validate_with_did_you_mean(tmp_path):
+    from edgeqmoe.daemon.profiles import load_profile
+
+    p = tmp_path / "p.yaml"
+    p.write_text("model: {bundle: balanced.eqm}\nlisten:\n  alarm: [Smoke detector, Fire alarm]\n  Dog: 0.4\n"
+                 "  speech:\n  baby: {labels: [Baby cry, infant cry], threshold: 0.2}\n")
+    prof = load_profile(str(p))
+    assert prof.listen["alarm"].labels == ("Smoke detector", "Fire alarm") and prof.listen["alarm"].threshold == 0.5
+    assert prof.listen["Dog"].labels == ("Dog",) and prof.listen["Dog"].threshold == 0.4
+    assert prof.listen["speech"].labels == ("speech",)
+    p.write_text("model: {bundle: balanced.eqm}\nlisten:\n  alarm: [Smok detector]\n  x: {labels: [Dog], "
+                 "threshold: .nan}\n")
+    with pytest.raises(SettingsError) as e:
+        load_profile(str(p))
+    msg = str(e.value)
+    assert "listen.alarm.labels[0]: 'Smok detector' is not an AudioSet class; did you mean 'Smoke detector, " \
+           "smoke alarm'?" in msg and "listen.x.threshold" in msg
+
+
+def test_labels_command_lists_and_searches():
+    from typer.testing import CliRunner
+
+    from edgeqmoe.cli import app
+
+    r = CliRunner().invoke(app, ["labels"])
+    assert r.exit_code == 0 and len(r.output.splitlines()) == 527
+    r = CliRunner().invoke(app, ["labels", "smoke"])
+    assert r.output.split() == ["399", "Smoke", "detector,", "smoke", "alarm"]
+
+
+def test_home_profile_hears_a_dog_and_speech_and_names_them(tmp_path, weights_dir, us8k):
+    """The shipped home profile on a real dog bark and on speech made with espeak-ng."""
+    from edgeqmoe.inspect.logs import format_summary, summary
+
+    espeak = shutil.which("espeak-ng")
+    if not espeak:
+        if IN_CI:
+            pytest.fail("CI must have espeak-ng (tools/setup.sh --dev)")
+        pytest.skip("espeak-ng not installed")
+    d = tmp_path / "rec"
+    d.mkdir()
+    shutil.copy(os.path.join(US8K, "fold1", "101415-3-0-2.flac"), d / "a-dog.flac")
+    subprocess.run([espeak, "-v", "en", "-w", str(d / "b-speech.wav"), "Good morning. This is only people "
+                    "talking in the kitchen, nothing to report, thank you."], check=True, timeout=60)
+    logs = tmp_path / "logs"
+    r = run_cli(["run", "--profile", "home", "--source", f"dir:{d}", "--fast", "--log-dir", str(logs)],
+                env={"EDGEQMOE_WEIGHTS_DIR": weights_dir})
+    assert r.returncode == 0, r.stderr
+    start = next(x for x in read_jsonl(logs / "daemon.jsonl") if x["event"] == "start")
+    groups = list(start["listen"])
+    assert groups[:3] == ["alarm", "glass_breaking", "baby_crying"] and \
+        start["listen"]["alarm"]["labels"][0] == "Smoke detector, smoke alarm"
+    ws = list(read_jsonl(logs / "windows.jsonl"))
+    heard = {fi: {groups[g] for w in ws if w["fi"] == fi for g, _ in w.get("ls", [])} for fi in (0, 1)}
+    print(f"\nheard: dog clip {sorted(heard[0])}, speech {sorted(heard[1])}")
+    assert "dog" in heard[0] and "speech" not in heard[0]
+    assert "speech" in heard[1] and "dog" not in heard[1]
+    evs = list(read_jsonl(logs / "events.jsonl"))
+    assert {(e["class"], e.get("source")) for e in evs} >= {("dog", "audioset"), ("speech", "audioset")}
+    s = summary(logs)
+    assert s["heard"]["dog"] >= 2 and s["heard_events"]["speech"] == 1 and "heard (listen:" in format_summary(s)
+
+
+def test_without_mn04_listen_says_it_is_unavailable(tmp_path):
+    wav = tmp_path / "a.wav"
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(wav, (np.random.default_rng(0).standard_normal(16000 * 3) * 0.1).astype(np.float32), 16000)
+    r = run_cli(["run", "--profile", "home", "--source", f"file:{wav}", "--fast", "--log-dir", str(tmp_path / "l")],
+                env={"EDGEQMOE_WEIGHTS_DIR": str(tmp_path / "none"), "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("AudioSet labels are unavailable") == 1
+    start = next(x for x in read_jsonl(tmp_path / "l" / "daemon.jsonl") if x["event"] == "start")
+    assert start["listen"] == {} and "unavailable" in start["listen_unavailable"]
+    assert all("ls" not in json.loads(line) for line in open(tmp_path / "l" / "windows.jsonl"))

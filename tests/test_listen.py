@@ -96,3 +96,21 @@ def test_without_mn04_listen_says_it_is_unavailable(tmp_path):
     start = next(x for x in read_jsonl(tmp_path / "l" / "daemon.jsonl") if x["event"] == "start")
     assert start["listen"] == {} and "unavailable" in start["listen_unavailable"]
     assert all("ls" not in json.loads(line) for line in open(tmp_path / "l" / "windows.jsonl"))
+
+
+def test_openset_eval_tool_builds_and_runs(tmp_path):
+    """A tiny run of tools/openset_eval.py (whatever of its sources this machine has)."""
+    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "openset_eval.py")
+    r = subprocess.run([PY, tool, "build", str(tmp_path / "ev")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert len(os.listdir(tmp_path / "ev" / "noise")) == 8
+    prof = tmp_path / "wf.yaml"
+    prof.write_text("version: 1\nmodel: {bundle: balanced-weightfree.eqm}\naudio: {window: 2.0, hop: 1.0}\n")
+    r = subprocess.run([PY, tool, "run", str(tmp_path / "ev"), "-p", str(prof), "--json", str(tmp_path / "t.json")],
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "EDGEQMOE_WEIGHTS_DIR": str(tmp_path / "none")})
+    assert r.returncode == 0, r.stderr
+    table = json.load(open(tmp_path / "t.json"))[str(prof)]
+    noise = table["noise"]
+    assert noise["windows"] == 8 * 19 and noise["decided_below_-55dBFS"] == 0 and noise["quiet"] == 4 * 19
+    print("\n" + r.stdout)

@@ -17,6 +17,12 @@ Level gate: every window's RMS and peak level (dBFS) is measured first; below
 ``decision.min_level_dbfs`` the window is ``quiet``: neither embedder nor head runs,
 nothing is decided, smoothing starts afresh and an open event ends.
 
+Something else: with mn04 and ``decision.open_set`` (on by default), the open-set rule
+(``edgeqmoe.embed.openset``) scores from the window's AudioSet output whether it holds
+one of the target sounds at all; below its threshold the window is ``other`` (``d: -3``,
+with ``o``: the rule's probability and the three most probable AudioSet classes),
+whatever the head says; smoothing restarts and an open event ends.
+
 Listening (``listen:``): with mn04, each window's 527 AudioSet probabilities come out of
 the same forward pass as the embedding; a group is heard when its largest class
 probability reaches its threshold (``ls`` in the window record), and
@@ -196,13 +202,19 @@ class Pipeline:
         model); all or nothing: a bad setting raises before anything changes. Returns
         the events that the replaced decisions still had open."""
         decider = Decider(self.classes, profile.decision)
-        listener, unavailable = None, None
+        listener, unavailable, rule = None, None, None
+        audioset = hasattr(self.embedder, "embed_with_logits")
         if profile.listen:
-            if hasattr(self.embedder, "embed_with_logits"):
+            if audioset:
                 listener = Listener(profile.listen, profile.decision.event_min_windows)
             else:
                 unavailable = (f"AudioSet labels are unavailable: the embedder {self.embedder.info.id!r} has no "
                                "AudioSet output (they need mn04 and its weights); listen: is ignored until then")
+        if profile.decision.open_set and audioset:
+            from ..embed.openset import load_rule
+
+            rule = load_rule()
+        self.open_set = rule
         left = self.flush_events() if hasattr(self, "decider") else []
         self.top_k = min(profile.decision.top_k, len(self.classes))
         self.min_level = profile.decision.min_level_dbfs
@@ -221,9 +233,10 @@ class Pipeline:
         rms, peak = level_dbfs(window)
         if self.min_level is not None and rms < self.min_level:
             return self._quiet(rms, peak, t0)
-        if self.listener is not None:
+        logits = None
+        if self.listener is not None or self.open_set is not None:
             embs, logits = self.embedder.embed_with_logits(window[None, :], self.sr)
-            emb, probs = embs[0], sigmoid(logits[0])
+            emb, logits = embs[0], logits[0]
         else:
             emb = self.embedder.embed(window, self.sr)
         t1 = clock()
@@ -231,11 +244,15 @@ class Pipeline:
         t2 = clock()
         p = pred.proba[0]
         unc = float(pred.uncertainty[0]) if pred.uncertainty is not None else None
-        decision, smooth, event = self.decider.decide(p, unc, t_start, t_end)
+        target = self.open_set.target_probability(logits) if self.open_set is not None else 1.0
+        if self.open_set is not None and target < self.open_set.threshold:
+            decision, event = "other", self.decider.quiet()  # none of the classes: no evidence to smooth
+        else:
+            decision, smooth, event = self.decider.decide(p, unc, t_start, t_end)
         events = [event] if event is not None else []
         hits = None
         if self.listener is not None:
-            hits, done = self.listener.step(probs, t_start, t_end)
+            hits, done = self.listener.step(sigmoid(logits), t_start, t_end)
             events += done
         order = np.argsort(-p)[:self.top_k]
         t3 = clock()
@@ -248,7 +265,11 @@ class Pipeline:
                           "decision": round((t3 - t2) * 1e3, 3)},
             "lv": [round(rms), round(peak)],
         }
-        if decision is not None:
+        if decision == "other":
+            top3 = np.argsort(-logits)[:3]
+            rec["d"] = OTHER
+            rec["o"] = [round(target, 3), [[int(i), round(float(sigmoid(logits[i])), 3)] for i in top3]]
+        elif decision is not None:
             rec["d"] = ABSTAIN if decision == "abstain" else self.classes.index(decision)
         if self.is_moe:
             rec["u"] = None if unc is None else round(unc, 3)

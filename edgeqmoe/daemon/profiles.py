@@ -107,6 +107,8 @@ class DecisionSettings:
     abstain_uncertainty: Optional[float] = field(None, unit="nats", range=(0.0, 10.0),
                                                  doc="abstain when the router's uncertainty exceeds this")
     event_min_windows: int = field(2, range=(1, 1000), doc="consecutive decided windows that make an event")
+    open_set: bool = field(True, doc="a window that mn04's AudioSet output says is none of the model's classes is "
+                                     "'other', whatever the head says (mn04 only; docs/open-set.md)")
     min_level_dbfs: Optional[float] = field(QUIET_DBFS, unit="dBFS", range=(-140.0, 0.0),
                                             doc="a window whose RMS level is below this is 'quiet': no "
                                                 "embedder, no head, nothing decided (null: never)")

@@ -49,6 +49,8 @@ WINDOW_SCHEMA = {"v": 1, "fields": {"t_wall": "Unix s", "capture_lag_ms": "ms",
                                      "d": "decided class index, -1 abstain, -2 quiet (below the level gate: "
                                           "no class, score or k), -3 other, absent: none",
                                      "lv": "[RMS, peak] level of the window, dBFS",
+                                     "o": "other windows: [open-set rule's probability of a target sound, "
+                                          "[[AudioSet class index, probability] x 3]]",
                                      "ls": "[listen group index (start record's listen, in order), AudioSet "
                                            "probability] of each group heard",
                                      "u": "router uncertainty (nats), MoE", "x": "expert indices used, MoE",
@@ -320,6 +322,8 @@ class Daemon:
                 "embedder": pipe.embedder.info.as_dict(), "model": pipe.model.kind,
                 "kernel": getattr(pipe.model, "variant", None) or p.model.kernel,
                 "listen": pipe.listener.describe if pipe.listener else {},
+                "open_set": ({"threshold": round(pipe.open_set.threshold, 4)} if pipe.open_set is not None else
+                             "off" if not p.decision.open_set else "unavailable: the embedder has no AudioSet output"),
                 **({"listen_unavailable": pipe.listen_unavailable} if pipe.listen_unavailable else {})}
 
     def _warm_up(self, st: LoopState) -> None:

@@ -295,6 +295,9 @@ def eval_cmd(
     kernel: Optional[str] = typer.Option(None, help="Kernel variant (ref, generic, simd, or a name)."),
     weights: Optional[str] = typer.Option(None, help="Embedder weights path."),
     json_out: bool = typer.Option(False, "--json", help="Print all results as JSON."),
+    open_set: Optional[str] = typer.Option(None, "--open-set", help="Also: a folder of non-target audio by "
+                                           "category (tools/openset_eval.py build); the share of its windows "
+                                           "that the profile decides as a class."),
 ):
     """Score a bundle on a dataset with the torch-free runtime (clip-level)."""
     import json as _json
@@ -318,11 +321,26 @@ def eval_cmd(
         r = evaluate(bundle, data, cache, folds or (), kernel, weights)
     except (BundleError, DatasetError, WeightsError, ValueError) as e:
         fail(str(e))
+    if open_set:
+        from .daemon.evaluate import open_set_figures
+        from .daemon.pipeline import PipelineError
+        from .daemon.profiles import load_profile as _load
+
+        try:
+            prof = p if profile else _load("balanced", {"model": {"bundle": str(bundle), "kernel": kernel or "simd",
+                                                                  **({"weights": weights} if weights else {})}})
+            r["open_set"] = open_set_figures(prof, open_set)
+        except (PipelineError, ValueError, OSError) as e:
+            fail(str(e))
     if json_out:
         typer.echo(_json.dumps(r, indent=1))
     else:
         typer.echo(f"{r['bundle']} on {r['dataset']}: weighted F1 {r['weighted_f1']:.4f}, accuracy "
                    f"{r['accuracy']:.4f}, macro F1 {r['macro_f1']:.4f} ({r['n']} clips, {r['n_windows']} windows)")
+        for cat, row in r.get("open_set", {}).items():
+            n = max(row["windows"], 1)
+            typer.echo(f"  open set, {cat}: {row['windows']} windows, decided as a class {100 * row['decided'] / n:.1f}%"
+                       f", quiet {100 * row['quiet'] / n:.1f}%, other {100 * row['other'] / n:.1f}%")
 
 
 @weights_app.command("where")

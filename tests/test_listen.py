@@ -159,3 +159,31 @@ def test_open_set_training_tool_runs(tmp_path, weights_dir, us8k):
     assert r.returncode == 0, r.stderr
     rule = load_rule(out)
     assert 0 < rule.threshold < 1 and rule.meta["positives"] > 40 and rule.meta["negatives"]["speech"] > 0
+
+
+def test_eval_reports_open_set_figures(tmp_path, weights_dir, us8k):
+    """edgeqmoe eval --open-set: per category of non-target audio, the share of windows
+    decided as a class, quiet or other, by the daemon's own pipeline."""
+    import numpy as np
+    import soundfile as sf
+    from typer.testing import CliRunner
+
+    from edgeqmoe.cli import app
+
+    ev = tmp_path / "ev"
+    for cat in ("noise", "speech"):
+        (ev / cat).mkdir(parents=True)
+    n = np.random.default_rng(0).standard_normal(16000 * 5)
+    n /= np.sqrt(np.mean(n ** 2))
+    sf.write(ev / "noise" / "white-70.wav", (n * 10 ** (-70 / 20)).astype(np.float32), 16000)
+    espeak = shutil.which("espeak-ng")
+    if espeak:
+        subprocess.run([espeak, "-v", "it", "-w", str(ev / "speech" / "it.wav"), "Buongiorno, il treno per Roma "
+                        "parte alle nove e dieci dal binario tre."], check=True, timeout=60)
+    r = CliRunner().invoke(app, ["eval", "--profile", "balanced", "--data", US8K, "--fold", "3", "--cache",
+                                 str(tmp_path / "cache"), "--open-set", str(ev), "--json"])
+    assert r.exit_code == 0, r.output
+    figs = json.loads(r.output)["open_set"]
+    assert figs["noise"] == {"windows": 4, "decided": 0, "quiet": 4, "other": 0, "abstain": 0}
+    if espeak:
+        assert figs["speech"]["windows"] >= 3 and figs["speech"]["decided"] == 0

@@ -260,7 +260,7 @@ def test_validate_checks_that_the_bundle_is_a_bundle_and_show_round_trips(tmp_pa
     prof.write_text("model: {bundle: /etc/passwd}\n")
     r = CliRunner().invoke(app, ["profiles", "validate", str(prof)])
     assert r.exit_code == 2 and "model.bundle" in r.output and "/etc/passwd" in r.output
-    for name in ("balanced", "stable", "energy", "latency-critical", "accuracy"):
+    for name in ("balanced", "stable", "energy", "latency-critical", "accuracy", "home"):
         shown = CliRunner().invoke(app, ["profiles", "show", name])
         assert shown.exit_code == 0
         out = tmp_path / f"{name}.yaml"

@@ -100,6 +100,9 @@ def run_cmd(
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds of audio."),
     log_dir: Optional[str] = typer.Option(None, help="Log folder (default: the profile's logging.dir)."),
     kernel: Optional[str] = typer.Option(None, help="Kernel variant, overriding the profile."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No start line and no event lines (problems are still "
+                                                            "said)."),
+    json_out: bool = typer.Option(False, "--json", help="Also write every window record to stdout, a JSON line each."),
 ):
     """Listen and classify every window, writing what was heard to the log folder."""
     from .daemon.run import Signals
@@ -115,12 +118,29 @@ def run_cmd(
     overrides = {"model": {"kernel": kernel}} if kernel else None
     try:
         p = load_profile(profile, overrides)
-        d = Daemon(p, source=source, duration=duration, log_dir=log_dir, realtime=realtime, signals=signals)
+        d = Daemon(p, source=source, duration=duration, log_dir=log_dir, realtime=realtime, signals=signals,
+                   quiet=quiet, json_out=_stdout_lines() if json_out else None)
         code = d.run()
     except (ProfileError, SettingsError, PipelineError, SourceError, KernelChoiceError, OSError) as e:
         fail(str(e))
     typer.echo(f"edgeqmoe: stopped after {d.windows} windows; logs in {d.log_dir}", err=True)
     raise typer.Exit(code)
+
+
+def _stdout_lines():
+    """Write bytes lines to stdout at once (a reader at the other end of a pipe sees each window)."""
+    import sys
+
+    out = sys.stdout.buffer
+
+    def write(line: bytes) -> None:
+        try:
+            out.write(line)
+            out.flush()
+        except BrokenPipeError:  # the reader went away: the daemon and its logs go on
+            pass
+
+    return write
 
 
 @app.command("labels")

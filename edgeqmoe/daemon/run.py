@@ -38,7 +38,7 @@ from .pipeline import QUIET, Pipeline, PipelineError
 from .power import PowerMeter, temperature_c
 from .profiles import Profile, ProfileError, load_profile
 from ..stats import STAGES, co2_ug, percentiles
-from .sinks import LogWriter, replace_file
+from .sinks import LogWriter, encode, replace_file
 from .sources import FileSource, MicSource, RingBuffer, SourceError, parse_source
 
 #: Keys of a window record (docs/logs.md): class/decision/topk/experts are indices
@@ -98,6 +98,7 @@ class Supervisor:
             self.d.log("source_error", message=str(e))
             raise
         self.d.log("source_open", source=self.d.source_spec, kind=self.src.kind)
+        self.d.say_listening(self.src)
         self.last_audio = self.last_nonzero = time.monotonic()
 
     def try_reopen(self, now: float) -> bool:
@@ -117,6 +118,7 @@ class Supervisor:
             return False
         self.src = src
         self.d.log("source_open", source=self.d.source_spec, kind=src.kind, after_retries=self.backoff_i)
+        self.d.say_listening(src)
         self.d.echo(f"edgeqmoe: input {self.d.source_spec} open again")
         self.backoff_i = 0
         self.last_audio = self.last_nonzero = time.monotonic()
@@ -184,7 +186,8 @@ PROFILE_CHECK_S = 1.0
 class Daemon:
     def __init__(self, profile: Profile, source: Optional[str] = None, duration: Optional[float] = None,
                  log_dir: Optional[str] = None, realtime: Optional[bool] = None, echo: Callable = None,
-                 source_factory: Optional[Callable] = None, signals: Optional[Signals] = None):
+                 source_factory: Optional[Callable] = None, signals: Optional[Signals] = None,
+                 quiet: bool = False, json_out: Optional[Callable[[bytes], None]] = None):
         self.profile = profile
         self.source_spec = source or profile.audio.source
         self.duration = duration
@@ -194,6 +197,8 @@ class Daemon:
         self.source_factory = source_factory or self._make_source
         self.signals = signals or Signals()
         self._stop, self._reload = self.signals.stop, self.signals.reload
+        self.quiet = quiet  # no start line, no event lines (problems are still said)
+        self.json_out = json_out  # each window record, as a JSON line, also here (stdout for pipes)
         self.exit_code = 0
         self.windows = 0
         self._parsed_source = None
@@ -339,6 +344,32 @@ class Daemon:
         self.pipeline.decider.reset()
         st.audio_pos = 0
 
+    def say_listening(self, src) -> None:
+        """One line on what is listening, once the input is open."""
+        if self.quiet:
+            return
+        pipe, p = self.pipeline, self.profile
+        f = self._model_fields()
+        extras = [f"open set {'on' if pipe.open_set is not None else 'off'}"]
+        if pipe.listener is not None:
+            extras.append(f"listening for {', '.join(pipe.listener.names)}")
+        desc = src.describe() if hasattr(src, "describe") else self.source_spec
+        self.echo(f"edgeqmoe: listening to {desc}; profile {p.name}, model {Path(f['bundle']).name} "
+                  f"({f['model']}, kernel {f['kernel']}), embedder {f['embedder']['id']}, {'; '.join(extras)}; "
+                  f"logs in {self.log_dir}")
+
+    def _tell_events(self) -> None:
+        """A line for each event as soon as it counts as one (while it runs)."""
+        pipe = self.pipeline
+        running = [pipe.decider.event] + (list(pipe.listener.open.values()) if pipe.listener else [])
+        for ev in running:
+            if ev is None or ev.get("told") or ev["windows"] < self.profile.decision.event_min_windows:
+                continue
+            ev["told"] = True
+            where = f" in {Path(self._file[0]).name} at {ev['start'] - self._file[1]:.1f} s" if self._file else ""
+            self.echo(f"{time.strftime('%H:%M:%S')}  {ev['class']}  {ev['peak']:.2f}"
+                      f"{'  (AudioSet)' if ev.get('source') else ''}{where}")
+
     def _flush_event(self) -> None:
         for ev in self.pipeline.flush_events():
             self.writer.put("events", _event_record(ev, self._file))
@@ -393,6 +424,10 @@ class Daemon:
         st.stats.add(rec, lag, total_ms, t_wall - t_mono)
         events = rec.pop("_events", ())
         self.writer.put("windows", rec)
+        if self.json_out is not None:
+            self.json_out(encode(rec))
+        if not self.quiet:
+            self._tell_events()
         for ev in events:
             self.writer.put("events", _event_record(ev, self._file))
         self.windows += 1

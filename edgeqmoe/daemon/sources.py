@@ -102,6 +102,7 @@ class MicSource:
         self.ring, self.sample_rate, self.channels, self.block, self.device = ring, sample_rate, channels, block, device
         self._mono = np.zeros(block * 4, dtype=np.float32)
         self.stream = None
+        self.name = ""  # the device's name once open
         self.finished = False
         self.callbacks = 0
         self.status_flags = 0
@@ -151,6 +152,7 @@ class MicSource:
             self.stream = sd.InputStream(samplerate=self.sample_rate, channels=self.channels, dtype="float32",
                                          blocksize=self.block, device=dev, callback=self._callback)
             self.stream.start()
+            self.name = sd.query_devices(self.stream.device)["name"]
         except Exception as e:  # PortAudioError and friends
             self.stream = None
             raise SourceError(f"cannot open input device {dev if dev is not None else 'default'} at "
@@ -160,6 +162,9 @@ class MicSource:
     @property
     def active(self) -> bool:
         return bool(self.stream is not None and self.stream.active)
+
+    def describe(self) -> str:
+        return f"microphone {self.name!r} at {self.sample_rate} Hz"
 
     def stop(self) -> None:
         if self.stream is not None:
@@ -203,6 +208,9 @@ class FileSource:
     @property
     def active(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def describe(self) -> str:
+        return f"{len(self.paths)} file(s) ({'real time' if self.realtime else 'as fast as possible'})"
 
     def file_starting_at(self, pos: int, after: int) -> Optional[int]:
         """Index of a file (later than ``after``) that starts at sample ``pos``."""

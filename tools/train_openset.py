@@ -14,7 +14,7 @@ texts, other languages and voices, other music, other sounds):
   of each track;
 - sounds: lincity-ng-data's sound effects (GPL-2+) other than those of its traffic,
   trains, industry, construction, fire station and school, frozen-bubble-data's sound
-  effects, and synthetic tones and beeps.
+  effects, and synthetic tones and beeps (30 random pitches, rates, duties and levels).
 The decision threshold is set on held-out folds (each fold scored by a rule trained on
 the others) so that at most ``--target-loss`` of the target windows are turned away;
 the model shipped is then trained on all folds with that threshold.
@@ -146,10 +146,13 @@ def negatives(tmp: str, rng) -> dict:
     for f in sorted(glob.glob(LINCITY)) + sorted(glob.glob(GAME_SOUNDS)):
         if not os.path.basename(f).startswith(LINCITY_TARGET_LIKE) and "zik" not in os.path.basename(f):
             out["sounds"].append(load(f, SR))
-    t = np.arange(3 * SR) / SR
-    for hz in (440, 880, 1000, 2000, 3100, 4000):  # beeps and tones, steady and pulsed
+    t = np.arange(4 * SR) / SR
+    for hz in (440, 880, 1000, 2000, 3100, 4000):  # tones, steady
         out["sounds"].append(0.2 * np.sin(2 * np.pi * hz * t).astype(np.float32))
-        out["sounds"].append((0.2 * np.sin(2 * np.pi * hz * t) * ((t % 0.5) < 0.25)).astype(np.float32))
+    for _ in range(30):  # beeps: appliance, timer and alarm-like patterns of many rates and duties
+        hz, period, duty = rng.uniform(400, 4200), rng.uniform(0.2, 1.6), rng.uniform(0.15, 0.7)
+        amp = 10 ** (rng.uniform(-30, -6) / 20)
+        out["sounds"].append((amp * np.sin(2 * np.pi * hz * t) * ((t % period) < duty * period)).astype(np.float32))
     return out
 
 

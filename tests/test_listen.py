@@ -20,6 +20,25 @@ def run_cli(args, env=None, timeout=300):
                           env={**os.environ, **(env or {})})
 
 
+def run_on_dog_and_speech(tmp_path, profile, weights_dir, lang, text):
+    """'edgeqmoe run' on a folder of two files: a real dog bark (file 0) and espeak-ng
+    speech (file 1); returns the log folder."""
+    espeak = shutil.which("espeak-ng")
+    if not espeak:
+        if IN_CI:
+            pytest.fail("CI must have espeak-ng (tools/setup.sh --dev)")
+        pytest.skip("espeak-ng not installed")
+    d = tmp_path / "rec"
+    d.mkdir()
+    shutil.copy(os.path.join(US8K, "fold1", "101415-3-0-2.flac"), d / "a-dog.flac")
+    subprocess.run([espeak, "-v", lang, "-w", str(d / "b-speech.wav"), text], check=True, timeout=60)
+    logs = tmp_path / "logs"
+    r = run_cli(["run", "--profile", profile, "--source", f"dir:{d}", "--fast", "--log-dir", str(logs)],
+                env={"EDGEQMOE_WEIGHTS_DIR": weights_dir})
+    assert r.returncode == 0, r.stderr
+    return logs
+
+
 def test_listen_groups_validate_with_did_you_mean(tmp_path):
     from edgeqmoe.daemon.profiles import load_profile
 
@@ -54,20 +73,8 @@ def test_home_profile_hears_a_dog_and_speech_and_names_them(tmp_path, weights_di
     """The shipped home profile on a real dog bark and on speech made with espeak-ng."""
     from edgeqmoe.inspect.logs import format_summary, summary
 
-    espeak = shutil.which("espeak-ng")
-    if not espeak:
-        if IN_CI:
-            pytest.fail("CI must have espeak-ng (tools/setup.sh --dev)")
-        pytest.skip("espeak-ng not installed")
-    d = tmp_path / "rec"
-    d.mkdir()
-    shutil.copy(os.path.join(US8K, "fold1", "101415-3-0-2.flac"), d / "a-dog.flac")
-    subprocess.run([espeak, "-v", "en", "-w", str(d / "b-speech.wav"), "Good morning. This is only people "
-                    "talking in the kitchen, nothing to report, thank you."], check=True, timeout=60)
-    logs = tmp_path / "logs"
-    r = run_cli(["run", "--profile", "home", "--source", f"dir:{d}", "--fast", "--log-dir", str(logs)],
-                env={"EDGEQMOE_WEIGHTS_DIR": weights_dir})
-    assert r.returncode == 0, r.stderr
+    logs = run_on_dog_and_speech(tmp_path, "home", weights_dir, "en", "Good morning. This is only people talking "
+                                 "in the kitchen, nothing to report, thank you.")
     start = next(x for x in read_jsonl(logs / "daemon.jsonl") if x["event"] == "start")
     groups = list(start["listen"])
     assert groups[:3] == ["alarm", "glass_breaking", "baby_crying"] and \
@@ -122,20 +129,8 @@ def test_open_set_rule_turns_speech_into_other_and_keeps_a_dog(tmp_path, weights
     from edgeqmoe.embed.audioset import audioset_labels
     from edgeqmoe.inspect.logs import summary
 
-    espeak = shutil.which("espeak-ng")
-    if not espeak:
-        if IN_CI:
-            pytest.fail("CI must have espeak-ng (tools/setup.sh --dev)")
-        pytest.skip("espeak-ng not installed")
-    d = tmp_path / "rec"
-    d.mkdir()
-    shutil.copy(os.path.join(US8K, "fold1", "101415-3-0-2.flac"), d / "a-dog.flac")
-    subprocess.run([espeak, "-v", "fr", "-w", str(d / "b-speech.wav"), "Bonjour à tous, la réunion commence dans "
-                    "cinq minutes, merci de prendre place."], check=True, timeout=60)
-    logs = tmp_path / "logs"
-    r = run_cli(["run", "--profile", "stable", "--source", f"dir:{d}", "--fast", "--log-dir", str(logs)],
-                env={"EDGEQMOE_WEIGHTS_DIR": weights_dir})
-    assert r.returncode == 0, r.stderr
+    logs = run_on_dog_and_speech(tmp_path, "stable", weights_dir, "fr", "Bonjour à tous, la réunion commence "
+                                 "dans cinq minutes, merci de prendre place.")
     start = next(x for x in read_jsonl(logs / "daemon.jsonl") if x["event"] == "start")
     assert 0 < start["open_set"]["threshold"] < 1
     ws = list(read_jsonl(logs / "windows.jsonl"))

@@ -42,7 +42,7 @@ def test_unit_verifies_and_is_hardened(tmp_path, analyze):
     print(f"\nsystemd-analyze security: exposure {m.group(1)} (at most {MAX_EXPOSURE})")
     assert float(m.group(1)) <= MAX_EXPOSURE
     text = open(UNIT).read()
-    for line in ("ProtectSystem=strict", "ReadWritePaths=/var/lib/edgeqmoe /var/log/edgeqmoe", "PrivateTmp=yes",
+    for line in ("Type=notify", "NotifyAccess=main", "WatchdogSec=30", "ProtectSystem=strict", "ReadWritePaths=/var/lib/edgeqmoe /var/log/edgeqmoe", "PrivateTmp=yes",
                  "ProtectHome=yes", "UMask=0027", "CapabilityBoundingSet=",
                  "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "DeviceAllow=char-alsa rw", "MemoryMax=768M"):
         assert line in text.splitlines(), line

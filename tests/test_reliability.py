@@ -754,3 +754,99 @@ def test_terminal_says_what_listens_prints_events_and_pipes_json(tmp_path, us8k)
     r = run_cli(["run", "--profile", str(prof), "--source", f"file:{clip}", "--fast", "--quiet", "--log-dir",
                  str(tmp_path / "l2")])
     assert r.returncode == 0 and r.stdout == "" and "listening to" not in r.stderr and " at 0.0 s" not in r.stderr
+
+
+# --------------------------------------------------------------------------- systemd's notify protocol
+
+def _notify_socket(tmp_path):
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify.sock")
+    s.bind(path)
+    s.settimeout(0.05)
+    return s, path
+
+
+def _drain(sock, into):
+    import socket
+    import time
+
+    while True:
+        try:
+            into.append((time.monotonic(), sock.recv(4096).decode()))
+        except socket.timeout:
+            return
+
+
+def test_notify_ready_watchdog_and_stopping_over_a_real_socket(tmp_path, us8k):
+    """The daemon as systemd starts it (NOTIFY_SOCKET, WATCHDOG_USEC): READY once the
+    input is open, watchdog pings while the loop runs, STOPPING at the end."""
+    import time
+
+    from conftest import US8K
+
+    sock, path = _notify_socket(tmp_path)
+    prof = tmp_path / "p.yaml"
+    prof.write_text(WEIGHTFREE_PROFILE)
+    p = subprocess.Popen([PY, "-m", "edgeqmoe.cli", "run", "--profile", str(prof), "--source",
+                          f"file:{os.path.join(US8K, 'fold1', '101415-3-0-2.flac')}", "--realtime", "--log-dir",
+                          str(tmp_path / "l")], env={**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "300000"},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    got = []
+    deadline = time.monotonic() + 120
+    while p.poll() is None and time.monotonic() < deadline:
+        _drain(sock, got)
+    _drain(sock, got)
+    assert p.returncode == 0, p.stderr.read()
+    msgs = [m for _, m in got]
+    ready = next(i for i, m in enumerate(msgs) if m.startswith("READY=1"))
+    pings = [t for t, m in got[ready:] if m == "WATCHDOG=1"]
+    assert f"MAINPID={p.pid}" in msgs[ready] and "STATUS=p: listening to file:" in msgs[ready]
+    assert len(pings) >= 8 and msgs[-1] == "STOPPING=1"  # 4 s of audio at real time, a ping every 0.1 s
+    gaps = np.diff(pings)
+    print(f"\nwatchdog pings: {len(pings)}, largest gap {gaps.max():.3f} s (period 0.3 s)")
+
+
+def test_a_hung_loop_stops_pinging_the_watchdog(tmp_path, us8k, monkeypatch):
+    """A window that never finishes (simulated by a step that blocks): no ping reaches
+    the socket for longer than the watchdog period, so systemd would restart the daemon."""
+    import time
+
+    from conftest import US8K
+
+    from edgeqmoe.daemon.profiles import load_profile
+    from edgeqmoe.daemon.run import Daemon
+
+    sock, path = _notify_socket(tmp_path)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "300000")
+    prof = tmp_path / "p.yaml"
+    prof.write_text(WEIGHTFREE_PROFILE)
+    d = Daemon(load_profile(str(prof)), source=f"dir:{os.path.join(US8K, 'fold1')}", realtime=True,
+               log_dir=str(tmp_path / "l"), quiet=True)
+    hang = threading.Event()
+    step = d._step
+
+    def hanging_step(*a, **k):
+        if d.windows == 3:
+            hang.wait(2.0)  # the loop is stuck here for 2 s
+        return step(*a, **k)
+
+    d._step = hanging_step
+    t = threading.Thread(target=d.run)
+    t.start()
+    got = []
+    try:
+        deadline = time.monotonic() + 60
+        while d.windows < 6 and time.monotonic() < deadline:
+            _drain(sock, got)
+    finally:
+        d.stop()
+        t.join(timeout=30)
+    _drain(sock, got)
+    pings = [tm for tm, m in got if m == "WATCHDOG=1"]
+    gaps = np.diff(pings)
+    print(f"\nlongest silence of the watchdog: {gaps.max():.2f} s (period 0.3 s)")
+    assert gaps.max() >= 1.9  # the 2 s hang: systemd would have restarted us after 0.3 s
+    print(f"gaps outside the hang: median {np.median(gaps):.3f} s (measured, not asserted)")

@@ -38,6 +38,7 @@ from .pipeline import QUIET, Pipeline, PipelineError
 from .power import PowerMeter, temperature_c
 from .profiles import Profile, ProfileError, load_profile
 from ..stats import STAGES, co2_ug, percentiles
+from .notify import Notifier
 from .sinks import LogWriter, encode, replace_file
 from .sources import FileSource, MicSource, RingBuffer, SourceError, parse_source
 
@@ -197,6 +198,7 @@ class Daemon:
         self.source_factory = source_factory or self._make_source
         self.signals = signals or Signals()
         self._stop, self._reload = self.signals.stop, self.signals.reload
+        self.notifier = Notifier()  # systemd: READY, watchdog pings, STOPPING (nothing outside systemd)
         self.quiet = quiet  # no start line, no event lines (problems are still said)
         self.json_out = json_out  # each window record, as a JSON line, also here (stdout for pipes)
         self.exit_code = 0
@@ -239,11 +241,13 @@ class Daemon:
         st = self._begin()
         sup = Supervisor(self, st.ring)
         sup.open_first()
+        self.notifier.ready(f"{self.profile.name}: listening to {self.source_spec}")
         gc_was = gc.isenabled()
         st.reason = "end of input"
         try:
             self._loop(st, sup)
         finally:
+            self.notifier.stopping()
             sup.stop()
             self._flush_event()
             if st.stats.n:
@@ -280,6 +284,7 @@ class Daemon:
         """Windows until a signal, the end of the input or the duration; ``st.reason`` says which."""
         while not self._stop.is_set():
             now = time.monotonic()
+            self.notifier.ping(now)  # only a loop that goes round pings: a hung one gets restarted
             self._housekeeping(st, now)
             if sup.src is None:
                 if sup.try_reopen(now):
@@ -483,6 +488,7 @@ class Daemon:
         self._flush_event()
         self.profile, self.pipeline = new, pipe
         self.log("reload", profile=new.name, window_s=new.audio.window, hop_s=new.audio.hop, **self._model_fields())
+        self.notifier.status(f"{new.name}: reloaded, listening to {self.source_spec}")
         return True
 
     def _write_stats(self, st: "_Stats", ring: RingBuffer, interval: float) -> None:

@@ -850,3 +850,59 @@ def test_a_hung_loop_stops_pinging_the_watchdog(tmp_path, us8k, monkeypatch):
     print(f"\nlongest silence of the watchdog: {gaps.max():.2f} s (period 0.3 s)")
     assert gaps.max() >= 1.9  # the 2 s hang: systemd would have restarted us after 0.3 s
     print(f"gaps outside the hang: median {np.median(gaps):.3f} s (measured, not asserted)")
+
+
+# --------------------------------------------------------------------------- the metrics endpoint
+
+def test_metrics_endpoint_counts_windows_events_and_latency(tmp_path, us8k):
+    import urllib.request
+
+    from conftest import US8K
+
+    from edgeqmoe.daemon.profiles import load_profile
+    from edgeqmoe.daemon.run import Daemon
+
+    prof = tmp_path / "p.yaml"
+    prof.write_text(WEIGHTFREE_PROFILE + "decision: {threshold: 0.0}\nmetrics: {http_port: 0}\n")
+    logs = tmp_path / "l"
+    d = Daemon(load_profile(str(prof)), source=f"dir:{os.path.join(US8K, 'fold1')}", realtime=True,
+               log_dir=str(logs), quiet=True)
+    t = threading.Thread(target=d.run)
+    t.start()
+    try:
+        assert _wait(lambda: d.windows >= 5 and (logs / "daemon.jsonl").exists())
+        url = next(r for r in _daemon_records(logs) if r["event"] == "start")["metrics_url"]
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+    finally:
+        d.stop()
+        t.join(timeout=30)
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and line[0] != "#"}
+    assert values["edgeqmoe_windows_total"] >= 5 and values["edgeqmoe_window_seconds_count"] >= 5
+    assert values['edgeqmoe_window_seconds_bucket{le="+Inf"}'] == values["edgeqmoe_window_seconds_count"]
+    assert "edgeqmoe_dropped_samples_total" in values and "edgeqmoe_deadline_misses_total" in values
+    events = [r for r in read_jsonl(logs / "events.jsonl")]
+    import urllib.error
+
+    with pytest.raises(urllib.error.URLError):  # closed with the daemon
+        urllib.request.urlopen(url, timeout=2)
+    print(f"\nmetrics: {values['edgeqmoe_windows_total']:.0f} windows, {len(events)} events logged at the end")
+
+
+def test_a_busy_metrics_port_is_a_clear_error(tmp_path):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    port = s.getsockname()[1]
+    prof = tmp_path / "p.yaml"
+    prof.write_text(WEIGHTFREE_PROFILE + f"metrics: {{http_port: {port}}}\n")
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(wav_bytes(16000, np.zeros(16000 * 3)))
+    try:
+        r = run_cli(["run", "--profile", str(prof), "--source", f"file:{wav}", "--fast", "--log-dir",
+                     str(tmp_path / "l")])
+    finally:
+        s.close()
+    assert r.returncode == 2 and f"metrics endpoint 127.0.0.1:{port} cannot listen" in r.stderr

@@ -151,6 +151,14 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    http_port: Optional[int] = field(None, range=(0, 65535), doc="serve Prometheus metrics over HTTP on this port "
+                                                                  "(0: any free one; null: off; the textfile "
+                                                                  "edgeqmoe.prom is written either way)")
+    http_host: str = field("127.0.0.1", doc="address to listen on (0.0.0.0: every interface)")
+
+
+@dataclass(frozen=True)
 class PowerSettings:
     method: str = field("auto", choices=("auto", "rapl", "pmic", "battery", "model", "off"),
                         doc="auto: a hardware counter when readable, else the power model")
@@ -180,6 +188,7 @@ class Profile:
     decision: DecisionSettings = field(default_factory=DecisionSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     power: PowerSettings = field(default_factory=PowerSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
     listen: Dict[str, ListenGroup] = field(default_factory=dict,
                                            doc="AudioSet classes reported beside the model's classes, by group name: "

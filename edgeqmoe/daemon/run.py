@@ -38,6 +38,7 @@ from .pipeline import QUIET, Pipeline, PipelineError
 from .power import PowerMeter, temperature_c
 from .profiles import Profile, ProfileError, load_profile
 from ..stats import STAGES, co2_ug, percentiles
+from .metrics import start as start_metrics
 from .notify import Notifier
 from .sinks import LogWriter, encode, replace_file
 from .sources import FileSource, MicSource, RingBuffer, SourceError, parse_source
@@ -198,6 +199,7 @@ class Daemon:
         self.source_factory = source_factory or self._make_source
         self.signals = signals or Signals()
         self._stop, self._reload = self.signals.stop, self.signals.reload
+        self.metrics = None  # the optional HTTP endpoint (metrics.http_port)
         self.notifier = Notifier()  # systemd: READY, watchdog pings, STOPPING (nothing outside systemd)
         self.quiet = quiet  # no start line, no event lines (problems are still said)
         self.json_out = json_out  # each window record, as a JSON line, also here (stdout for pipes)
@@ -233,8 +235,11 @@ class Daemon:
         self.writer = LogWriter(self.log_dir, p.logging.flush_interval, p.logging.rotate_bytes, p.logging.rotate_age,
                                 p.logging.retention, p.logging.compress, warn=self.echo)
         try:
+            self.metrics = start_metrics(p.metrics)
             return self._run()
         finally:
+            if getattr(self, "metrics", None) is not None:
+                self.metrics.close()
             self.writer.close()
 
     def _run(self) -> int:
@@ -269,6 +274,7 @@ class Daemon:
                 self.echo(f"edgeqmoe: cannot pin to cores {list(p.runtime.cpu_affinity)}: {e}")
         st = LoopState(p)
         self.log("start", profile=p.name, profile_file=p.source_file, source=self.source_spec,
+                 metrics_url=self.metrics.url if self.metrics else None,
                  window_schema=WINDOW_SCHEMA, window_s=p.audio.window, hop_s=p.audio.hop,
                  sample_rate=st.sr, pid=os.getpid(), power=self.power.describe(), realtime=self.realtime,
                  **self._model_fields())
@@ -358,6 +364,8 @@ class Daemon:
         extras = [f"open set {'on' if pipe.open_set is not None else 'off'}"]
         if pipe.listener is not None:
             extras.append(f"listening for {', '.join(pipe.listener.names)}")
+        if self.metrics is not None:
+            extras.append(f"metrics at {self.metrics.url}")
         desc = src.describe() if hasattr(src, "describe") else self.source_spec
         self.echo(f"edgeqmoe: listening to {desc}; profile {p.name}, model {Path(f['bundle']).name} "
                   f"({f['model']}, kernel {f['kernel']}), embedder {f['embedder']['id']}, {'; '.join(extras)}; "
@@ -375,9 +383,14 @@ class Daemon:
             self.echo(f"{time.strftime('%H:%M:%S')}  {ev['class']}  {ev['peak']:.2f}"
                       f"{'  (AudioSet)' if ev.get('source') else ''}{where}")
 
+    def _put_event(self, ev: Dict) -> None:
+        self.writer.put("events", _event_record(ev, self._file))
+        if self.metrics is not None:
+            self.metrics.event(ev["class"])
+
     def _flush_event(self) -> None:
         for ev in self.pipeline.flush_events():
-            self.writer.put("events", _event_record(ev, self._file))
+            self._put_event(ev)
 
     def _finish_file(self, st: LoopState, src) -> None:
         """A file shorter than one window still gets its one window (zero-padded), as
@@ -422,6 +435,8 @@ class Daemon:
         rec.update({"t_wall": round(t_wall, 2), "capture_lag_ms": round(lag * 1e3, 1) if live else None})
         if total_ms > p.audio.hop * 1e3:
             rec["deadline_miss"] = True
+        if self.metrics is not None:
+            self.metrics.window(total_ms / 1e3, total_ms > p.audio.hop * 1e3, st.ring.dropped)
         rec["mj"] = round(self.power.window_energy_mj(_cpu() - cpu0)["energy_mj"], 2)
         rec["v"] = 1
         if st.file_i >= 0:  # which file ("file" records of daemon.jsonl) and where in it, seconds
@@ -434,7 +449,7 @@ class Daemon:
         if not self.quiet:
             self._tell_events()
         for ev in events:
-            self.writer.put("events", _event_record(ev, self._file))
+            self._put_event(ev)
         self.windows += 1
         if not st.warmed:
             st.warmed = True
@@ -479,7 +494,7 @@ class Daemon:
             else:
                 pipe = self.pipeline
                 for ev in pipe.set_decisions(new):
-                    self.writer.put("events", _event_record(ev, self._file))
+                    self._put_event(ev)
         except Exception as e:  # noqa: BLE001 - a reload must never take the daemon down
             msg = str(e) if isinstance(e, (SettingsError, ProfileError, PipelineError)) else f"{type(e).__name__}: {e}"
             self.log("reload_rejected", message=msg)

@@ -41,10 +41,7 @@ import numpy as np
 
 from .profiles import Profile
 from ..embed.audioset import sigmoid
-from .sinks import DECISION_CODES
-
-ABSTAIN, QUIET, OTHER = (next(k for k, v in DECISION_CODES.items() if v == name) for name in ("abstain", "quiet",
-                                                                                            "other"))
+from .sinks import ABSTAIN, OTHER, QUIET
 
 
 class PipelineError(Exception):
@@ -214,11 +211,10 @@ class Pipeline:
             from ..embed.openset import load_rule
 
             rule = load_rule()
-        self.open_set = rule
         left = self.flush_events() if hasattr(self, "decider") else []
         self.top_k = min(profile.decision.top_k, len(self.classes))
         self.min_level = profile.decision.min_level_dbfs
-        self.decider, self.listener, self.listen_unavailable = decider, listener, unavailable
+        self.decider, self.listener, self.listen_unavailable, self.open_set = decider, listener, unavailable, rule
         return left
 
     @classmethod
@@ -287,8 +283,8 @@ class Pipeline:
 
     def _quiet(self, rms: float, peak: float, t0: float) -> Dict:
         """The record of a window below the level gate: no inference ran."""
-        event = self.decider.quiet()
-        events = ([event] if event is not None else []) + (self.listener.flush() if self.listener else [])
+        self.decider.hist.clear()  # no evidence to smooth with; open events end
+        events = self.flush_events()
         rec = {"d": QUIET, "lv": [round(rms), round(peak)],
                "stages_ms": {"embed": 0.0, "head": 0.0, "decision": round((time.perf_counter() - t0) * 1e3, 3)}}
         if events:

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..daemon.sinks import DECISION_CODES, KINDS, SCHEMA_VERSION, log_files, read_jsonl
+from ..daemon.sinks import DECISION_CODES, KINDS, QUIET, SCHEMA_VERSION, log_files, read_jsonl
 from ..stats import STAGES, co2_ug, compare_samples, percentiles
 
 KNOWN_TYPES = {"window", "event", "daemon", "stats"}
@@ -100,7 +100,7 @@ def _well_formed(kind: str, r: Dict) -> bool:
         st = r.get("stages_ms")
         if not (isinstance(st, dict) and all(_is_num(x) for x in st.values())):
             return False
-        if r.get("d") == -2 and "class" not in r:  # quiet: the level gate ran, no model
+        if r.get("d") == QUIET and "class" not in r:  # quiet: the level gate ran, no model
             return True
         return (
                 (_is_int(r.get("class")) or isinstance(r.get("class"), str)) and _is_num(r.get("score")) and
@@ -206,7 +206,7 @@ def summary(folder, since=None, until=None) -> Dict:
     for w in ws:
         for g in w.get("heard", ()):
             heard[g] = heard.get(g, 0) + 1
-    ran = [w for w in ws if w.get("decision") != -2]  # latency of inference: quiet windows ran no model
+    ran = [w for w in ws if w.get("decision") != QUIET]  # latency of inference: quiet windows ran no model
     stages = {k: percentiles([w["stages_ms"][k] for w in ran if k in w.get("stages_ms", {})]) for k in STAGES}
     lag = [w["capture_lag_ms"] for w in ws if w.get("capture_lag_ms") is not None]
     energy = [w["energy_mj"] for w in ws if w.get("energy_mj") is not None]

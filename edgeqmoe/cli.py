@@ -34,15 +34,17 @@ app.add_typer(logs_app, name="logs")
 
 
 @logs_app.command("summary")
-def logs_summary(folder: str, since: Optional[str] = typer.Option(None, help="Unix seconds or ISO time (UTC)."),
+def logs_summary(folders: List[str] = typer.Argument(..., help="Log folder(s); several (a fleet): per device "
+                                                                  "and overall."),
+                 since: Optional[str] = typer.Option(None, help="Unix seconds or ISO time (UTC)."),
                  until: Optional[str] = typer.Option(None), json_out: bool = typer.Option(False, "--json")):
-    """Uptime, windows, detections, latency, jitter, drops, energy, disk use."""
+    """Uptime, windows, detections, latency, jitter, drops, energy, clips, disk use."""
     import json as _json
 
     from .inspect.logs import LogsError, format_summary, summary
 
     try:
-        s = summary(folder, since, until)
+        s = summary(folders if len(folders) > 1 else folders[0], since, until)
     except LogsError as e:
         fail(str(e))
     typer.echo(_json.dumps(s, indent=1) if json_out else format_summary(s))
@@ -50,12 +52,14 @@ def logs_summary(folder: str, since: Optional[str] = typer.Option(None, help="Un
 
 @logs_app.command("plot")
 def logs_plot(folder: str, out: str = typer.Option("report.png", "-o", "--out"),
-              since: Optional[str] = typer.Option(None), until: Optional[str] = typer.Option(None)):
-    """Latency histogram and timeline, detections over time, power over time (PNG)."""
-    from .inspect.logs import LogsError, plot
+              since: Optional[str] = typer.Option(None), until: Optional[str] = typer.Option(None),
+              clip: Optional[str] = typer.Option(None, help="The spectrogram of one event clip instead: its file name, "
+                                                           "a path, or 'latest'.")):
+    """Latency histogram and timeline, detections over time, power over time (PNG); or an event clip's spectrogram."""
+    from .inspect.logs import LogsError, plot, plot_clip
 
     try:
-        typer.echo(f"wrote {plot(folder, out, since, until)}")
+        typer.echo(f"wrote {plot_clip(folder, clip, out) if clip else plot(folder, out, since, until)}")
     except LogsError as e:
         fail(str(e))
 
@@ -103,6 +107,8 @@ def run_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No start line and no event lines (problems are still "
                                                             "said)."),
     json_out: bool = typer.Option(False, "--json", help="Also write every window record to stdout, a JSON line each."),
+    device: Optional[str] = typer.Option(None, help="This machine's name in records, MQTT topics and Home Assistant "
+                                                    "(default: the profile's device, else the host name)."),
 ):
     """Listen and classify every window, writing what was heard to the log folder."""
     from .daemon.run import Signals
@@ -115,13 +121,19 @@ def run_cmd(
     from .kernels import KernelChoiceError
     from .settings import SettingsError
 
+    from .daemon.mqtt import MqttError
+
+    from .daemon.profiles import DEVICE_NAME
+
+    if device is not None and not DEVICE_NAME.fullmatch(device):
+        fail(f"--device {device!r}: use 1-64 letters, digits, _ . - (starting with a letter or digit)")
     overrides = {"model": {"kernel": kernel}} if kernel else None
     try:
         p = load_profile(profile, overrides)
         d = Daemon(p, source=source, duration=duration, log_dir=log_dir, realtime=realtime, signals=signals,
-                   quiet=quiet, json_out=_stdout_lines() if json_out else None)
+                   quiet=quiet, json_out=_stdout_lines() if json_out else None, device=device)
         code = d.run()
-    except (ProfileError, SettingsError, PipelineError, SourceError, KernelChoiceError, OSError) as e:
+    except (ProfileError, SettingsError, PipelineError, SourceError, KernelChoiceError, MqttError, OSError) as e:
         fail(str(e))
     typer.echo(f"edgeqmoe: stopped after {d.windows} windows; logs in {d.log_dir}", err=True)
     raise typer.Exit(code)

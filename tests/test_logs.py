@@ -225,6 +225,7 @@ def test_real_runs_summary_plot_compare_and_size(tmp_path, us8k, weights_dir):
                  for w in wl) / n
     sbytes = max(len(line) for line in open(runs["stable"] / "stats.jsonl"))
     per_day = wbytes * 86400 + sbytes * 1440
+    print(f"\nbytes a day at one window a second: {per_day / 1e6:.2f} MB (windows {wbytes:.0f} B each)")
     assert per_day < 20e6, f"{per_day / 1e6:.1f} MB a day"
     r = compare(runs["uniform"], runs["stable"])
     assert r["latency_ms"]["n_a"] == r["latency_ms"]["n_b"] == n

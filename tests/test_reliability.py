@@ -740,14 +740,15 @@ def test_terminal_says_what_listens_prints_events_and_pipes_json(tmp_path, us8k)
     prof.write_text(WEIGHTFREE_PROFILE + "decision: {threshold: 0.0, event_min_windows: 2}\n")
     clip = os.path.join(US8K, "fold1", "101415-3-0-2.flac")
     r = run_cli(["run", "--profile", str(prof), "--source", f"file:{clip}", "--fast", "--json", "--log-dir",
-                 str(tmp_path / "l")])
+                 str(tmp_path / "l"), "--device", "test-box"])
     assert r.returncode == 0, r.stderr
     lines = r.stderr.splitlines()
-    assert lines[0].startswith("edgeqmoe: listening to 1 file(s) (as fast as possible); profile p, model "
+    assert lines[0].startswith("edgeqmoe: test-box listening to 1 file(s) (as fast as possible); profile p, model "
                                "balanced-weightfree.eqm") and f"logs in {tmp_path / 'l'}" in lines[0]
     told = [x for x in lines if " in 101415-3-0-2.flac at " in x]
     events = list(read_jsonl(tmp_path / "l" / "events.jsonl"))
     assert events and len(told) == len(events) and told[0].split()[1] == events[0]["class"]
+    assert all(e["device"] == "test-box" for e in events)
     piped = [json.loads(x) for x in r.stdout.splitlines()]
     logged = list(read_jsonl(tmp_path / "l" / "windows.jsonl"))
     assert piped == logged and len(piped) == 3

@@ -3,7 +3,8 @@
 # system packages, a virtual environment in .venv, and edgeqmoe with its C kernels.
 #   tools/setup.sh          what running edgeqmoe needs
 #   tools/setup.sh --dev    plus what the test suite needs (ARM cross compiler and
-#                           qemu for the NEON tests, PulseAudio for the virtual mic)
+#                           qemu for the NEON tests, PulseAudio for the virtual mic,
+#                           mosquitto for the MQTT tests, espeak-ng for speech)
 # Safe to run again: it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO=sudo
 
 pkgs="gcc libportaudio2 libsndfile1"
-[ $DEV = 1 ] && pkgs="$pkgs systemd espeak-ng gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user pulseaudio pulseaudio-utils libasound2-plugins"
+[ $DEV = 1 ] && pkgs="$pkgs systemd espeak-ng gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user pulseaudio pulseaudio-utils libasound2-plugins mosquitto"
 if command -v apt-get >/dev/null 2>&1; then
     missing=""
     for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

@@ -211,10 +211,17 @@ class Pipeline:
             from ..embed.openset import load_rule
 
             rule = load_rule()
+        speech = None
+        if audioset and profile.clips.enabled and profile.clips.privacy:
+            from ..embed.audioset import find_label
+            from .profiles import SPEECH_LABELS
+
+            speech = np.array([find_label(n) for n in SPEECH_LABELS])
         left = self.flush_events() if hasattr(self, "decider") else []
         self.top_k = min(profile.decision.top_k, len(self.classes))
         self.min_level = profile.decision.min_level_dbfs
         self.decider, self.listener, self.listen_unavailable, self.open_set = decider, listener, unavailable, rule
+        self.speech_index = speech
         return left
 
     @classmethod
@@ -230,7 +237,8 @@ class Pipeline:
         if self.min_level is not None and rms < self.min_level:
             return self._quiet(rms, peak, t0)
         logits = None
-        if self.listener is not None or self.open_set is not None:
+        self.speech = None  # AudioSet speech probability of this window, when it is measured
+        if self.listener is not None or self.open_set is not None or self.speech_index is not None:
             embs, logits = self.embedder.embed_with_logits(window[None, :], self.sr)
             emb, logits = embs[0], logits[0]
         else:
@@ -247,6 +255,8 @@ class Pipeline:
             decision, smooth, event = self.decider.decide(p, unc, t_start, t_end)
         events = [event] if event is not None else []
         hits = None
+        if self.speech_index is not None:
+            self.speech = float(sigmoid(logits[self.speech_index]).max())
         if self.listener is not None:
             hits, done = self.listener.step(sigmoid(logits), t_start, t_end)
             events += done
@@ -284,6 +294,7 @@ class Pipeline:
     def _quiet(self, rms: float, peak: float, t0: float) -> Dict:
         """The record of a window below the level gate: no inference ran."""
         self.decider.hist.clear()  # no evidence to smooth with; open events end
+        self.speech = 0.0 if self.speech_index is not None else None  # too faint to make out words
         events = self.flush_events()
         rec = {"d": QUIET, "lv": [round(rms), round(peak)],
                "stages_ms": {"embed": 0.0, "head": 0.0, "decision": round((time.perf_counter() - t0) * 1e3, 3)}}

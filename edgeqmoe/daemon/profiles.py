@@ -20,6 +20,7 @@ range fail with the file, the dotted key and what is allowed (``SettingsError``)
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -158,6 +159,71 @@ class MetricsSettings:
     http_host: str = field("127.0.0.1", doc="address to listen on (0.0.0.0: every interface)")
 
 
+#: characters of a device name (MQTT topics, Home Assistant ids, log records)
+DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: AudioSet classes that count as speech for the privacy of event clips
+SPEECH_LABELS = ("Speech", "Male speech, man speaking", "Female speech, woman speaking",
+                 "Child speech, kid speaking", "Conversation", "Narration, monologue", "Babbling",
+                 "Speech synthesizer", "Whispering", "Chatter", "Hubbub, speech noise, speech babble")
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """Publishing to an MQTT broker (docs/mqtt.md). The password is never in the profile:
+    it is read from ``password_file`` or the environment variable ``password_env``."""
+
+    host: Optional[str] = field(None, doc="broker host name or address (null: MQTT off)")
+    port: Optional[int] = field(None, range=(1, 65535), doc="broker port (default 8883 with tls, else 1883)")
+    tls: bool = field(False, doc="connect with TLS (the system's CAs unless ca_file is given)")
+    ca_file: Optional[str] = field(None, doc="TLS: CA certificate file (PEM)")
+    cert_file: Optional[str] = field(None, doc="TLS: client certificate (PEM), with key_file")
+    key_file: Optional[str] = field(None, doc="TLS: client key (PEM)")
+    username: Optional[str] = field(None, doc="user name; its password comes from password_file or password_env")
+    password_file: Optional[str] = field(None, doc="file holding the password (first line)")
+    password_env: str = field("EDGEQMOE_MQTT_PASSWORD", doc="environment variable holding the password")
+    client_id: Optional[str] = field(None, doc="MQTT client id (default: edgeqmoe-DEVICE)")
+    base_topic: str = field("edgeqmoe", doc="topics are BASE/DEVICE/...")
+    discovery: bool = field(True, doc="publish Home Assistant discovery configs (retained)")
+    discovery_prefix: str = field("homeassistant", doc="Home Assistant's discovery prefix")
+    keepalive: int = field(60, unit="s", range=(5, 3600))
+    queue: int = field(1000, unit="messages", range=(10, 1_000_000),
+                       doc="messages kept while the broker is unreachable (the oldest are dropped beyond)")
+    level_interval: float = field(10.0, unit="s", range=(0.5, 3600.0), doc="how often the level is published")
+    backoff: Tuple[float, float] = field((1.0, 60.0), unit="s", range=(0.1, 3600.0),
+                                         doc="reconnect waits: first and longest (doubling between)")
+
+    def validate(self):
+        out = []
+        for k in ("base_topic", "discovery_prefix"):
+            v = getattr(self, k)
+            if not v or any(c in v for c in "+#\0") or v.startswith("/") or v.endswith("/"):
+                out.append((k, f"{v!r} is not a usable MQTT topic prefix (no + # or NUL, no leading or trailing /)"))
+        if len(self.backoff) != 2 or self.backoff[0] > self.backoff[1]:
+            out.append(("backoff", "give [first, longest] with first <= longest"))
+        if (self.cert_file is None) != (self.key_file is None):
+            out.append(("cert_file" if self.cert_file is None else "key_file",
+                        "a client certificate needs both cert_file and key_file"))
+        return out
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """Event clips: the audio of each event as FLAC beside the logs (docs/clips.md)."""
+
+    enabled: bool = field(False, doc="keep a clip of each event")
+    dir: str = field("clips", doc="folder of the clips (relative to the log folder)")
+    pre_roll: float = field(1.0, unit="s", range=(0.0, 30.0), doc="audio kept before the event")
+    post_roll: float = field(1.0, unit="s", range=(0.0, 30.0), doc="audio kept after the event")
+    max_length: float = field(30.0, unit="s", range=(1.0, 600.0), doc="longest clip (the event's start is kept)")
+    max_count: int = field(1000, range=(1, 10_000_000), unit="files", doc="clips kept (the oldest go first)")
+    max_age_days: float = field(30.0, unit="days", range=(0.01, 36500.0), doc="clips older than this are deleted")
+    max_mb: float = field(500.0, unit="MB", range=(1.0, 10_000_000.0), doc="disk the clips may use")
+    privacy: bool = field(True, doc="never keep a clip where speech was heard (mn04's AudioSet speech classes; "
+                                    "without them no clip is kept at all)")
+    speech_threshold: float = field(0.2, range=(0.0, 1.0),
+                                    doc="AudioSet speech probability, in any window of the clip, that withholds it")
+
+
 @dataclass(frozen=True)
 class PowerSettings:
     method: str = field("auto", choices=("auto", "rapl", "pmic", "battery", "model", "off"),
@@ -190,10 +256,31 @@ class Profile:
     power: PowerSettings = field(default_factory=PowerSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    clips: ClipSettings = field(default_factory=ClipSettings)
+    device: str = field("", doc="this machine's name in records, MQTT topics and Home Assistant (default: the "
+                                "host name); letters, digits, _ . -")
     listen: Dict[str, ListenGroup] = field(default_factory=dict,
                                            doc="AudioSet classes reported beside the model's classes, by group name: "
                                                "a list of classes, or {labels: [...], threshold: p} (mn04 only)")
     source_file: str = field("", doc="(internal) where the profile was read from")
+
+    def validate(self):
+        if self.device and not DEVICE_NAME.fullmatch(self.device):
+            return [("device", f"{self.device!r}: use 1-64 letters, digits, _ . - (starting with a letter or digit)")]
+        return []
+
+    @property
+    def device_name(self) -> str:
+        """``device``, else this machine's host name made safe for topics and ids."""
+        return self.device or device_default()
+
+
+def device_default() -> str:
+    import socket
+
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname().split(".")[0])[:64].strip("-_.")
+    return name or "edgeqmoe"
 
 
 def profile_dirs() -> List[Path]:
@@ -245,6 +332,11 @@ def load_profile(name_or_path: str, overrides: Optional[dict] = None) -> Profile
                             "internal setting; remove it")
     model["_base"] = str(path.parent)
     data["model"] = model
+    mqtt = data.get("mqtt")
+    if isinstance(mqtt, dict) and "password" in mqtt:
+        raise SettingsError(str(path), "mqtt.password", "a password never goes in the profile: put it in a file "
+                            "(mqtt.password_file, readable only by the daemon's user) or in the environment "
+                            "variable named by mqtt.password_env (default EDGEQMOE_MQTT_PASSWORD)")
     if isinstance(data.get("listen"), dict):
         data["listen"] = {k: _listen_group(k, v) for k, v in data["listen"].items()}
     data["source_file"] = str(path)

@@ -40,6 +40,8 @@ from .profiles import Profile, ProfileError, load_profile
 from ..stats import STAGES, co2_ug, percentiles
 from .metrics import start as start_metrics
 from .notify import Notifier
+from .clips import ClipKeeper
+from .mqtt import MqttLink
 from .sinks import LogWriter, encode, replace_file
 from .sources import FileSource, MicSource, RingBuffer, SourceError, parse_source
 
@@ -172,6 +174,7 @@ class LoopState:
         self.audio_pos = 0  # samples consumed since the stream (re)started
         self.warmed = False
         self.file_i, self.file_start = -1, 0  # file sources: the file being read, its first sample
+        self.level = _Level()  # window levels between two MQTT level messages
         self.reason = ""  # why the loop ended (the stop record's reason)
 
     def set_window(self, profile: Profile) -> None:
@@ -189,7 +192,8 @@ class Daemon:
     def __init__(self, profile: Profile, source: Optional[str] = None, duration: Optional[float] = None,
                  log_dir: Optional[str] = None, realtime: Optional[bool] = None, echo: Callable = None,
                  source_factory: Optional[Callable] = None, signals: Optional[Signals] = None,
-                 quiet: bool = False, json_out: Optional[Callable[[bytes], None]] = None):
+                 quiet: bool = False, json_out: Optional[Callable[[bytes], None]] = None,
+                 device: Optional[str] = None):
         self.profile = profile
         self.source_spec = source or profile.audio.source
         self.duration = duration
@@ -199,7 +203,10 @@ class Daemon:
         self.source_factory = source_factory or self._make_source
         self.signals = signals or Signals()
         self._stop, self._reload = self.signals.stop, self.signals.reload
+        self.device = device or profile.device_name  # names every record, topic and entity (fleets)
         self.metrics = None  # the optional HTTP endpoint (metrics.http_port)
+        self.mqtt = None  # the optional MQTT link (mqtt.host)
+        self.clips = None  # the optional event clips (clips.enabled)
         self.notifier = Notifier()  # systemd: READY, watchdog pings, STOPPING (nothing outside systemd)
         self.quiet = quiet  # no start line, no event lines (problems are still said)
         self.json_out = json_out  # each window record, as a JSON line, also here (stdout for pipes)
@@ -207,6 +214,7 @@ class Daemon:
         self.windows = 0
         self._parsed_source = None
         self._file: Optional[tuple] = None  # file sources: (name, stream second where it starts)
+        self._stream_s = 0.0  # stream seconds read so far (event times to wall-clock times)
 
     # ------------------------------------------------------------------ setup
     def _make_source(self, ring: RingBuffer):
@@ -218,7 +226,8 @@ class Daemon:
         return FileSource(ring, arg, a.sample_rate, block, self.realtime)
 
     def log(self, event: str, **fields) -> None:
-        rec = {"type": "daemon", "event": event, "t_wall": round(time.time(), 3), "t_mono": round(time.monotonic(), 3)}
+        rec = {"type": "daemon", "event": event, "t_wall": round(time.time(), 3), "t_mono": round(time.monotonic(), 3),
+               "device": self.device}
         rec.update(fields)
         self.writer.put("daemon", rec)
 
@@ -236,10 +245,16 @@ class Daemon:
                                 p.logging.retention, p.logging.compress, warn=self.echo)
         try:
             self.metrics = start_metrics(p.metrics)
+            if p.clips.enabled:
+                self.clips = ClipKeeper(p.clips, self.log_dir, p.audio.sample_rate, self.log, self.echo)
+            if p.mqtt.host:
+                self.mqtt = MqttLink(p.mqtt, self.device, p.name, self._reported_classes(), self.log,
+                                     self.echo).start()
             return self._run()
         finally:
-            if getattr(self, "metrics", None) is not None:
-                self.metrics.close()
+            for part in (self.clips, self.mqtt, self.metrics):  # clips first: their records go to the log
+                if part is not None:
+                    part.close()
             self.writer.close()
 
     def _run(self) -> int:
@@ -275,6 +290,8 @@ class Daemon:
         st = LoopState(p)
         self.log("start", profile=p.name, profile_file=p.source_file, source=self.source_spec,
                  metrics_url=self.metrics.url if self.metrics else None,
+                 mqtt=self.mqtt.target if self.mqtt else None,
+                 clips=({"dir": p.clips.dir, "privacy": p.clips.privacy} if self.clips else None),
                  window_schema=WINDOW_SCHEMA, window_s=p.audio.window, hop_s=p.audio.hop,
                  sample_rate=st.sr, pid=os.getpid(), power=self.power.describe(), realtime=self.realtime,
                  **self._model_fields())
@@ -303,6 +320,7 @@ class Daemon:
                 sup.heard(st.chunk[:n], now)
                 for start, window in st.windower.feed(st.chunk[:n]):
                     self._step(st, sup.src, start, window)
+                self._clips_ready()
                 st.audio_pos += n
                 if self.duration is not None and st.audio_pos >= self.duration * st.sr:
                     st.reason = "duration reached"
@@ -351,6 +369,8 @@ class Daemon:
             pipe.model.predict(np.zeros((1, pipe.model.in_features), np.float32))
 
     def _restart_stream(self, st: LoopState) -> None:
+        if self.clips is not None:
+            self.clips.history.reset(0)
         st.windower.reset()
         self.pipeline.decider.reset()
         st.audio_pos = 0
@@ -366,31 +386,79 @@ class Daemon:
             extras.append(f"listening for {', '.join(pipe.listener.names)}")
         if self.metrics is not None:
             extras.append(f"metrics at {self.metrics.url}")
+        if self.mqtt is not None:
+            extras.append(f"MQTT to {self.mqtt.target}")
+        if self.clips is not None:
+            extras.append(f"clips in {self.clips.folder}{' (none where speech is heard)' if p.clips.privacy else ''}")
         desc = src.describe() if hasattr(src, "describe") else self.source_spec
-        self.echo(f"edgeqmoe: listening to {desc}; profile {p.name}, model {Path(f['bundle']).name} "
+        self.echo(f"edgeqmoe: {self.device} listening to {desc}; profile {p.name}, model {Path(f['bundle']).name} "
                   f"({f['model']}, kernel {f['kernel']}), embedder {f['embedder']['id']}, {'; '.join(extras)}; "
                   f"logs in {self.log_dir}")
 
-    def _tell_events(self) -> None:
-        """A line for each event as soon as it counts as one (while it runs)."""
+    def _reported_classes(self) -> List[str]:
+        """The model's classes and the listen groups: what events can be of."""
+        pipe = self.pipeline
+        return list(pipe.classes) + (list(pipe.listener.names) if pipe.listener else [])
+
+    def _begin_events(self) -> None:
+        """Events that count from this window on (while they run): a terminal line, MQTT
+        state ON, the start of a clip."""
         pipe = self.pipeline
         running = [pipe.decider.event] + (list(pipe.listener.open.values()) if pipe.listener else [])
         for ev in running:
             if ev is None or ev.get("told") or ev["windows"] < self.profile.decision.event_min_windows:
                 continue
             ev["told"] = True
-            where = f" in {Path(self._file[0]).name} at {ev['start'] - self._file[1]:.1f} s" if self._file else ""
-            self.echo(f"{time.strftime('%H:%M:%S')}  {ev['class']}  {ev['peak']:.2f}"
-                      f"{'  (AudioSet)' if ev.get('source') else ''}{where}")
+            if self._file:
+                ev["file"], ev["offset_s"] = self._file[0], round(ev["start"] - self._file[1], 3)
+            if self.mqtt is not None:
+                self.mqtt.state(ev["class"], True)
+            if self.clips is not None:
+                self.clips.begin(ev)
+            if not self.quiet:
+                where = f" in {Path(ev['file']).name} at {ev['offset_s']:.1f} s" if self._file else ""
+                self.echo(f"{time.strftime('%H:%M:%S')}  {ev['class']}  {ev['peak']:.2f}"
+                          f"{'  (AudioSet)' if ev.get('source') else ''}{where}")
 
     def _put_event(self, ev: Dict) -> None:
-        self.writer.put("events", _event_record(ev, self._file))
+        """An event is over: state OFF now; its record once its clip is decided."""
+        if self.mqtt is not None:
+            self.mqtt.state(ev["class"], False)
+        if self.clips is not None:
+            self.clips.finish(ev)
+        else:
+            self._emit_event(ev, {})
+
+    def _emit_event(self, ev: Dict, clip: Dict) -> None:
+        rec = _event_record(ev, self._file, self.device)
+        rec.update(clip)
+        self.writer.put("events", rec)
         if self.metrics is not None:
             self.metrics.event(ev["class"])
+        if self.mqtt is not None:
+            now_s = self._stream_s
+            start, end = time.time() - (now_s - ev["start"]), time.time() - (now_s - ev["end"])
+            msg = {"event_type": ev["class"], "class": ev["class"], "score": rec["peak"], "start": round(start, 3),
+                   "end": round(end, 3), "duration_s": round(ev["end"] - ev["start"], 3), "device": self.device,
+                   "profile": self.profile.name}
+            for k in ("source", "file", "offset_s", "clip", "clip_withheld"):
+                if k in rec:
+                    msg[k] = rec[k]
+            if "clip" in msg:
+                msg["clip"] = str(Path(self.log_dir) / msg["clip"])
+            self.mqtt.event(msg)
+
+    def _clips_ready(self, force: bool = False) -> None:
+        if self.clips is not None:
+            for ev, fields in self.clips.ready(force):
+                self._emit_event(ev, fields)
 
     def _flush_event(self) -> None:
+        """Events still open end here (a new file, a lost input, a reload, the stop),
+        and clips waiting for audio that will not come are cut with what there is."""
         for ev in self.pipeline.flush_events():
             self._put_event(ev)
+        self._clips_ready(force=True)
 
     def _finish_file(self, st: LoopState, src) -> None:
         """A file shorter than one window still gets its one window (zero-padded), as
@@ -406,7 +474,7 @@ class Daemon:
         start afresh, so that no window straddles two files."""
         files = getattr(src, "files", None)
         if files is None:
-            return st.ring.read(st.chunk)
+            return self._keep(st, st.ring.read(st.chunk))
         pos = st.ring.read_pos
         i = src.file_starting_at(pos, st.file_i)
         if i is not None:
@@ -418,7 +486,14 @@ class Daemon:
             self._file = (files[i][1], pos / st.sr)
             self.log("file", index=i, path=files[i][1], at_s=round(pos / st.sr, 3))
         nxt = src.next_start(pos)
-        return st.ring.read(st.chunk if nxt is None else st.chunk[:min(len(st.chunk), nxt - pos)])
+        return self._keep(st, st.ring.read(st.chunk if nxt is None else st.chunk[:min(len(st.chunk), nxt - pos)]))
+
+    def _keep(self, st: LoopState, n: int) -> int:
+        """What was read also goes to the clips' history (ring positions)."""
+        if n and self.clips is not None:
+            self.clips.audio(st.chunk[:n], st.ring.read_pos - n)
+        self._stream_s = st.ring.read_pos / st.sr
+        return n
 
     def _step(self, st: LoopState, src, start: int, window: np.ndarray) -> None:
         """One window: pipeline, timing, energy, record, event."""
@@ -446,10 +521,15 @@ class Daemon:
         self.writer.put("windows", rec)
         if self.json_out is not None:
             self.json_out(encode(rec))
-        if not self.quiet:
-            self._tell_events()
+        if self.clips is not None:
+            self.clips.window(start / sr, (start + st.win_n) / sr, self.pipeline.speech)
+        self._begin_events()
         for ev in events:
             self._put_event(ev)
+        if self.mqtt is not None:
+            st.level.add(rec["lv"][0])
+            if t_mono - st.level.since >= self.mqtt.s.level_interval:
+                self.mqtt.level(st.level.take(t_mono))
         self.windows += 1
         if not st.warmed:
             st.warmed = True
@@ -489,6 +569,10 @@ class Daemon:
             if changed_audio:
                 raise ProfileError("audio.sample_rate, audio.channels and audio.source cannot change while "
                                    "running; restart the daemon for those")
+            fixed = [k for k in ("mqtt", "clips", "device", "metrics") if getattr(new, k) != getattr(p, k)]
+            if fixed:
+                raise ProfileError(f"{', '.join(fixed)} cannot change while running; restart the daemon for "
+                                   f"{'that' if len(fixed) == 1 else 'those'}")
             if new.model != p.model or new.runtime.threads != p.runtime.threads:
                 pipe = Pipeline.from_profile(new)
             else:
@@ -502,6 +586,8 @@ class Daemon:
             return False
         self._flush_event()
         self.profile, self.pipeline = new, pipe
+        if self.mqtt is not None:
+            self.mqtt.set_classes(self._reported_classes())
         self.log("reload", profile=new.name, window_s=new.audio.window, hop_s=new.audio.hop, **self._model_fields())
         self.notifier.status(f"{new.name}: reloaded, listening to {self.source_spec}")
         return True
@@ -518,6 +604,10 @@ class Daemon:
                "temperature_c": temperature_c(), "stages_ms": st.percentiles()}
         power = self.power
         rec["dropped_log_lines_total"] = self.writer.dropped_total
+        rec["device"] = self.device
+        for part in (self.mqtt, self.clips):
+            if part is not None:
+                rec.update(part.stats())
         rec.update(power.interval())
         if st.energy:
             mj = float(np.mean(st.energy))
@@ -530,6 +620,22 @@ class Daemon:
             if not getattr(self, "_prom_said", False):
                 self._prom_said = True
                 self.echo(f"edgeqmoe: cannot write {Path(self.log_dir) / 'edgeqmoe.prom'}: {e}")
+
+
+class _Level:
+    """The power mean of window RMS levels (dBFS) over an interval."""
+
+    def __init__(self):
+        self.since, self.sum, self.n = float("-inf"), 0.0, 0  # the first window's level goes out at once
+
+    def add(self, rms_dbfs: float) -> None:
+        self.sum += 10.0 ** (rms_dbfs / 10.0)
+        self.n += 1
+
+    def take(self, now: float) -> float:
+        mean = self.sum / self.n if self.n else 0.0
+        self.since, self.sum, self.n = now, 0.0, 0
+        return 10.0 * np.log10(mean) if mean > 1e-20 else -200.0
 
 
 class _Stats:
@@ -563,12 +669,16 @@ class _Stats:
         return {k: percentiles(v, 3) for k, v in self.stage.items() if v}
 
 
-def _event_record(ev: Dict, file: Optional[tuple] = None) -> Dict:
+def _event_record(ev: Dict, file: Optional[tuple] = None, device: Optional[str] = None) -> Dict:
     rec = {"type": "event", "class": ev["class"], "start_s": round(ev["start"], 3), "end_s": round(ev["end"], 3),
            "windows": ev["windows"], "peak": round(ev["peak"], 5), "t_wall": round(time.time(), 3)}
+    if device:
+        rec["device"] = device
     if "source" in ev:  # a listen: group (AudioSet), not one of the model's classes
         rec["source"] = ev["source"]
-    if file is not None:  # file sources: the file and where in it the event starts
+    if "file" in ev:  # file sources: the file and where in it the event starts
+        rec["file"], rec["offset_s"] = ev["file"], ev["offset_s"]
+    elif file is not None:
         rec["file"], rec["offset_s"] = file[0], round(ev["start"] - file[1], 3)
     return rec
 

@@ -120,7 +120,7 @@ def _well_formed(kind: str, r: Dict) -> bool:
 def _name_windows(L: Dict) -> None:
     """Window records store class and expert indices into their run's start record
     (docs/logs.md); add readable names (``class_name``, ``decision_name``,
-    ``expert_names``) and the total stage time."""
+    ``expert_names``), the ``device`` the run names, and the total stage time."""
     import bisect
 
     # a start, or a reload that changed the model, sets the names of the windows after it
@@ -149,6 +149,8 @@ def _name_windows(L: Dict) -> None:
                 w[long] = w.pop(short)
         if "class" in w:  # quiet windows ran no model: no class, score or top-k
             w["class_name"] = name(w["class"])
+        if isinstance(start.get("device"), str):  # windows name their device through the start record
+            w.setdefault("device", start["device"])
         w["topk_names"] = [[name(i), p] for i, p in w.get("topk", [])]
         if w.get("decision") is not None:
             w["decision_name"] = name(w["decision"])
@@ -175,21 +177,97 @@ def window_probabilities(w: Dict) -> Dict[str, float]:
     return out
 
 
-def summary(folder, since=None, until=None) -> Dict:
-    L = load_logs(folder, since, until)
-    ws, evs, ds, st = L["windows"], L["events"], L["daemon"], L["stats"]
+def device_of(L: Dict, folder) -> str:
+    """The device a folder's logs come from: its last start record's, else the folder's name."""
+    for d in reversed(L["daemon"]):
+        if d.get("event") == "start" and isinstance(d.get("device"), str):
+            return d["device"]
+    return Path(folder).name
+
+
+def _runs(L: Dict) -> List[Dict]:
+    """Each start runs until its stop, or (a crash) until its last record."""
+    ws, ds, st = L["windows"], L["daemon"], L["stats"]
     starts = [d for d in ds if d.get("event") == "start"]
     stops = [d for d in ds if d.get("event") == "stop"]
-    # uptime: each start runs until its stop, or (crash) until its last window/stat
+    times = sorted([d["t_wall"] for d in ds] + [w["t_wall"] for w in ws] + [s["t_wall"] for s in st])
     runs = []
-    times = sorted([d["t_wall"] for d in ds] + [w["t_wall"] for w in ws if "t_wall" in w] +
-                   [s["t_wall"] for s in st if "t_wall" in s])
     for i, s in enumerate(starts):
         nxt = starts[i + 1]["t_wall"] if i + 1 < len(starts) else float("inf")
         stop = next((d for d in stops if s["t_wall"] <= d["t_wall"] < nxt), None)
         end = stop["t_wall"] if stop else max([t for t in times if s["t_wall"] <= t < nxt] or [s["t_wall"]])
         runs.append({"start": s["t_wall"], "end": end, "clean_stop": stop is not None, "profile": s.get("profile"),
-                     "bundle": s.get("bundle")})
+                     "bundle": s.get("bundle"), "device": s.get("device")})
+    return runs
+
+
+def clips_of(L: Dict, folder) -> Dict:
+    """The clips a log folder's runs kept (still on disk) and the events whose clip was withheld."""
+    dirs = []
+    for d in L["daemon"]:
+        c = d.get("clips") if d.get("event") == "start" else None
+        if isinstance(c, dict) and isinstance(c.get("dir"), str):
+            p = Path(folder) / c["dir"]  # relative to the log folder (which may have been moved or copied)
+            if p not in dirs:
+                dirs.append(p)
+    files = sorted((f for d in dirs if d.is_dir() for f in d.glob("*.flac")), key=lambda f: f.name)
+    withheld: Dict[str, int] = {}
+    for e in L["events"]:
+        why = e.get("clip_withheld")
+        if isinstance(why, str):
+            key = why.split(" (")[0]
+            withheld[key] = withheld.get(key, 0) + 1
+    return {"count": len(files), "bytes": sum(f.stat().st_size for f in files), "withheld": withheld,
+            "files": [str(f) for f in files]}
+
+
+def _merge(parts: List[Dict]) -> Dict:
+    """The records of several folders as one."""
+    out = {k: [r for L in parts for r in L[k]] for k in KINDS}
+    meta = {}
+    for key in ("bad_lines", "bad_files", "unknown_records", "invalid_records", "disk_bytes"):
+        meta[key] = sum(L["_meta"][key] for L in parts)
+    meta["schema_versions"] = sorted({v for L in parts for v in L["_meta"]["schema_versions"]})
+    meta["files"] = [f for L in parts for f in L["_meta"]["files"]]
+    out["_meta"] = meta
+    return out
+
+
+def summary(folder, since=None, until=None) -> Dict:
+    """One log folder, or several (a fleet): then per device (``devices``) and overall."""
+    folders = [folder] if isinstance(folder, (str, Path)) else list(folder)
+    loaded = [(str(f), load_logs(f, since, until)) for f in folders]
+    if len(loaded) == 1:
+        f, L = loaded[0]
+        return _summary(f, L, _runs(L), clips_of(L, f))
+    by_device: Dict[str, List] = {}
+    for f, L in loaded:
+        by_device.setdefault(device_of(L, f), []).append((f, L))
+    devices = {}
+    for dev, parts in by_device.items():
+        devices[dev] = _summary(", ".join(f for f, _ in parts), _merge([L for _, L in parts]),
+                                [r for _, L in parts for r in _runs(L)], _merge_clips([clips_of(L, f) for f, L in parts]))
+    out = _summary(", ".join(f for f, _ in loaded), _merge([L for _, L in loaded]),
+                   [r for _, L in loaded for r in _runs(L)], _merge_clips([clips_of(L, f) for f, L in loaded]))
+    out["devices"] = devices
+    out["restarts"] = sum(d["restarts"] for d in devices.values())
+    return out
+
+
+def _merge_clips(parts: List[Dict]) -> Dict:
+    withheld: Dict[str, int] = {}
+    for c in parts:
+        for k, v in c["withheld"].items():
+            withheld[k] = withheld.get(k, 0) + v
+    return {"count": sum(c["count"] for c in parts), "bytes": sum(c["bytes"] for c in parts), "withheld": withheld,
+            "files": [f for c in parts for f in c["files"]]}
+
+
+def _summary(folder: str, L: Dict, runs: List[Dict], clips: Dict) -> Dict:
+    ws, evs, ds, st = L["windows"], L["events"], L["daemon"], L["stats"]
+    starts = [d for d in ds if d.get("event") == "start"]
+    stops = [d for d in ds if d.get("event") == "stop"]
+    times = [d["t_wall"] for d in ds] + [w["t_wall"] for w in ws] + [s["t_wall"] for s in st]
     detections: Dict[str, int] = {}
     for w in ws:
         d = w.get("decision_name")
@@ -235,6 +313,7 @@ def summary(folder, since=None, until=None) -> Dict:
         "bad_files": L["_meta"]["bad_files"], "unknown_records": L["_meta"]["unknown_records"],
         "invalid_records": L["_meta"]["invalid_records"],
         "schema_versions": L["_meta"]["schema_versions"],
+        "clips": clips,
         "runs_detail": runs,
     }
 
@@ -252,7 +331,16 @@ def format_summary(s: Dict) -> str:
     def ts(t):
         return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) if t else "-"
 
-    lines = [f"logs: {s['folder']}  ({s['disk_bytes'] / 1e6:.2f} MB on disk)",
+    lines = []
+    if s.get("devices"):
+        lines.append(f"{len(s['devices'])} devices:")
+        for dev, d in s["devices"].items():
+            lines.append(f"  {dev}: {d['folder']}; uptime {d['uptime_s'] / 3600:.2f} h, {d['runs']} run(s), windows "
+                         f"{d['windows']} (quiet {d['quiet']}, other {d['other']}), events "
+                         + (", ".join(f"{k} {v}" for k, v in d["events"].items()) or "none")
+                         + f", clips {d['clips']['count']}")
+        lines.append("all devices together:")
+    lines += [f"logs: {s['folder']}  ({s['disk_bytes'] / 1e6:.2f} MB on disk)",
              f"from {ts(s['first'])} to {ts(s['last'])} UTC; uptime {s['uptime_s'] / 3600:.2f} h over {s['runs']} run(s), "
              f"{s['restarts']} restart(s), {s['unclean_stops']} without a clean stop",
              f"windows {s['windows']}, deadline misses {s['deadline_misses']}, dropped samples {s['dropped_samples']}",
@@ -275,6 +363,14 @@ def format_summary(s: Dict) -> str:
         lines.append(f"energy per inference: mean {e['mean']:.3f} mJ, p99 {e['p99']:.3f} mJ "
                      f"({'/'.join(s['energy_method'])}), {s['co2_ug_per_inference']:.4f} ug CO2 at "
                      f"{s['grid_gco2_per_kwh']:g} g/kWh; power {'/'.join(s['power_method']) or 'n/a'}")
+    c = s.get("clips")
+    if c and (c["count"] or c["withheld"]):
+        lines.append(f"clips: {c['count']} kept ({c['bytes'] / 1e6:.2f} MB), withheld: "
+                     + (", ".join(f"{k} {v}" for k, v in c["withheld"].items()) or "none"))
+        for f in c["files"][-10:]:
+            lines.append(f"  {f}")
+        if c["count"] > 10:
+            lines.append(f"  ... and {c['count'] - 10} older (--json lists them all)")
     if s["bad_lines"] or s["bad_files"] or s["unknown_records"] or s.get("invalid_records"):
         lines.append(f"skipped: {s['bad_lines']} unreadable line(s), {s['bad_files']} damaged file(s), "
                      f"{s['unknown_records']} record(s) of unknown type or newer schema, "
@@ -351,6 +447,47 @@ def plot(folder, out_png: str, since=None, until=None) -> str:
         e = [w.get("energy_mj") or 0 for w in ws]
         ax[1, 1].plot(t, e, ".", ms=2, color="#81b29a")
         ax[1, 1].set(title="Energy per window (modelled)", xlabel="minutes", ylabel="mJ")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return out_png
+
+
+def plot_clip(folder, clip: str, out_png: str) -> str:
+    """The spectrogram of one event clip (a path, a file name in the folder's clips, or
+    ``latest``), titled with its event."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise LogsError("plots need matplotlib: pip install 'edgeqmoe[plot]'") from None
+    import soundfile as sf
+
+    L = load_logs(folder)
+    files = [Path(f) for f in clips_of(L, folder)["files"]]
+    if clip == "latest":
+        if not files:
+            raise LogsError(f"{folder}: no clips (clips.enabled in the profile keeps them)")
+        path = files[-1]
+    else:
+        path = Path(clip)
+        if not path.is_file():
+            path = next((f for f in files if f.name == clip or f.stem == clip), path)
+        if not path.is_file():
+            raise LogsError(f"clip {clip!r} not found in {folder}; `edgeqmoe logs summary {folder}` lists the clips")
+    try:
+        audio, sr = sf.read(str(path), dtype="float32", always_2d=False)
+    except (RuntimeError, OSError) as e:
+        raise LogsError(f"{path}: cannot read it as audio ({e})") from None
+    ev = next((e for e in L["events"] if isinstance(e.get("clip"), str) and Path(e["clip"]).name == path.name), None)
+    title = path.name if ev is None else f"{ev['class']} (peak {ev['peak']:.2f}, {ev['end_s'] - ev['start_s']:.1f} s)"
+    fig, ax = plt.subplots(figsize=(10, 4))
+    n_fft = 512
+    ax.specgram(audio if audio.ndim == 1 else audio.mean(axis=1), NFFT=n_fft, Fs=sr, noverlap=n_fft // 2,
+                cmap="magma", scale="dB")
+    ax.set(title=title, xlabel="seconds", ylabel="Hz")
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)
     plt.close(fig)

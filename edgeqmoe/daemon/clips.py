@@ -1,0 +1,231 @@
+"""Event clips: the audio of each event, with pre- and post-roll, as FLAC beside the logs.
+
+The window loop copies every chunk it reads into ``History`` (the last
+``max_length + pre_roll + post_roll`` seconds, by absolute sample position: the ring
+between capture and inference may reuse what was read, this may not). An event that
+starts counting opens a clip at ``start - pre_roll``; the clip is cut when the audio up
+to ``end + post_roll`` has been read (or ``max_length`` is reached, or the input ends
+or changes file), then written by a thread of its own (``soundfile``, 16-bit FLAC,
+replaced atomically) and the folder is trimmed to ``max_count``, ``max_age_days`` and
+``max_mb``, oldest first.
+
+Privacy (``clips.privacy``, on by default): a clip is kept only when no window it spans
+heard speech, by mn04's AudioSet speech classes (``profiles.SPEECH_LABELS``) at
+``speech_threshold``; with an embedder that has no AudioSet output no clip is kept. A
+withheld clip is never written; the event record says ``clip_withheld`` and why.
+
+File names: ``YYYYmmddTHHMMSS.mmmZ_CLASS.flac``, the wall-clock time of the clip's first
+sample in UTC, so that a folder listing is in time order.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .mqtt import slug
+
+CLIP_SUFFIX = ".flac"
+
+
+class History:
+    """The last ``capacity`` samples read, addressed by absolute position."""
+
+    def __init__(self, capacity: int):
+        self.capacity = int(capacity)
+        self.buf = np.zeros(self.capacity, np.float32)
+        self.end = 0  # absolute position after the last sample written
+
+    def reset(self, pos: int = 0) -> None:
+        self.end = pos
+
+    def write(self, x: np.ndarray, pos: int) -> None:
+        """``x`` starts at absolute position ``pos`` (a jump forward leaves zeros)."""
+        if pos != self.end:
+            self.end = pos
+        n = len(x)
+        if n >= self.capacity:
+            x, pos, n = x[-self.capacity:], pos + n - self.capacity, self.capacity
+        start = pos % self.capacity
+        first = min(n, self.capacity - start)
+        self.buf[start:start + first] = x[:first]
+        if first < n:
+            self.buf[:n - first] = x[first:]
+        self.end = pos + n
+
+    def span(self, a: int, b: int) -> np.ndarray:
+        """A copy of [a, b) clipped to what is still held."""
+        a, b = max(a, self.end - self.capacity, 0), min(b, self.end)
+        if b <= a:
+            return np.zeros(0, np.float32)
+        idx = np.arange(a, b) % self.capacity
+        return self.buf[idx]
+
+
+class ClipKeeper:
+    """Clips of the daemon's events (module doc)."""
+
+    def __init__(self, settings, log_dir: str, sr: int, say: Callable[..., None], echo: Callable[[str], None]):
+        self.s, self.sr = settings, sr
+        self.folder = Path(log_dir) / settings.dir
+        self.rel = settings.dir
+        self.say, self.echo = say, echo
+        self.history = History(int((settings.max_length + settings.pre_roll + settings.post_roll + 5.0) * sr))
+        self.open: Dict[int, Dict] = {}  # id(event) -> {"ev", "a", "b", "audio", "t_wall"}
+        self.speech: deque = deque()  # (start s, end s, speech probability or None) of recent windows
+        self.kept = self.withheld = self.failed = self.deleted = 0
+        self.q: "queue.Queue" = queue.Queue(maxsize=8)
+        self._thread: Optional[threading.Thread] = None
+        try:
+            self.folder.mkdir(mode=0o750, parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"clips.dir {self.folder}: cannot create it ({e}); choose another clips.dir") from None
+        self.trim()
+
+    # ------------------------------------------------------------------ the loop's side
+    def audio(self, x: np.ndarray, pos: int) -> None:
+        self.history.write(x, pos)
+
+    def window(self, t0: float, t1: float, speech: Optional[float]) -> None:
+        self.speech.append((t0, t1, speech))
+        horizon = t1 - (self.history.capacity / self.sr)
+        while self.speech and self.speech[0][1] < horizon:
+            self.speech.popleft()
+
+    def begin(self, ev: Dict) -> None:
+        """An event that counts: its clip starts ``pre_roll`` before it."""
+        if id(ev) not in self.open:
+            a = max(0, int(round((ev["start"] - self.s.pre_roll) * self.sr)))
+            self.open[id(ev)] = {"ev": ev, "a": a, "b": None, "audio": None,
+                                 "t_wall": time.time() - (self.history.end - a) / self.sr}
+
+    def finish(self, ev: Dict) -> None:
+        """The event is over: the clip ends ``post_roll`` after it."""
+        self.begin(ev)
+        c = self.open[id(ev)]
+        c["b"] = int(round((ev["end"] + self.s.post_roll) * self.sr))
+
+    def ready(self, force: bool = False) -> List[Tuple[Dict, Dict]]:
+        """Events whose clip is decided: [(event, fields for its record)]. ``force``: the
+        audio that follows does not belong to them (end of input, a new file, a stop)."""
+        out = []
+        longest = int(self.s.max_length * self.sr)
+        for key, c in list(self.open.items()):
+            if c["audio"] is None and (self.history.end >= c["a"] + longest or
+                                       (c["b"] is not None and (force or self.history.end >= c["b"]))):
+                b = min(c["a"] + longest, c["b"] if c["b"] is not None else self.history.end, self.history.end)
+                c["audio"], c["b_cut"] = self.history.span(c["a"], b), b
+            if c["b"] is None and not force:
+                continue
+            if c["audio"] is None:  # forced before any audio of it was read
+                c["audio"], c["b_cut"] = self.history.span(c["a"], self.history.end), self.history.end
+            del self.open[key]
+            out.append((c["ev"], self._decide(c)))
+        return out
+
+    def _decide(self, c: Dict) -> Dict:
+        ev, audio = c["ev"], c["audio"]
+        a_s, b_s = c["a"] / self.sr, c["b_cut"] / self.sr
+        if len(audio) == 0:
+            return {"clip_withheld": "no audio of it was held"}
+        if self.s.privacy:
+            probs = [p for t0, t1, p in self.speech if t1 > a_s and t0 < b_s]
+            if any(p is None for p in probs):
+                self.withheld += 1
+                return {"clip_withheld": "privacy: no speech detector (the embedder has no AudioSet output)"}
+            speech = max(probs, default=0.0)
+            if speech >= self.s.speech_threshold:
+                self.withheld += 1
+                return {"clip_withheld": f"privacy: speech heard (p={speech:.2f})"}
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(c["t_wall"])) + f".{int(c['t_wall'] * 1000) % 1000:03d}Z"
+        name = f"{stamp}_{slug(ev['class'])}{CLIP_SUFFIX}"
+        try:
+            self.q.put_nowait((name, audio))
+        except queue.Full:
+            self.failed += 1
+            return {"clip_withheld": "the clip writer is behind (8 clips waiting); this one was not kept"}
+        self._start()
+        return {"clip": f"{self.rel}/{name}", "clip_s": round(len(audio) / self.sr, 2)}
+
+    # ------------------------------------------------------------------ the writer thread
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="edgeqmoe-clips", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            self._write(*item)
+
+    def _write(self, name: str, audio: np.ndarray) -> None:
+        import soundfile as sf
+
+        path = self.folder / name
+        tmp = path.with_name(f".{name}.tmp")
+        try:
+            pcm = np.clip(audio, -1.0, 1.0)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o640)
+            with open(fd, "wb") as f:
+                sf.write(f, pcm, self.sr, format="FLAC", subtype="PCM_16")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            self.kept += 1
+            size = path.stat().st_size
+            deleted = self.trim()
+            self.say("clip", path=str(path), seconds=round(len(audio) / self.sr, 2), bytes=size,
+                     **({"deleted": deleted} if deleted else {}))
+        except (OSError, RuntimeError, ValueError) as e:  # a full disk or a bad folder: said, never fatal
+            self.failed += 1
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            self.say("clip_error", path=str(path), message=str(e))
+            if self.failed == 1:
+                self.echo(f"edgeqmoe: cannot write the clip {path}: {e}")
+
+    def trim(self) -> int:
+        """Oldest first, until count, age and size are within the settings; returns the
+        number of clips deleted."""
+        s = self.s
+        try:
+            files = sorted((p.stat().st_mtime, p.stat().st_size, p) for p in self.folder.glob(f"*{CLIP_SUFFIX}")
+                           if p.is_file())
+        except OSError:
+            return 0
+        total = sum(size for _, size, _ in files)
+        now, n, deleted = time.time(), len(files), 0
+        for mtime, size, p in files:
+            if not (n > s.max_count or total > s.max_mb * 1e6 or now - mtime > s.max_age_days * 86400):
+                break
+            try:
+                p.unlink()
+            except OSError:
+                continue
+            n, total, deleted = n - 1, total - size, deleted + 1
+        self.deleted += deleted
+        return deleted
+
+    def stats(self) -> Dict:
+        return {"clips_kept_total": self.kept, "clips_withheld_total": self.withheld,
+                "clips_failed_total": self.failed, "clips_deleted_total": self.deleted}
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued (the last clips of a run are kept too)."""
+        if self._thread is not None:
+            try:
+                self.q.put(None, timeout=timeout)
+            except queue.Full:
+                return
+            self._thread.join(timeout)

@@ -1,0 +1,156 @@
+"""Event clips: FLAC beside the logs, with pre- and post-roll, retention, and no audio kept where speech is heard."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from edgeqmoe.daemon.clips import ClipKeeper, History
+from edgeqmoe.daemon.profiles import ClipSettings
+from edgeqmoe.daemon.sinks import read_jsonl
+
+from conftest import IN_CI, US8K
+
+PY = sys.executable
+SR = 16000
+
+
+def run_cli(args, timeout=300):
+    return subprocess.run([PY, "-m", "edgeqmoe.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_history_spans_across_the_wrap():
+    h = History(1000)
+    x = np.arange(2500, dtype=np.float32)
+    for i in range(0, 2500, 300):
+        h.write(x[i:i + 300], i)
+    assert h.end == 2500
+    np.testing.assert_array_equal(h.span(1600, 2400), x[1600:2400])  # wraps the buffer
+    np.testing.assert_array_equal(h.span(1000, 1700), x[1500:1700])  # older than held: clipped
+    assert h.span(2400, 2600).tolist() == x[2400:2500].tolist() and len(h.span(3000, 3100)) == 0
+
+
+def test_retention_by_count_age_and_size(tmp_path):
+    """Clips of one second each, one a day for 40 days: the count, the age and the disk
+    limits each cut the oldest first."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR)).astype(np.float32)
+    now = time.time()
+    for day in range(40):
+        p = folder / f"{day:02d}_dog_bark.flac"
+        sf.write(str(p), tone, SR, format="FLAC", subtype="PCM_16")
+        os.utime(p, (now - (40 - day) * 86400 + 60, now - (40 - day) * 86400 + 60))
+    one = (folder / "00_dog_bark.flac").stat().st_size
+
+    def keep(**limits):
+        k = ClipKeeper(ClipSettings(enabled=True, **limits), str(tmp_path), SR, lambda *a, **f: None, lambda m: None)
+        return sorted(p.name for p in folder.glob("*.flac")), k.deleted
+
+    names, deleted = keep(max_count=30)
+    assert deleted == 10 and names[0] == "10_dog_bark.flac" and len(names) == 30
+    names, deleted = keep(max_age_days=20)  # day 20 is 20 days old less a minute: kept
+    assert names[0] == "20_dog_bark.flac" and len(names) == 20 and deleted == 10
+    names, deleted = keep(max_mb=one * 5.5 / 1e6)
+    assert names == [f"{d}_dog_bark.flac" for d in range(35, 40)] and deleted == 15
+    print(f"\nretention: 40 clips of {one} B -> count 30 deleted 10; age 20 days deleted 10 more; "
+          f"{one * 5.5 / 1e6:.3f} MB deleted 15 more, 5 left ({sum(p.stat().st_size for p in folder.glob('*.flac'))} B)")
+
+
+def _speech(folder, espeak):
+    subprocess.run([espeak, "-v", "en", "-w", str(folder / "b-speech.wav"),
+                    "Good morning. Please call me back this evening, the door code is four two seven, "
+                    "and do not tell anyone else about it."], check=True, timeout=60)
+
+
+@pytest.fixture
+def espeak():
+    e = shutil.which("espeak-ng")
+    if not e:
+        if IN_CI:
+            pytest.fail("CI must have espeak-ng (tools/setup.sh --dev)")
+        pytest.skip("espeak-ng not installed")
+    return e
+
+
+def test_a_clip_holds_the_event_with_its_rolls_and_speech_is_never_kept(tmp_path, weights_dir, us8k, espeak):
+    """A dog bark between 3 s of faint noise on either side, then speech: the dog's clip
+    is the source audio from 1 s before the event to 1 s after it (16-bit FLAC); the
+    speech event has no clip (privacy, the default), unless privacy is turned off.
+    ``logs summary`` lists the clip and ``logs plot --clip`` draws it."""
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    dog, sr = sf.read(os.path.join(US8K, "fold1", "101415-3-0-2.flac"), dtype="float32")
+    assert sr == SR
+    rng = np.random.default_rng(0)
+    pad = (10 ** (-65 / 20) * rng.standard_normal(3 * SR)).astype(np.float32)  # below the level gate
+    src = np.concatenate([pad, dog, pad])
+    sf.write(str(rec / "a-dog.wav"), src, SR, subtype="FLOAT")
+    _speech(rec, espeak)
+    prof = tmp_path / "p.yaml"
+    prof.write_text("version: 1\nmodel: {bundle: stable.eqm}\naudio: {window: 2.0, hop: 1.0}\n"
+                    "clips: {enabled: true, pre_roll: 1.0, post_roll: 1.0}\n")
+    logs = tmp_path / "logs"
+    r = run_cli(["run", "--profile", str(prof), "--source", f"dir:{rec}", "--fast", "--log-dir", str(logs)])
+    assert r.returncode == 0, r.stderr
+    assert "(none where speech is heard)" in r.stderr
+    evs = list(read_jsonl(logs / "events.jsonl"))
+    dogs = [e for e in evs if e["class"] == "dog_bark"]
+    assert len(dogs) == 1 and "clip" in dogs[0], evs
+    e = dogs[0]
+    audio, csr = sf.read(str(logs / e["clip"]), dtype="float32")
+    info = sf.info(str(logs / e["clip"]))
+    assert csr == SR and info.format == "FLAC" and info.subtype == "PCM_16"
+    a = e["offset_s"] - 1.0
+    b = min(len(src) / SR, e["offset_s"] + (e["end_s"] - e["start_s"]) + 1.0)
+    assert a >= 0 and abs(len(audio) / SR - (b - a)) < 1e-3 and e["clip_s"] == pytest.approx(b - a, abs=0.01)
+    ref = src[int(round(a * SR)):int(round(a * SR)) + len(audio)]
+    err = float(np.max(np.abs(audio - ref)))
+    assert err <= 1.01 / 32768, err  # the source itself, to 16-bit precision
+    others = [x for x in evs if x["class"] != "dog_bark"]
+    withheld = [x for x in others if x.get("file", "").endswith("b-speech.wav")]
+    # the speech file is 'other' (no event) or an event without a clip: no audio of it is kept
+    assert all("clip" not in x and "speech" in x["clip_withheld"] for x in withheld)
+    clips = sorted(p.name for p in (logs / "clips").iterdir())
+    assert clips == [os.path.basename(e["clip"])] and clips[0].endswith("Z_dog_bark.flac")
+    assert oct((logs / "clips" / clips[0]).stat().st_mode & 0o777) == "0o640"
+    s = run_cli(["logs", "summary", str(logs)])
+    assert s.returncode == 0 and "clips: 1 kept" in s.stdout and clips[0] in s.stdout, s.stdout
+    png = tmp_path / "clip.png"
+    p = run_cli(["logs", "plot", str(logs), "--clip", "latest", "-o", str(png)])
+    assert p.returncode == 0 and png.read_bytes()[:4] == b"\x89PNG", p.stderr
+    print(f"\ndog clip {clips[0]}: {len(audio) / SR:.2f} s for an event of {e['end_s'] - e['start_s']:.1f} s, "
+          f"max error vs the source {err * 32768:.2f} LSB; speech events withheld: {len(withheld)}")
+
+    # privacy off: what the speech sounded like is kept too (a deliberate choice of the profile)
+    prof.write_text("version: 1\nmodel: {bundle: stable.eqm}\naudio: {window: 2.0, hop: 1.0}\n"
+                    "decision: {open_set: false, threshold: 0.0, event_min_windows: 1}\n"
+                    "clips: {enabled: true, privacy: false}\n")
+    speech_only = tmp_path / "speech"
+    speech_only.mkdir()
+    shutil.copy(rec / "b-speech.wav", speech_only)
+    r = run_cli(["run", "--profile", str(prof), "--source", f"dir:{speech_only}", "--fast", "--log-dir",
+                 str(tmp_path / "open")])
+    assert r.returncode == 0, r.stderr
+    evs = list(read_jsonl(tmp_path / "open" / "events.jsonl"))
+    assert evs and all("clip" in x for x in evs) and len(list((tmp_path / "open" / "clips").iterdir())) == len(evs)
+
+
+def test_privacy_withholds_the_clip_of_a_speech_event(tmp_path, weights_dir, us8k, espeak):
+    """An event heard through speech (a listen group, so the event surely happens) keeps no clip."""
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    _speech(rec, espeak)
+    prof = tmp_path / "p.yaml"
+    prof.write_text("version: 1\nmodel: {bundle: stable.eqm}\naudio: {window: 2.0, hop: 1.0}\n"
+                    "listen: {speech: [Speech]}\nclips: {enabled: true}\n")
+    logs = tmp_path / "logs"
+    r = run_cli(["run", "--profile", str(prof), "--source", f"dir:{rec}", "--fast", "--log-dir", str(logs)])
+    assert r.returncode == 0, r.stderr
+    evs = [e for e in read_jsonl(logs / "events.jsonl") if e["class"] == "speech"]
+    assert evs and all("clip" not in e and e["clip_withheld"].startswith("privacy: speech heard") for e in evs)
+    assert not list((logs / "clips").iterdir())

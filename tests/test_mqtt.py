@@ -409,3 +409,49 @@ def test_discovery_ids_are_safe_for_any_class_name():
     for topic, cfg in t.discovery(["dog_bark", "Glass, breaking/2", "café"], "0").items():
         check_discovery(topic, json.dumps(cfg).encode())
         assert "+" not in cfg["state_topic"] and "#" not in cfg["state_topic"]
+
+
+def _openssl(*args, cwd):
+    openssl = shutil.which("openssl")
+    if not openssl:
+        if IN_CI:
+            pytest.fail("CI must have openssl (tools/setup.sh --dev)")
+        pytest.skip("openssl not installed")
+    subprocess.run([openssl, *args], cwd=cwd, check=True, timeout=60, capture_output=True)
+
+
+def test_tls_to_a_broker_with_its_own_ca(tmp_path, us8k):
+    """mosquitto serving TLS with a certificate of a CA made here: the daemon trusting
+    that CA (mqtt.ca_file) connects over TLS; trusting another CA, it says why it cannot
+    and runs to the end all the same."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for ca in ("ca", "other-ca"):
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.crt",
+                 "-days", "2", "-subj", f"/CN=edgeqmoe test {ca}", cwd=certs)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+             "-subj", "/CN=127.0.0.1", cwd=certs)
+    (certs / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.crt", "-days", "2", "-extfile", "san.ext", cwd=certs)
+    b = Broker(tmp_path / "tls", extra=f"cafile {certs / 'ca.crt'}\ncertfile {certs / 'server.crt'}\n"
+                                       f"keyfile {certs / 'server.key'}").start()
+    src = os.path.join(US8K, "fold1", "101415-3-0-2.flac")
+    try:
+        for ca, ok in (("ca.crt", True), ("other-ca.crt", False)):
+            prof = tmp_path / "p.yaml"
+            prof.write_text(WEIGHTFREE + f"mqtt: {{host: 127.0.0.1, port: {b.port}, tls: true, "
+                                         f"ca_file: {certs / ca}}}\n")
+            out = tmp_path / f"tls-{ok}"
+            r = run_cli(["run", "--profile", str(prof), "--source", f"file:{src}", "--fast", "--log-dir", str(out)])
+            assert r.returncode == 0, r.stderr
+            assert f"MQTT to mqtts://127.0.0.1:{b.port}/" in r.stderr
+            ds = list(read_jsonl(out / "daemon.jsonl"))
+            said = [d["event"] for d in ds if d["event"].startswith("mqtt")]
+            assert ("mqtt_connected" in said) == ok, said
+            if not ok:
+                why = next(d for d in ds if d["event"] == "mqtt_disconnected")["reason"]
+                print(f"\nwith the wrong CA: {why}")
+            assert len(list(read_jsonl(out / "windows.jsonl"))) == 3
+    finally:
+        b.stop()

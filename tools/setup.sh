@@ -14,7 +14,7 @@ SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO=sudo
 
 pkgs="gcc libportaudio2 libsndfile1"
-[ $DEV = 1 ] && pkgs="$pkgs systemd espeak-ng gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user pulseaudio pulseaudio-utils libasound2-plugins mosquitto"
+[ $DEV = 1 ] && pkgs="$pkgs systemd espeak-ng gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user pulseaudio pulseaudio-utils libasound2-plugins mosquitto openssl"
 if command -v apt-get >/dev/null 2>&1; then
     missing=""
     for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

@@ -234,7 +234,10 @@ class MqttLink:
             self._failed(f"connection lost: {reason_code}")
 
     def _on_connect_fail(self, client, userdata):
-        self._failed("cannot connect")
+        import sys
+
+        err = sys.exc_info()[1]  # paho calls this from inside its 'except OSError'
+        self._failed(f"cannot connect: {err}" if err is not None else "cannot connect")
 
     def _failed(self, why: str) -> None:
         """Said once per outage (logs and terminal); the attempts are counted."""
@@ -330,4 +333,8 @@ class MqttLink:
                 except (RuntimeError, ValueError):
                     break
         self.client.disconnect()
-        self.client.loop_stop()
+        # paho's thread may be inside a connect attempt (up to its 5 s timeout): a stop
+        # does not wait for it longer than asked; the thread is a daemon thread
+        stopper = threading.Thread(target=self.client.loop_stop, daemon=True)
+        stopper.start()
+        stopper.join(max(0.1, deadline - time.monotonic()))

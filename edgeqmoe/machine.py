@@ -58,3 +58,20 @@ def describe(info: Dict[str, Any]) -> str:
     mhz = f" @ {info['cpu_mhz']:.0f} MHz" if info.get("cpu_mhz") else ""
     return (f"{info['cpu']}{mhz}, {info['cores']} cores, {info['arch']}; features: {info['cpu_features']}; "
             f"python {info['python']}, numpy {info['numpy']}" + (f", torch {info['torch']}" if "torch" in info else ""))
+
+
+def apply_threads(n: int) -> Dict[str, Any]:
+    """``runtime.threads`` for every thread pool this process uses: BLAS and OpenMP
+    (numpy's OpenBLAS left to itself starts one thread per core and spins them for each
+    small product of the front end), and torch's when torch is loaded. Returns what was
+    set, for the start record."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    threadpool_limits(n)
+    out: Dict[str, Any] = {p["internal_api"]: p["num_threads"] for p in threadpool_info()}
+    if "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(n)
+        out["torch"] = torch.get_num_threads()
+    return out

@@ -907,3 +907,19 @@ def test_a_busy_metrics_port_is_a_clear_error(tmp_path):
     finally:
         s.close()
     assert r.returncode == 2 and f"metrics endpoint 127.0.0.1:{port} cannot listen" in r.stderr
+
+
+def test_runtime_threads_caps_blas_as_well_as_torch(tmp_path, us8k):
+    """runtime.threads reaches every thread pool of the daemon (numpy's BLAS included),
+    and the start record says what each one got."""
+    from conftest import US8K
+
+    clip = os.path.join(US8K, "fold1", "101415-3-0-2.flac")
+    for n in (1, 2):
+        prof = tmp_path / f"p{n}.yaml"
+        prof.write_text(WEIGHTFREE_PROFILE + f"runtime: {{threads: {n}}}\n")
+        r = run_cli(["run", "--profile", str(prof), "--source", f"file:{clip}", "--fast", "--quiet", "--log-dir",
+                     str(tmp_path / f"l{n}")])
+        assert r.returncode == 0, r.stderr
+        start = next(d for d in read_jsonl(tmp_path / f"l{n}" / "daemon.jsonl") if d["event"] == "start")
+        assert start["threads"] and set(start["threads"].values()) == {n}, start["threads"]

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ..stats import compare_samples, percent, percentiles
-from ..machine import machine_info
+from ..machine import apply_threads, machine_info
 
 
 def _windows(paths: List[str], sr: int, window: float, hop: float, n: int):
@@ -53,6 +53,7 @@ def bench_profile(name: str, paths: List[str], n: int, window: Optional[float] =
     overrides = {"audio": {"window": window, "hop": window / 2}} if window else None
     p = load_profile(name, overrides)
     pipe = Pipeline.from_profile(p)
+    threads = apply_threads(p.runtime.threads)  # as the daemon does: its threads, BLAS included
     sr = p.audio.sample_rate
     warm = np.zeros(int(round(p.audio.window * sr)), np.float32)
     for _ in range(5):
@@ -79,7 +80,7 @@ def bench_profile(name: str, paths: List[str], n: int, window: Optional[float] =
             "window_s": p.audio.window, "n": len(embs),
             "stages_ms": {k: percentiles((v)) for k, v in stages.items()},
             "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
-            "torch_imported": "torch" in sys.modules, "_embeddings": embs, "_pipeline": pipe}
+            "torch_imported": "torch" in sys.modules, "threads": threads, "_embeddings": embs, "_pipeline": pipe}
 
 
 def routing_stability(pipe, embeddings: np.ndarray, repeats: int = 5) -> Optional[Dict]:
@@ -143,18 +144,8 @@ def routing_stability(pipe, embeddings: np.ndarray, repeats: int = 5) -> Optiona
     return out
 
 
-def _limit_threads() -> None:
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:
-        pass
-
-
 def _one_profile(name: str, paths: List[str], n: int, window: Optional[float], stability: bool):
     """One profile's row (and the stable routing comparison), as run_bench reports it."""
-    _limit_threads()
     r = bench_profile(name, paths, n, window)
     embs, pipe = r.pop("_embeddings"), r.pop("_pipeline")
     return r, (routing_stability(pipe, embs) if stability and r["profile"] == "stable" else None)
@@ -176,7 +167,7 @@ def run_bench(profiles: List[str], paths: List[str], n: int = 2000, window: Opti
                 row, stab = ex.submit(_one_profile, name, paths, n, window, stability is None).result()
             rows.append(row)
             stability = stability or stab
-    return {"machine": machine_info({"threads": 1}), "rows": rows, "stability": stability}
+    return {"machine": machine_info(), "rows": rows, "stability": stability}
 
 
 def format_table(res: Dict) -> str:
@@ -185,7 +176,7 @@ def format_table(res: Dict) -> str:
     lines = [f"machine: {describe(res['machine'])}", ""]
     for r in res["rows"]:
         lines.append(f"{r['profile']} ({r['model']} {'/'.join(r['experts'])}, {r['embedder']}, {r['window_s']:g} s "
-                     f"windows, n={r['n']}, RSS {r['rss_mb']} MB, torch imported: {r['torch_imported']}"
+                     f"windows, n={r['n']}, threads {r['threads']}, RSS {r['rss_mb']} MB, torch imported: {r['torch_imported']}"
                      + (", FALLBACK bundle" if r["fallback"] else "") + ")")
         for k, s in r["stages_ms"].items():
             lines.append(f"  {k:9} p50 {s['p50']:8.3f}  p95 {s['p95']:8.3f}  p99 {s['p99']:8.3f}  max {s['max']:8.3f}"

@@ -33,6 +33,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from ..audio.windowing import Windower
+from ..machine import apply_threads
 from ..settings import SettingsError
 from .pipeline import QUIET, Pipeline, PipelineError
 from .power import PowerMeter, temperature_c
@@ -241,6 +242,7 @@ class Daemon:
         # a mistyped source fails first: before the model is built or a log file made
         self._parsed_source = parse_source(self.source_spec) if self.source_factory == self._make_source else None
         self.pipeline = Pipeline.from_profile(p)  # raises PipelineError before any file is touched
+        self.threads = apply_threads(p.runtime.threads)  # BLAS and OpenMP too, not only torch
         self.writer = LogWriter(self.log_dir, p.logging.flush_interval, p.logging.rotate_bytes, p.logging.rotate_age,
                                 p.logging.retention, p.logging.compress, warn=self.echo)
         try:
@@ -294,6 +296,7 @@ class Daemon:
                  clips=({"dir": p.clips.dir, "privacy": p.clips.privacy} if self.clips else None),
                  window_schema=WINDOW_SCHEMA, window_s=p.audio.window, hop_s=p.audio.hop,
                  sample_rate=st.sr, pid=os.getpid(), power=self.power.describe(), realtime=self.realtime,
+                 threads=self.threads,
                  **self._model_fields())
         if self.pipeline.built.fallback:
             self.echo(f"edgeqmoe: {self.pipeline.built.fallback}")
@@ -575,6 +578,7 @@ class Daemon:
                                    f"{'that' if len(fixed) == 1 else 'those'}")
             if new.model != p.model or new.runtime.threads != p.runtime.threads:
                 pipe = Pipeline.from_profile(new)
+                self.threads = apply_threads(new.runtime.threads)
             else:
                 pipe = self.pipeline
                 for ev in pipe.set_decisions(new):

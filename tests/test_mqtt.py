@@ -356,6 +356,11 @@ def test_no_broker_bounded_queue_credentials_and_secrets(tmp_path, us8k):
     r = run_cli(["run", "--profile", str(bad), "--source", f"file:{src}", "--fast", "--log-dir", str(tmp_path / "b")])
     assert r.returncode == 2 and "mqtt.password" in r.stderr and "EDGEQMOE_MQTT_PASSWORD" in r.stderr
 
+    # a password file that is not there: exit 2 before anything runs, naming it
+    bad.write_text(WEIGHTFREE + f"mqtt: {{host: 127.0.0.1, username: u, password_file: {tmp_path / 'nope'}}}\n")
+    r = run_cli(["run", "--profile", str(bad), "--source", f"file:{src}", "--fast", "--log-dir", str(tmp_path / "c")])
+    assert r.returncode == 2 and "mqtt.password_file" in r.stderr and str(tmp_path / "nope") in r.stderr, r.stderr
+
     passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     pw_file = tmp_path / "broker-users"
     subprocess.run([passwd, "-b", "-c", str(pw_file), "edge", "s3cret pass"], check=True, timeout=30,

@@ -61,6 +61,18 @@ def test_retention_by_count_age_and_size(tmp_path):
           f"{one * 5.5 / 1e6:.3f} MB deleted 15 more, 5 left ({sum(p.stat().st_size for p in folder.glob('*.flac'))} B)")
 
 
+MN04 = "version: 1\nmodel: {bundle: stable.eqm}\naudio: {window: 2.0, hop: 1.0}\n"
+
+
+def run_on(folder, settings: str, logs):
+    """'edgeqmoe run' of the stable bundle (mn04) with ``settings`` on a folder, as fast as it goes."""
+    prof = logs.parent / f"{logs.name}.yaml"
+    prof.write_text(MN04 + settings)
+    r = run_cli(["run", "--profile", str(prof), "--source", f"dir:{folder}", "--fast", "--log-dir", str(logs)])
+    assert r.returncode == 0, r.stderr
+    return r
+
+
 def _speech(folder, espeak):
     subprocess.run([espeak, "-v", "en", "-w", str(folder / "b-speech.wav"),
                     "Good morning. Please call me back this evening, the door code is four two seven, "
@@ -91,12 +103,8 @@ def test_a_clip_holds_the_event_with_its_rolls_and_speech_is_never_kept(tmp_path
     src = np.concatenate([pad, dog, pad])
     sf.write(str(rec / "a-dog.wav"), src, SR, subtype="FLOAT")
     _speech(rec, espeak)
-    prof = tmp_path / "p.yaml"
-    prof.write_text("version: 1\nmodel: {bundle: stable.eqm}\naudio: {window: 2.0, hop: 1.0}\n"
-                    "clips: {enabled: true, pre_roll: 1.0, post_roll: 1.0}\n")
     logs = tmp_path / "logs"
-    r = run_cli(["run", "--profile", str(prof), "--source", f"dir:{rec}", "--fast", "--log-dir", str(logs)])
-    assert r.returncode == 0, r.stderr
+    r = run_on(rec, "clips: {enabled: true, pre_roll: 1.0, post_roll: 1.0}\n", logs)
     assert "(none where speech is heard)" in r.stderr
     evs = list(read_jsonl(logs / "events.jsonl"))
     dogs = [e for e in evs if e["class"] == "dog_bark"]
@@ -127,15 +135,11 @@ def test_a_clip_holds_the_event_with_its_rolls_and_speech_is_never_kept(tmp_path
           f"max error vs the source {err * 32768:.2f} LSB; speech events withheld: {len(withheld)}")
 
     # privacy off: what the speech sounded like is kept too (a deliberate choice of the profile)
-    prof.write_text("version: 1\nmodel: {bundle: stable.eqm}\naudio: {window: 2.0, hop: 1.0}\n"
-                    "decision: {open_set: false, threshold: 0.0, event_min_windows: 1}\n"
-                    "clips: {enabled: true, privacy: false}\n")
     speech_only = tmp_path / "speech"
     speech_only.mkdir()
     shutil.copy(rec / "b-speech.wav", speech_only)
-    r = run_cli(["run", "--profile", str(prof), "--source", f"dir:{speech_only}", "--fast", "--log-dir",
-                 str(tmp_path / "open")])
-    assert r.returncode == 0, r.stderr
+    run_on(speech_only, "decision: {open_set: false, threshold: 0.0, event_min_windows: 1}\n"
+                        "clips: {enabled: true, privacy: false}\n", tmp_path / "open")
     evs = list(read_jsonl(tmp_path / "open" / "events.jsonl"))
     assert evs and all("clip" in x for x in evs) and len(list((tmp_path / "open" / "clips").iterdir())) == len(evs)
 
@@ -145,12 +149,8 @@ def test_privacy_withholds_the_clip_of_a_speech_event(tmp_path, weights_dir, us8
     rec = tmp_path / "rec"
     rec.mkdir()
     _speech(rec, espeak)
-    prof = tmp_path / "p.yaml"
-    prof.write_text("version: 1\nmodel: {bundle: stable.eqm}\naudio: {window: 2.0, hop: 1.0}\n"
-                    "listen: {speech: [Speech]}\nclips: {enabled: true}\n")
     logs = tmp_path / "logs"
-    r = run_cli(["run", "--profile", str(prof), "--source", f"dir:{rec}", "--fast", "--log-dir", str(logs)])
-    assert r.returncode == 0, r.stderr
+    run_on(rec, "listen: {speech: [Speech]}\nclips: {enabled: true}\n", logs)
     evs = [e for e in read_jsonl(logs / "events.jsonl") if e["class"] == "speech"]
     assert evs and all("clip" not in e and e["clip_withheld"].startswith("privacy: speech heard") for e in evs)
     assert not list((logs / "clips").iterdir())

@@ -11,11 +11,12 @@ apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     python3 python3-venv python3-dev gcc libportaudio2 libsndfile1
 id edgeqmoe >/dev/null 2>&1 || useradd --system --home /var/lib/edgeqmoe --shell /usr/sbin/nologin -G audio edgeqmoe
-install -d -m 0750 -o edgeqmoe -g audio /var/lib/edgeqmoe /var/lib/edgeqmoe/weights /var/log/edgeqmoe
+install -d -m 0750 -o edgeqmoe -g audio /var/lib/edgeqmoe /var/lib/edgeqmoe/weights /var/lib/edgeqmoe/cache \
+    /var/log/edgeqmoe
 install -d /opt/edgeqmoe /etc/edgeqmoe
 python3 -m venv /opt/edgeqmoe/venv
 /opt/edgeqmoe/venv/bin/pip install -q --upgrade pip
-/opt/edgeqmoe/venv/bin/pip install -q "torch==2.13.0"
+# no torch: the daemon runs mn04 on ONNX Runtime (torch is only for training: edgeqmoe[train])
 # pip builds in the tree it installs from: never let root build inside a checkout that a
 # user owns (root-owned build/ and egg-info left behind). Build from a root-owned copy.
 BUILD=$(mktemp -d /tmp/edgeqmoe-build.XXXXXX)
@@ -32,6 +33,9 @@ fi
 sudo -u edgeqmoe EDGEQMOE_WEIGHTS_DIR=/var/lib/edgeqmoe/weights \
     /opt/edgeqmoe/venv/bin/edgeqmoe weights fetch mn04 --to /var/lib/edgeqmoe/weights \
     || echo "install.sh: weights not fetched (offline?); the daemon runs on the weight-free fallback until they are"
+# mn04 for ONNX Runtime, converted once now rather than at the first start
+sudo -u edgeqmoe EDGEQMOE_WEIGHTS_DIR=/var/lib/edgeqmoe/weights EDGEQMOE_CACHE_DIR=/var/lib/edgeqmoe/cache \
+    /opt/edgeqmoe/venv/bin/edgeqmoe weights convert || true
 install -m 0644 "$SRC/deploy/edgeqmoe.service" /etc/systemd/system/edgeqmoe.service
 systemd-analyze verify /etc/systemd/system/edgeqmoe.service
 systemctl daemon-reload

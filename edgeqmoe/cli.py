@@ -304,7 +304,14 @@ def train_cmd(
 
     from .settings import SettingsError
     from .train.config import load_config
-    from .train.run import run_training
+
+    try:
+        from .train.run import run_training
+    except ImportError as e:
+        if "torch" not in str(e):
+            raise
+        fail("training needs torch, which the daemon does not: pip install 'edgeqmoe[train]' (or "
+             "tools/setup.sh --train), which pins torch==2.13.0, the CPU build")
 
     try:
         cfg = load_config(config)
@@ -404,6 +411,27 @@ def weights_fetch(name: str = typer.Argument("mn04"),
     except WeightsError as e:
         fail(str(e))
     typer.echo(f"saved {path}")
+
+
+@weights_app.command("convert")
+def weights_convert(path: Optional[str] = typer.Argument(None, help="The mn04 weights file or its folder (default: "
+                                                                      "the usual search)."),
+                    out: Optional[str] = typer.Option(None, help="Write here instead of the converted-embedder "
+                                                                 "folder.")):
+    """Convert the mn04 weights (sha256 checked) for ONNX Runtime: the daemon then never needs torch."""
+    import time as _time
+
+    from .embed.mn04_onnx import convert, onnxruntime_available
+    from .embed.weights import WeightsError
+
+    if not onnxruntime_available():
+        fail("converting needs onnxruntime and onnx: pip install onnxruntime onnx")
+    t0 = _time.perf_counter()
+    try:
+        dest = convert(path, out)
+    except WeightsError as e:
+        fail(str(e))
+    typer.echo(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB) in {_time.perf_counter() - t0:.2f} s")
 
 
 @bench_app.command("kernels")

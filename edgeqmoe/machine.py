@@ -69,9 +69,8 @@ def apply_threads(n: int) -> Dict[str, Any]:
 
     threadpool_limits(n)
     out: Dict[str, Any] = {p["internal_api"]: p["num_threads"] for p in threadpool_info()}
-    if "torch" in sys.modules:
-        import torch
-
+    torch = sys.modules.get("torch")  # only when something loaded it: never imported for this
+    if torch is not None:
         torch.set_num_threads(n)
         out["torch"] = torch.get_num_threads()
     return out

@@ -10,6 +10,33 @@ US8K = os.path.join(SHARED, "data", "us8k16k")
 IN_CI = os.environ.get("CI") == "true"
 
 
+def pytest_configure(config):
+    """Converted embedders go to a folder of this session's own (never the user's cache);
+    mn04 is converted for ONNX Runtime once here, so that no daemon run of a test is the
+    first one (which says so on the terminal)."""
+    import tempfile
+
+    if "EDGEQMOE_CACHE_DIR" not in os.environ:
+        os.environ["EDGEQMOE_CACHE_DIR"] = tempfile.mkdtemp(prefix="edgeqmoe-test-cache-")
+        config._edgeqmoe_cache = os.environ["EDGEQMOE_CACHE_DIR"]
+    try:
+        from edgeqmoe.embed.mn04_onnx import convert, converted_path, onnxruntime_available
+        from edgeqmoe.embed.weights import sha256_of
+    except ImportError:
+        return
+    weights = os.path.join(MODELS, "mn04_as_mAP_432.pt")
+    if onnxruntime_available() and os.path.exists(weights) and not converted_path(sha256_of(weights)).is_file():
+        convert(weights)
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    folder = getattr(config, "_edgeqmoe_cache", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def need(path: str, what: str):
     """Skip (fail in CI, which always has ../shared) when shared data is missing."""
     if not os.path.exists(path):

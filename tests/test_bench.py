@@ -2,6 +2,7 @@
 import json
 import os
 
+import pytest
 from typer.testing import CliRunner
 
 from edgeqmoe.cli import app
@@ -126,3 +127,24 @@ def test_routing_stability_compares_three_routings():
         assert np.isfinite(s[key]) and s[key] <= 1
     assert 0 <= s["levene_p"] <= 1 and 0 <= s["levene_p_vs_router"] <= 1
     assert s["curiosity_ms"]["p50"] > 0 and s["uniform_ms"]["p50"] > 0 and s["router_ms"]["p50"] > 0
+
+
+def test_bench_embedders_times_mn04_on_each_runtime(tmp_path, weights_dir):
+    """mn04 on ONNX Runtime and on torch, side by side in one run."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "e.json"
+    res = CliRunner().invoke(app, ["bench", "embedders", "-e", "mn04", "--rounds", "1", "--per-round", "3",
+                                   "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = {r["embedder"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["mn04/onnxruntime"]["runtime"] == "onnxruntime-fp32" and rows["mn04/onnxruntime"]["median_ms"] > 0
+    assert rows["mn04/torch"]["runtime"] == "torch-fp32" and rows["mn04/torch"]["n"] == 3
+
+
+def test_weights_convert_writes_the_onnx_file(tmp_path, weights_dir):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "mn04.onnx"
+    res = CliRunner().invoke(app, ["weights", "convert", "--out", str(out)])
+    assert res.exit_code == 0 and out.stat().st_size > 1_000_000, res.output
+    res = CliRunner().invoke(app, ["weights", "convert", str(tmp_path / "missing.pt")])
+    assert res.exit_code == 2 and "missing.pt" in res.output

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Set up edgeqmoe on a fresh Debian / Raspberry Pi OS machine, from this checkout:
 # system packages, a virtual environment in .venv, and edgeqmoe with its C kernels.
-#   tools/setup.sh          what running edgeqmoe needs
-#   tools/setup.sh --dev    plus what the test suite needs (ARM cross compiler and
+#   tools/setup.sh          what running edgeqmoe needs (no torch: mn04 runs on ONNX Runtime)
+#   tools/setup.sh --train  plus torch (CPU build), for training, fine-tuning and export
+#   tools/setup.sh --dev    plus torch and what the test suite needs (ARM cross compiler and
 #                           qemu for the NEON tests, PulseAudio for the virtual mic,
 #                           mosquitto for the MQTT tests, espeak-ng for speech)
 # Safe to run again: it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV=0
-[ "${1:-}" = "--dev" ] && DEV=1
+TRAIN=0
+[ "${1:-}" = "--dev" ] && DEV=1 && TRAIN=1
+[ "${1:-}" = "--train" ] && TRAIN=1
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO=sudo
 
@@ -32,9 +35,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch is pinned to the CPU build (a bare 'torch' pulls a multi-GB CUDA build on x86-64)
-.venv/bin/python -m pip install -q "torch==2.13.0"
+if [ $TRAIN = 1 ]; then
+    .venv/bin/python -m pip install -q "torch==2.13.0"
+fi
 if [ $DEV = 1 ]; then
     .venv/bin/python -m pip install -q -e ".[test]"
+elif [ $TRAIN = 1 ]; then
+    .venv/bin/python -m pip install -q -e ".[train]"
 else
     .venv/bin/python -m pip install -q -e .
 fi

@@ -56,7 +56,7 @@ class Built:
     fallback: Optional[str] = None
 
 
-def build(profile: Profile) -> Built:
+def build(profile: Profile, say=None) -> Built:
     from ..embed import WeightsError, get_embedder
     from ..model.bundle import BundleError, load_bundle
     from ..model.moe import load_model
@@ -64,7 +64,8 @@ def build(profile: Profile) -> Built:
     def make(bundle_name: str):
         path = profile.model.bundle_path(bundle_name)
         b = load_bundle(path)
-        emb = get_embedder(b.embedder["id"], weights=profile.model.weights, threads=profile.runtime.threads)
+        emb = get_embedder(b.embedder["id"], weights=profile.model.weights, threads=profile.runtime.threads,
+                           runtime=profile.model.embedder_runtime, say=say)
         model = load_model(b, kernel=profile.model.kernel, embedder=emb.info,
                            evaluate_all=profile.model.evaluate_all_experts,
                            routing=profile.model.routing)
@@ -225,8 +226,9 @@ class Pipeline:
         return left
 
     @classmethod
-    def from_profile(cls, profile: Profile) -> "Pipeline":
-        return cls(build(profile), profile)
+    def from_profile(cls, profile: Profile, say=None) -> "Pipeline":
+        """``say``: told once when mn04's weights are converted for ONNX Runtime."""
+        return cls(build(profile, say), profile)
 
     def process(self, window: np.ndarray, t_start: float, t_end: float) -> Dict:
         """One window (float32 at the profile's rate) -> the window record (without

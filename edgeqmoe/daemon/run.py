@@ -241,10 +241,14 @@ class Daemon:
         self.signals.install()
         # a mistyped source fails first: before the model is built or a log file made
         self._parsed_source = parse_source(self.source_spec) if self.source_factory == self._make_source else None
-        self.pipeline = Pipeline.from_profile(p)  # raises PipelineError before any file is touched
+        converted = []
+        self.pipeline = Pipeline.from_profile(p, say=converted.append)  # PipelineError before any file is touched
         self.threads = apply_threads(p.runtime.threads)  # BLAS and OpenMP too, not only torch
         self.writer = LogWriter(self.log_dir, p.logging.flush_interval, p.logging.rotate_bytes, p.logging.rotate_age,
                                 p.logging.retention, p.logging.compress, warn=self.echo)
+        for msg in converted:
+            self.echo(f"edgeqmoe: {msg}")
+            self.log("embedder_converted", message=msg)
         try:
             self.metrics = start_metrics(p.metrics)
             if p.clips.enabled:
@@ -356,7 +360,8 @@ class Daemon:
         """What a reader needs to name the windows that follow (start and reload records)."""
         pipe, p = self.pipeline, self.profile
         return {"bundle": pipe.built.bundle, "classes": pipe.classes, "experts": list(pipe.model.experts),
-                "embedder": pipe.embedder.info.as_dict(), "model": pipe.model.kind,
+                "embedder": {**pipe.embedder.info.as_dict(), "runtime": getattr(pipe.embedder, "runtime", None)},
+                "model": pipe.model.kind,
                 "kernel": getattr(pipe.model, "variant", None) or p.model.kernel,
                 "listen": pipe.listener.describe if pipe.listener else {},
                 "open_set": ({"threshold": round(pipe.open_set.threshold, 4)} if pipe.open_set is not None else
@@ -395,7 +400,8 @@ class Daemon:
             extras.append(f"clips in {self.clips.folder}{' (none where speech is heard)' if p.clips.privacy else ''}")
         desc = src.describe() if hasattr(src, "describe") else self.source_spec
         self.echo(f"edgeqmoe: {self.device} listening to {desc}; profile {p.name}, model {Path(f['bundle']).name} "
-                  f"({f['model']}, kernel {f['kernel']}), embedder {f['embedder']['id']}, {'; '.join(extras)}; "
+                  f"({f['model']}, kernel {f['kernel']}), embedder {f['embedder']['id']} ({f['embedder']['runtime']}), "
+                  f"{'; '.join(extras)}; "
                   f"logs in {self.log_dir}")
 
     def _reported_classes(self) -> List[str]:
@@ -577,7 +583,7 @@ class Daemon:
                 raise ProfileError(f"{', '.join(fixed)} cannot change while running; restart the daemon for "
                                    f"{'that' if len(fixed) == 1 else 'those'}")
             if new.model != p.model or new.runtime.threads != p.runtime.threads:
-                pipe = Pipeline.from_profile(new)
+                pipe = Pipeline.from_profile(new, say=self.echo)
                 self.threads = apply_threads(new.runtime.threads)
             else:
                 pipe = self.pipeline

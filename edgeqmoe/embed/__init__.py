@@ -1,6 +1,6 @@
-"""Embedders: ``mn04`` (AudioSet-pretrained CNN, torch) and ``logmel-stats``
-(weight-free, numpy). ``get_embedder(id)`` builds one; mn04 imports torch only
-when it is built."""
+"""Embedders: ``mn04`` (AudioSet-pretrained CNN, on ONNX Runtime or torch) and
+``logmel-stats`` (weight-free, numpy). ``get_embedder(id)`` builds one; mn04 imports
+torch only when it runs on torch."""
 
 from __future__ import annotations
 
@@ -12,13 +12,35 @@ from .weights import WeightsError
 EMBEDDERS = ("mn04", "logmel-stats")
 
 
-def get_embedder(embedder_id: str, weights: Optional[str] = None, threads: int = 1) -> Embedder:
+#: how mn04 can run: ONNX Runtime fp32 (no torch), or the torch module
+RUNTIMES = ("auto", "onnxruntime", "torch")
+
+
+def get_embedder(embedder_id: str, weights: Optional[str] = None, threads: int = 1, runtime: str = "auto",
+                 say=None) -> Embedder:
+    """``runtime`` (mn04): ``auto`` is ONNX Runtime when installed (the daemon then
+    never imports torch), else torch; the first use of a weights file with ONNX Runtime
+    converts it once (``say`` is told)."""
     if embedder_id == "mn04":
         from .weights import MN04_WEIGHTS, resolve
 
-        path = resolve(MN04_WEIGHTS, weights)  # before importing torch: a machine without weights never loads it
-        from .mn04 import MN04Embedder
+        path = resolve(MN04_WEIGHTS, weights)  # before any runtime loads: a machine without weights never does
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown embedder runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+        from .mn04_onnx import onnxruntime_available
 
+        if runtime == "onnxruntime" or (runtime == "auto" and onnxruntime_available()):
+            if not onnxruntime_available():
+                raise WeightsError("the profile asks for model.embedder_runtime onnxruntime, which is not installed: "
+                                   "pip install onnxruntime onnx (or set embedder_runtime: auto)")
+            from .mn04_onnx import MN04OnnxEmbedder
+
+            return MN04OnnxEmbedder(weights=str(path), threads=threads, say=say)
+        try:
+            from .mn04 import MN04Embedder
+        except ImportError:
+            raise WeightsError("mn04 needs ONNX Runtime (pip install onnxruntime onnx) or torch "
+                               "(pip install 'edgeqmoe[train]'); neither is installed") from None
         return MN04Embedder(weights=str(path), threads=threads)
     if embedder_id == "logmel-stats":
         from .stats import LogMelStatsEmbedder
@@ -40,4 +62,4 @@ def embedder_info(embedder_id: str) -> EmbedderInfo:
     raise ValueError(f"unknown embedder {embedder_id!r}; known: {', '.join(EMBEDDERS)}")
 
 
-__all__ = ["Embedder", "EmbedderInfo", "EMBEDDERS", "WeightsError", "embedder_info", "get_embedder", "resample"]
+__all__ = ["Embedder", "EmbedderInfo", "EMBEDDERS", "RUNTIMES", "WeightsError", "embedder_info", "get_embedder", "resample"]

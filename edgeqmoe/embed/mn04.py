@@ -13,28 +13,8 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-BN_EPS = 1e-3
+from .mn04_spec import BN_EPS, EMBED_DIM, MN04_BLOCKS, N_AUDIOSET  # noqa: F401
 
-#: (in, kernel, expanded, out, se_squeeze or 0, activation, stride) for features.1-15
-MN04_BLOCKS: List[Tuple[int, int, int, int, int, str, int]] = [
-    (8, 3, 8, 8, 0, "RE", 1),
-    (8, 3, 24, 16, 0, "RE", 2),
-    (16, 3, 32, 16, 0, "RE", 1),
-    (16, 5, 32, 16, 8, "RE", 2),
-    (16, 5, 48, 16, 16, "RE", 1),
-    (16, 5, 48, 16, 16, "RE", 1),
-    (16, 3, 96, 32, 0, "HS", 2),
-    (32, 3, 80, 32, 0, "HS", 1),
-    (32, 3, 72, 32, 0, "HS", 1),
-    (32, 3, 72, 32, 0, "HS", 1),
-    (32, 3, 192, 48, 48, "HS", 1),
-    (48, 3, 272, 48, 72, "HS", 1),
-    (48, 5, 272, 64, 72, "HS", 2),
-    (64, 5, 384, 64, 96, "HS", 1),
-    (64, 5, 384, 64, 96, "HS", 1),
-]
-EMBED_DIM = 384
-N_AUDIOSET = 527
 
 
 def _act(name: str) -> nn.Module:
@@ -161,6 +141,7 @@ class MN04Embedder(Embedder):
     """
 
     info = EmbedderInfo(id="mn04", version="1", sample_rate=MN04_MEL.sample_rate, dim=EMBED_DIM)
+    runtime = "torch-fp32"
 
     def __init__(self, weights: str | None = None, threads: int = 1, script: bool = True):
         path = resolve(MN04_WEIGHTS, weights)

@@ -27,6 +27,7 @@ N_STATS = 5
 
 class LogMelStatsEmbedder(Embedder):
     info = EmbedderInfo(id="logmel-stats", version="1", sample_rate=16000, dim=STATS_MEL.n_mels * N_STATS)
+    runtime = "numpy"
 
     def _embed_batch(self, waves: np.ndarray) -> np.ndarray:
         m = log_mel(waves, STATS_MEL)  # (B, 64, T)

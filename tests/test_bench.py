@@ -136,9 +136,13 @@ def test_bench_embedders_times_mn04_on_each_runtime(tmp_path, weights_dir):
     res = CliRunner().invoke(app, ["bench", "embedders", "-e", "mn04", "--rounds", "1", "--per-round", "3",
                                    "--json", str(out)])
     assert res.exit_code == 0, res.output
-    rows = {r["embedder"]: r for r in json.loads(out.read_text())["rows"]}
-    assert rows["mn04/onnxruntime"]["runtime"] == "onnxruntime-fp32" and rows["mn04/onnxruntime"]["median_ms"] > 0
-    assert rows["mn04/torch"]["runtime"] == "torch-fp32" and rows["mn04/torch"]["n"] == 3
+    rows = {(r["embedder"], r["what"]): r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {(e, w) for e in ("mn04/onnxruntime", "mn04/torch") for w in ("whole", "network")}
+    for r in rows.values():
+        assert r["median_ms"] > 0 and r["p99_ms"] >= r["median_ms"] and r["n"] == 3 and r["window_s"] == 1.0
+    assert rows[("mn04/onnxruntime", "whole")]["impl"] == "mn04/onnxruntime-fp32"
+    assert rows[("mn04/torch", "network")]["runtime"] == "torch-fp32"
+    assert "faster than mn04 on torch" in res.output
 
 
 def test_weights_convert_writes_the_onnx_file(tmp_path, weights_dir):

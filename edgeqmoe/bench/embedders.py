@@ -13,6 +13,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ..embed.base import resample
 from ..machine import apply_threads, machine_info
 from ..stats import percentiles
 
@@ -39,36 +40,64 @@ def run_bench(embedders: List[str], window_s: float = 1.0, sr: int = 16000, roun
                 skipped[key] = str(err)
     if not built:
         raise WeightsError("; ".join(skipped.values()))
-    times = {e: [] for e in built}
-    for emb in built.values():
-        for w in windows:
-            emb.embed(w, sr)
+    # each embedder's whole window (front end and network) and, where it has one, the
+    # network alone on the window's log-mel: (name, what) -> a call on window i
+    from functools import partial
+
+    from ..audio.frontend import log_mel
+
+    calls = {}
+    for e, emb in built.items():
+        calls[(e, "whole")] = partial(_whole, emb, windows, sr)
+        if hasattr(emb, "forward_mel"):
+            mels = [log_mel(resample(w[None, :], sr, emb.info.sample_rate)) for w in windows]
+            calls[(e, "network")] = partial(_network, emb, mels)
+    for call in calls.values():
+        for i in range(len(windows)):
+            call(i)
+    times = {k: [] for k in calls}
     for _ in range(rounds):
-        for e, emb in built.items():
-            ts = times[e]
+        for k, call in calls.items():
+            ts = times[k]
             for i in range(per_round):
-                w = windows[i % len(windows)]
                 t0 = time.perf_counter()
-                emb.embed(w, sr)
+                call(i)
                 ts.append(time.perf_counter() - t0)
     rows = []
-    for e, ts in times.items():
+    for (e, what), ts in times.items():
         q = percentiles(np.asarray(ts) * 1e3, 3)
         info = built[e].info
-        rows.append({"embedder": e, "runtime": getattr(built[e], "runtime", None), "version": info.version, "dim": info.dim, "model_rate": info.sample_rate,
-                     "input_rate": sr, "window_s": window_s, "median_ms": q["p50"], "p95_ms": q["p95"],
-                     "p99_ms": q["p99"], "n": len(ts)})
+        rows.append({"embedder": e, "impl": f"{info.id}/{getattr(built[e], 'runtime', None)}", "what": what,
+                     "runtime": getattr(built[e], "runtime", None), "version": info.version, "dim": info.dim,
+                     "model_rate": info.sample_rate, "input_rate": sr, "window_s": window_s,
+                     "median_ms": q["p50"], "p95_ms": q["p95"], "p99_ms": q["p99"], "n": len(ts)})
     return {"machine": machine_info({"threads": 1}), "rows": rows, "skipped": skipped}
+
+
+def _whole(emb, windows, sr, i):
+    return emb.embed(windows[i % len(windows)], sr)
+
+
+def _network(emb, mels, i):
+    return emb.forward_mel(mels[i % len(mels)])
 
 
 def format_table(result: Dict) -> str:
     from ..machine import describe
 
     lines = [f"machine: {describe(result['machine'])}", "",
-             f"{'embedder':18} {'dim':>4} {'window':>7} {'median ms':>10} {'p95 ms':>8} {'p99 ms':>8} {'n':>6}"]
+             f"{'embedder':18} {'what':8} {'dim':>4} {'window':>7} {'median ms':>10} {'p95 ms':>8} {'p99 ms':>8} "
+             f"{'n':>6}"]
     for r in result["rows"]:
-        lines.append(f"{r['embedder']:18} {r['dim']:4d} {r['window_s']:6.2f}s {r['median_ms']:10.3f} "
+        lines.append(f"{r['embedder']:18} {r['what']:8} {r['dim']:4d} {r['window_s']:6.2f}s {r['median_ms']:10.3f} "
                      f"{r['p95_ms']:8.3f} {r['p99_ms']:8.3f} {r['n']:6d}")
+    rows = {(r["embedder"], r["what"]): r for r in result["rows"]}
+    base = [r for r in result["rows"] if r["embedder"] == "mn04/torch"]
+    for r in result["rows"]:
+        ref = rows.get(("mn04/torch", r["what"]))
+        if base and ref is not None and r["embedder"] != "mn04/torch":
+            lines.append(f"  {r['embedder']} {r['what']}: {ref['median_ms'] / r['median_ms']:.2f}x faster than "
+                         f"mn04 on torch (medians, same run)")
     for name, why in result.get("skipped", {}).items():
         lines.append(f"{name:18} not timed: {why}")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from edgeqmoe.daemon.sinks import read_jsonl
@@ -460,3 +461,42 @@ def test_tls_to_a_broker_with_its_own_ca(tmp_path, us8k):
             assert len(list(read_jsonl(out / "windows.jsonl"))) == 3
     finally:
         b.stop()
+
+
+def test_live_microphone_to_clip_and_home_assistant(tmp_path, broker, virtual_mic, weights_dir, us8k):
+    """The whole path, live: a dog bark played into the virtual microphone, the daemon
+    listening (stable profile, clips on, MQTT on): the subscriber gets the dog_bark
+    state ON and OFF and an event message naming a FLAC clip that holds the bark."""
+    import soundfile as sf
+
+    env = {**os.environ, **virtual_mic}
+    sub = Subscriber(broker.port)
+    logs = tmp_path / "logs"
+    prof = mn04_profile(tmp_path / "p.yaml", broker.port, listen=False)
+    proc = subprocess.Popen([PY, "-m", "edgeqmoe.cli", "run", "--profile", prof, "--log-dir", str(logs)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    base = "edgeqmoe/pi-garden"
+    try:
+        _wait_log(logs / "daemon.jsonl", "source_open", proc=proc)
+        sub.wait(lambda: (b"online", False) in sub.on(f"{base}/availability"), "online")
+        time.sleep(1.0)
+        subprocess.run(["paplay", "--device=edgeqmoe_sink", "--latency-msec=20",
+                        os.path.join(US8K, "fold1", "101415-3-0-2.flac")], env=env, check=True, timeout=30)
+        sub.wait(lambda: sub.on(f"{base}/event"), "the event message", timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0, proc.stderr.read()
+    sub.wait(lambda: (b"offline", False) in sub.on(f"{base}/availability"), "offline")
+    sub.close()
+    events = [json.loads(p) for p, _ in sub.on(f"{base}/event")]
+    dogs = [e for e in events if e["class"] == "dog_bark"]
+    assert dogs and b"ON" in [p for p, _ in sub.on(f"{base}/state/dog_bark")], events
+    clip = dogs[0]["clip"]
+    info = sf.info(clip)
+    assert info.format == "FLAC" and info.samplerate == 16000 and 2.0 <= info.duration <= 8.0, info
+    audio, _ = sf.read(clip, dtype="float32")
+    level = 10 * np.log10(np.mean(audio ** 2) + 1e-20)
+    print(f"\nlive: {len(events)} event message(s) {[(e['class'], e['score']) for e in events]}; clip "
+          f"{os.path.basename(clip)} {info.duration:.2f} s at {level:.1f} dBFS RMS")
+    assert level > -40  # the bark, not silence

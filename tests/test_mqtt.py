@@ -500,3 +500,34 @@ def test_live_microphone_to_clip_and_home_assistant(tmp_path, broker, virtual_mi
     print(f"\nlive: {len(events)} event message(s) {[(e['class'], e['score']) for e in events]}; clip "
           f"{os.path.basename(clip)} {info.duration:.2f} s at {level:.1f} dBFS RMS")
     assert level > -40  # the bark, not silence
+
+
+def test_a_reload_that_drops_a_listen_group_removes_its_entity(tmp_path, broker, weights_dir, us8k):
+    """The profile loses its 'speech' group while the daemon runs: after the reload the
+    group's retained discovery config and state are cleared and the event entity's
+    types no longer name it."""
+    src = tmp_path / "rec"
+    src.mkdir()
+    for name in ("101415-3-0-2.flac", "101415-3-0-3.flac", "101415-3-0-8.flac"):
+        shutil.copy(os.path.join(US8K, "fold1", name), src / name)
+    logs = tmp_path / "logs"
+    prof = mn04_profile(tmp_path / "p.yaml", broker.port)
+    proc = subprocess.Popen([PY, "-m", "edgeqmoe.cli", "run", "--profile", prof, "--source", f"dir:{src}",
+                             "--realtime", "--log-dir", str(logs)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    speech_cfg = "homeassistant/binary_sensor/edgeqmoe_pi-garden/speech/config"
+    event_cfg = "homeassistant/event/edgeqmoe_pi-garden/sound/config"
+    sub = Subscriber(broker.port)
+    try:
+        sub.wait(lambda: any(p for p, _ in sub.on(speech_cfg)), "the speech entity")
+        mn04_profile(tmp_path / "p.yaml", broker.port, listen=False)  # saved: the daemon reloads it
+        _wait_log(logs / "daemon.jsonl", "reload", proc=proc)
+        sub.wait(lambda: sub.on(speech_cfg)[-1][0] == b"", "the speech entity removed")
+        assert proc.wait(120) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    sub.close()
+    types = json.loads([p for p, _ in sub.on(event_cfg) if p][-1])["event_types"]
+    assert "speech" not in types and "dog_bark" in types
+    assert sub.on("edgeqmoe/pi-garden/state/speech")[-1][0] == b""

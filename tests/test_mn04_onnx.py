@@ -160,3 +160,17 @@ def test_the_daemon_runs_where_torch_does_not_exist(tmp_path, us8k):
         assert start["embedder"]["runtime"] == "onnxruntime-fp32"
         events = list(read_jsonl(logs / "events.jsonl"))
         assert [e["class"] for e in events] == ["dog_bark"]
+
+
+def test_int8_study_runs(us8k):
+    """tools/int8_study.py on a handful of clips, so that it never rots: it prints each
+    configuration's figures and the sensitivity ranking."""
+    need(WEIGHTS, "mn04 weights")
+    pytest.importorskip("torch")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "tools", "int8_study.py"), "--data", US8K, "--weights",
+                        MODELS, "--every", "500", "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "all int8, per-channel input scales" in r.stdout and "features.0.0" in r.stdout
+    neither = next(line for line in r.stdout.splitlines() if line.startswith("weights int16, inputs int16"))
+    assert "cosine mean 1.0000" in neither  # 16-bit everything: no loss, so the simulation itself is exact

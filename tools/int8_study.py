@@ -84,7 +84,26 @@ def main() -> None:
         q = 2 ** (bits - 1) - 1
         return torch.clamp(torch.round(x / scale), -q, q) * scale
 
-    def run(cfg, wbits=8):
+    def weight_scales(w, wbits, mse):
+        """Per output channel: max-abs, or (mse) the clipping of max-abs, from 50% to 100%,
+        that gives the smallest squared error of the quantised weights."""
+        q = 2 ** (wbits - 1) - 1
+        flat = w.reshape(w.shape[0], -1)
+        amax = flat.abs().amax(dim=1).clamp_min(1e-12)
+        if not mse:
+            return amax / q
+        best, best_err = amax / q, None
+        for r in np.linspace(0.5, 1.0, 26):
+            sc = amax * float(r) / q
+            err = ((quant(flat, sc[:, None], wbits) - flat) ** 2).sum(dim=1)
+            if best_err is None:
+                best_err = err
+            take = err < best_err
+            best = torch.where(take, sc, best)
+            best_err = torch.minimum(err, best_err)
+        return best
+
+    def run(cfg, wbits=8, mse=False, wbits_of=None):
         """cfg(layer index, module) -> (input bits or None, per_channel) -> (cosine mean, min, top-1)."""
         originals = {}
         for i, m in enumerate(layers):
@@ -92,9 +111,10 @@ def main() -> None:
             if bits is None:
                 continue
             w = m.weight.detach()
-            ws = w.reshape(w.shape[0], -1).abs().amax(dim=1).clamp_min(1e-12) / (2 ** (wbits - 1) - 1)
+            wb = wbits_of(i, m) if wbits_of else wbits
+            ws = weight_scales(w, wb, mse)
             originals[m] = w.clone()
-            m.weight.data = quant(w, ws.reshape(-1, *([1] * (w.dim() - 1))), wbits)
+            m.weight.data = quant(w, ws.reshape(-1, *([1] * (w.dim() - 1))), wb)
             pt, pc = stats[m]
             q = 2 ** (bits - 1) - 1
             scale = (pc / q).reshape(1, -1, *([1] * (2 if isinstance(m, nn.Conv2d) else 0))) if per_ch else pt / q
@@ -136,6 +156,15 @@ def main() -> None:
     for label, cfg in (("weights int16, inputs int8 per channel (activation error alone)", lambda i, m: (8, True)),
                        ("weights int16, inputs int16 (neither)", lambda i, m: (16, False))):
         c, cmin, top1 = run(cfg, wbits=16)
+        print(f"{label:62} cosine mean {c:.4f} min {cmin:.4f}  AudioSet top-1 {100 * top1:5.1f}%")
+    print()
+    stem_early = ("features.0.", "features.1.", "features.2.", "features.3.")
+    for label, kw in (("all int8 per channel, MSE-clipped weight scales", {"mse": True}),
+                      ("the same, stem and blocks 1-3 with 16-bit weights and inputs",
+                       {"mse": True, "wbits_of": lambda i, m: 16 if any(k in names[m] for k in stem_early) else 8})):
+        cfg = (lambda i, m: (16, True) if any(k in names[m] for k in stem_early) else (8, True)) \
+            if "wbits_of" in kw else (lambda i, m: (8, True))
+        c, cmin, top1 = run(cfg, **kw)
         print(f"{label:62} cosine mean {c:.4f} min {cmin:.4f}  AudioSet top-1 {100 * top1:5.1f}%")
     print("\nsensitivity: one layer at a time in int8 (per-channel input scales), the worst ten:")
     sens = []

@@ -174,3 +174,20 @@ def test_int8_study_runs(us8k):
     assert "all int8, per-channel input scales" in r.stdout and "features.0.0" in r.stdout
     neither = next(line for line in r.stdout.splitlines() if line.startswith("weights int16, inputs int16"))
     assert "cosine mean 1.0000" in neither  # 16-bit everything: no loss, so the simulation itself is exact
+
+
+def test_a_cache_folder_that_cannot_be_written_still_runs(tmp_path, monkeypatch):
+    """No writable place for the converted file: the network is converted in memory, said,
+    and runs (the daemon keeps running instead of falling back)."""
+    need(WEIGHTS, "mn04 weights")
+    pytest.importorskip("onnxruntime")
+    from edgeqmoe.embed.mn04_onnx import MN04OnnxEmbedder
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("EDGEQMOE_CACHE_DIR", str(blocker))
+    said = []
+    e = MN04OnnxEmbedder(weights=MODELS, say=said.append)
+    assert e.model_path is None and "in memory at every start" in said[0] and str(blocker) in said[0]
+    emb = e.embed(np.zeros(16000, np.float32) + 0.01, 16000)
+    assert emb.shape == (384,) and np.isfinite(emb).all()

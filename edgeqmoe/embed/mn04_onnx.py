@@ -129,18 +129,22 @@ def build_model(state: Dict[str, np.ndarray], source_sha256: str = "") -> bytes:
     return model.SerializeToString()
 
 
-def convert(weights: Optional[str] = None, out: Optional[str] = None) -> Path:
-    """The pretrained weights (sha256 checked) -> the ONNX file; returns its path.
-    Written to a temporary name and renamed, so a stop never leaves half a file."""
+def _model_bytes(src: Path, digest: str) -> bytes:
     from .ptfile import CheckpointError, read_state_dict
 
+    try:
+        return build_model(read_state_dict(src), digest)
+    except (CheckpointError, KeyError) as e:
+        raise WeightsError(f"{src}: cannot convert it ({e})") from None
+
+
+def convert(weights: Optional[str] = None, out: Optional[str] = None, data: Optional[bytes] = None) -> Path:
+    """The pretrained weights (sha256 checked) -> the ONNX file; returns its path.
+    Written to a temporary name and renamed, so a stop never leaves half a file."""
     src = resolve(MN04_WEIGHTS, weights)
     digest = sha256_of(src)
     path = Path(out) if out else converted_path(digest)
-    try:
-        data = build_model(read_state_dict(src), digest)
-    except (CheckpointError, KeyError) as e:
-        raise WeightsError(f"{src}: cannot convert it ({e})") from None
+    data = data if data is not None else _model_bytes(src, digest)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -178,10 +182,17 @@ class MN04OnnxEmbedder(Embedder):
         digest = sha256_of(src)
         path = converted_path(digest)
         self.converted = not path.is_file()
-        if self.converted:  # first start with these weights: seconds, said once by the caller
-            if say is not None:
-                say(f"converting the mn04 weights {src} for ONNX Runtime (once) into {path}")
-            convert(str(src), str(path))
+        model: object = str(path)
+        if self.converted:  # first start with these weights: under a second, said once by the caller
+            data = _model_bytes(src, digest)
+            try:
+                convert(str(src), str(path), data)
+                if say is not None:
+                    say(f"converting the mn04 weights {src} for ONNX Runtime (once) into {path}")
+            except WeightsError as e:  # nowhere to keep it: convert at every start instead, and say so
+                model, path = data, None
+                if say is not None:
+                    say(f"{e}; converting the mn04 weights in memory at every start until then")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, int(threads))
         opts.inter_op_num_threads = 1
@@ -189,7 +200,7 @@ class MN04OnnxEmbedder(Embedder):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep: power
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # a damaged converted file: say where, it is rebuilt once removed
             raise WeightsError(f"the converted embedder {path} cannot be loaded ({e}); delete it and start again "
                                "to convert anew") from None
@@ -197,7 +208,7 @@ class MN04OnnxEmbedder(Embedder):
         if meta.get("source_sha256") != digest:
             raise WeightsError(f"{path} was converted from other weights (sha256 {meta.get('source_sha256')!r}); "
                                "delete it and start again")
-        self.weights_path, self.model_path = str(src), str(path)
+        self.weights_path, self.model_path = str(src), (str(path) if path is not None else None)
 
     def forward_mel(self, mel: np.ndarray):
         """mel (B, 128, T) -> (embeddings (B, 384), logits (B, 527))."""

@@ -319,6 +319,11 @@ def test_broker_killed_and_restarted_mid_run_loses_no_window(tmp_path, weights_d
     want = [(w["fi"], w["fo"]) for w in read_jsonl(ref / "windows.jsonl")]
     assert got == want and len(got) == 18
     assert "connection lost" in down["reason"] and up["failures"] >= 1 and up["after_s"] > 0
+    from edgeqmoe.inspect.logs import format_summary, summary
+
+    s = summary(logs)
+    assert s["mqtt"]["outages"] == 1 and s["mqtt"]["longest_outage_s"] == up["after_s"] and s["mqtt"]["dropped"] == 0
+    assert s["mqtt"]["published"] > 0 and "1 outage(s)" in format_summary(s)
     records = list(read_jsonl(logs / "events.jsonl"))
     events = [json.loads(p) for p, _ in sub.on(f"{base}/event")]
     assert sorted((e["class"], e["file"]) for e in events) == sorted((e["class"], e["file"]) for e in records)

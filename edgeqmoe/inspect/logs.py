@@ -314,8 +314,34 @@ def _summary(folder: str, L: Dict, runs: List[Dict], clips: Dict) -> Dict:
         "invalid_records": L["_meta"]["invalid_records"],
         "schema_versions": L["_meta"]["schema_versions"],
         "clips": clips,
+        "mqtt": _mqtt_health(ds, st),
         "runs_detail": runs,
     }
+
+
+def _mqtt_health(ds: List[dict], st: List[dict]) -> Optional[Dict]:
+    """Outages of the broker (from the daemon records) and the last published/dropped
+    totals of each run (from the stats records); None when no run used MQTT."""
+    brokers = sorted({d["mqtt"] for d in ds if d.get("event") == "start" and isinstance(d.get("mqtt"), str)})
+    if not brokers:
+        return None
+    outages = [d for d in ds if d.get("event") == "mqtt_disconnected"]
+    back = [d["after_s"] for d in ds if d.get("event") == "mqtt_connected" and _is_num(d.get("after_s"))]
+    import bisect
+
+    starts = sorted((d.get("device"), d["t_wall"]) for d in ds if d.get("event") == "start")
+    published = dropped = 0
+    last: Dict = {}
+    for s in sorted(st, key=lambda r: r["t_wall"]):  # totals restart with each run: each run's last counts
+        if _is_num(s.get("mqtt_published_total")):
+            own = [t for dev, t in starts if dev == s.get("device")] or [t for _, t in starts]
+            i = bisect.bisect_right(own, s["t_wall"]) - 1
+            last[(s.get("device"), own[i] if i >= 0 else None)] = s
+    for s in last.values():
+        published += int(s.get("mqtt_published_total") or 0)
+        dropped += int(s.get("mqtt_dropped_total") or 0)
+    return {"brokers": brokers, "outages": len(outages), "longest_outage_s": max(back) if back else None,
+            "published": published, "dropped": dropped}
 
 
 def _grid(starts: List[dict]) -> float:
@@ -371,6 +397,11 @@ def format_summary(s: Dict) -> str:
             lines.append(f"  {f}")
         if c["count"] > 10:
             lines.append(f"  ... and {c['count'] - 10} older (--json lists them all)")
+    m = s.get("mqtt")
+    if m:
+        lines.append(f"mqtt: {', '.join(m['brokers'])}; {m['outages']} outage(s)"
+                     + (f", longest {m['longest_outage_s']:g} s" if m["longest_outage_s"] is not None else "")
+                     + f"; {m['published']} messages published, {m['dropped']} dropped")
     if s["bad_lines"] or s["bad_files"] or s["unknown_records"] or s.get("invalid_records"):
         lines.append(f"skipped: {s['bad_lines']} unreadable line(s), {s['bad_files']} damaged file(s), "
                      f"{s['unknown_records']} record(s) of unknown type or newer schema, "

@@ -67,10 +67,14 @@ def main() -> None:
     def record(mod, inp, out):
         x = inp[0].detach()
         ch = (x.transpose(0, 1).reshape(x.shape[1], -1) if x.dim() == 4 else x.t()).abs().amax(dim=1)
+        mean = (x.mean(dim=(0, 2, 3)) if x.dim() == 4 else x.mean(dim=0)) * x.shape[0]
         old = stats.get(mod)
         if old is not None:
             ch = torch.maximum(ch, old[1])
-        stats[mod] = (float(ch.max()), ch.clamp_min(1e-8))
+            mean, n = mean + old[2], x.shape[0] + old[3]
+        else:
+            n = x.shape[0]
+        stats[mod] = (float(ch.max()), ch.clamp_min(1e-8), mean, n)
 
     hooks = [m.register_forward_hook(record) for m in layers]
     with torch.inference_mode():
@@ -103,7 +107,7 @@ def main() -> None:
             best_err = torch.minimum(err, best_err)
         return best
 
-    def run(cfg, wbits=8, mse=False, wbits_of=None):
+    def run(cfg, wbits=8, mse=False, wbits_of=None, bias_correct=False):
         """cfg(layer index, module) -> (input bits or None, per_channel) -> (cosine mean, min, top-1)."""
         originals = {}
         for i, m in enumerate(layers):
@@ -115,7 +119,22 @@ def main() -> None:
             ws = weight_scales(w, wb, mse)
             originals[m] = w.clone()
             m.weight.data = quant(w, ws.reshape(-1, *([1] * (w.dim() - 1))), wb)
-            pt, pc = stats[m]
+            pt, pc, msum, n = stats[m]
+            if bias_correct and m.bias is not None:  # the weights' rounding error on the mean input, taken back
+                dw, mean_in = m.weight.data - w, msum / n
+                if isinstance(m, nn.Conv2d):
+                    groups = m.groups
+                    per = dw.sum(dim=(2, 3))  # (out, in/groups)
+                    if groups == 1:
+                        shift = per @ mean_in
+                    elif per.shape[1] == 1:  # depthwise: one input channel per output channel
+                        shift = per[:, 0] * mean_in
+                    else:
+                        raise ValueError(f"{names[m]}: grouped convolutions other than depthwise are not handled")
+                else:
+                    shift = dw @ mean_in
+                originals[(m, "bias")] = m.bias.data.clone()
+                m.bias.data = m.bias.data - shift
             q = 2 ** (bits - 1) - 1
             scale = (pc / q).reshape(1, -1, *([1] * (2 if isinstance(m, nn.Conv2d) else 0))) if per_ch else pt / q
 
@@ -126,7 +145,9 @@ def main() -> None:
         with torch.inference_mode():
             e, lg = net(test)
         for k, v in originals.items():
-            if isinstance(k, tuple):
+            if isinstance(k, tuple) and k[1] == "bias":
+                k[0].bias.data = v
+            elif isinstance(k, tuple):
                 v.remove()
             else:
                 k.weight.data = v
@@ -160,6 +181,10 @@ def main() -> None:
     print()
     stem_early = ("features.0.", "features.1.", "features.2.", "features.3.")
     for label, kw in (("all int8 per channel, MSE-clipped weight scales", {"mse": True}),
+                      ("all int8 per channel, bias correction", {"bias_correct": True}),
+                      ("stem and blocks 1-3 16-bit, the rest int8, bias correction",
+                       {"bias_correct": True,
+                        "wbits_of": lambda i, m: 16 if any(k in names[m] for k in stem_early) else 8}),
                       ("the same, stem and blocks 1-3 with 16-bit weights and inputs",
                        {"mse": True, "wbits_of": lambda i, m: 16 if any(k in names[m] for k in stem_early) else 8})):
         cfg = (lambda i, m: (16, True) if any(k in names[m] for k in stem_early) else (8, True)) \

@@ -434,6 +434,26 @@ def weights_convert(path: Optional[str] = typer.Argument(None, help="The mn04 we
     typer.echo(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB) in {_time.perf_counter() - t0:.2f} s")
 
 
+mqtt_app = typer.Typer(no_args_is_help=True, help="The MQTT link of a profile: check it before the daemon uses it.")
+app.add_typer(mqtt_app, name="mqtt")
+
+
+@mqtt_app.command("check")
+def mqtt_check(profile: str = typer.Option(..., "--profile", "-p", help="Profile name or path with an mqtt: section."),
+               device: Optional[str] = typer.Option(None, help="The device name the daemon would use."),
+               timeout: float = typer.Option(10.0, help="Seconds to wait for the broker.")):
+    """Connect to the profile's MQTT broker once (TLS, user, password) and say how it went; publishes nothing."""
+    from .daemon.mqtt import MqttError, check
+
+    p = _profile_or_fail(profile)
+    if not p.mqtt.host:
+        fail(f"{p.source_file}: no mqtt.host: add an mqtt: section (docs/mqtt.md)")
+    try:
+        typer.echo(check(p.mqtt, device or p.device_name, timeout))
+    except MqttError as e:
+        fail(str(e))
+
+
 @bench_app.command("kernels")
 def bench_kernels(
     json_path: Optional[str] = typer.Option(None, "--json", help="Also write the results as JSON to this path."),

@@ -130,13 +130,15 @@ def broker(tmp_path):
 class Subscriber:
     """A real MQTT client on '#', keeping (time, topic, payload, retained) of every message."""
 
-    def __init__(self, port: int, client_id: str = "", persistent: bool = False):
+    def __init__(self, port: int, client_id: str = "", persistent: bool = False, auth=None):
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.msgs = []
         self.lock = threading.Lock()
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent)
+        if auth:
+            self.c.username_pw_set(*auth)
         self.c.reconnect_delay_set(1, 1)
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("#", qos=1)
         self.c.on_message = self._on_message
@@ -536,3 +538,32 @@ def test_a_reload_that_drops_a_listen_group_removes_its_entity(tmp_path, broker,
     types = json.loads([p for p, _ in sub.on(event_cfg) if p][-1])["event_types"]
     assert "speech" not in types and "dog_bark" in types
     assert sub.on("edgeqmoe/pi-garden/state/speech")[-1][0] == b""
+
+
+def test_mqtt_check_says_whether_the_broker_lets_us_in(tmp_path):
+    """`edgeqmoe mqtt check`: connected (with the password from the environment), refused
+    (a wrong one), and nobody listening, each said in one line; nothing is published."""
+    passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    pw_file = tmp_path / "users"
+    subprocess.run([passwd, "-b", "-c", str(pw_file), "edge", "right"], check=True, timeout=30, capture_output=True)
+    os.chmod(pw_file, 0o600)
+    b = Broker(tmp_path / "auth", extra=f"allow_anonymous false\npassword_file {pw_file}").start()
+    try:
+        prof = tmp_path / "p.yaml"
+        prof.write_text(WEIGHTFREE + f"device: shed\nmqtt: {{host: 127.0.0.1, port: {b.port}, username: edge}}\n")
+        for password, code, said in (("right", 0, "connected as edge"), ("wrong", 2, "refused")):
+            r = subprocess.run([PY, "-m", "edgeqmoe.cli", "mqtt", "check", "-p", str(prof)], capture_output=True,
+                               text=True, timeout=120, env={**os.environ, "EDGEQMOE_MQTT_PASSWORD": password})
+            assert r.returncode == code and said in (r.stdout + r.stderr), r.stdout + r.stderr
+        assert "edgeqmoe/shed/" in subprocess.run([PY, "-m", "edgeqmoe.cli", "mqtt", "check", "-p", str(prof)],
+                                                  capture_output=True, text=True, timeout=120,
+                                                  env={**os.environ, "EDGEQMOE_MQTT_PASSWORD": "right"}).stdout
+        sub = Subscriber(b.port, auth=("edge", "right"))
+        time.sleep(0.5)  # a retained message would arrive at once
+        sub.close()
+        assert sub.msgs == []
+    finally:
+        b.stop()
+    prof.write_text(WEIGHTFREE + f"mqtt: {{host: 127.0.0.1, port: {free_port()}}}\n")
+    r = run_cli(["mqtt", "check", "-p", str(prof), "--timeout", "3"])
+    assert r.returncode == 2 and "cannot connect" in r.stderr, r.stderr

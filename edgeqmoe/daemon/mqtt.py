@@ -60,6 +60,23 @@ def read_password(settings, source: str = "") -> Optional[str]:
     return os.environ.get(settings.password_env)
 
 
+def credentials(client, s) -> None:
+    """User, password (never from the profile text) and TLS of ``s`` on a paho client."""
+    if s.username is not None:
+        client.username_pw_set(s.username, read_password(s))
+    if s.tls:
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(s, key)
+            if path and not os.path.isfile(os.path.expanduser(path)):
+                raise MqttError(f"mqtt.{key}: {path} is not a file")
+        try:
+            client.tls_set(ca_certs=s.ca_file and os.path.expanduser(s.ca_file),
+                           certfile=s.cert_file and os.path.expanduser(s.cert_file),
+                           keyfile=s.key_file and os.path.expanduser(s.key_file))
+        except (OSError, ValueError) as e:
+            raise MqttError(f"mqtt TLS files cannot be used: {e}") from None
+
+
 class Topics:
     """Every topic and discovery config of one daemon (device) and its classes."""
 
@@ -138,19 +155,7 @@ class MqttLink:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.client_id or f"edgeqmoe-{self.device}",
                         protocol=mqtt.MQTTv311, clean_session=True)
         c.will_set(self.topics.availability, "offline", qos=1, retain=True)
-        if s.username is not None:
-            c.username_pw_set(s.username, read_password(s))
-        if s.tls:
-            for key in ("ca_file", "cert_file", "key_file"):
-                path = getattr(s, key)
-                if path and not os.path.isfile(os.path.expanduser(path)):
-                    raise MqttError(f"mqtt.{key}: {path} is not a file")
-            try:
-                c.tls_set(ca_certs=s.ca_file and os.path.expanduser(s.ca_file),
-                          certfile=s.cert_file and os.path.expanduser(s.cert_file),
-                          keyfile=s.key_file and os.path.expanduser(s.key_file))
-            except (OSError, ValueError) as e:
-                raise MqttError(f"mqtt TLS files cannot be used: {e}") from None
+        credentials(c, s)
         c.reconnect_delay_set(min_delay=max(1, int(round(s.backoff[0]))), max_delay=max(1, int(round(s.backoff[1]))))
         c.max_queued_messages_set(s.queue)
         c.on_connect = self._on_connect
@@ -338,3 +343,40 @@ class MqttLink:
         stopper = threading.Thread(target=self.client.loop_stop, daemon=True)
         stopper.start()
         stopper.join(max(0.1, deadline - time.monotonic()))
+
+
+def check(settings, device: str, timeout: float = 10.0) -> str:
+    """Connect once with the profile's settings (TLS, user, password), subscribe to
+    nothing, publish nothing; returns how it went, raises MqttError when it cannot."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    port = settings.port or (8883 if settings.tls else 1883)
+    target = f"mqtt{'s' if settings.tls else ''}://{settings.host}:{port}"
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{settings.client_id or 'edgeqmoe-' + device}-check",
+                    protocol=mqtt.MQTTv311, clean_session=True)
+    credentials(c, settings)
+    done, result = threading.Event(), {}
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        result["rc"] = reason_code
+        done.set()
+
+    c.on_connect = on_connect
+    t0 = time.monotonic()
+    try:
+        c.connect(settings.host, port, keepalive=settings.keepalive)
+    except OSError as e:
+        raise MqttError(f"{target}: cannot connect: {e}") from None
+    c.loop_start()
+    try:
+        if not done.wait(timeout):
+            raise MqttError(f"{target}: no answer to CONNECT within {timeout:g} s")
+        rc = result["rc"]
+        if rc.is_failure:
+            raise MqttError(f"{target}: the broker refused: {rc}")
+        return (f"{target}: connected as {settings.username or 'anonymous'} in "
+                f"{(time.monotonic() - t0) * 1e3:.0f} ms; topics would be {settings.base_topic}/{device}/...")
+    finally:
+        c.disconnect()
+        c.loop_stop()

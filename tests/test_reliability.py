@@ -659,15 +659,20 @@ def test_sighup_while_starting_is_kept_for_later(tmp_path, us8k):
     assert events[0] == "start" and "reload" in events and events[-1] == "stop"
 
 
-def test_a_second_daemon_on_the_same_log_folder_exits_2(tmp_path):
+def run_on_silence(tmp_path, extra: str = ""):
+    """'edgeqmoe run' of the weight-free profile (plus ``extra``) on 3 s of silence, logs in tmp_path/l."""
     prof = tmp_path / "p.yaml"
-    prof.write_text(WEIGHTFREE_PROFILE)
+    prof.write_text(WEIGHTFREE_PROFILE + extra)
     wav = tmp_path / "a.wav"
     wav.write_bytes(wav_bytes(16000, np.zeros(16000 * 3)))
+    return run_cli(["run", "--profile", str(prof), "--source", f"file:{wav}", "--fast", "--log-dir",
+                    str(tmp_path / "l")])
+
+
+def test_a_second_daemon_on_the_same_log_folder_exits_2(tmp_path):
     first = LogWriter(tmp_path / "l")
     try:
-        r = run_cli(["run", "--profile", str(prof), "--source", f"file:{wav}", "--fast", "--log-dir",
-                     str(tmp_path / "l")])
+        r = run_on_silence(tmp_path)
     finally:
         first.close()
     assert r.returncode == 2 and f"another edgeqmoe daemon (pid {os.getpid()})" in r.stderr
@@ -897,13 +902,8 @@ def test_a_busy_metrics_port_is_a_clear_error(tmp_path):
     s.bind(("127.0.0.1", 0))
     s.listen()
     port = s.getsockname()[1]
-    prof = tmp_path / "p.yaml"
-    prof.write_text(WEIGHTFREE_PROFILE + f"metrics: {{http_port: {port}}}\n")
-    wav = tmp_path / "a.wav"
-    wav.write_bytes(wav_bytes(16000, np.zeros(16000 * 3)))
     try:
-        r = run_cli(["run", "--profile", str(prof), "--source", f"file:{wav}", "--fast", "--log-dir",
-                     str(tmp_path / "l")])
+        r = run_on_silence(tmp_path, f"metrics: {{http_port: {port}}}\n")
     finally:
         s.close()
     assert r.returncode == 2 and f"metrics endpoint 127.0.0.1:{port} cannot listen" in r.stderr

@@ -138,6 +138,15 @@ def test_metrics():
     t = paired_tests({"a": [0.9, 0.91, 0.92], "b": [0.8, 0.82, 0.81], "ref": [0.9, 0.9, 0.9]}, "ref")
     assert {r["model"] for r in t} == {"a", "b"} and all(r["p_bonferroni"] >= r["p"] for r in t)
     assert cohens_d_paired([1, 2, 3], [0, 0, 0]) > 0
+    # clips from windows; with a mask, only kept windows count and a clip with none left is a miss
+    from edgeqmoe.train.metrics import clip_scores
+
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]])
+    y, clip = np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1])
+    whole = clip_scores(proba, y, clip, 2)  # clip means [.55 .45] -> 0, [.45 .55] -> 1
+    assert whole["accuracy"] == 1.0 and "missed" not in whole
+    masked = clip_scores(proba, y, clip, 2, np.array([True, False, False, False]))
+    assert masked["missed"] == 1 and masked["accuracy"] == 0.5 and abs(masked["weighted_f1"] - 0.5) < 1e-12
     c = compare_samples(np.random.default_rng(0).normal(0, 1, 200), np.random.default_rng(1).normal(0, 0.2, 200))
     assert c["variance_reduction"] > 0.9 and c["levene_p"] < 1e-10
 

@@ -35,33 +35,6 @@ sys.path.insert(0, HERE)
 BEGIN, END = "<!-- honest-table: begin -->", "<!-- honest-table: end -->"
 
 
-def weighted_f1(true: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
-    """Weighted F1 over the true classes; a prediction of -1 (no class) is a miss."""
-    out, n = 0.0, len(true)
-    for c in range(n_classes):
-        support = int((true == c).sum())
-        if not support:
-            continue
-        tp = int(((true == c) & (pred == c)).sum())
-        predicted = int((pred == c).sum())
-        p = tp / predicted if predicted else 0.0
-        r = tp / support
-        out += support * (2 * p * r / (p + r) if p + r else 0.0)
-    return out / n
-
-
-def clip_predictions(proba: np.ndarray, clip: np.ndarray, y: np.ndarray, keep: np.ndarray):
-    """(true label per clip, predicted class per clip or -1) from the kept windows."""
-    clips, inv = np.unique(clip, return_inverse=True)
-    summed = np.zeros((len(clips), proba.shape[1]))
-    np.add.at(summed, inv[keep], proba[keep])
-    any_kept = np.zeros(len(clips), bool)
-    any_kept[inv[keep]] = True
-    true = np.zeros(len(clips), np.int64)
-    true[inv] = y
-    return true, np.where(any_kept, summed.argmax(1), -1)
-
-
 def audioset_target(data: str, weights: str, window: float, hop: float, n_rows: int):
     """The open-set rule's target probability for every window of the dataset, in the
     embedding cache's order (clips in dataset order, windows in time order)."""
@@ -91,6 +64,7 @@ def main() -> None:
     from edgeqmoe.machine import describe, machine_info
     from edgeqmoe.train.config import config_from_dict
     from edgeqmoe.train.data import load_data, splits, val_split
+    from edgeqmoe.train.metrics import clip_scores
     from edgeqmoe.train.run import embed_if_needed
     from edgeqmoe.train.trainer import predict_proba, train_one
     from train_defaults import PROFILES
@@ -125,17 +99,15 @@ def main() -> None:
             mean, std = dtr.X.mean(0), dtr.X.std(0) + 1e-6
             lr = LogisticRegression(max_iter=5000).fit((dtr.X - mean) / std, dtr.y)
             p_lr = lr.predict_proba((dte.X - mean) / std)
-            everything = np.ones(len(dte.y), bool)
             row = {"fold": fold}
             for who, p in (("model", p_model), ("lr", p_lr)):
-                true, pred = clip_predictions(p, dte.clip, dte.y, everything)
-                row[who] = weighted_f1(true, pred, d.n_classes)
+                row[who] = clip_scores(p, dte.y, dte.clip, d.n_classes)["weighted_f1"]
                 if embedder == "mn04":
                     prob, thr = target["mn04"]
                     keep = prob[te] >= thr
-                    true, pred = clip_predictions(p, dte.clip, dte.y, keep)
-                    row[f"{who}_rule"] = weighted_f1(true, pred, d.n_classes)
-                    row["clips_lost"] = int((pred == -1).sum())
+                    with_rule = clip_scores(p, dte.y, dte.clip, d.n_classes, keep)
+                    row[f"{who}_rule"] = with_rule["weighted_f1"]
+                    row["clips_lost"] = with_rule.get("missed", 0)
                     row["windows_other"] = float(1 - keep.mean())
             folds.append(row)
             print(f"{name} {fold}: model {row['model']:.4f}, LR {row['lr']:.4f}"

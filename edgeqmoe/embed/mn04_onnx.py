@@ -25,7 +25,7 @@ import numpy as np
 from ..audio.frontend import MN04_MEL, log_mel
 from .base import Embedder, EmbedderInfo, resample
 from .mn04_spec import BN_EPS, EMBED_DIM, MN04_BLOCKS, N_AUDIOSET
-from .weights import MN04_WEIGHTS, WeightsError, resolve, sha256_of
+from .weights import MN04_WEIGHTS, WeightsError, resolve, sha256_of, user_cache
 
 #: ONNX opset of the graph (ReduceMean takes its axes as an attribute up to 17)
 OPSET = 17
@@ -37,8 +37,7 @@ def converted_dir() -> Path:
     env = os.environ.get("EDGEQMOE_CACHE_DIR")
     if env:
         return Path(env).expanduser() / "embedders"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "edgeqmoe" / "embedders"
+    return user_cache() / "embedders"
 
 
 def converted_path(sha256: str) -> Path:

@@ -38,9 +38,14 @@ class WeightsError(Exception):
     was looked for, and the command that fetches it."""
 
 
-def cache_dir() -> Path:
+def user_cache() -> Path:
+    """edgeqmoe's folder in the user's cache ($XDG_CACHE_HOME, else ~/.cache)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "edgeqmoe" / "weights"
+    return Path(base) / "edgeqmoe"
+
+
+def cache_dir() -> Path:
+    return user_cache() / "weights"
 
 
 def sha256_of(path) -> str:

@@ -10,7 +10,7 @@ comparing variances, Welch's t-test for means of independent samples.
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -40,14 +40,24 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> Dict:
     }
 
 
-def clip_scores(proba: np.ndarray, y: np.ndarray, clip: np.ndarray, n_classes: int) -> Dict:
-    """Scores of clips: mean window probabilities per clip, then argmax."""
+def clip_scores(proba: np.ndarray, y: np.ndarray, clip: np.ndarray, n_classes: int,
+                keep: Optional[np.ndarray] = None) -> Dict:
+    """Scores of clips: mean window probabilities per clip, then argmax. ``keep`` (a mask
+    of windows): only those count, as the daemon leaves 'other' windows undecided; a clip
+    with none kept is a miss (``missed``; the confusion then has a last column for it)."""
     clips, inv = np.unique(clip, return_inverse=True)
+    keep = np.ones(len(inv), bool) if keep is None else np.asarray(keep, bool)
     summed = np.zeros((len(clips), proba.shape[1]))
-    np.add.at(summed, inv, proba)
+    np.add.at(summed, inv[keep], proba[keep])
+    any_kept = np.zeros(len(clips), bool)
+    any_kept[inv[keep]] = True
     label = np.zeros(len(clips), dtype=np.int64)
     label[inv] = y
-    return scores(label, summed.argmax(1), n_classes)
+    if any_kept.all():
+        return scores(label, summed.argmax(1), n_classes)
+    out = scores(label, np.where(any_kept, summed.argmax(1), n_classes), n_classes + 1)
+    out["missed"] = int((~any_kept).sum())
+    return out
 
 
 def mean_std(values: Sequence[float]) -> Dict[str, float]:

@@ -202,11 +202,11 @@ class MN04OnnxEmbedder(Embedder):
             self.session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # a damaged converted file: say where, it is rebuilt once removed
             raise WeightsError(f"the converted embedder {path} cannot be loaded ({e}); delete it and start again "
-                               "to convert anew") from None
+                               "to convert anew.") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("source_sha256") != digest:
             raise WeightsError(f"{path} was converted from other weights (sha256 {meta.get('source_sha256')!r}); "
-                               "delete it and start again")
+                               "delete it and start again.")
         self.weights_path, self.model_path = str(src), (str(path) if path is not None else None)
 
     def forward_mel(self, mel: np.ndarray):

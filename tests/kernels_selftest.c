@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "eq_cnn.h"
 #include "eq_kernels.h"
 
 static uint32_t rng_state = 12345;
@@ -91,6 +92,142 @@ static int check_programs(const eq_kernels *K) {
     return bad;
 }
 
+/* ---- the integer embedder (eq_cnn.c): each variant's convolutions and a whole small
+ * network against the generic twins, bit for bit ---- */
+
+static float frnd(float lo, float hi) { return lo + (hi - lo) * (float)(rnd() % 10001) / 10000.0f; }
+static void *fill_f(int n, float lo, float hi) {
+    float *p = malloc(sizeof(float) * (size_t)(n ? n : 1));
+    for (int i = 0; i < n; i++) p[i] = frnd(lo, hi);
+    return p;
+}
+static void *fill_i(int n, int lo, int hi) {
+    int32_t *p = malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
+    for (int i = 0; i < n; i++) p[i] = lo + (int32_t)(rnd() % (uint32_t)(hi - lo + 1));
+    return p;
+}
+static void *fill_b(int n) {
+    int8_t *p = malloc((size_t)(n ? n : 1));
+    for (int i = 0; i < n; i++) p[i] = (int8_t)((int32_t)(rnd() % 255) - 127);
+    return p;
+}
+
+static eq_cnn_op conv_op(int kind, int src, int dst, int res, int32_t cin, int32_t cout, int32_t k, int32_t stride,
+                         int act) {
+    eq_cnn_op o;
+    memset(&o, 0, sizeof o);
+    o.kind = kind, o.src = src, o.dst = dst, o.res = res, o.cin = cin, o.cout = cout, o.k = k, o.stride = stride;
+    o.epi.act = act;
+    o.epi.w_scale = fill_f(cout, 0.002f, 0.02f), o.epi.bias = fill_f(cout, -1, 1);
+    o.epi.out_inv = fill_f(cout, 2, 20), o.epi.out_zero = fill_i(cout, 0, 60);
+    if (kind == EQ_CNN_PW) o.w = fill_b(cout * cin), o.epi.corr = fill_i(cout, -2000, 2000);
+    if (kind == EQ_CNN_DW) o.w = fill_b(cout * k * k), o.zero = fill_i(cout, 0, 60);
+    if (kind == EQ_CNN_STEM) o.fw = fill_f(cout * 9, -1, 1), o.fb = fill_f(cout, -1, 1);
+    if (res >= 0) o.epi.res_scale = fill_f(cout, 0.01f, 0.2f), o.epi.res_zero = fill_i(cout, 0, 60);
+    return o;
+}
+
+static int check_cnn(const char *name, int *checks) {
+    const eq_cnn_kernels *G = &eq_cnn_generic, *V = eq_cnn_find(name);
+    if (!V) return 0;
+    int bad = 0;
+    /* pointwise accumulators: odd sizes, tiles and their tails */
+    const int32_t pws[][3] = {{1, 1, 1}, {5, 3, 7}, {17, 19, 13}, {64, 96, 50}, {384, 64, 9}, {24, 8, 33}};
+    for (size_t t = 0; t < sizeof pws / sizeof pws[0]; t++) {
+        const int32_t n = pws[t][0], k = pws[t][1], np = pws[t][2], xs = eq_cnn_c4(k), accs = (n + 15) & ~15;
+        int8_t *w = fill_b(n * k);
+        uint8_t *x = calloc((size_t)np * xs + 64, 1);
+        for (int32_t p = 0; p < np; p++)
+            for (int32_t c = 0; c < k; c++) x[(size_t)p * xs + c] = (uint8_t)rnd();
+        void *pg = aligned_alloc(64, (G->pw_bytes(n, k) + 63) / 64 * 64), *pv = aligned_alloc(64, (V->pw_bytes(n, k) + 63) / 64 * 64);
+        G->pw_pack(w, n, k, pg), V->pw_pack(w, n, k, pv);
+        int32_t *a1 = calloc((size_t)np * accs, 4), *a2 = calloc((size_t)np * accs, 4);
+        G->pw_acc(pg, n, k, x, xs, np, a1, accs), V->pw_acc(pv, n, k, x, xs, np, a2, accs);
+        for (int32_t p = 0; p < np; p++)
+            if (memcmp(a1 + (size_t)p * accs, a2 + (size_t)p * accs, 4 * (size_t)n)) {
+                bad++;
+                fprintf(stderr, "%s cnn pw n %d k %d pixel %d differs\n", name, n, k, p);
+                break;
+            }
+        (*checks)++;
+        free(w), free(x), free(pg), free(pv), free(a1), free(a2);
+    }
+    /* depthwise accumulators: channel tails, both kernel sizes and strides, the borders */
+    const int32_t dws[][3] = {{3, 3, 1}, {8, 3, 2}, {19, 5, 1}, {48, 5, 2}, {40, 3, 1}};
+    for (size_t t = 0; t < sizeof dws / sizeof dws[0]; t++) {
+        eq_cnn_op o = conv_op(EQ_CNN_DW, 0, 1, -1, dws[t][0], dws[t][0], dws[t][1], dws[t][2], 0);
+        o.h_in = 9, o.w_in = 11;
+        o.h_out = (o.h_in - 1) / o.stride + 1, o.w_out = (o.w_in - 1) / o.stride + 1;
+        const int32_t cs = eq_cnn_c4(o.cout), accs = (o.cout + 15) & ~15;
+        uint8_t *x = calloc((size_t)o.h_in * o.w_in * cs + 64, 1);
+        for (int32_t p = 0; p < o.h_in * o.w_in; p++)
+            for (int32_t c = 0; c < o.cout; c++) x[(size_t)p * cs + c] = (uint8_t)rnd();
+        void *pg = aligned_alloc(64, (G->dw_bytes(o.cout, o.k) + 63) / 64 * 64),
+             *pv = aligned_alloc(64, (V->dw_bytes(o.cout, o.k) + 63) / 64 * 64);
+        G->dw_pack(o.w, o.zero, o.cout, o.k, pg), V->dw_pack(o.w, o.zero, o.cout, o.k, pv);
+        int32_t *a1 = calloc((size_t)o.w_out * accs, 4), *a2 = calloc((size_t)o.w_out * accs, 4);
+        for (int32_t y = 0; y < o.h_out; y++) {
+            G->dw_acc(pg, &o, x, cs, y, a1, accs), V->dw_acc(pv, &o, x, cs, y, a2, accs);
+            for (int32_t p = 0; p < o.w_out; p++)
+                if (memcmp(a1 + (size_t)p * accs, a2 + (size_t)p * accs, 4 * (size_t)o.cout)) {
+                    bad++;
+                    fprintf(stderr, "%s cnn dw c %d k %d s %d row %d differs\n", name, o.cout, o.k, o.stride, y);
+                    y = o.h_out;
+                    break;
+                }
+        }
+        (*checks)++;
+        free(x), free(pg), free(pv), free(a1), free(a2);
+    }
+    /* a whole small network: stem, a residual block with squeeze-excitation, a strided
+     * block, pooling, two dense layers */
+    static int32_t gate[EQ_CNN_GATE_N];
+    for (int i = 0; i < EQ_CNN_GATE_N; i++)
+        gate[i] = (int32_t)(32768.0 / (1.0 + exp(-(double)(i - EQ_CNN_GATE_RANGE * EQ_CNN_GATE_STEPS) / EQ_CNN_GATE_STEPS)));
+    eq_cnn_op ops[12];
+    int n = 0;
+    ops[n++] = conv_op(EQ_CNN_STEM, -1, 0, -1, 1, 8, 3, 2, EQ_CNN_ACT_HS);
+    ops[n++] = conv_op(EQ_CNN_PW, 0, 1, -1, 8, 20, 1, 1, EQ_CNN_ACT_RELU);
+    ops[n++] = conv_op(EQ_CNN_DW, 1, 2, -1, 20, 20, 5, 1, EQ_CNN_ACT_RELU);
+    eq_cnn_op se;
+    memset(&se, 0, sizeof se);
+    se.kind = EQ_CNN_SE, se.src = 2, se.cin = 20, se.cout = 6;
+    se.fw = fill_f(2 * 20 * 6, -0.5f, 0.5f), se.fb = fill_f(26, -0.5f, 0.5f);
+    se.scale = fill_f(20, 0.01f, 0.1f), se.zero = fill_i(20, 0, 40);
+    ops[n++] = se;
+    ops[n++] = conv_op(EQ_CNN_PW, 2, 1, 0, 20, 8, 1, 1, EQ_CNN_ACT_NONE);
+    ops[n++] = conv_op(EQ_CNN_DW, 1, 0, -1, 8, 8, 3, 2, EQ_CNN_ACT_HS);
+    ops[n++] = conv_op(EQ_CNN_PW, 0, 2, -1, 8, 40, 1, 1, EQ_CNN_ACT_HS);
+    eq_cnn_op pool, d1, d2;
+    memset(&pool, 0, sizeof pool);
+    pool.kind = EQ_CNN_POOL, pool.src = 2, pool.cin = pool.cout = 40;
+    pool.scale = fill_f(40, 0.01f, 0.1f), pool.zero = fill_i(40, 0, 40);
+    ops[n++] = pool;
+    memset(&d1, 0, sizeof d1);
+    d1.kind = EQ_CNN_DENSE, d1.cin = 40, d1.cout = 24, d1.w = fill_b(40 * 24), d1.scale = fill_f(24, 0.001f, 0.01f);
+    d1.fb = fill_f(24, -1, 1), d1.epi.act = EQ_CNN_ACT_HS;
+    ops[n++] = d1;
+    d2 = d1;
+    d2.cin = 24, d2.cout = 7, d2.w = fill_b(24 * 7), d2.scale = fill_f(7, 0.001f, 0.01f), d2.fb = fill_f(7, -1, 1);
+    d2.epi.act = EQ_CNN_ACT_NONE;
+    ops[n++] = d2;
+    const int32_t H = 16, T = 23;
+    float *mel = fill_f(H * T, -3, 3), e1[40], e2[40], o1[7], o2[7];
+    eq_cnn E1, E2;
+    if (eq_cnn_init(&E1, G, ops, n, gate, H, T) || eq_cnn_init(&E2, V, ops, n, gate, H, T)) {
+        fprintf(stderr, "%s cnn: the test network does not build\n", name);
+        return bad + 1;
+    }
+    eq_cnn_run(&E1, mel, e1, o1), eq_cnn_run(&E2, mel, e2, o2);
+    if (memcmp(e1, e2, sizeof e1) || memcmp(o1, o2, sizeof o1)) {
+        bad++;
+        fprintf(stderr, "%s cnn network: outputs differ\n", name);
+    }
+    (*checks)++;
+    eq_cnn_free(&E1), eq_cnn_free(&E2);
+    return bad;
+}
+
 int main(void) {
     const eq_kernels *ks[8];
     const int nk = eq_available(ks, 8);
@@ -172,6 +309,9 @@ int main(void) {
         bad += check_programs(K);
         n_checks++;
         printf("variant %s: %d checks, %d mismatches\n", K->name, n_checks, bad);
+        int cnn_checks = 0, cnn_bad = check_cnn(K->name, &cnn_checks);
+        printf("variant %s, integer embedder: %d checks, %d mismatches\n", K->name, cnn_checks, cnn_bad);
+        bad += cnn_bad, n_checks += cnn_checks;
         failures += bad;
         checks += n_checks;
     }

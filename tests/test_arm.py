@@ -10,7 +10,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(HERE), "edgeqmoe", "kernels", "csrc")
 SOURCES = [os.path.join(HERE, "kernels_selftest.c")] + [
-    os.path.join(CSRC, f) for f in ("eq_core.c", "eq_program.c", "eq_generic.c", "eq_x86.c", "eq_arm.c")]
+    os.path.join(CSRC, f) for f in ("eq_core.c", "eq_program.c", "eq_generic.c", "eq_x86.c", "eq_arm.c", "eq_cnn.c", "eq_cnn_x86.c", "eq_cnn_arm.c")]
 IN_CI = os.environ.get("CI") == "true"
 
 
@@ -41,5 +41,6 @@ def test_selftest_aarch64_under_qemu(tmp_path, cpu, variants):
     assert res.returncode == 0, res.stdout + res.stderr
     for v in variants:
         assert f"variant {v}: 197 checks, 0 mismatches" in res.stdout, res.stdout
+        assert f"variant {v}, integer embedder: 12 checks, 0 mismatches" in res.stdout, res.stdout
     if cpu == "cortex-a53":
         assert "dotprod" not in res.stdout

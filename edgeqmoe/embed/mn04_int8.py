@@ -1,0 +1,423 @@
+"""mn04 on integers: the network, its calibration, and the numpy reference of the
+integer arithmetic that the C engine (``_ckernels.Cnn``) reproduces bit for bit.
+
+The network is the one of ``mn04_spec`` with every BatchNorm folded. Feature maps are
+channels-last (height = mel bins, width = frames, channels) and stored as uint8 with a
+scale and zero point per channel (``real = scale * (q - zero)``), calibrated once on
+real windows by ``tools/calibrate_mn04.py`` and shipped as ``mn04-int8-calibration
+.safetensors`` (scales and means, no weights). Weights are int8, symmetric, one scale
+per output channel, with the input's per-channel scale folded in, and each bias takes
+back its weights' rounding error on the calibration mean input (bias correction).
+
+One rule makes the C engine and this reference agree exactly: every sum is an integer
+sum (int32 accumulators of uint8 x int8 products, exact in any order), and every float
+operation is elementwise, in one written order, without fused multiply-adds
+(``-ffp-contract=off``): an IEEE single multiply or add rounds the same in numpy and in
+C. The float parts are the stem (a 3x3 on the one log-mel channel, nine products in tap
+order), each epilogue (``float(acc + corr) * w_scale + bias [+ residual]``, ReLU or
+hard-swish, ``rint(f / out_scale) + zero`` clamped to 0..255), the squeeze-excitation's
+two small layers (sums over inputs in index order) and its sigmoid (a table of
+2049 values of ``z`` from -16 to 16 in steps of 1/64, as a 15-bit gate), and the
+pooled embedding. The AudioSet classifier quantises the embedding per window (max-abs,
+int8) and its hidden layer likewise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .mn04_spec import BN_EPS, MN04_BLOCKS
+
+F32 = np.float32
+SIXTH = F32(1.0 / 6.0)
+GATE_STEPS = 64  # sigmoid table: z in steps of 1/64
+GATE_RANGE = 16  # ... from -16 to 16
+GATE_ONE = 1 << 15
+CALIBRATION_FILE = Path(__file__).with_name("mn04-int8-calibration.safetensors")
+
+
+def gate_table() -> np.ndarray:
+    z = np.arange(-GATE_RANGE * GATE_STEPS, GATE_RANGE * GATE_STEPS + 1) / GATE_STEPS
+    return np.rint(GATE_ONE / (1.0 + np.exp(-z))).astype(np.int32)
+
+
+def _fold(state: Dict[str, np.ndarray], key: str):
+    w = state[f"{key}.0.weight"].astype(np.float64)
+    g, b = state[f"{key}.1.weight"].astype(np.float64), state[f"{key}.1.bias"].astype(np.float64)
+    mean, var = state[f"{key}.1.running_mean"].astype(np.float64), state[f"{key}.1.running_var"].astype(np.float64)
+    scale = g / np.sqrt(var + BN_EPS)
+    return w * scale[:, None, None, None], b - mean * scale
+
+
+def layers(state: Dict[str, np.ndarray]) -> dict:
+    """The folded float network (float64 weights) from mn04's state dict."""
+    w, b = _fold(state, "features.0")
+    net = {"stem": (w[:, 0], b), "blocks": []}
+    for i, (cin, k, exp, cout, se, act, stride) in enumerate(MN04_BLOCKS, start=1):
+        key, j, blk = f"features.{i}.block", 0, {"k": k, "stride": stride, "act": act}
+        if exp != cin:
+            w, b = _fold(state, f"{key}.{j}")
+            blk["expand"], j = (w[:, :, 0, 0], b), j + 1
+        w, b = _fold(state, f"{key}.{j}")
+        blk["dw"], j = (w[:, 0].reshape(exp, k * k), b), j + 1
+        if se:
+            p = f"{key}.{j}.conc_se_layers.0"
+            blk["se"] = tuple(state[f"{p}.{n}"].astype(np.float64) for n in ("fc1.weight", "fc1.bias",
+                                                                            "fc2.weight", "fc2.bias"))
+            j += 1
+        w, b = _fold(state, f"{key}.{j}")
+        blk["project"] = (w[:, :, 0, 0], b)
+        blk["residual"] = stride == 1 and cin == cout
+        net["blocks"].append(blk)
+    w, b = _fold(state, "features.16")
+    net["final"] = (w[:, :, 0, 0], b)
+    net["fc1"] = (state["classifier.2.weight"].astype(np.float64), state["classifier.2.bias"].astype(np.float64))
+    net["fc2"] = (state["classifier.5.weight"].astype(np.float64), state["classifier.5.bias"].astype(np.float64))
+    return net
+
+
+def _act(f: np.ndarray, act: Optional[str]) -> np.ndarray:
+    if act == "RE":
+        return np.maximum(f, F32(0))
+    if act == "HS":
+        return f * np.clip(f + F32(3), F32(0), F32(6)) * SIXTH
+    return f
+
+
+def _out_size(n: int, k: int, stride: int) -> int:
+    return (n + 2 * ((k - 1) // 2) - k) // stride + 1
+
+
+def stem(mel: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The float stem: mel (B, 128, T) -> (B, 64, T', C) before its activation, nine products
+    in tap order (the C engine's order)."""
+    mel = np.asarray(mel, dtype=F32)
+    B, H, T = mel.shape
+    Ho, Wo = _out_size(H, 3, 2), _out_size(T, 3, 2)
+    xp = np.zeros((B, H + 2, T + 2), F32)
+    xp[:, 1:-1, 1:-1] = mel
+    w, acc = w.astype(F32), np.zeros((B, Ho, Wo, w.shape[0]), F32)
+    for ty in range(3):
+        for tx in range(3):
+            acc = acc + xp[:, ty:ty + 2 * Ho - 1:2, tx:tx + 2 * Wo - 1:2, None] * w[:, ty, tx]
+    return acc + b.astype(F32)
+
+
+def _taps(x: np.ndarray, k: int, stride: int):
+    """(tap index, the input at that tap for every output pixel): zero padded."""
+    B, H, W, C = x.shape
+    p = (k - 1) // 2
+    Ho, Wo = _out_size(H, k, stride), _out_size(W, k, stride)
+    xp = np.zeros((B, H + 2 * p, W + 2 * p, C), x.dtype)
+    xp[:, p:p + H, p:p + W] = x
+    for ty in range(k):
+        for tx in range(k):
+            yield ty * k + tx, xp[:, ty:ty + stride * (Ho - 1) + 1:stride, tx:tx + stride * (Wo - 1) + 1:stride]
+
+
+# ---------------------------------------------------------------------------------------------
+# float network, with the statistics calibration records
+
+
+def float_forward(net: dict, mel: np.ndarray, stats: Optional[dict] = None):
+    """The folded float network in numpy: mel (B, 128, T) -> (embeddings, logits). With
+    ``stats``, adds each feature map's per-channel min, max, sum and count to it."""
+
+    def seen(name, x):
+        if stats is None:
+            return
+        flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+        lo, hi, s, n = flat.min(0), flat.max(0), flat.sum(0), flat.shape[0]
+        if name in stats:
+            o = stats[name]
+            lo, hi, s, n = np.minimum(lo, o[0]), np.maximum(hi, o[1]), s + o[2], n + o[3]
+        stats[name] = (lo, hi, s, n)
+
+    x = _act(stem(mel, *net["stem"]), "HS")
+    seen("stem", x)
+    for i, blk in enumerate(net["blocks"], start=1):
+        y = x
+        if "expand" in blk:
+            w, b = blk["expand"]
+            y = _act(y @ w.T.astype(F32) + b.astype(F32), blk["act"])
+            seen(f"b{i}.expand", y)
+        w, b = blk["dw"]
+        acc = 0
+        for t, xs in _taps(y, blk["k"], blk["stride"]):
+            acc = acc + xs * w[:, t].astype(F32)
+        y = _act(acc + b.astype(F32), blk["act"])
+        seen(f"b{i}.dw", y)
+        if "se" in blk:
+            w1, b1, w2, b2 = blk["se"]
+            m = y.mean(axis=(1, 2))
+            h = np.maximum(m @ w1.T + b1, 0)
+            g = 1.0 / (1.0 + np.exp(-(h @ w2.T + b2)))
+            y = (y * g[:, None, None, :]).astype(F32)
+            seen(f"b{i}.gated", y)
+        w, b = blk["project"]
+        y = y @ w.T.astype(F32) + b.astype(F32)
+        x = x + y if blk["residual"] else y
+        seen(f"b{i}.out", x)
+    w, b = net["final"]
+    x = _act(x @ w.T.astype(F32) + b.astype(F32), "HS")
+    seen("final", x)
+    e = x.mean(axis=(1, 2))
+    seen("embedding", e[:, None, None, :])
+    h = _act((e @ net["fc1"][0].T + net["fc1"][1]).astype(F32), "HS")
+    seen("hidden", h[:, None, None, :])
+    return e.astype(F32), (h @ net["fc2"][0].T + net["fc2"][1]).astype(F32)
+
+
+def calibration_from_stats(stats: dict) -> Dict[str, np.ndarray]:
+    """Per-channel min, max and mean of every feature map: what ships."""
+    out = {}
+    for name, (lo, hi, s, n) in stats.items():
+        out[f"{name}.min"], out[f"{name}.max"] = lo.astype(np.float32), hi.astype(np.float32)
+        out[f"{name}.mean"] = (s / n).astype(np.float32)
+    return out
+
+
+def load_calibration(path: Optional[Path] = None) -> Dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path or CALIBRATION_FILE))
+
+
+# ---------------------------------------------------------------------------------------------
+# the integer network
+
+
+def _qparams(lo: np.ndarray, hi: np.ndarray):
+    """uint8 scale and zero point per channel for values in [lo, hi] (0 always inside)."""
+    lo, hi = np.minimum(lo.astype(np.float64), 0), np.maximum(hi.astype(np.float64), 0)
+    rng = hi - lo
+    scale = np.where(rng > 1e-7, rng / 255.0, 1.0)
+    zero = np.clip(np.rint(-lo / scale), 0, 255).astype(np.int32)
+    return scale, zero
+
+
+def _quant_rows(w: np.ndarray):
+    """int8 per output row (axis 0), symmetric max-abs: (codes, scales)."""
+    amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
+    scale = np.where(amax > 0, amax / 127.0, 1.0)
+    q = np.clip(np.rint(w / scale.reshape(-1, *([1] * (w.ndim - 1)))), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def quantize(net: dict, calib: Dict[str, np.ndarray]) -> dict:
+    """The float network and its calibration -> the integer network (what the C engine runs)."""
+
+    def tensor(name):
+        s, z = _qparams(calib[f"{name}.min"], calib[f"{name}.max"])
+        return {"scale": s, "zero": z, "mean": calib[f"{name}.mean"].astype(np.float64)}
+
+    def pointwise(wb, src, dst, act):
+        w, b = wb
+        wf = w * src["scale"][None, :]  # acts on codes minus zero
+        wq, sw = _quant_rows(wf)
+        eff = wq * sw[:, None] / src["scale"][None, :]  # what the int8 weights do to real inputs
+        b = b - (eff - w) @ src["mean"]
+        corr = -(wq.astype(np.int64) @ src["zero"])
+        return {"w": wq, "corr": corr.astype(np.int32), "w_scale": sw.astype(F32), "bias": b.astype(F32),
+                "out_inv": (1.0 / dst["scale"]).astype(F32), "out_zero": dst["zero"], "act": act}
+
+    q = {"gate": gate_table()}
+    t = tensor("stem")
+    q["stem"] = {"w": net["stem"][0].astype(F32), "bias": net["stem"][1].astype(F32),
+                 "out_inv": (1.0 / t["scale"]).astype(F32), "out_zero": t["zero"]}
+    blocks = []
+    for i, blk in enumerate(net["blocks"], start=1):
+        cur, qb = t, {"k": blk["k"], "stride": blk["stride"], "act": blk["act"]}
+        if "expand" in blk:
+            e = tensor(f"b{i}.expand")
+            qb["expand"], cur = pointwise(blk["expand"], t, e, blk["act"]), e
+        d = tensor(f"b{i}.dw")
+        w, b = blk["dw"]
+        wq, sw_raw = _quant_rows(w)
+        eff = wq * sw_raw[:, None]
+        b = b - (eff - w).sum(axis=1) * cur["mean"]
+        qb["dw"] = {"w": wq, "in_zero": cur["zero"], "w_scale": (sw_raw * cur["scale"]).astype(F32),
+                    "bias": b.astype(F32), "out_inv": (1.0 / d["scale"]).astype(F32), "out_zero": d["zero"],
+                    "act": blk["act"]}
+        proj_in = d
+        if "se" in blk:
+            w1, b1, w2, b2 = blk["se"]
+            qb["se"] = {"w1": w1.astype(F32), "b1": b1.astype(F32), "w2": w2.astype(F32), "b2": b2.astype(F32),
+                        "in_scale": d["scale"].astype(F32), "in_zero": d["zero"]}
+            proj_in = {"scale": d["scale"], "zero": d["zero"], "mean": calib[f"b{i}.gated.mean"].astype(np.float64)}
+        o = tensor(f"b{i}.out")
+        qb["project"] = pointwise(blk["project"], proj_in, o, None)
+        if blk["residual"]:
+            qb["residual"] = {"scale": t["scale"].astype(F32), "zero": t["zero"]}
+        blocks.append(qb)
+        t = o
+    q["blocks"] = blocks
+    f = tensor("final")
+    q["final"] = pointwise(net["final"], t, f, "HS")
+    q["pool"] = {"scale": f["scale"].astype(F32), "zero": f["zero"]}
+    for name, mean in (("fc1", calib["embedding.mean"]), ("fc2", calib["hidden.mean"])):
+        w, b = net[name]
+        wq, sw = _quant_rows(w)
+        b = b - (wq * sw[:, None] - w) @ mean.astype(np.float64)
+        q[name] = {"w": wq, "w_scale": sw.astype(F32), "bias": b.astype(F32)}
+    return q
+
+
+def _requant(f: np.ndarray, inv: np.ndarray, zero: np.ndarray) -> np.ndarray:
+    y = np.clip(f * inv, F32(-512), F32(512))
+    return np.clip(np.rint(y).astype(np.int32) + zero, 0, 255).astype(np.uint8)
+
+
+def _epilogue(acc: np.ndarray, L: dict, corr, residual=None, res_q=None) -> np.ndarray:
+    f = (acc + corr).astype(F32) * L["w_scale"] + L["bias"]
+    if residual is not None:
+        f = f + (res_q.astype(np.int32) - residual["zero"]).astype(F32) * residual["scale"]
+    return _requant(_act(f, L["act"]), L["out_inv"], L["out_zero"])
+
+
+def _pw(x: np.ndarray, L: dict, residual=None, res_q=None) -> np.ndarray:
+    acc = np.einsum("bhwk,ok->bhwo", x.astype(np.int32), L["w"].astype(np.int32))
+    return _epilogue(acc, L, L["corr"], residual, res_q)
+
+
+def _dense_q(x: np.ndarray):
+    """A vector per row -> int8 codes and the row's scale (max-abs)."""
+    amax = np.abs(x).max(axis=1, keepdims=True)
+    safe = np.where(amax > 0, amax, F32(1))
+    inv = F32(127) / safe
+    return np.clip(np.rint(x * inv), -127, 127).astype(np.int32), safe / F32(127)
+
+
+def _dense(x: np.ndarray, L: dict, act: Optional[str]) -> np.ndarray:
+    q, sa = _dense_q(x)
+    acc = q @ L["w"].astype(np.int32).T
+    return _act(acc.astype(F32) * L["w_scale"] * sa + L["bias"], act)
+
+
+def int_forward(q: dict, mel: np.ndarray):
+    """The integer network in numpy (slow; the C engine's reference): mel (B, 128, T) ->
+    (embeddings, logits), float32."""
+    st = q["stem"]
+    x = _requant(_act(stem(mel, st["w"], st["bias"]), "HS"), st["out_inv"], st["out_zero"])
+    for qb in q["blocks"]:
+        y = _pw(x, qb["expand"]) if "expand" in qb else x
+        d = qb["dw"]
+        acc = 0
+        yd = y.astype(np.int32) - d["in_zero"]
+        for t, xs in _taps(yd, qb["k"], qb["stride"]):
+            acc = acc + xs * d["w"][:, t].astype(np.int32)
+        y = _epilogue(acc, d, 0)
+        if "se" in qb:
+            y = _se(y, qb["se"], q["gate"])
+        x = _pw(y, qb["project"], qb.get("residual"), x)
+    x = _pw(x, q["final"])
+    p, n = q["pool"], x.shape[1] * x.shape[2]
+    e = (x.astype(np.int64).sum(axis=(1, 2)) - n * p["zero"]).astype(F32) * p["scale"] * F32(1.0 / n)
+    h = _dense(e, q["fc1"], "HS")
+    return e, _dense(h, q["fc2"], None)
+
+
+def _se(y: np.ndarray, se: dict, table: np.ndarray) -> np.ndarray:
+    n = y.shape[1] * y.shape[2]
+    m = (y.astype(np.int64).sum(axis=(1, 2)) - n * se["in_zero"]).astype(F32) * se["in_scale"] * F32(1.0 / n)
+    h = np.zeros((y.shape[0], se["w1"].shape[0]), F32)
+    for c in range(se["w1"].shape[1]):
+        h = h + m[:, c:c + 1] * se["w1"][:, c]
+    h = np.maximum(h + se["b1"], F32(0))
+    z = np.zeros((y.shape[0], se["w2"].shape[0]), F32)
+    for c in range(se["w2"].shape[1]):
+        z = z + h[:, c:c + 1] * se["w2"][:, c]
+    z = z + se["b2"]
+    idx = np.rint(np.clip(z * F32(GATE_STEPS), F32(-GATE_RANGE * GATE_STEPS), F32(GATE_RANGE * GATE_STEPS)))
+    g = table[idx.astype(np.int32) + GATE_RANGE * GATE_STEPS]
+    d = y.astype(np.int32) - se["in_zero"]
+    return (se["in_zero"] + ((d * g[:, None, None, :] + (1 << 14)) >> 15)).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# the C engine
+
+ACT_CODE = {None: 0, "RE": 1, "HS": 2}
+
+
+def engine_ops(q: dict) -> List[dict]:
+    """The integer network as the C engine's operation list (``_ckernels.Cnn``): map
+    buffers assigned so that a block's input stays until its residual is added."""
+    i32, f32 = np.int32, np.float32
+
+    def arr(a, dtype):
+        return np.ascontiguousarray(a, dtype=dtype)
+
+    def epi(L):
+        return {"w_scale": arr(L["w_scale"], f32), "bias": arr(L["bias"], f32), "out_inv": arr(L["out_inv"], f32),
+                "out_zero": arr(L["out_zero"], i32), "act": ACT_CODE[L["act"]]}
+
+    def pw(L, src, dst, res=None):
+        op = {"kind": "pw", "src": src, "dst": dst, "cin": L["w"].shape[1], "cout": L["w"].shape[0],
+              "w": arr(L["w"], np.int8), "corr": arr(L["corr"], i32), **epi(L)}
+        if res is not None:
+            op.update(res=res[0], res_scale=arr(res[1]["scale"], f32), res_zero=arr(res[1]["zero"], i32))
+        return op
+
+    st = q["stem"]
+    ops = [{"kind": "stem", "dst": 0, "cout": st["w"].shape[0], "fw": arr(st["w"].reshape(-1, 9), f32),
+            "fb": arr(st["bias"], f32), "out_inv": arr(st["out_inv"], f32), "out_zero": arr(st["out_zero"], i32)}]
+    cur = 0
+    for qb in q["blocks"]:
+        a, b = [n for n in range(3) if n != cur][:2]
+        src = cur
+        if "expand" in qb:
+            ops.append(pw(qb["expand"], cur, a))
+            src = a
+        d = qb["dw"]
+        c = d["w"].shape[0]
+        dst = b if src == a else a
+        ops.append({"kind": "dw", "src": src, "dst": dst, "cin": c, "cout": c, "k": qb["k"], "stride": qb["stride"],
+                    "w": arr(d["w"].T, np.int8), "zero": arr(d["in_zero"], i32), **epi(d)})
+        if "se" in qb:
+            se = qb["se"]
+            ops.append({"kind": "se", "src": dst, "cin": c, "cout": se["w1"].shape[0],
+                        "fw": arr(np.concatenate([se["w1"].ravel(), se["w2"].ravel()]), f32),
+                        "fb": arr(np.concatenate([se["b1"], se["b2"]]), f32), "scale": arr(se["in_scale"], f32),
+                        "zero": arr(se["in_zero"], i32)})
+        out = next(n for n in range(3) if n not in (cur, dst))
+        res = (cur, qb["residual"]) if "residual" in qb else None
+        ops.append(pw(qb["project"], dst, out, res))
+        cur = out
+    fin = next(n for n in range(3) if n != cur)
+    ops.append(pw(q["final"], cur, fin))
+    p = q["pool"]
+    ops.append({"kind": "pool", "src": fin, "cin": len(p["zero"]), "cout": len(p["zero"]),
+                "scale": arr(p["scale"], f32),
+                "zero": arr(p["zero"], i32)})
+    for name, act in (("fc1", "HS"), ("fc2", None)):
+        L = q[name]
+        ops.append({"kind": "dense", "cin": L["w"].shape[1], "cout": L["w"].shape[0], "w": arr(L["w"], np.int8),
+                    "scale": arr(L["w_scale"], f32), "fb": arr(L["bias"], f32), "act": ACT_CODE[act]})
+    return ops
+
+
+class Engine:
+    """The integer mn04 on one kernel variant, an engine per window length (built on first
+    use, then reused: fixed work and no allocation per window)."""
+
+    def __init__(self, q: dict, variant: str, n_mels: int = 128):
+        self.ops, self.gate, self.variant, self.n_mels = engine_ops(q), q["gate"], variant, n_mels
+        self.emb_dim, self.out_dim = q["pool"]["zero"].shape[0], q["fc2"]["w"].shape[0]
+        self._by_frames: Dict[int, object] = {}
+
+    def forward_mel(self, mel: np.ndarray):
+        """mel (B, n_mels, T) -> (embeddings (B, 384), logits (B, 527)), float32."""
+        from ..kernels import _ckernels
+
+        mel = np.ascontiguousarray(np.nan_to_num(mel, nan=0.0, posinf=0.0, neginf=0.0), dtype=np.float32)
+        B, H, T = mel.shape
+        eng = self._by_frames.get(T)
+        if eng is None:
+            eng = self._by_frames[T] = _ckernels.Cnn(self.variant, H, T, self.ops, self.gate)
+        emb, out = np.empty((B, self.emb_dim), np.float32), np.empty((B, self.out_dim), np.float32)
+        eng.run(mel, emb, out)
+        return emb, out

@@ -1,0 +1,374 @@
+/* The integer convolutional embedder: the engine (shapes, buffers, one window), the
+ * parts every variant shares (float stem, requantisation, squeeze-excitation, pooling,
+ * dense layers) and the generic twins of the two convolutions. See eq_cnn.h. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "eq_cnn.h"
+#include "eq_kernels.h"
+
+#define MAGIC 12582912.0f /* 1.5 * 2^23: (y + MAGIC) - MAGIC rounds |y| < 2^22 half to even, as rint */
+
+static inline float act_of(float f, int act) {
+    if (act == EQ_CNN_ACT_RELU) return f > 0.0f ? f : 0.0f;
+    if (act == EQ_CNN_ACT_HS) {
+        float r = f + 3.0f;
+        r = r < 0.0f ? 0.0f : r;
+        r = r > 6.0f ? 6.0f : r;
+        return f * r * (float)(1.0 / 6.0);
+    }
+    return f;
+}
+
+static inline uint8_t requant(float f, float inv, int32_t zero) {
+    float y = f * inv;
+    y = y < -512.0f ? -512.0f : y;
+    y = y > 512.0f ? 512.0f : y;
+    int32_t v = (int32_t)((y + MAGIC) - MAGIC) + zero;
+    return (uint8_t)(v < 0 ? 0 : (v > 255 ? 255 : v));
+}
+
+void eq_cnn_epilogue(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
+                     const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
+    for (int32_t p = 0; p < npix; p++) {
+        const int32_t *a = acc + (size_t)p * accs;
+        uint8_t *o = out + (size_t)p * os;
+        for (int32_t c = 0; c < n; c++) {
+            float f = (float)(a[c] + (e->corr ? e->corr[c] : 0)) * e->w_scale[c] + e->bias[c];
+            if (e->res_scale) f = f + (float)((int32_t)res[(size_t)p * rs + c] - e->res_zero[c]) * e->res_scale[c];
+            o[c] = requant(act_of(f, e->act), e->out_inv[c], e->out_zero[c]);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- shared by the SIMD variants */
+
+size_t eq_cnn_dw_bytes_wide(int32_t c, int32_t k) { return (size_t)4 * ((c + 15) & ~15) * (k * k + 1); }
+
+void eq_cnn_dw_pack_wide(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, void *out) {
+    const int32_t c16 = (c + 15) & ~15;
+    int32_t *o = out;
+    memset(o, 0, eq_cnn_dw_bytes_wide(c, k));
+    for (int32_t j = 0; j < c; j++) o[j] = zero[j];
+    for (int32_t t = 0; t < k * k; t++)
+        for (int32_t j = 0; j < c; j++) o[(size_t)(t + 1) * c16 + j] = w[(size_t)t * c + j];
+}
+
+void eq_cnn_tap_range(int32_t o, int32_t s, int32_t pad, int32_t k, int32_t n, int32_t *t0, int32_t *t1) {
+    const int32_t first = o * s - pad;
+    *t0 = first < 0 ? -first : 0;
+    *t1 = first + k > n ? n - first : k;
+}
+
+/* ---------------------------------------------------------------- generic twins */
+
+static size_t pw_bytes_generic(int32_t n, int32_t k) { return (size_t)n * eq_cnn_c4(k); }
+
+static void pw_pack_generic(const int8_t *w, int32_t n, int32_t k, void *out) {
+    int8_t *o = out;
+    const int32_t k4 = eq_cnn_c4(k);
+    memset(o, 0, (size_t)n * k4);
+    for (int32_t r = 0; r < n; r++) memcpy(o + (size_t)r * k4, w + (size_t)r * k, (size_t)k);
+}
+
+static void pw_acc_generic(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
+                           int32_t *acc, int32_t accs) {
+    const int8_t *w = packed;
+    const int32_t k4 = eq_cnn_c4(k);
+    for (int32_t p = 0; p < npix; p++) {
+        const uint8_t *xp = x + (size_t)p * xs;
+        for (int32_t o = 0; o < n; o++) {
+            const int8_t *wr = w + (size_t)o * k4;
+            int32_t s = 0;
+            for (int32_t c = 0; c < k4; c++) s += (int32_t)wr[c] * (int32_t)xp[c];
+            acc[(size_t)p * accs + o] = s;
+        }
+    }
+}
+
+static size_t dw_bytes_generic(int32_t c, int32_t k) { return (size_t)k * k * c; }
+
+static void dw_pack_generic(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, void *out) {
+    (void)zero;
+    memcpy(out, w, (size_t)k * k * c);
+}
+
+static void dw_acc_generic(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
+                           int32_t *acc, int32_t accs) {
+    const int8_t *w = packed;
+    const int32_t k = op->k, s = op->stride, pad = (k - 1) / 2, C = op->cout;
+    for (int32_t ox = 0; ox < op->w_out; ox++) {
+        int32_t *a = acc + (size_t)ox * accs;
+        for (int32_t c = 0; c < C; c++) a[c] = 0;
+        for (int32_t ty = 0; ty < k; ty++) {
+            const int32_t iy = oy * s + ty - pad;
+            if (iy < 0 || iy >= op->h_in) continue;
+            for (int32_t tx = 0; tx < k; tx++) {
+                const int32_t ix = ox * s + tx - pad;
+                if (ix < 0 || ix >= op->w_in) continue;
+                const uint8_t *xp = x + ((size_t)iy * op->w_in + ix) * xs;
+                const int8_t *wt = w + (size_t)(ty * k + tx) * C;
+                for (int32_t c = 0; c < C; c++) a[c] += (int32_t)wt[c] * ((int32_t)xp[c] - op->zero[c]);
+            }
+        }
+    }
+}
+
+const eq_cnn_kernels eq_cnn_generic = {"generic", pw_bytes_generic, pw_pack_generic, pw_acc_generic,
+                                       dw_bytes_generic, dw_pack_generic, dw_acc_generic};
+
+const eq_cnn_kernels *eq_cnn_find(const char *name) {
+    const eq_kernels *heads[16];
+    int n = eq_available(heads, 16), ok = 0;
+    for (int i = 0; i < n; i++) ok |= !strcmp(heads[i]->name, name);
+    if (!ok) return NULL;
+#if defined(__x86_64__) || defined(_M_X64)
+    if (!strcmp(name, "avx512") || !strcmp(name, "avx512vbmi")) return &eq_cnn_avx512;
+    if (!strcmp(name, "avx2")) return &eq_cnn_avx2;
+#endif
+#if defined(__aarch64__)
+    if (!strcmp(name, "dotprod")) return &eq_cnn_dotprod;
+    if (!strcmp(name, "neon")) return &eq_cnn_neon;
+#endif
+    return !strcmp(name, "generic") ? &eq_cnn_generic : NULL;
+}
+
+/* ---------------------------------------------------------------- the parts every variant shares */
+
+static void stem(const eq_cnn_op *op, const float *mel, uint8_t *out) {
+    const int32_t C = op->cout, cs = eq_cnn_c4(C);
+    float accs[64];
+    for (int32_t oy = 0; oy < op->h_out; oy++)
+        for (int32_t ox = 0; ox < op->w_out; ox++) {
+            for (int32_t c = 0; c < C; c++) accs[c] = 0.0f;
+            for (int32_t ty = 0; ty < 3; ty++)
+                for (int32_t tx = 0; tx < 3; tx++) {
+                    const int32_t iy = 2 * oy + ty - 1, ix = 2 * ox + tx - 1;
+                    const float v = (iy >= 0 && iy < op->h_in && ix >= 0 && ix < op->w_in)
+                                        ? mel[(size_t)iy * op->w_in + ix] : 0.0f;
+                    for (int32_t c = 0; c < C; c++) accs[c] = accs[c] + v * op->fw[c * 9 + ty * 3 + tx];
+                }
+            uint8_t *o = out + ((size_t)oy * op->w_out + ox) * cs;
+            for (int32_t c = 0; c < C; c++)
+                o[c] = requant(act_of(accs[c] + op->fb[c], EQ_CNN_ACT_HS), op->epi.out_inv[c], op->epi.out_zero[c]);
+        }
+}
+
+static void channel_sums(const uint8_t *x, int32_t npix, int32_t C, int32_t *sum) {
+    const int32_t cs = eq_cnn_c4(C);
+    for (int32_t c = 0; c < C; c++) sum[c] = 0;
+    for (int32_t p = 0; p < npix; p++)
+        for (int32_t c = 0; c < C; c++) sum[c] += x[(size_t)p * cs + c];
+}
+
+/* mean of each channel (real value) from its integer sum */
+static void channel_means(const int32_t *sum, int32_t npix, int32_t C, const float *scale, const int32_t *zero,
+                          float *m) {
+    const float inv_n = (float)(1.0 / (double)npix);
+    for (int32_t c = 0; c < C; c++) m[c] = (float)(sum[c] - npix * zero[c]) * scale[c] * inv_n;
+}
+
+/* y[o] = b[o] + sum_c w[o][c] x[c], summed in c order, without fused multiply-adds */
+static void float_layer(const float *w, const float *b, const float *x, int32_t n, int32_t k, float *y) {
+    for (int32_t o = 0; o < n; o++) y[o] = 0.0f;
+    for (int32_t c = 0; c < k; c++)
+        for (int32_t o = 0; o < n; o++) y[o] = y[o] + x[c] * w[(size_t)o * k + c];
+    for (int32_t o = 0; o < n; o++) y[o] = y[o] + b[o];
+}
+
+static void squeeze_excite(eq_cnn *E, const eq_cnn_op *op, uint8_t *x) {
+    const int32_t C = op->cin, S = op->cout, npix = op->h_in * op->w_in, cs = eq_cnn_c4(C);
+    float *m = E->fscratch, *h = m + C, *z = h + S;
+    int32_t *g = E->isum;
+    channel_sums(x, npix, C, g);
+    channel_means(g, npix, C, op->scale, op->zero, m);
+    float_layer(op->fw, op->fb, m, S, C, h);
+    for (int32_t j = 0; j < S; j++) h[j] = h[j] > 0.0f ? h[j] : 0.0f;
+    float_layer(op->fw + (size_t)S * C, op->fb + S, h, C, S, z);
+    const float lim = (float)(EQ_CNN_GATE_RANGE * EQ_CNN_GATE_STEPS);
+    for (int32_t c = 0; c < C; c++) {
+        float y = z[c] * (float)EQ_CNN_GATE_STEPS;
+        y = y < -lim ? -lim : (y > lim ? lim : y);
+        g[c] = E->gate[(int32_t)((y + MAGIC) - MAGIC) + EQ_CNN_GATE_RANGE * EQ_CNN_GATE_STEPS];
+    }
+    for (int32_t p = 0; p < npix; p++) {
+        uint8_t *xp = x + (size_t)p * cs;
+        for (int32_t c = 0; c < C; c++) {
+            const int32_t d = (int32_t)xp[c] - op->zero[c];
+            xp[c] = (uint8_t)(op->zero[c] + ((d * g[c] + (1 << 14)) >> 15));
+        }
+    }
+}
+
+/* int8 per vector (max-abs), int8 weights per row, then the float epilogue and act */
+static void dense(eq_cnn *E, const eq_cnn_op *op, const float *x, float *y) {
+    const int32_t k = op->cin, n = op->cout;
+    float amax = 0.0f;
+    for (int32_t c = 0; c < k; c++) {
+        const float a = x[c] < 0.0f ? -x[c] : x[c];
+        amax = a > amax ? a : amax;
+    }
+    const float safe = amax > 0.0f ? amax : 1.0f, inv = 127.0f / safe, sa = safe / 127.0f;
+    int32_t *q = E->iq;
+    for (int32_t c = 0; c < k; c++) {
+        float v = (x[c] * inv + MAGIC) - MAGIC;
+        v = v < -127.0f ? -127.0f : (v > 127.0f ? 127.0f : v);
+        q[c] = (int32_t)v;
+    }
+    for (int32_t o = 0; o < n; o++) {
+        const int8_t *w = op->w + (size_t)o * k;
+        int32_t s = 0;
+        for (int32_t c = 0; c < k; c++) s += (int32_t)w[c] * q[c];
+        y[o] = act_of((float)s * op->scale[o] * sa + op->fb[o], op->epi.act);
+    }
+}
+
+/* ---------------------------------------------------------------- the engine */
+
+static size_t up64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int nops, const int32_t *gate,
+                int32_t n_mels, int32_t frames) {
+    memset(E, 0, sizeof *E);
+    if (nops < 1 || ops[0].kind != EQ_CNN_STEM || n_mels < 3 || frames < 3) return -1;
+    E->ops = calloc((size_t)nops, sizeof *ops);
+    if (!E->ops) return -2;
+    memcpy(E->ops, ops, sizeof *ops * (size_t)nops);
+    E->K = K, E->nops = nops, E->gate = gate, E->n_mels = n_mels, E->frames = frames;
+    /* shapes: what each buffer holds after each step */
+    int32_t bh[EQ_CNN_MAXBUF] = {0}, bw[EQ_CNN_MAXBUF] = {0}, bc[EQ_CNN_MAXBUF] = {0};
+    size_t bsize[EQ_CNN_MAXBUF] = {0}, acc_n = 64, packed = 0;
+    int32_t vec = 0, vec_max = 64, se_max = 64, pooled = 0;
+    for (int i = 0; i < nops; i++) {
+        eq_cnn_op *op = &E->ops[i];
+        const int map_out = op->kind == EQ_CNN_STEM || op->kind == EQ_CNN_PW || op->kind == EQ_CNN_DW;
+        if (map_out && (op->dst < 0 || op->dst >= EQ_CNN_MAXBUF)) goto shape;
+        if (op->kind == EQ_CNN_STEM) {
+            if (i != 0 || op->cout < 1 || op->cout > 64) goto shape;
+            op->h_in = n_mels, op->w_in = frames;
+            op->h_out = (n_mels - 1) / 2 + 1, op->w_out = (frames - 1) / 2 + 1;
+        } else if (op->kind == EQ_CNN_PW || op->kind == EQ_CNN_DW || op->kind == EQ_CNN_SE || op->kind == EQ_CNN_POOL) {
+            if (op->src < 0 || op->src >= EQ_CNN_MAXBUF || bc[op->src] != op->cin || pooled) goto shape;
+            op->h_in = bh[op->src], op->w_in = bw[op->src];
+            if (op->kind == EQ_CNN_DW) {
+                const int32_t p = (op->k - 1) / 2;
+                if (op->k < 1 || op->k % 2 == 0 || op->stride < 1 || op->cout != op->cin) goto shape;
+                op->h_out = (op->h_in + 2 * p - op->k) / op->stride + 1;
+                op->w_out = (op->w_in + 2 * p - op->k) / op->stride + 1;
+                if (op->h_out < 1 || op->w_out < 1) goto shape;
+            } else {
+                op->h_out = op->h_in, op->w_out = op->w_in;
+            }
+            if (op->kind == EQ_CNN_SE) se_max = 2 * op->cin + op->cout > se_max ? 2 * op->cin + op->cout : se_max;
+            if (op->kind == EQ_CNN_POOL) pooled = 1, vec = op->cin, E->emb_dim = op->cin;
+        } else if (op->kind == EQ_CNN_DENSE) {
+            if (!pooled || op->cin != vec) goto shape;
+            vec = op->cout, E->out_dim = op->cout;
+        } else {
+            goto shape;
+        }
+        vec_max = vec > vec_max ? vec : vec_max;
+        if (map_out) {
+            if (op->dst == op->src && op->kind != EQ_CNN_STEM) goto shape;
+            if (op->res >= 0 && (op->res >= EQ_CNN_MAXBUF || op->res == op->dst || bc[op->res] != op->cout ||
+                                 bh[op->res] != op->h_out || bw[op->res] != op->w_out || !op->epi.res_scale))
+                goto shape;
+            if (op->res < 0 && op->epi.res_scale) goto shape;
+            bh[op->dst] = op->h_out, bw[op->dst] = op->w_out, bc[op->dst] = op->cout;
+            const size_t need = (size_t)op->h_out * op->w_out * eq_cnn_c4(op->cout);
+            bsize[op->dst] = need > bsize[op->dst] ? need : bsize[op->dst];
+            const size_t a = (size_t)op->w_out * ((op->cout + 15) & ~15);
+            acc_n = a > acc_n ? a : acc_n;
+        }
+        if (op->kind == EQ_CNN_PW) packed += up64(K->pw_bytes(op->cout, op->cin));
+        if (op->kind == EQ_CNN_DW) packed += up64(K->dw_bytes(op->cout, op->k));
+    }
+    if (!pooled) goto shape;
+    size_t total = packed + up64(acc_n * 4) + 2 * up64((size_t)vec_max * 4) + up64((size_t)se_max * 4) +
+                   up64((size_t)(vec_max > se_max ? vec_max : se_max) * 4) + up64((size_t)vec_max * 4);
+    for (int b = 0; b < EQ_CNN_MAXBUF; b++) total += up64(bsize[b] + 64); /* + slack for whole-vector loads */
+    if (posix_memalign(&E->mem, 64, total)) {
+        E->mem = NULL;
+        eq_cnn_free(E);
+        return -2;
+    }
+    memset(E->mem, 0, total);
+    uint8_t *m = E->mem;
+    for (int i = 0; i < nops; i++) {
+        eq_cnn_op *op = &E->ops[i];
+        if (op->kind == EQ_CNN_PW) {
+            op->packed = m, K->pw_pack(op->w, op->cout, op->cin, m);
+            m += up64(K->pw_bytes(op->cout, op->cin));
+        } else if (op->kind == EQ_CNN_DW) {
+            op->packed = m, K->dw_pack(op->w, op->zero, op->cout, op->k, m);
+            m += up64(K->dw_bytes(op->cout, op->k));
+        }
+    }
+    for (int b = 0; b < EQ_CNN_MAXBUF; b++) E->buf[b] = (uint8_t *)m, m += up64(bsize[b] + 64);
+    E->acc = (int32_t *)m, m += up64(acc_n * 4);
+    E->vec[0] = (float *)m, m += up64((size_t)vec_max * 4);
+    E->vec[1] = (float *)m, m += up64((size_t)vec_max * 4);
+    E->fscratch = (float *)m, m += up64((size_t)se_max * 4);
+    E->isum = (int32_t *)m, m += up64((size_t)(vec_max > se_max ? vec_max : se_max) * 4);
+    E->iq = (int32_t *)m;
+    return 0;
+shape:
+    eq_cnn_free(E);
+    return -1;
+}
+
+void eq_cnn_free(eq_cnn *E) {
+    free(E->ops);
+    free(E->mem);
+    memset(E, 0, sizeof *E);
+}
+
+void eq_cnn_run(eq_cnn *E, const float *mel, float *emb, float *out) {
+    const float *v = NULL;
+    int which = 0, last_dense = -1;
+    for (int i = 0; i < E->nops; i++)
+        if (E->ops[i].kind == EQ_CNN_DENSE) last_dense = i;
+    for (int i = 0; i < E->nops; i++) {
+        const eq_cnn_op *op = &E->ops[i];
+        switch (op->kind) {
+        case EQ_CNN_STEM:
+            stem(op, mel, E->buf[op->dst]);
+            break;
+        case EQ_CNN_PW: {
+            const int32_t xs = eq_cnn_c4(op->cin), os = eq_cnn_c4(op->cout), accs = (op->cout + 15) & ~15;
+            for (int32_t y = 0; y < op->h_out; y++) {
+                const size_t row = (size_t)y * op->w_out;
+                E->K->pw_acc(op->packed, op->cout, op->cin, E->buf[op->src] + row * xs, xs, op->w_out, E->acc, accs);
+                eq_cnn_epilogue(&op->epi, E->acc, accs, op->w_out, op->cout,
+                                op->res >= 0 ? E->buf[op->res] + row * os : NULL, os, E->buf[op->dst] + row * os, os);
+            }
+            break;
+        }
+        case EQ_CNN_DW: {
+            const int32_t cs = eq_cnn_c4(op->cout), accs = (op->cout + 15) & ~15;
+            for (int32_t y = 0; y < op->h_out; y++) {
+                E->K->dw_acc(op->packed, op, E->buf[op->src], cs, y, E->acc, accs);
+                eq_cnn_epilogue(&op->epi, E->acc, accs, op->w_out, op->cout, NULL, 0,
+                                E->buf[op->dst] + (size_t)y * op->w_out * cs, cs);
+            }
+            break;
+        }
+        case EQ_CNN_SE:
+            squeeze_excite(E, op, E->buf[op->src]);
+            break;
+        case EQ_CNN_POOL: {
+            const int32_t npix = op->h_in * op->w_in;
+            channel_sums(E->buf[op->src], npix, op->cin, E->isum);
+            channel_means(E->isum, npix, op->cin, op->scale, op->zero, emb);
+            v = emb;
+            break;
+        }
+        case EQ_CNN_DENSE: {
+            float *y = (i == last_dense && out) ? out : E->vec[which];
+            dense(E, op, v, y);
+            v = y, which ^= 1;
+            break;
+        }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+/* x86-64 variants of the integer embedder's convolutions (eq_cnn.h): AVX-512 with VNNI
+ * (vpdpbusd: four uint8 x int8 products into each int32 lane) and AVX2 (uint8 widened
+ * to int16, vpmaddwd: two int16 products into each int32 lane). Both are exact integer
+ * sums, so they equal the generic twins bit for bit. Per-function target attributes, as
+ * in eq_x86.c: chosen at run time only where the CPU has the features. */
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#include <string.h>
+
+#include "eq_cnn.h"
+
+#define T2 __attribute__((target("avx2,fma")))
+#define T512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+static inline int32_t load4(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static inline int32_t up16(int32_t n) { return (n + 15) & ~15; }
+
+/* ==================================================================== AVX-512 VNNI */
+
+/* pointwise weights: [k/4][n rounded to 16][4] int8, so one 64-byte load holds four
+ * inputs of 16 outputs */
+static size_t pw_bytes_512(int32_t n, int32_t k) { return (size_t)up16(n) * eq_cnn_c4(k); }
+
+static void pw_pack_512(const int8_t *w, int32_t n, int32_t k, void *out) {
+    const int32_t n16 = up16(n), kq = eq_cnn_c4(k) / 4;
+    int8_t *o = out;
+    memset(o, 0, pw_bytes_512(n, k));
+    for (int32_t r = 0; r < n; r++)
+        for (int32_t c = 0; c < k; c++) o[((size_t)(c / 4) * n16 + r) * 4 + c % 4] = w[(size_t)r * k + c];
+    (void)kq;
+}
+
+#define PW_TILE 8
+T512 static void pw_acc_512(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
+                            int32_t *acc, int32_t accs) {
+    const int32_t n16 = up16(n), kq = eq_cnn_c4(k) / 4;
+    const int8_t *w = packed;
+    for (int32_t o = 0; o < n16; o += 16) {
+        int32_t p = 0;
+        for (; p + PW_TILE <= npix; p += PW_TILE) {
+            __m512i a[PW_TILE];
+            for (int j = 0; j < PW_TILE; j++) a[j] = _mm512_setzero_si512();
+            const uint8_t *xp = x + (size_t)p * xs;
+            for (int32_t q = 0; q < kq; q++) {
+                const __m512i wv = _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4));
+#pragma GCC unroll 8
+                for (int j = 0; j < PW_TILE; j++)
+                    a[j] = _mm512_dpbusd_epi32(a[j], _mm512_set1_epi32(load4(xp + (size_t)j * xs + 4 * q)), wv);
+            }
+            for (int j = 0; j < PW_TILE; j++) _mm512_storeu_si512((void *)(acc + (size_t)(p + j) * accs + o), a[j]);
+        }
+        for (; p < npix; p++) {
+            __m512i a0 = _mm512_setzero_si512();
+            const uint8_t *xp = x + (size_t)p * xs;
+            for (int32_t q = 0; q < kq; q++)
+                a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(load4(xp + 4 * q)),
+                                         _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4)));
+            _mm512_storeu_si512((void *)(acc + (size_t)p * accs + o), a0);
+        }
+    }
+}
+
+T512 static void dw_acc_512(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
+                            int32_t *acc, int32_t accs) {
+    const int32_t k = op->k, s = op->stride, pad = (k - 1) / 2, c16 = up16(op->cout);
+    const int32_t *zp = packed, *w = zp + c16;
+    int32_t ty0, ty1;
+    eq_cnn_tap_range(oy, s, pad, k, op->h_in, &ty0, &ty1);
+    for (int32_t ox = 0; ox < op->w_out; ox++) {
+        int32_t tx0, tx1;
+        eq_cnn_tap_range(ox, s, pad, k, op->w_in, &tx0, &tx1);
+        const uint8_t *base = x + ((ptrdiff_t)(oy * s - pad) * op->w_in + (ox * s - pad)) * xs;
+        for (int32_t c = 0; c < c16; c += 16) {
+            const __m512i z = _mm512_loadu_si512((const void *)(zp + c));
+            __m512i a = _mm512_setzero_si512();
+            for (int32_t ty = ty0; ty < ty1; ty++)
+                for (int32_t tx = tx0; tx < tx1; tx++) {
+                    const __m128i b = _mm_loadu_si128((const __m128i *)(base + ((size_t)ty * op->w_in + tx) * xs + c));
+                    const __m512i v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(b), z);
+                    a = _mm512_add_epi32(a, _mm512_mullo_epi32(v, _mm512_loadu_si512((const void *)(w + (size_t)(ty * k + tx) * c16 + c))));
+                }
+            _mm512_storeu_si512((void *)(acc + (size_t)ox * accs + c), a);
+        }
+    }
+}
+
+const eq_cnn_kernels eq_cnn_avx512 = {"avx512", pw_bytes_512, pw_pack_512, pw_acc_512,
+                                      eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_512};
+
+/* ==================================================================== AVX2 */
+
+/* pointwise weights: [k/2][n rounded to 8][2] int16, so one 32-byte load holds two
+ * inputs of 8 outputs for vpmaddwd */
+static size_t pw_bytes_2(int32_t n, int32_t k) { return (size_t)2 * ((n + 7) & ~7) * eq_cnn_c4(k); }
+
+static void pw_pack_2(const int8_t *w, int32_t n, int32_t k, void *out) {
+    const int32_t n8 = (n + 7) & ~7;
+    int16_t *o = out;
+    memset(o, 0, pw_bytes_2(n, k));
+    for (int32_t r = 0; r < n; r++)
+        for (int32_t c = 0; c < k; c++) o[((size_t)(c / 2) * n8 + r) * 2 + c % 2] = w[(size_t)r * k + c];
+}
+
+#define PW2_TILE 4
+T2 static void pw_acc_2(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
+                        int32_t *acc, int32_t accs) {
+    const int32_t n8 = (n + 7) & ~7, kp = eq_cnn_c4(k) / 2;
+    const int16_t *w = packed;
+    for (int32_t p = 0; p < npix; p += PW2_TILE) {
+        const int32_t np = npix - p < PW2_TILE ? npix - p : PW2_TILE;
+        for (int32_t o = 0; o < n8; o += 8) {
+            __m256i a[PW2_TILE];
+            for (int j = 0; j < PW2_TILE; j++) a[j] = _mm256_setzero_si256();
+            for (int32_t q = 0; q < kp; q++) {
+                const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + ((size_t)q * n8 + o) * 2));
+                for (int j = 0; j < np; j++) {
+                    const uint8_t *b = x + (size_t)(p + j) * xs + 2 * q; /* two inputs as two int16 */
+                    a[j] = _mm256_add_epi32(a[j], _mm256_madd_epi16(_mm256_set1_epi32(b[0] | (b[1] << 16)), wv));
+                }
+            }
+            for (int j = 0; j < np; j++) _mm256_storeu_si256((__m256i *)(acc + (size_t)(p + j) * accs + o), a[j]);
+        }
+    }
+}
+
+T2 static void dw_acc_2(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
+                        int32_t *acc, int32_t accs) {
+    const int32_t k = op->k, s = op->stride, pad = (k - 1) / 2, c16 = up16(op->cout);
+    const int32_t *zp = packed, *w = zp + c16;
+    int32_t ty0, ty1;
+    eq_cnn_tap_range(oy, s, pad, k, op->h_in, &ty0, &ty1);
+    for (int32_t ox = 0; ox < op->w_out; ox++) {
+        int32_t tx0, tx1;
+        eq_cnn_tap_range(ox, s, pad, k, op->w_in, &tx0, &tx1);
+        const uint8_t *base = x + ((ptrdiff_t)(oy * s - pad) * op->w_in + (ox * s - pad)) * xs;
+        for (int32_t c = 0; c < c16; c += 8) {
+            const __m256i z = _mm256_loadu_si256((const __m256i *)(zp + c));
+            __m256i a = _mm256_setzero_si256();
+            for (int32_t ty = ty0; ty < ty1; ty++)
+                for (int32_t tx = tx0; tx < tx1; tx++) {
+                    const __m128i b = _mm_loadl_epi64((const __m128i *)(base + ((size_t)ty * op->w_in + tx) * xs + c));
+                    const __m256i v = _mm256_sub_epi32(_mm256_cvtepu8_epi32(b), z);
+                    a = _mm256_add_epi32(a, _mm256_mullo_epi32(v, _mm256_loadu_si256((const __m256i *)(w + (size_t)(ty * k + tx) * c16 + c))));
+                }
+            _mm256_storeu_si256((__m256i *)(acc + (size_t)ox * accs + c), a);
+        }
+    }
+}
+
+const eq_cnn_kernels eq_cnn_avx2 = {"avx2", pw_bytes_2, pw_pack_2, pw_acc_2, eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_2};
+
+#endif

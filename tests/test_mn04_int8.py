@@ -1,0 +1,82 @@
+"""The integer mn04 (edgeqmoe/embed/mn04_int8.py, the C engine in eq_cnn*.c): every
+kernel variant this CPU runs equals the numpy reference of the integer arithmetic bit
+for bit on real windows, and the integer network stays close to fp32."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from edgeqmoe.kernels import available_variants
+
+from conftest import MODELS, ROOT, US8K, need
+
+WEIGHTS = os.path.join(MODELS, "mn04_as_mAP_432.pt")
+
+
+@pytest.fixture(scope="module")
+def int8_net():
+    need(WEIGHTS, "mn04 weights")
+    from edgeqmoe.embed import mn04_int8 as M
+    from edgeqmoe.embed.ptfile import read_state_dict
+
+    net = M.layers(read_state_dict(WEIGHTS))
+    return net, M.quantize(net, M.load_calibration())
+
+
+@pytest.fixture(scope="module")
+def real_mels():
+    need(US8K, "UrbanSound8K clips")
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    from calibrate_mn04 import mels_of
+
+    from edgeqmoe.audio.datasets import read_dataset
+
+    return mels_of(read_dataset(US8K).clips, every=180)
+
+
+def test_every_variant_equals_the_integer_reference(int8_net, real_mels):
+    from edgeqmoe.embed import mn04_int8 as M
+
+    _, q = int8_net
+    mel = real_mels[:6]
+    ref_e, ref_l = M.int_forward(q, mel)
+    for variant in available_variants():
+        e, lg = M.Engine(q, variant).forward_mel(mel)
+        assert np.array_equal(e, ref_e) and np.array_equal(lg, ref_l), variant
+    # another window length builds its own engine and still agrees
+    e2, _ = M.Engine(q, "generic").forward_mel(mel[:2, :, :57])
+    assert np.array_equal(e2, M.int_forward(q, mel[:2, :, :57])[0])
+
+
+def test_the_integer_network_stays_close_to_fp32(int8_net, real_mels):
+    from edgeqmoe.embed import mn04_int8 as M
+
+    net, q = int8_net
+    ref_e, ref_l = M.float_forward(net, real_mels)
+    e, lg = M.Engine(q, available_variants()[0]).forward_mel(real_mels)
+    cos = (e * ref_e).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(ref_e, axis=1)
+    top1 = float((lg.argmax(1) == ref_l.argmax(1)).mean())
+    print(f"\n{len(e)} windows: cosine mean {cos.mean():.4f} min {cos.min():.4f}, top-1 {100 * top1:.1f}%")
+    assert cos.mean() > 0.99 and cos.min() > 0.95 and top1 > 0.8
+
+
+def test_bad_operation_lists_are_refused_with_what_is_wrong(int8_net):
+    from edgeqmoe.embed import mn04_int8 as M
+    from edgeqmoe.kernels import _ckernels
+
+    _, q = int8_net
+    ops = M.engine_ops(q)
+    with pytest.raises(ValueError, match="do not chain"):
+        _ckernels.Cnn("generic", 128, 100, ops[:3] + ops[4:], q["gate"])
+    i = next(j for j, o in enumerate(ops) if o["kind"] == "pw")
+    bad = [dict(o) for o in ops]
+    bad[i]["corr"] = bad[i]["corr"][:-1]
+    with pytest.raises(ValueError, match=rf"op {i} \(pw\): corr must hold"):
+        _ckernels.Cnn("generic", 128, 100, bad, q["gate"])
+    bad = [dict(o) for o in ops]
+    bad[i]["w"] = bad[i]["w"].astype(np.int16)
+    with pytest.raises(TypeError, match="int8"):
+        _ckernels.Cnn("generic", 128, 100, bad, q["gate"])
+    with pytest.raises(ValueError, match="not available"):
+        _ckernels.Cnn("no-such-variant", 128, 100, ops, q["gate"])

@@ -28,16 +28,31 @@ static inline uint8_t requant(float f, float inv, int32_t zero) {
     return (uint8_t)(v < 0 ? 0 : (v > 255 ? 255 : v));
 }
 
+/* one pixel row; act and res constant where it is inlined, so that the compiler makes
+ * a straight (vectorisable) loop of each case */
+static inline __attribute__((always_inline)) void epi_row(const eq_cnn_epi *e, const int32_t *a, int32_t n,
+                                                           const uint8_t *r, uint8_t *o, int act, int res) {
+    for (int32_t c = 0; c < n; c++) {
+        float f = (float)(a[c] + e->corr[c]) * e->w_scale[c] + e->bias[c];
+        if (res) f = f + (float)((int32_t)r[c] - e->res_zero[c]) * e->res_scale[c];
+        o[c] = requant(act_of(f, act), e->out_inv[c], e->out_zero[c]);
+    }
+}
+
 void eq_cnn_epilogue(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
                      const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
     for (int32_t p = 0; p < npix; p++) {
         const int32_t *a = acc + (size_t)p * accs;
+        const uint8_t *r = res ? res + (size_t)p * rs : NULL;
         uint8_t *o = out + (size_t)p * os;
-        for (int32_t c = 0; c < n; c++) {
-            float f = (float)(a[c] + (e->corr ? e->corr[c] : 0)) * e->w_scale[c] + e->bias[c];
-            if (e->res_scale) f = f + (float)((int32_t)res[(size_t)p * rs + c] - e->res_zero[c]) * e->res_scale[c];
-            o[c] = requant(act_of(f, e->act), e->out_inv[c], e->out_zero[c]);
-        }
+        if (res)
+            epi_row(e, a, n, r, o, EQ_CNN_ACT_NONE, 1); /* a residual follows a projection: no activation */
+        else if (e->act == EQ_CNN_ACT_RELU)
+            epi_row(e, a, n, r, o, EQ_CNN_ACT_RELU, 0);
+        else if (e->act == EQ_CNN_ACT_HS)
+            epi_row(e, a, n, r, o, EQ_CNN_ACT_HS, 0);
+        else
+            epi_row(e, a, n, r, o, EQ_CNN_ACT_NONE, 0);
     }
 }
 
@@ -115,7 +130,8 @@ static void dw_acc_generic(const void *packed, const eq_cnn_op *op, const uint8_
 }
 
 const eq_cnn_kernels eq_cnn_generic = {"generic", pw_bytes_generic, pw_pack_generic, pw_acc_generic,
-                                       dw_bytes_generic, dw_pack_generic, dw_acc_generic};
+                                       dw_bytes_generic, dw_pack_generic, dw_acc_generic,
+                                       eq_cnn_epilogue};
 
 const eq_cnn_kernels *eq_cnn_find(const char *name) {
     const eq_kernels *heads[16];
@@ -135,22 +151,29 @@ const eq_cnn_kernels *eq_cnn_find(const char *name) {
 
 /* ---------------------------------------------------------------- the parts every variant shares */
 
-static void stem(const eq_cnn_op *op, const float *mel, uint8_t *out) {
+/* the float stem: op->fw is kept transposed (tap-major, fw_t) by the engine, so that
+ * the channels of a pixel are one straight loop; the taps in their order */
+static void stem(const eq_cnn_op *op, const float *fw_t, const float *mel, uint8_t *out) {
     const int32_t C = op->cout, cs = eq_cnn_c4(C);
-    float accs[64];
+    float acc[64], v[9];
     for (int32_t oy = 0; oy < op->h_out; oy++)
         for (int32_t ox = 0; ox < op->w_out; ox++) {
-            for (int32_t c = 0; c < C; c++) accs[c] = 0.0f;
-            for (int32_t ty = 0; ty < 3; ty++)
-                for (int32_t tx = 0; tx < 3; tx++) {
-                    const int32_t iy = 2 * oy + ty - 1, ix = 2 * ox + tx - 1;
-                    const float v = (iy >= 0 && iy < op->h_in && ix >= 0 && ix < op->w_in)
-                                        ? mel[(size_t)iy * op->w_in + ix] : 0.0f;
-                    for (int32_t c = 0; c < C; c++) accs[c] = accs[c] + v * op->fw[c * 9 + ty * 3 + tx];
+            const int32_t y0 = 2 * oy - 1, x0 = 2 * ox - 1;
+            if (y0 >= 0 && y0 + 2 < op->h_in && x0 >= 0 && x0 + 2 < op->w_in) {
+                const float *r = mel + (size_t)y0 * op->w_in + x0;
+                for (int32_t t = 0; t < 9; t++) v[t] = r[(size_t)(t / 3) * op->w_in + t % 3];
+            } else {
+                for (int32_t t = 0; t < 9; t++) {
+                    const int32_t iy = y0 + t / 3, ix = x0 + t % 3;
+                    v[t] = (iy >= 0 && iy < op->h_in && ix >= 0 && ix < op->w_in) ? mel[(size_t)iy * op->w_in + ix] : 0.0f;
                 }
+            }
+            for (int32_t c = 0; c < C; c++) acc[c] = 0.0f;
+            for (int32_t t = 0; t < 9; t++)
+                for (int32_t c = 0; c < C; c++) acc[c] = acc[c] + v[t] * fw_t[t * C + c];
             uint8_t *o = out + ((size_t)oy * op->w_out + ox) * cs;
             for (int32_t c = 0; c < C; c++)
-                o[c] = requant(act_of(accs[c] + op->fb[c], EQ_CNN_ACT_HS), op->epi.out_inv[c], op->epi.out_zero[c]);
+                o[c] = requant(act_of(acc[c] + op->fb[c], EQ_CNN_ACT_HS), op->epi.out_inv[c], op->epi.out_zero[c]);
         }
 }
 
@@ -168,11 +191,14 @@ static void channel_means(const int32_t *sum, int32_t npix, int32_t C, const flo
     for (int32_t c = 0; c < C; c++) m[c] = (float)(sum[c] - npix * zero[c]) * scale[c] * inv_n;
 }
 
-/* y[o] = b[o] + sum_c w[o][c] x[c], summed in c order, without fused multiply-adds */
-static void float_layer(const float *w, const float *b, const float *x, int32_t n, int32_t k, float *y) {
+/* y[o] = b[o] + sum_c w[o][c] x[c], summed in c order, without fused multiply-adds;
+ * wt is w transposed (k x n), so that the outputs are one straight loop */
+static void float_layer(const float *wt, const float *b, const float *x, int32_t n, int32_t k, float *y) {
     for (int32_t o = 0; o < n; o++) y[o] = 0.0f;
-    for (int32_t c = 0; c < k; c++)
-        for (int32_t o = 0; o < n; o++) y[o] = y[o] + x[c] * w[(size_t)o * k + c];
+    for (int32_t c = 0; c < k; c++) {
+        const float xc = x[c], *w = wt + (size_t)c * n;
+        for (int32_t o = 0; o < n; o++) y[o] = y[o] + xc * w[o];
+    }
     for (int32_t o = 0; o < n; o++) y[o] = y[o] + b[o];
 }
 
@@ -182,9 +208,10 @@ static void squeeze_excite(eq_cnn *E, const eq_cnn_op *op, uint8_t *x) {
     int32_t *g = E->isum;
     channel_sums(x, npix, C, g);
     channel_means(g, npix, C, op->scale, op->zero, m);
-    float_layer(op->fw, op->fb, m, S, C, h);
+    const float *w1t = op->packed, *w2t = w1t + (size_t)S * C; /* transposed copies */
+    float_layer(w1t, op->fb, m, S, C, h);
     for (int32_t j = 0; j < S; j++) h[j] = h[j] > 0.0f ? h[j] : 0.0f;
-    float_layer(op->fw + (size_t)S * C, op->fb + S, h, C, S, z);
+    float_layer(w2t, op->fb + S, h, C, S, z);
     const float lim = (float)(EQ_CNN_GATE_RANGE * EQ_CNN_GATE_STEPS);
     for (int32_t c = 0; c < C; c++) {
         float y = z[c] * (float)EQ_CNN_GATE_STEPS;
@@ -273,13 +300,17 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
             if (op->res >= 0 && (op->res >= EQ_CNN_MAXBUF || op->res == op->dst || bc[op->res] != op->cout ||
                                  bh[op->res] != op->h_out || bw[op->res] != op->w_out || !op->epi.res_scale))
                 goto shape;
-            if (op->res < 0 && op->epi.res_scale) goto shape;
+            if ((op->res < 0) != (op->epi.res_scale == NULL) || (op->res >= 0 && op->epi.act != EQ_CNN_ACT_NONE))
+                goto shape;
+            packed += 7 * up64((size_t)4 * ((op->cout + 15) & ~15)); /* the epilogue's parameters, padded */
             bh[op->dst] = op->h_out, bw[op->dst] = op->w_out, bc[op->dst] = op->cout;
             const size_t need = (size_t)op->h_out * op->w_out * eq_cnn_c4(op->cout);
             bsize[op->dst] = need > bsize[op->dst] ? need : bsize[op->dst];
             const size_t a = (size_t)op->w_out * ((op->cout + 15) & ~15);
             acc_n = a > acc_n ? a : acc_n;
         }
+        if (op->kind == EQ_CNN_STEM) packed += up64((size_t)4 * 9 * op->cout);
+        if (op->kind == EQ_CNN_SE) packed += up64((size_t)4 * 2 * op->cin * op->cout);
         if (op->kind == EQ_CNN_PW) packed += up64(K->pw_bytes(op->cout, op->cin));
         if (op->kind == EQ_CNN_DW) packed += up64(K->dw_bytes(op->cout, op->k));
     }
@@ -296,7 +327,36 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
     uint8_t *m = E->mem;
     for (int i = 0; i < nops; i++) {
         eq_cnn_op *op = &E->ops[i];
-        if (op->kind == EQ_CNN_PW) {
+        if (op->kind == EQ_CNN_STEM || op->kind == EQ_CNN_PW || op->kind == EQ_CNN_DW) {
+            /* padded copies (zeros after cout; corr of zeros where there is none), so
+             * that SIMD epilogues read whole vectors */
+            eq_cnn_epi *e = &op->epi;
+            const size_t one = up64((size_t)4 * ((op->cout + 15) & ~15)), n4 = (size_t)4 * op->cout;
+            const void *src[7] = {e->corr, e->w_scale, e->bias, e->out_inv, e->out_zero, e->res_scale, e->res_zero};
+            for (int j = 0; j < 7; j++) {
+                if (src[j]) memcpy(m + j * one, src[j], n4);
+            }
+            e->corr = (const int32_t *)m, e->w_scale = (const float *)(m + one), e->bias = (const float *)(m + 2 * one);
+            e->out_inv = (const float *)(m + 3 * one), e->out_zero = (const int32_t *)(m + 4 * one);
+            e->res_scale = e->res_scale ? (const float *)(m + 5 * one) : NULL;
+            e->res_zero = e->res_zero ? (const int32_t *)(m + 6 * one) : NULL;
+            m += 7 * one;
+        }
+        if (op->kind == EQ_CNN_STEM) {
+            float *t = (float *)m;
+            for (int32_t c = 0; c < op->cout; c++)
+                for (int32_t j = 0; j < 9; j++) t[j * op->cout + c] = op->fw[c * 9 + j];
+            op->packed = m, m += up64((size_t)4 * 9 * op->cout);
+        } else if (op->kind == EQ_CNN_SE) {
+            const int32_t C = op->cin, S = op->cout;
+            float *t1 = (float *)m, *t2 = t1 + (size_t)S * C;
+            for (int32_t j = 0; j < S; j++)
+                for (int32_t c = 0; c < C; c++) {
+                    t1[(size_t)c * S + j] = op->fw[(size_t)j * C + c];                 /* w1: S x C */
+                    t2[(size_t)j * C + c] = op->fw[(size_t)S * C + (size_t)c * S + j]; /* w2: C x S */
+                }
+            op->packed = m, m += up64((size_t)4 * 2 * C * S);
+        } else if (op->kind == EQ_CNN_PW) {
             op->packed = m, K->pw_pack(op->w, op->cout, op->cin, m);
             m += up64(K->pw_bytes(op->cout, op->cin));
         } else if (op->kind == EQ_CNN_DW) {
@@ -332,14 +392,14 @@ void eq_cnn_run(eq_cnn *E, const float *mel, float *emb, float *out) {
         const eq_cnn_op *op = &E->ops[i];
         switch (op->kind) {
         case EQ_CNN_STEM:
-            stem(op, mel, E->buf[op->dst]);
+            stem(op, op->packed, mel, E->buf[op->dst]);
             break;
         case EQ_CNN_PW: {
             const int32_t xs = eq_cnn_c4(op->cin), os = eq_cnn_c4(op->cout), accs = (op->cout + 15) & ~15;
             for (int32_t y = 0; y < op->h_out; y++) {
                 const size_t row = (size_t)y * op->w_out;
                 E->K->pw_acc(op->packed, op->cout, op->cin, E->buf[op->src] + row * xs, xs, op->w_out, E->acc, accs);
-                eq_cnn_epilogue(&op->epi, E->acc, accs, op->w_out, op->cout,
+                E->K->epilogue(&op->epi, E->acc, accs, op->w_out, op->cout,
                                 op->res >= 0 ? E->buf[op->res] + row * os : NULL, os, E->buf[op->dst] + row * os, os);
             }
             break;
@@ -348,7 +408,7 @@ void eq_cnn_run(eq_cnn *E, const float *mel, float *emb, float *out) {
             const int32_t cs = eq_cnn_c4(op->cout), accs = (op->cout + 15) & ~15;
             for (int32_t y = 0; y < op->h_out; y++) {
                 E->K->dw_acc(op->packed, op, E->buf[op->src], cs, y, E->acc, accs);
-                eq_cnn_epilogue(&op->epi, E->acc, accs, op->w_out, op->cout, NULL, 0,
+                E->K->epilogue(&op->epi, E->acc, accs, op->w_out, op->cout, NULL, 0,
                                 E->buf[op->dst] + (size_t)y * op->w_out * cs, cs);
             }
             break;

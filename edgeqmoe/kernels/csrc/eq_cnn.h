@@ -63,6 +63,9 @@ typedef struct eq_cnn_kernels {
      * w[tap][c] * (x[iy][ix][c] - zero[c]) */
     void (*dw_acc)(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
                    int32_t *acc, int32_t accs);
+    /* the requantisation of npix pixels (eq_cnn_epilogue is the generic twin) */
+    void (*epilogue)(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
+                     const uint8_t *res, int32_t rs, uint8_t *out, int32_t os);
 } eq_cnn_kernels;
 
 extern const eq_cnn_kernels eq_cnn_generic;
@@ -100,7 +103,8 @@ void eq_cnn_free(eq_cnn *E);
  * when the list ends in dense layers, their output (out_dim). */
 void eq_cnn_run(eq_cnn *E, const float *mel, float *emb, float *out);
 
-/* shared by the variants */
+/* shared by the variants; the generic requantisation. Per-channel parameters are
+ * read as whole vectors by the SIMD twins: the engine keeps copies padded to 16 */
 void eq_cnn_epilogue(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
                      const uint8_t *res, int32_t rs, uint8_t *out, int32_t os);
 /* depthwise weights as int32, tap-major, channels padded to 16, after the input's zero

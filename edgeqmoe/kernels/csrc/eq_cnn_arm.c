@@ -41,6 +41,53 @@ static void dw_acc_neon(const void *packed, const eq_cnn_op *op, const uint8_t *
     }
 }
 
+#define MAGIC 12582912.0f /* as in eq_cnn.c: (y + MAGIC) - MAGIC rounds half to even */
+
+/* the generic requantisation, 8 channels at a time, in the same operations and order
+ * (separate multiplies and adds: vmlaq_f32 would fuse them) */
+static void epilogue_neon(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
+                          const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
+    const float32x4_t zero = vdupq_n_f32(0.0f), three = vdupq_n_f32(3.0f), six = vdupq_n_f32(6.0f),
+                      sixth = vdupq_n_f32((float)(1.0 / 6.0)), lo = vdupq_n_f32(-512.0f), hi = vdupq_n_f32(512.0f),
+                      magic = vdupq_n_f32(MAGIC);
+    for (int32_t p = 0; p < npix; p++) {
+        const int32_t *a = acc + (size_t)p * accs;
+        uint8_t *o = out + (size_t)p * os;
+        for (int32_t c = 0; c < n; c += 8) {
+            uint8_t rb[8] = {0};
+            if (res) memcpy(rb, res + (size_t)p * rs + c, (size_t)(n - c < 8 ? n - c : 8));
+            const uint16x8_t r16 = vmovl_u8(vld1_u8(rb));
+            int32x4_t q[2];
+            for (int h = 0; h < 2; h++) {
+                const int32_t j = c + 4 * h;
+                const int32x4_t s = vaddq_s32(vld1q_s32(a + j), vld1q_s32(e->corr + j));
+                float32x4_t f = vaddq_f32(vmulq_f32(vcvtq_f32_s32(s), vld1q_f32(e->w_scale + j)), vld1q_f32(e->bias + j));
+                if (res) {
+                    const uint32x4_t r = vmovl_u16(h ? vget_high_u16(r16) : vget_low_u16(r16));
+                    const float32x4_t d = vcvtq_f32_s32(vsubq_s32(vreinterpretq_s32_u32(r), vld1q_s32(e->res_zero + j)));
+                    f = vaddq_f32(f, vmulq_f32(d, vld1q_f32(e->res_scale + j)));
+                } else if (e->act == EQ_CNN_ACT_RELU) {
+                    f = vmaxq_f32(f, zero);
+                } else if (e->act == EQ_CNN_ACT_HS) {
+                    const float32x4_t r = vminq_f32(vmaxq_f32(vaddq_f32(f, three), zero), six);
+                    f = vmulq_f32(vmulq_f32(f, r), sixth);
+                }
+                float32x4_t y = vminq_f32(vmaxq_f32(vmulq_f32(f, vld1q_f32(e->out_inv + j)), lo), hi);
+                y = vsubq_f32(vaddq_f32(y, magic), magic);
+                q[h] = vaddq_s32(vcvtq_s32_f32(y), vld1q_s32(e->out_zero + j));
+            }
+            const uint8x8_t b = vqmovn_u16(vcombine_u16(vqmovun_s32(q[0]), vqmovun_s32(q[1])));
+            if (n - c >= 8)
+                vst1_u8(o + c, b);
+            else {
+                uint8_t tmp[8];
+                vst1_u8(tmp, b);
+                memcpy(o + c, tmp, (size_t)(n - c));
+            }
+        }
+    }
+}
+
 /* ==================================================================== NEON */
 
 /* pointwise weights: [k][n rounded to 8] int16: one input's weights for 8 outputs per load */
@@ -75,7 +122,7 @@ static void pw_acc_neon(const void *packed, int32_t n, int32_t k, const uint8_t 
 }
 
 const eq_cnn_kernels eq_cnn_neon = {"neon", pw_bytes_neon, pw_pack_neon, pw_acc_neon,
-                                    eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_neon};
+                                    eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_neon, epilogue_neon};
 
 /* ==================================================================== NEON + sdot */
 
@@ -119,6 +166,6 @@ TDOT static void pw_acc_dot(const void *packed, int32_t n, int32_t k, const uint
 }
 
 const eq_cnn_kernels eq_cnn_dotprod = {"dotprod", pw_bytes_dot, pw_pack_dot, pw_acc_dot,
-                                       eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_neon};
+                                       eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_neon, epilogue_neon};
 
 #endif

@@ -20,7 +20,44 @@ static inline int32_t load4(const uint8_t *p) {
 
 static inline int32_t up16(int32_t n) { return (n + 15) & ~15; }
 
+#define MAGIC 12582912.0f /* as in eq_cnn.c: (y + MAGIC) - MAGIC rounds half to even */
+
 /* ==================================================================== AVX-512 VNNI */
+
+/* the generic requantisation, 16 channels at a time, in the same operations and order */
+T512 static void epilogue_512(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
+                              const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
+    const __m512 zero = _mm512_setzero_ps(), three = _mm512_set1_ps(3.0f), six = _mm512_set1_ps(6.0f),
+                 sixth = _mm512_set1_ps((float)(1.0 / 6.0)), lo = _mm512_set1_ps(-512.0f), hi = _mm512_set1_ps(512.0f),
+                 magic = _mm512_set1_ps(MAGIC);
+    const __m512i i0 = _mm512_setzero_si512(), i255 = _mm512_set1_epi32(255);
+    for (int32_t p = 0; p < npix; p++) {
+        const int32_t *a = acc + (size_t)p * accs;
+        uint8_t *o = out + (size_t)p * os;
+        for (int32_t c = 0; c < n; c += 16) {
+            const __mmask16 m = n - c >= 16 ? 0xffff : (__mmask16)((1u << (n - c)) - 1);
+            const __m512i s = _mm512_add_epi32(_mm512_loadu_si512((const void *)(a + c)),
+                                               _mm512_load_si512((const void *)(e->corr + c)));
+            __m512 f = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_load_ps(e->w_scale + c)),
+                                     _mm512_load_ps(e->bias + c));
+            if (res) {
+                const __m512i r = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, res + (size_t)p * rs + c));
+                const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(r, _mm512_load_si512((const void *)(e->res_zero + c))));
+                f = _mm512_add_ps(f, _mm512_mul_ps(d, _mm512_load_ps(e->res_scale + c)));
+            } else if (e->act == EQ_CNN_ACT_RELU) {
+                f = _mm512_max_ps(f, zero);
+            } else if (e->act == EQ_CNN_ACT_HS) {
+                const __m512 r = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(f, three), zero), six);
+                f = _mm512_mul_ps(_mm512_mul_ps(f, r), sixth);
+            }
+            __m512 y = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(f, _mm512_load_ps(e->out_inv + c)), lo), hi);
+            y = _mm512_sub_ps(_mm512_add_ps(y, magic), magic);
+            __m512i q = _mm512_add_epi32(_mm512_cvttps_epi32(y), _mm512_load_si512((const void *)(e->out_zero + c)));
+            q = _mm512_min_epi32(_mm512_max_epi32(q, i0), i255);
+            _mm512_mask_cvtepi32_storeu_epi8(o + c, m, q);
+        }
+    }
+}
 
 /* pointwise weights: [k/4][n rounded to 16][4] int8, so one 64-byte load holds four
  * inputs of 16 outputs */
@@ -90,7 +127,7 @@ T512 static void dw_acc_512(const void *packed, const eq_cnn_op *op, const uint8
 }
 
 const eq_cnn_kernels eq_cnn_avx512 = {"avx512", pw_bytes_512, pw_pack_512, pw_acc_512,
-                                      eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_512};
+                                      eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_512, epilogue_512};
 
 /* ==================================================================== AVX2 */
 
@@ -104,6 +141,50 @@ static void pw_pack_2(const int8_t *w, int32_t n, int32_t k, void *out) {
     memset(o, 0, pw_bytes_2(n, k));
     for (int32_t r = 0; r < n; r++)
         for (int32_t c = 0; c < k; c++) o[((size_t)(c / 2) * n8 + r) * 2 + c % 2] = w[(size_t)r * k + c];
+}
+
+/* the generic requantisation, 8 channels at a time, in the same operations and order */
+T2 static void epilogue_2(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
+                          const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
+    const __m256 zero = _mm256_setzero_ps(), three = _mm256_set1_ps(3.0f), six = _mm256_set1_ps(6.0f),
+                 sixth = _mm256_set1_ps((float)(1.0 / 6.0)), lo = _mm256_set1_ps(-512.0f), hi = _mm256_set1_ps(512.0f),
+                 magic = _mm256_set1_ps(MAGIC);
+    const __m256i i0 = _mm256_setzero_si256(), i255 = _mm256_set1_epi32(255);
+    for (int32_t p = 0; p < npix; p++) {
+        const int32_t *a = acc + (size_t)p * accs;
+        uint8_t *o = out + (size_t)p * os;
+        for (int32_t c = 0; c < n; c += 8) {
+            const __m256i s = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(a + c)),
+                                               _mm256_load_si256((const __m256i *)(e->corr + c)));
+            __m256 f = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_load_ps(e->w_scale + c)),
+                                     _mm256_load_ps(e->bias + c));
+            if (res) {
+                uint8_t rb[8] = {0};
+                memcpy(rb, res + (size_t)p * rs + c, (size_t)(n - c < 8 ? n - c : 8));
+                const __m256i r = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)rb));
+                const __m256 d = _mm256_cvtepi32_ps(_mm256_sub_epi32(r, _mm256_load_si256((const __m256i *)(e->res_zero + c))));
+                f = _mm256_add_ps(f, _mm256_mul_ps(d, _mm256_load_ps(e->res_scale + c)));
+            } else if (e->act == EQ_CNN_ACT_RELU) {
+                f = _mm256_max_ps(f, zero);
+            } else if (e->act == EQ_CNN_ACT_HS) {
+                const __m256 r = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(f, three), zero), six);
+                f = _mm256_mul_ps(_mm256_mul_ps(f, r), sixth);
+            }
+            __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(f, _mm256_load_ps(e->out_inv + c)), lo), hi);
+            y = _mm256_sub_ps(_mm256_add_ps(y, magic), magic);
+            __m256i q = _mm256_add_epi32(_mm256_cvttps_epi32(y), _mm256_load_si256((const __m256i *)(e->out_zero + c)));
+            q = _mm256_min_epi32(_mm256_max_epi32(q, i0), i255);
+            const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+            const __m128i b8 = _mm_packus_epi16(w16, w16);
+            if (n - c >= 8)
+                _mm_storel_epi64((__m128i *)(o + c), b8);
+            else {
+                uint8_t tmp[16];
+                _mm_storeu_si128((__m128i *)tmp, b8);
+                memcpy(o + c, tmp, (size_t)(n - c));
+            }
+        }
+    }
 }
 
 #define PW2_TILE 4
@@ -152,6 +233,6 @@ T2 static void dw_acc_2(const void *packed, const eq_cnn_op *op, const uint8_t *
     }
 }
 
-const eq_cnn_kernels eq_cnn_avx2 = {"avx2", pw_bytes_2, pw_pack_2, pw_acc_2, eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_2};
+const eq_cnn_kernels eq_cnn_avx2 = {"avx2", pw_bytes_2, pw_pack_2, pw_acc_2, eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_2, epilogue_2};
 
 #endif

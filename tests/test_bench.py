@@ -1,6 +1,7 @@
 """Tiny runs of the benchmarks, so they never rot."""
 import json
 import os
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -130,19 +131,22 @@ def test_routing_stability_compares_three_routings():
 
 
 def test_bench_embedders_times_mn04_on_each_runtime(tmp_path, weights_dir):
-    """mn04 on ONNX Runtime and on torch, side by side in one run."""
+    """mn04 on our integer kernels, ONNX Runtime and torch, side by side in one run."""
     pytest.importorskip("onnxruntime")
     out = tmp_path / "e.json"
     res = CliRunner().invoke(app, ["bench", "embedders", "-e", "mn04", "--rounds", "1", "--per-round", "3",
                                    "--json", str(out)])
     assert res.exit_code == 0, res.output
     rows = {(r["embedder"], r["what"]): r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {(e, w) for e in ("mn04/onnxruntime", "mn04/torch") for w in ("whole", "network")}
+    assert set(rows) == {(e, w) for e in ("mn04/int8", "mn04/onnxruntime", "mn04/torch") for w in ("whole", "network")}
     for r in rows.values():
         assert r["median_ms"] > 0 and r["p99_ms"] >= r["median_ms"] and r["n"] == 3 and r["window_s"] == 1.0
     assert rows[("mn04/onnxruntime", "whole")]["impl"] == "mn04/onnxruntime-fp32"
     assert rows[("mn04/torch", "network")]["runtime"] == "torch-fp32"
-    assert "faster than mn04 on torch" in res.output
+    assert rows[("mn04/int8", "network")]["impl"] == "mn04/int8" and rows[("mn04/int8", "whole")]["version"] == "1-int8"
+    for who in ("mn04/int8 whole", "mn04/int8 network", "mn04/onnxruntime network"):
+        assert re.search(who + r": [0-9.]+x (faster|slower) than mn04/torch", res.output), res.output
+    assert re.search(r"mn04/int8 network: [0-9.]+x (faster|slower) than mn04/onnxruntime", res.output)
 
 
 def test_weights_convert_writes_the_onnx_file(tmp_path, weights_dir):

@@ -14,6 +14,10 @@ undecided; a clip with every window 'other' counts as a miss (no class). The shi
 was fitted on all folds (and on non-target audio), so its held-out cost here is, if
 anything, understated.
 
+``--test-runtime int8`` also scores each fold's model and LR (trained on the fp32
+embeddings, as the shipped bundles are) on the held-out fold embedded by the integer
+mn04 (``model.embedder_runtime: int8``): what a bundle loses when a profile runs on it.
+
 ``--write FILE`` puts the table in FILE between the markers below (replacing an older
 one), so MODEL_CARDS.md carries the figures of the last run.
 """
@@ -58,6 +62,17 @@ def audioset_target(data: str, weights: str, window: float, hop: float, n_rows: 
     return t, rule.threshold
 
 
+def runtime_cache(data: str, weights: str, cache: str, window: float, runtime: str) -> str:
+    """The dataset's embeddings by mn04 on ``runtime`` (cached beside the fp32 ones)."""
+    from edgeqmoe.audio.datasets import read_dataset
+    from edgeqmoe.embed import get_embedder
+    from edgeqmoe.embed.cache import cache_name, embed_dataset
+
+    ds, emb = read_dataset(data), get_embedder("mn04", weights=weights, runtime=runtime)
+    embed_dataset(ds, emb, cache, window=window, hop=window / 2)
+    return os.path.join(cache, f"{cache_name(ds, emb, window, window / 2)}.npz")
+
+
 def main() -> None:
     from sklearn.linear_model import LogisticRegression
 
@@ -76,6 +91,8 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=2.0)
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--write", default=None)
+    ap.add_argument("--test-runtime", default=None, choices=("int8",),
+                    help="also score the held-out folds embedded by this mn04 runtime")
     a = ap.parse_args()
     t0 = time.time()
     rows, target, cache_of = [], {}, {}
@@ -88,6 +105,11 @@ def main() -> None:
         cache = cache_of.get(embedder) or embed_if_needed(cfg, log=lambda *x: None)
         cache_of[embedder] = cache
         d = load_data(cache)
+        d_test = None
+        if a.test_runtime and embedder == "mn04":
+            d_test = load_data(runtime_cache(a.data, a.weights, a.cache, a.window, a.test_runtime))
+            if not (np.array_equal(d_test.y, d.y) and np.array_equal(d_test.clip, d.clip)):
+                raise SystemExit(f"the {a.test_runtime} embeddings are not in the order of the fp32 ones")
         if embedder == "mn04" and "mn04" not in target:
             target["mn04"] = audioset_target(a.data, a.weights, a.window, a.window / 2, len(d.y))
         folds = []
@@ -100,6 +122,12 @@ def main() -> None:
             lr = LogisticRegression(max_iter=5000).fit((dtr.X - mean) / std, dtr.y)
             p_lr = lr.predict_proba((dte.X - mean) / std)
             row = {"fold": fold}
+            if d_test is not None:
+                X8 = d_test.subset(te).X
+                p8 = predict_proba(t.model, ((X8 - t.mean) / t.std).astype(np.float32))
+                row["model_q"] = clip_scores(p8, dte.y, dte.clip, d.n_classes)["weighted_f1"]
+                row["lr_q"] = clip_scores(lr.predict_proba((X8 - mean) / std), dte.y, dte.clip,
+                                          d.n_classes)["weighted_f1"]
             for who, p in (("model", p_model), ("lr", p_lr)):
                 row[who] = clip_scores(p, dte.y, dte.clip, d.n_classes)["weighted_f1"]
                 if embedder == "mn04":
@@ -111,6 +139,8 @@ def main() -> None:
                     row["windows_other"] = float(1 - keep.mean())
             folds.append(row)
             print(f"{name} {fold}: model {row['model']:.4f}, LR {row['lr']:.4f}"
+                  + (f"; tested on {a.test_runtime}: model {row['model_q']:.4f}, LR {row['lr_q']:.4f}"
+                     if "model_q" in row else "")
                   + (f"; with the open-set rule model {row['model_rule']:.4f}, LR {row['lr_rule']:.4f} "
                      f"({100 * row['windows_other']:.1f}% of windows other, {row['clips_lost']} clips with none left)"
                      if "model_rule" in row else ""), flush=True)
@@ -137,6 +167,15 @@ def main() -> None:
         lost = str(sum(f["clips_lost"] for f in folds)) if "clips_lost" in folds[0] else "-"
         lines.append(f"| {name} | {cell(folds, 'model')} | {cell(folds, 'lr')} | {cell(folds, 'model_rule')} | "
                      f"{cell(folds, 'lr_rule')} | {other} | {lost} |")
+    if a.test_runtime:
+        lines += ["", f"Held-out folds embedded by mn04 on the {a.test_runtime} runtime (models and LR trained on fp32 "
+                      "embeddings, as the shipped bundles are):", "",
+                  "| profile | model, fp32 | model, " + a.test_runtime + " | LR, fp32 | LR, " + a.test_runtime + " |",
+                  "|---|---|---|---|---|"]
+        for name, _embedder, folds in rows:
+            if "model_q" in folds[0]:
+                lines.append(f"| {name} | {cell(folds, 'model')} | {cell(folds, 'model_q')} | {cell(folds, 'lr')} | "
+                             f"{cell(folds, 'lr_q')} |")
     lines.append(END)
     table = "\n".join(lines)
     print(table)

@@ -31,8 +31,9 @@ def run_bench(embedders: List[str], window_s: float = 1.0, sr: int = 16000, roun
     windows = [np.ascontiguousarray(audio[s:s + n]) for s in starts]
     built, skipped = {}, {}
     for e in embedders:  # one without its weights is skipped and said; the others are still timed
-        # mn04 on each runtime that is installed: ONNX Runtime (no torch) and torch, side by side
-        for rt in (("onnxruntime", "torch") if e == "mn04" else ("auto",)):
+        # mn04 on each runtime that is installed: our integer kernels, ONNX Runtime (fp32, no
+        # torch) and torch, side by side
+        for rt in (("int8", "onnxruntime", "torch") if e == "mn04" else ("auto",)):
             key = e if rt == "auto" else f"{e}/{rt}"
             try:
                 built[key] = get_embedder(e, weights=weights, threads=1, runtime=rt)
@@ -92,12 +93,14 @@ def format_table(result: Dict) -> str:
         lines.append(f"{r['embedder']:18} {r['what']:8} {r['dim']:4d} {r['window_s']:6.2f}s {r['median_ms']:10.3f} "
                      f"{r['p95_ms']:8.3f} {r['p99_ms']:8.3f} {r['n']:6d}")
     rows = {(r["embedder"], r["what"]): r for r in result["rows"]}
-    base = [r for r in result["rows"] if r["embedder"] == "mn04/torch"]
-    for r in result["rows"]:
-        ref = rows.get(("mn04/torch", r["what"]))
-        if base and ref is not None and r["embedder"] != "mn04/torch":
-            lines.append(f"  {r['embedder']} {r['what']}: {ref['median_ms'] / r['median_ms']:.2f}x faster than "
-                         f"mn04 on torch (medians, same run)")
+    for r in result["rows"]:  # each against the full-precision runtimes of the same run
+        for base in ("mn04/onnxruntime", "mn04/torch"):
+            ref = rows.get((base, r["what"]))
+            if ref is None or r["embedder"] == base or not r["embedder"].startswith("mn04/"):
+                continue
+            speed = ref["median_ms"] / r["median_ms"]
+            lines.append(f"  {r['embedder']} {r['what']}: {max(speed, 1 / speed):.2f}x "
+                         f"{'faster' if speed >= 1 else 'slower'} than {base} (medians, same run)")
     for name, why in result.get("skipped", {}).items():
         lines.append(f"{name:18} not timed: {why}")
     return "\n".join(lines)

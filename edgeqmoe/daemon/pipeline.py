@@ -65,7 +65,7 @@ def build(profile: Profile, say=None) -> Built:
         path = profile.model.bundle_path(bundle_name)
         b = load_bundle(path)
         emb = get_embedder(b.embedder["id"], weights=profile.model.weights, threads=profile.runtime.threads,
-                           runtime=profile.model.embedder_runtime, say=say)
+                           runtime=profile.model.embedder_runtime, say=say, kernel=profile.model.kernel)
         model = load_model(b, kernel=profile.model.kernel, embedder=emb.info,
                            evaluate_all=profile.model.evaluate_all_experts,
                            routing=profile.model.routing)

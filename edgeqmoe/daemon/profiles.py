@@ -49,9 +49,9 @@ class ModelSettings:
                                                      "bundle's embedder weights are missing")
     weights: Optional[str] = field(None, doc="embedder weights (file or folder); default: the usual search")
     kernel: str = field("simd", doc="ref, generic, simd, or a variant name (avx512vbmi, avx512, avx2, neon, dotprod)")
-    embedder_runtime: str = field("auto", choices=("auto", "onnxruntime", "torch"),
+    embedder_runtime: str = field("auto", choices=("auto", "onnxruntime", "torch", "int8"),
                                   doc="mn04: auto (ONNX Runtime when installed, else torch), onnxruntime (fp32, "
-                                      "no torch), torch")
+                                      "no torch), torch, int8 (our integer kernels, the model.kernel variant)")
     evaluate_all_experts: bool = field(False, doc="MoE: run every expert on every window (fixed work)")
     routing: str = field("trained", choices=ROUTING_MODES,
                          doc="MoE: trained (as the bundle was trained, curiosity included), router (the "

@@ -1,4 +1,5 @@
-"""Embedders: ``mn04`` (AudioSet-pretrained CNN, on ONNX Runtime or torch) and
+"""Embedders: ``mn04`` (AudioSet-pretrained CNN, on ONNX Runtime, torch, or our integer
+kernels) and
 ``logmel-stats`` (weight-free, numpy). ``get_embedder(id)`` builds one; mn04 imports
 torch only when it runs on torch."""
 
@@ -12,21 +13,26 @@ from .weights import WeightsError
 EMBEDDERS = ("mn04", "logmel-stats")
 
 
-#: how mn04 can run: ONNX Runtime fp32 (no torch), or the torch module
-RUNTIMES = ("auto", "onnxruntime", "torch")
+#: how mn04 can run: ONNX Runtime fp32 (no torch), the torch module, or int8 on our kernels
+RUNTIMES = ("auto", "onnxruntime", "torch", "int8")
 
 
 def get_embedder(embedder_id: str, weights: Optional[str] = None, threads: int = 1, runtime: str = "auto",
-                 say=None) -> Embedder:
+                 say=None, kernel: str = "simd") -> Embedder:
     """``runtime`` (mn04): ``auto`` is ONNX Runtime when installed (the daemon then
     never imports torch), else torch; the first use of a weights file with ONNX Runtime
-    converts it once (``say`` is told)."""
+    converts it once (``say`` is told). ``int8`` runs the integer network on our C
+    kernels (variant ``kernel``), built from the weights and the shipped calibration."""
     if embedder_id == "mn04":
         from .weights import MN04_WEIGHTS, resolve
 
         path = resolve(MN04_WEIGHTS, weights)  # before any runtime loads: a machine without weights never does
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown embedder runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+        if runtime == "int8":
+            from .mn04_int8 import MN04Int8Embedder
+
+            return MN04Int8Embedder(weights=str(path), kernel=kernel)
         from .mn04_onnx import onnxruntime_available
 
         if runtime == "onnxruntime" or (runtime == "auto" and onnxruntime_available()):

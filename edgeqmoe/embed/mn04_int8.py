@@ -29,7 +29,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .mn04_spec import BN_EPS, MN04_BLOCKS
+from ..audio.frontend import MN04_MEL, log_mel
+from .base import Embedder, EmbedderInfo, resample
+from .mn04_spec import BN_EPS, EMBED_DIM, MN04_BLOCKS
 
 F32 = np.float32
 SIXTH = F32(1.0 / 6.0)
@@ -421,3 +423,51 @@ class Engine:
         emb, out = np.empty((B, self.emb_dim), np.float32), np.empty((B, self.out_dim), np.float32)
         eng.run(mel, emb, out)
         return emb, out
+
+
+# ---------------------------------------------------------------------------------------------
+# the embedder
+
+
+class MN04Int8Embedder(Embedder):
+    """mn04 on our integer kernels (``model.embedder_runtime: int8``): built at start from
+    the pretrained weights (sha256 checked by ``resolve``) and the shipped calibration in
+    about 0.2 s, no torch and no ONNX Runtime. ``kernel`` is the profile's kernel choice:
+    a C variant, or ``ref`` for the numpy reference (slow; for checks)."""
+
+    info = EmbedderInfo(id="mn04", version="1-int8", sample_rate=MN04_MEL.sample_rate, dim=EMBED_DIM)
+    runtime = "int8"
+
+    def __init__(self, weights: Optional[str] = None, kernel: str = "simd"):
+        from ..kernels import resolve_variant
+        from .ptfile import CheckpointError, read_state_dict
+        from .weights import MN04_WEIGHTS, WeightsError, resolve, sha256_of
+
+        src = resolve(MN04_WEIGHTS, weights)
+        self.weights_path, self.source_sha256 = str(src), sha256_of(src)
+        try:
+            net = layers(read_state_dict(src))
+        except (CheckpointError, KeyError) as e:
+            raise WeightsError(f"{src}: cannot build the integer embedder from it ({e})") from None
+        try:
+            calib = load_calibration()
+        except (OSError, KeyError, ValueError) as e:
+            raise WeightsError(f"the integer embedder's calibration {CALIBRATION_FILE} cannot be read ({e}); "
+                               "reinstall edgeqmoe") from None
+        self.q = quantize(net, calib)
+        self.variant = resolve_variant(kernel)
+        self.engine = None if self.variant == "ref" else Engine(self.q, self.variant)
+        self.converted = False
+
+    def forward_mel(self, mel: np.ndarray):
+        """mel (B, 128, T) -> (embeddings (B, 384), logits (B, 527))."""
+        if self.engine is None:
+            return int_forward(self.q, np.nan_to_num(np.asarray(mel, dtype=F32), nan=0.0, posinf=0.0, neginf=0.0))
+        return self.engine.forward_mel(mel)
+
+    def _embed_batch(self, waves: np.ndarray) -> np.ndarray:
+        return self.forward_mel(log_mel(waves, MN04_MEL))[0]
+
+    def embed_with_logits(self, waves: np.ndarray, sr: int):
+        """Windows (B, n) at ``sr`` -> (embeddings, AudioSet logits)."""
+        return self.forward_mel(log_mel(resample(np.atleast_2d(waves), sr, self.info.sample_rate), MN04_MEL))

@@ -5,39 +5,8 @@
 #include <string.h>
 
 #include "eq_cnn.h"
+#include "eq_cnn_body.h"
 #include "eq_kernels.h"
-
-#define MAGIC 12582912.0f /* 1.5 * 2^23: (y + MAGIC) - MAGIC rounds |y| < 2^22 half to even, as rint */
-
-static inline float act_of(float f, int act) {
-    if (act == EQ_CNN_ACT_RELU) return f > 0.0f ? f : 0.0f;
-    if (act == EQ_CNN_ACT_HS) {
-        float r = f + 3.0f;
-        r = r < 0.0f ? 0.0f : r;
-        r = r > 6.0f ? 6.0f : r;
-        return f * r * (float)(1.0 / 6.0);
-    }
-    return f;
-}
-
-static inline uint8_t requant(float f, float inv, int32_t zero) {
-    float y = f * inv;
-    y = y < -512.0f ? -512.0f : y;
-    y = y > 512.0f ? 512.0f : y;
-    int32_t v = (int32_t)((y + MAGIC) - MAGIC) + zero;
-    return (uint8_t)(v < 0 ? 0 : (v > 255 ? 255 : v));
-}
-
-/* one pixel row; act and res constant where it is inlined, so that the compiler makes
- * a straight (vectorisable) loop of each case */
-static inline __attribute__((always_inline)) void epi_row(const eq_cnn_epi *e, const int32_t *a, int32_t n,
-                                                           const uint8_t *r, uint8_t *o, int act, int res) {
-    for (int32_t c = 0; c < n; c++) {
-        float f = (float)(a[c] + e->corr[c]) * e->w_scale[c] + e->bias[c];
-        if (res) f = f + (float)((int32_t)r[c] - e->res_zero[c]) * e->res_scale[c];
-        o[c] = requant(act_of(f, act), e->out_inv[c], e->out_zero[c]);
-    }
-}
 
 void eq_cnn_epilogue(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
                      const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
@@ -131,7 +100,7 @@ static void dw_acc_generic(const void *packed, const eq_cnn_op *op, const uint8_
 
 const eq_cnn_kernels eq_cnn_generic = {"generic", pw_bytes_generic, pw_pack_generic, pw_acc_generic,
                                        dw_bytes_generic, dw_pack_generic, dw_acc_generic,
-                                       eq_cnn_epilogue};
+                                       eq_cnn_epilogue, eq_cnn_stem_generic, eq_cnn_se_generic};
 
 const eq_cnn_kernels *eq_cnn_find(const char *name) {
     const eq_kernels *heads[16];
@@ -149,85 +118,21 @@ const eq_cnn_kernels *eq_cnn_find(const char *name) {
     return !strcmp(name, "generic") ? &eq_cnn_generic : NULL;
 }
 
-/* ---------------------------------------------------------------- the parts every variant shares */
+static size_t up64(size_t n) { return (n + 63) & ~(size_t)63; }
 
-/* the float stem: op->fw is kept transposed (tap-major, fw_t) by the engine, so that
- * the channels of a pixel are one straight loop; the taps in their order */
-static void stem(const eq_cnn_op *op, const float *fw_t, const float *mel, uint8_t *out) {
-    const int32_t C = op->cout, cs = eq_cnn_c4(C);
-    float acc[64], v[9];
-    for (int32_t oy = 0; oy < op->h_out; oy++)
-        for (int32_t ox = 0; ox < op->w_out; ox++) {
-            const int32_t y0 = 2 * oy - 1, x0 = 2 * ox - 1;
-            if (y0 >= 0 && y0 + 2 < op->h_in && x0 >= 0 && x0 + 2 < op->w_in) {
-                const float *r = mel + (size_t)y0 * op->w_in + x0;
-                for (int32_t t = 0; t < 9; t++) v[t] = r[(size_t)(t / 3) * op->w_in + t % 3];
-            } else {
-                for (int32_t t = 0; t < 9; t++) {
-                    const int32_t iy = y0 + t / 3, ix = x0 + t % 3;
-                    v[t] = (iy >= 0 && iy < op->h_in && ix >= 0 && ix < op->w_in) ? mel[(size_t)iy * op->w_in + ix] : 0.0f;
-                }
-            }
-            for (int32_t c = 0; c < C; c++) acc[c] = 0.0f;
-            for (int32_t t = 0; t < 9; t++)
-                for (int32_t c = 0; c < C; c++) acc[c] = acc[c] + v[t] * fw_t[t * C + c];
-            uint8_t *o = out + ((size_t)oy * op->w_out + ox) * cs;
-            for (int32_t c = 0; c < C; c++)
-                o[c] = requant(act_of(acc[c] + op->fb[c], EQ_CNN_ACT_HS), op->epi.out_inv[c], op->epi.out_zero[c]);
-        }
+/* ---------------------------------------------------------------- the generic twins of the shared parts */
+
+void eq_cnn_stem_generic(const eq_cnn_op *op, const float *mel, uint8_t *out, float *scratch) {
+    stem_body(op, mel, out, scratch);
 }
 
-static void channel_sums(const uint8_t *x, int32_t npix, int32_t C, int32_t *sum) {
-    const int32_t cs = eq_cnn_c4(C);
-    for (int32_t c = 0; c < C; c++) sum[c] = 0;
-    for (int32_t p = 0; p < npix; p++)
-        for (int32_t c = 0; c < C; c++) sum[c] += x[(size_t)p * cs + c];
+void eq_cnn_se_generic(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t *sums, uint8_t *x) {
+    se_body(op, gate, fs, sums, x);
 }
 
-/* mean of each channel (real value) from its integer sum */
-static void channel_means(const int32_t *sum, int32_t npix, int32_t C, const float *scale, const int32_t *zero,
-                          float *m) {
-    const float inv_n = (float)(1.0 / (double)npix);
-    for (int32_t c = 0; c < C; c++) m[c] = (float)(sum[c] - npix * zero[c]) * scale[c] * inv_n;
-}
-
-/* y[o] = b[o] + sum_c w[o][c] x[c], summed in c order, without fused multiply-adds;
- * wt is w transposed (k x n), so that the outputs are one straight loop */
-static void float_layer(const float *wt, const float *b, const float *x, int32_t n, int32_t k, float *y) {
-    for (int32_t o = 0; o < n; o++) y[o] = 0.0f;
-    for (int32_t c = 0; c < k; c++) {
-        const float xc = x[c], *w = wt + (size_t)c * n;
-        for (int32_t o = 0; o < n; o++) y[o] = y[o] + xc * w[o];
-    }
-    for (int32_t o = 0; o < n; o++) y[o] = y[o] + b[o];
-}
-
-static void squeeze_excite(eq_cnn *E, const eq_cnn_op *op, uint8_t *x) {
-    const int32_t C = op->cin, S = op->cout, npix = op->h_in * op->w_in, cs = eq_cnn_c4(C);
-    float *m = E->fscratch, *h = m + C, *z = h + S;
-    int32_t *g = E->isum;
-    channel_sums(x, npix, C, g);
-    channel_means(g, npix, C, op->scale, op->zero, m);
-    const float *w1t = op->packed, *w2t = w1t + (size_t)S * C; /* transposed copies */
-    float_layer(w1t, op->fb, m, S, C, h);
-    for (int32_t j = 0; j < S; j++) h[j] = h[j] > 0.0f ? h[j] : 0.0f;
-    float_layer(w2t, op->fb + S, h, C, S, z);
-    const float lim = (float)(EQ_CNN_GATE_RANGE * EQ_CNN_GATE_STEPS);
-    for (int32_t c = 0; c < C; c++) {
-        float y = z[c] * (float)EQ_CNN_GATE_STEPS;
-        y = y < -lim ? -lim : (y > lim ? lim : y);
-        g[c] = E->gate[(int32_t)((y + MAGIC) - MAGIC) + EQ_CNN_GATE_RANGE * EQ_CNN_GATE_STEPS];
-    }
-    for (int32_t p = 0; p < npix; p++) {
-        uint8_t *xp = x + (size_t)p * cs;
-        for (int32_t c = 0; c < C; c++) {
-            const int32_t d = (int32_t)xp[c] - op->zero[c];
-            xp[c] = (uint8_t)(op->zero[c] + ((d * g[c] + (1 << 14)) >> 15));
-        }
-    }
-}
-
-/* int8 per vector (max-abs), int8 weights per row, then the float epilogue and act */
+/* int8 per vector (max-abs), int8 weights per row, then the float epilogue and act. The
+ * products run on the variant's pointwise kernel: the codes offset by 128 to uint8, and
+ * 128 x each row's weight sum taken back (exact) */
 static void dense(eq_cnn *E, const eq_cnn_op *op, const float *x, float *y) {
     const int32_t k = op->cin, n = op->cout;
     float amax = 0.0f;
@@ -236,23 +141,20 @@ static void dense(eq_cnn *E, const eq_cnn_op *op, const float *x, float *y) {
         amax = a > amax ? a : amax;
     }
     const float safe = amax > 0.0f ? amax : 1.0f, inv = 127.0f / safe, sa = safe / 127.0f;
-    int32_t *q = E->iq;
-    for (int32_t c = 0; c < k; c++) {
-        float v = (x[c] * inv + MAGIC) - MAGIC;
+    uint8_t *q = (uint8_t *)E->iq;
+    for (int32_t c = 0; c < eq_cnn_c4(k); c++) {
+        float v = c < k ? (x[c] * inv + MAGIC) - MAGIC : 0.0f;
         v = v < -127.0f ? -127.0f : (v > 127.0f ? 127.0f : v);
-        q[c] = (int32_t)v;
+        q[c] = (uint8_t)((int32_t)v + 128);
     }
-    for (int32_t o = 0; o < n; o++) {
-        const int8_t *w = op->w + (size_t)o * k;
-        int32_t s = 0;
-        for (int32_t c = 0; c < k; c++) s += (int32_t)w[c] * q[c];
-        y[o] = act_of((float)s * op->scale[o] * sa + op->fb[o], op->epi.act);
-    }
+    int32_t *acc = E->acc;
+    const int32_t *sum = (const int32_t *)((const uint8_t *)op->packed + up64(E->K->pw_bytes(n, k)));
+    E->K->pw_acc(op->packed, n, k, q, eq_cnn_c4(k), 1, acc, (n + 15) & ~15);
+    for (int32_t o = 0; o < n; o++)
+        y[o] = act_of((float)(acc[o] - 128 * sum[o]) * op->scale[o] * sa + op->fb[o], op->epi.act);
 }
 
 /* ---------------------------------------------------------------- the engine */
-
-static size_t up64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int nops, const int32_t *gate,
                 int32_t n_mels, int32_t frames) {
@@ -291,6 +193,7 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
         } else if (op->kind == EQ_CNN_DENSE) {
             if (!pooled || op->cin != vec) goto shape;
             vec = op->cout, E->out_dim = op->cout;
+            acc_n = (size_t)((op->cout + 15) & ~15) > acc_n ? (size_t)((op->cout + 15) & ~15) : acc_n;
         } else {
             goto shape;
         }
@@ -309,7 +212,11 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
             const size_t a = (size_t)op->w_out * ((op->cout + 15) & ~15);
             acc_n = a > acc_n ? a : acc_n;
         }
-        if (op->kind == EQ_CNN_STEM) packed += up64((size_t)4 * 9 * op->cout);
+        if (op->kind == EQ_CNN_STEM) {
+            const int32_t need = (op->cout + 9) * ((op->w_out + 15) & ~15);
+            se_max = need > se_max ? need : se_max;
+        }
+        if (op->kind == EQ_CNN_DENSE) packed += up64(K->pw_bytes(op->cout, op->cin)) + up64((size_t)4 * op->cout);
         if (op->kind == EQ_CNN_SE) packed += up64((size_t)4 * 2 * op->cin * op->cout);
         if (op->kind == EQ_CNN_PW) packed += up64(K->pw_bytes(op->cout, op->cin));
         if (op->kind == EQ_CNN_DW) packed += up64(K->dw_bytes(op->cout, op->k));
@@ -342,11 +249,15 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
             e->res_zero = e->res_zero ? (const int32_t *)(m + 6 * one) : NULL;
             m += 7 * one;
         }
-        if (op->kind == EQ_CNN_STEM) {
-            float *t = (float *)m;
-            for (int32_t c = 0; c < op->cout; c++)
-                for (int32_t j = 0; j < 9; j++) t[j * op->cout + c] = op->fw[c * 9 + j];
-            op->packed = m, m += up64((size_t)4 * 9 * op->cout);
+        if (op->kind == EQ_CNN_DENSE) { /* packed as a pointwise layer, then each row's weight sum */
+            op->packed = m, K->pw_pack(op->w, op->cout, op->cin, m);
+            m += up64(K->pw_bytes(op->cout, op->cin));
+            int32_t *sum = (int32_t *)m;
+            for (int32_t o = 0; o < op->cout; o++) {
+                sum[o] = 0;
+                for (int32_t c = 0; c < op->cin; c++) sum[o] += op->w[(size_t)o * op->cin + c];
+            }
+            m += up64((size_t)4 * op->cout);
         } else if (op->kind == EQ_CNN_SE) {
             const int32_t C = op->cin, S = op->cout;
             float *t1 = (float *)m, *t2 = t1 + (size_t)S * C;
@@ -392,7 +303,7 @@ void eq_cnn_run(eq_cnn *E, const float *mel, float *emb, float *out) {
         const eq_cnn_op *op = &E->ops[i];
         switch (op->kind) {
         case EQ_CNN_STEM:
-            stem(op, op->packed, mel, E->buf[op->dst]);
+            E->K->stem(op, mel, E->buf[op->dst], E->fscratch);
             break;
         case EQ_CNN_PW: {
             const int32_t xs = eq_cnn_c4(op->cin), os = eq_cnn_c4(op->cout), accs = (op->cout + 15) & ~15;
@@ -414,7 +325,7 @@ void eq_cnn_run(eq_cnn *E, const float *mel, float *emb, float *out) {
             break;
         }
         case EQ_CNN_SE:
-            squeeze_excite(E, op, E->buf[op->src]);
+            E->K->se(op, E->gate, E->fscratch, E->isum, E->buf[op->src]);
             break;
         case EQ_CNN_POOL: {
             const int32_t npix = op->h_in * op->w_in;

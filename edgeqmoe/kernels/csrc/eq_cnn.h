@@ -45,7 +45,7 @@ typedef struct eq_cnn_op {
     const float *scale; /* SE, POOL: input scales; DENSE: w_scale */
     const int32_t *zero; /* SE, POOL: input zero points; DW: input zero points */
     eq_cnn_epi epi;   /* STEM, PW, DW */
-    void *packed;     /* PW, DW: weights in the variant's layout (the engine's memory) */
+    void *packed;     /* PW, DW, DENSE: weights in the variant's layout (the engine's memory) */
 } eq_cnn_op;
 
 /* A variant: the two convolutions' accumulators in its own weight layout. */
@@ -66,6 +66,10 @@ typedef struct eq_cnn_kernels {
     /* the requantisation of npix pixels (eq_cnn_epilogue is the generic twin) */
     void (*epilogue)(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
                      const uint8_t *res, int32_t rs, uint8_t *out, int32_t os);
+    /* the float stem (scratch: see stem_body) and squeeze-excitation in place (fs: 2 cin
+     * + cout floats, sums: cin int32 of scratch): the shared code of eq_cnn_body.h */
+    void (*stem)(const eq_cnn_op *op, const float *mel, uint8_t *out, float *scratch);
+    void (*se)(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t *sums, uint8_t *x);
 } eq_cnn_kernels;
 
 extern const eq_cnn_kernels eq_cnn_generic;
@@ -103,6 +107,8 @@ void eq_cnn_free(eq_cnn *E);
  * when the list ends in dense layers, their output (out_dim). */
 void eq_cnn_run(eq_cnn *E, const float *mel, float *emb, float *out);
 
+void eq_cnn_stem_generic(const eq_cnn_op *op, const float *mel, uint8_t *out, float *scratch);
+void eq_cnn_se_generic(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t *sums, uint8_t *x);
 /* shared by the variants; the generic requantisation. Per-channel parameters are
  * read as whole vectors by the SIMD twins: the engine keeps copies padded to 16 */
 void eq_cnn_epilogue(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,

@@ -41,7 +41,7 @@ static void dw_acc_neon(const void *packed, const eq_cnn_op *op, const uint8_t *
     }
 }
 
-#define MAGIC 12582912.0f /* as in eq_cnn.c: (y + MAGIC) - MAGIC rounds half to even */
+#define MAGIC 12582912.0f /* as in eq_cnn_body.h: (y + MAGIC) - MAGIC rounds half to even */
 
 /* the generic requantisation, 8 channels at a time, in the same operations and order
  * (separate multiplies and adds: vmlaq_f32 would fuse them) */
@@ -122,7 +122,8 @@ static void pw_acc_neon(const void *packed, int32_t n, int32_t k, const uint8_t 
 }
 
 const eq_cnn_kernels eq_cnn_neon = {"neon", pw_bytes_neon, pw_pack_neon, pw_acc_neon,
-                                    eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_neon, epilogue_neon};
+                                    eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_neon, epilogue_neon,
+                                    eq_cnn_stem_generic, eq_cnn_se_generic};
 
 /* ==================================================================== NEON + sdot */
 
@@ -166,6 +167,7 @@ TDOT static void pw_acc_dot(const void *packed, int32_t n, int32_t k, const uint
 }
 
 const eq_cnn_kernels eq_cnn_dotprod = {"dotprod", pw_bytes_dot, pw_pack_dot, pw_acc_dot,
-                                       eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_neon, epilogue_neon};
+                                       eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_neon, epilogue_neon,
+                                       eq_cnn_stem_generic, eq_cnn_se_generic};
 
 #endif

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "eq_cnn.h"
+#include "eq_cnn_body.h"
 
 #define T2 __attribute__((target("avx2,fma")))
 #define T512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
@@ -20,7 +21,28 @@ static inline int32_t load4(const uint8_t *p) {
 
 static inline int32_t up16(int32_t n) { return (n + 15) & ~15; }
 
-#define MAGIC 12582912.0f /* as in eq_cnn.c: (y + MAGIC) - MAGIC rounds half to even */
+/* depthwise weights: as eq_cnn_dw_pack_wide, but each int32 holds the weight in its low
+ * 16 bits and 0 above, so that vpmaddwd with (x - zero) (an int32 of magnitude < 2^15)
+ * gives the exact product in one instruction, where vpmulld takes two */
+static void dw_pack_madd(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, void *out) {
+    eq_cnn_dw_pack_wide(w, zero, c, k, out);
+    int32_t *o = (int32_t *)out + up16(c);
+    for (int32_t i = 0; i < up16(c) * k * k; i++) o[i] = (int32_t)(uint16_t)(int16_t)o[i];
+}
+
+/* the shared stem and squeeze-excitation, vectorised by the compiler for each set */
+T512 static void stem_512(const eq_cnn_op *op, const float *mel, uint8_t *out, float *scratch) {
+    stem_body(op, mel, out, scratch);
+}
+T512 static void se_512(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t *sums, uint8_t *x) {
+    se_body(op, gate, fs, sums, x);
+}
+T2 static void stem_2(const eq_cnn_op *op, const float *mel, uint8_t *out, float *scratch) {
+    stem_body(op, mel, out, scratch);
+}
+T2 static void se_2(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t *sums, uint8_t *x) {
+    se_body(op, gate, fs, sums, x);
+}
 
 /* ==================================================================== AVX-512 VNNI */
 
@@ -119,7 +141,7 @@ T512 static void dw_acc_512(const void *packed, const eq_cnn_op *op, const uint8
                 for (int32_t tx = tx0; tx < tx1; tx++) {
                     const __m128i b = _mm_loadu_si128((const __m128i *)(base + ((size_t)ty * op->w_in + tx) * xs + c));
                     const __m512i v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(b), z);
-                    a = _mm512_add_epi32(a, _mm512_mullo_epi32(v, _mm512_loadu_si512((const void *)(w + (size_t)(ty * k + tx) * c16 + c))));
+                    a = _mm512_add_epi32(a, _mm512_madd_epi16(v, _mm512_loadu_si512((const void *)(w + (size_t)(ty * k + tx) * c16 + c))));
                 }
             _mm512_storeu_si512((void *)(acc + (size_t)ox * accs + c), a);
         }
@@ -127,7 +149,8 @@ T512 static void dw_acc_512(const void *packed, const eq_cnn_op *op, const uint8
 }
 
 const eq_cnn_kernels eq_cnn_avx512 = {"avx512", pw_bytes_512, pw_pack_512, pw_acc_512,
-                                      eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_512, epilogue_512};
+                                      eq_cnn_dw_bytes_wide, dw_pack_madd, dw_acc_512, epilogue_512,
+                                      stem_512, se_512};
 
 /* ==================================================================== AVX2 */
 
@@ -226,13 +249,14 @@ T2 static void dw_acc_2(const void *packed, const eq_cnn_op *op, const uint8_t *
                 for (int32_t tx = tx0; tx < tx1; tx++) {
                     const __m128i b = _mm_loadl_epi64((const __m128i *)(base + ((size_t)ty * op->w_in + tx) * xs + c));
                     const __m256i v = _mm256_sub_epi32(_mm256_cvtepu8_epi32(b), z);
-                    a = _mm256_add_epi32(a, _mm256_mullo_epi32(v, _mm256_loadu_si256((const __m256i *)(w + (size_t)(ty * k + tx) * c16 + c))));
+                    a = _mm256_add_epi32(a, _mm256_madd_epi16(v, _mm256_loadu_si256((const __m256i *)(w + (size_t)(ty * k + tx) * c16 + c))));
                 }
             _mm256_storeu_si256((__m256i *)(acc + (size_t)ox * accs + c), a);
         }
     }
 }
 
-const eq_cnn_kernels eq_cnn_avx2 = {"avx2", pw_bytes_2, pw_pack_2, pw_acc_2, eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_2, epilogue_2};
+const eq_cnn_kernels eq_cnn_avx2 = {"avx2", pw_bytes_2, pw_pack_2, pw_acc_2, eq_cnn_dw_bytes_wide, dw_pack_madd,
+                                    dw_acc_2, epilogue_2, stem_2, se_2};
 
 #endif

@@ -83,24 +83,21 @@ def test_bad_operation_lists_are_refused_with_what_is_wrong(int8_net):
 
 
 def test_the_daemon_runs_on_the_integer_embedder(tmp_path):
-    """`model.embedder_runtime: int8`: the stable profile's bundle on the integer mn04
-    hears the dog bark, says so in its start record, and loads neither torch nor ONNX
-    Runtime."""
+    """The stable profile runs mn04 on the integer kernels (`model.embedder_runtime:
+    int8`): it hears the dog bark, says so in its start record, and loads neither torch
+    nor ONNX Runtime."""
     import subprocess
 
     from edgeqmoe.daemon.sinks import read_jsonl
 
     need(WEIGHTS, "mn04 weights")
     need(US8K, "UrbanSound8K clips")
-    src = open(os.path.join(ROOT, "edgeqmoe", "profiles", "stable.yaml")).read()
-    profile = tmp_path / "stable-int8.yaml"
-    profile.write_text(src.replace("  kernel: simd\n", "  kernel: simd\n  embedder_runtime: int8\n"))
     clip = os.path.join(US8K, "fold1", "101415-3-0-2.flac")
     logs = tmp_path / "logs"
     code = ("import sys\nfrom edgeqmoe.cli import app\n"
             "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
             "print('loaded:', sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))\nsys.exit(code)\n")
-    r = subprocess.run([sys.executable, "-c", code, "run", "--profile", str(profile), "--source", f"file:{clip}",
+    r = subprocess.run([sys.executable, "-c", code, "run", "--profile", "stable", "--source", f"file:{clip}",
                         "--fast", "--log-dir", str(logs)], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "EDGEQMOE_WEIGHTS_DIR": MODELS})
     assert r.returncode == 0, r.stderr

@@ -140,9 +140,9 @@ def _venv_without_torch(root):
 
 
 def test_the_daemon_runs_where_torch_does_not_exist(tmp_path, us8k):
-    """`edgeqmoe run` of the stable profile (mn04) in a virtual environment without
-    torch: the weights are converted once, the windows are classified, the start
-    record says ONNX Runtime; a second start converts nothing."""
+    """`edgeqmoe run` of the accuracy profile (mn04 in fp32) in a virtual environment
+    without torch: the weights are converted once, the windows are classified, the
+    start record says ONNX Runtime; a second start converts nothing."""
     need(WEIGHTS, "mn04 weights")
     pytest.importorskip("onnxruntime")
     py = _venv_without_torch(tmp_path)
@@ -152,7 +152,7 @@ def test_the_daemon_runs_where_torch_does_not_exist(tmp_path, us8k):
     clip = os.path.join(US8K, "fold1", "101415-3-0-2.flac")
     for run in (1, 2):
         logs = tmp_path / f"logs{run}"
-        r = subprocess.run([str(py), "-m", "edgeqmoe.cli", "run", "--profile", "stable", "--source", f"file:{clip}",
+        r = subprocess.run([str(py), "-m", "edgeqmoe.cli", "run", "--profile", "accuracy", "--source", f"file:{clip}",
                             "--fast", "--log-dir", str(logs)], capture_output=True, text=True, timeout=300, env=env)
         assert r.returncode == 0, r.stderr
         assert ("converting the mn04 weights" in r.stderr) == (run == 1), r.stderr

@@ -100,7 +100,7 @@ static void dw_acc_generic(const void *packed, const eq_cnn_op *op, const uint8_
 
 const eq_cnn_kernels eq_cnn_generic = {"generic", pw_bytes_generic, pw_pack_generic, pw_acc_generic,
                                        dw_bytes_generic, dw_pack_generic, dw_acc_generic,
-                                       eq_cnn_epilogue, eq_cnn_stem_generic, eq_cnn_se_generic};
+                                       eq_cnn_epilogue, eq_cnn_stem_generic, eq_cnn_se_generic, NULL, NULL};
 
 const eq_cnn_kernels *eq_cnn_find(const char *name) {
     const eq_kernels *heads[16];
@@ -213,7 +213,7 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
             acc_n = a > acc_n ? a : acc_n;
         }
         if (op->kind == EQ_CNN_STEM) {
-            const int32_t need = (op->cout + 9) * ((op->w_out + 15) & ~15);
+            const int32_t need = eq_cnn_stem_scratch(op->cout, op->h_in, op->w_out);
             se_max = need > se_max ? need : se_max;
         }
         if (op->kind == EQ_CNN_DENSE) packed += up64(K->pw_bytes(op->cout, op->cin)) + up64((size_t)4 * op->cout);
@@ -309,6 +309,11 @@ void eq_cnn_run(eq_cnn *E, const float *mel, float *emb, float *out) {
             const int32_t xs = eq_cnn_c4(op->cin), os = eq_cnn_c4(op->cout), accs = (op->cout + 15) & ~15;
             for (int32_t y = 0; y < op->h_out; y++) {
                 const size_t row = (size_t)y * op->w_out;
+                if (E->K->pw_row) {
+                    E->K->pw_row(op->packed, op->cout, op->cin, E->buf[op->src] + row * xs, xs, op->w_out, &op->epi,
+                                 op->res >= 0 ? E->buf[op->res] + row * os : NULL, os, E->buf[op->dst] + row * os, os);
+                    continue;
+                }
                 E->K->pw_acc(op->packed, op->cout, op->cin, E->buf[op->src] + row * xs, xs, op->w_out, E->acc, accs);
                 E->K->epilogue(&op->epi, E->acc, accs, op->w_out, op->cout,
                                 op->res >= 0 ? E->buf[op->res] + row * os : NULL, os, E->buf[op->dst] + row * os, os);
@@ -318,6 +323,10 @@ void eq_cnn_run(eq_cnn *E, const float *mel, float *emb, float *out) {
         case EQ_CNN_DW: {
             const int32_t cs = eq_cnn_c4(op->cout), accs = (op->cout + 15) & ~15;
             for (int32_t y = 0; y < op->h_out; y++) {
+                if (E->K->dw_row) {
+                    E->K->dw_row(op->packed, op, E->buf[op->src], cs, y, E->buf[op->dst] + (size_t)y * op->w_out * cs);
+                    continue;
+                }
                 E->K->dw_acc(op->packed, op, E->buf[op->src], cs, y, E->acc, accs);
                 E->K->epilogue(&op->epi, E->acc, accs, op->w_out, op->cout, NULL, 0,
                                 E->buf[op->dst] + (size_t)y * op->w_out * cs, cs);

@@ -70,6 +70,11 @@ typedef struct eq_cnn_kernels {
      * + cout floats, sums: cin int32 of scratch): the shared code of eq_cnn_body.h */
     void (*stem)(const eq_cnn_op *op, const float *mel, uint8_t *out, float *scratch);
     void (*se)(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t *sums, uint8_t *x);
+    /* optional (NULL: the accumulators, then the epilogue): a convolution's row with its
+     * requantisation fused, the accumulators kept in registers */
+    void (*pw_row)(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
+                   const eq_cnn_epi *e, const uint8_t *res, int32_t rs, uint8_t *out, int32_t os);
+    void (*dw_row)(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy, uint8_t *out);
 } eq_cnn_kernels;
 
 extern const eq_cnn_kernels eq_cnn_generic;
@@ -119,6 +124,11 @@ size_t eq_cnn_dw_bytes_wide(int32_t c, int32_t k);
 void eq_cnn_dw_pack_wide(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, void *out);
 /* the taps [t0, t1) of output o (stride s, padding pad) that fall inside 0..n-1 */
 void eq_cnn_tap_range(int32_t o, int32_t s, int32_t pad, int32_t k, int32_t n, int32_t *t0, int32_t *t1);
+/* floats of scratch the stem needs (stem_body in eq_cnn_body.h) */
+static inline int32_t eq_cnn_stem_scratch(int32_t cout, int32_t h_in, int32_t w_out) {
+    const int32_t wp = (w_out + 16) & ~15;
+    return (2 * h_in + 1) * wp + (cout * wp + 3) / 4;
+}
 static inline int32_t eq_cnn_c4(int32_t c) { return (c + 3) & ~3; }
 
 #endif

@@ -123,7 +123,7 @@ static void pw_acc_neon(const void *packed, int32_t n, int32_t k, const uint8_t 
 
 const eq_cnn_kernels eq_cnn_neon = {"neon", pw_bytes_neon, pw_pack_neon, pw_acc_neon,
                                     eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_neon, epilogue_neon,
-                                    eq_cnn_stem_generic, eq_cnn_se_generic};
+                                    eq_cnn_stem_generic, eq_cnn_se_generic, NULL, NULL};
 
 /* ==================================================================== NEON + sdot */
 
@@ -168,6 +168,6 @@ TDOT static void pw_acc_dot(const void *packed, int32_t n, int32_t k, const uint
 
 const eq_cnn_kernels eq_cnn_dotprod = {"dotprod", pw_bytes_dot, pw_pack_dot, pw_acc_dot,
                                        eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_neon, epilogue_neon,
-                                       eq_cnn_stem_generic, eq_cnn_se_generic};
+                                       eq_cnn_stem_generic, eq_cnn_se_generic, NULL, NULL};
 
 #endif

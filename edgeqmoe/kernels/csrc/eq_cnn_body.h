@@ -14,73 +14,99 @@
 
 #define MAGIC 12582912.0f /* 1.5 * 2^23: (y + MAGIC) - MAGIC rounds |y| < 2^22 half to even, as rint */
 
+/* max and min in the form that compilers turn into one vector instruction (maxps takes
+ * its second operand unless the first is greater; no NaN reaches here) */
+EQ_INL float max_f(float a, float b) { return a > b ? a : b; }
+EQ_INL float min_f(float a, float b) { return a < b ? a : b; }
+
 EQ_INL float act_of(float f, int act) {
-    if (act == EQ_CNN_ACT_RELU) return f > 0.0f ? f : 0.0f;
-    if (act == EQ_CNN_ACT_HS) {
-        float r = f + 3.0f;
-        r = r < 0.0f ? 0.0f : r;
-        r = r > 6.0f ? 6.0f : r;
-        return f * r * (float)(1.0 / 6.0);
-    }
+    if (act == EQ_CNN_ACT_RELU) return max_f(f, 0.0f);
+    if (act == EQ_CNN_ACT_HS) return f * min_f(max_f(f + 3.0f, 0.0f), 6.0f) * (float)(1.0 / 6.0);
     return f;
 }
 
+/* clamp(rint(f * inv) + zero, 0, 255), all in float (exact: small integers) */
 EQ_INL uint8_t requant(float f, float inv, int32_t zero) {
-    float y = f * inv;
-    y = y < -512.0f ? -512.0f : y;
-    y = y > 512.0f ? 512.0f : y;
-    int32_t v = (int32_t)((y + MAGIC) - MAGIC) + zero;
-    return (uint8_t)(v < 0 ? 0 : (v > 255 ? 255 : v));
+    const float y = min_f(max_f(f * inv, -512.0f), 512.0f);
+    const float q = ((y + MAGIC) - MAGIC) + (float)zero;
+    return (uint8_t)(int32_t)min_f(max_f(q, 0.0f), 255.0f);
 }
 
 /* one pixel row; act and res constant where it is inlined, so that the compiler makes
  * a straight (vectorisable) loop of each case */
-EQ_INL void epi_row(const eq_cnn_epi *e, const int32_t *a, int32_t n, const uint8_t *r, uint8_t *o, int act,
-                    int res) {
+EQ_INL void epi_row(const eq_cnn_epi *e, const int32_t *restrict a, int32_t n, const uint8_t *restrict r,
+                    uint8_t *restrict o, int act, int res) {
+    const int32_t *restrict corr = e->corr, *restrict oz = e->out_zero, *restrict rz = e->res_zero;
+    const float *restrict ws = e->w_scale, *restrict bias = e->bias, *restrict inv = e->out_inv,
+                          *restrict rsc = e->res_scale;
     for (int32_t c = 0; c < n; c++) {
-        float f = (float)(a[c] + e->corr[c]) * e->w_scale[c] + e->bias[c];
-        if (res) f = f + (float)((int32_t)r[c] - e->res_zero[c]) * e->res_scale[c];
-        o[c] = requant(act_of(f, act), e->out_inv[c], e->out_zero[c]);
+        float f = (float)(a[c] + corr[c]) * ws[c] + bias[c];
+        if (res) f = f + (float)((int32_t)r[c] - rz[c]) * rsc[c];
+        o[c] = requant(act_of(f, act), inv[c], oz[c]);
     }
 }
 
-/* the float stem, one output row at a time: the input under each of the nine taps is
- * gathered into a row (zero outside the map), then every channel's sum runs along the
- * row in tap order (straight loops for the compiler). scratch: (cout + 9) x (w_out
- * rounded to 16) floats. */
+/* the float stem (3x3, stride 2, padding 1), one output row at a time. Each input row is
+ * split once into its even and odd samples, with zeros where the taps fall outside the
+ * map, so that the input under every tap is a straight row; then every channel's sum
+ * runs along the output row in tap order, is requantised into a row of its own, and the
+ * rows are interleaved into the channels-last map. scratch: eq_cnn_stem_scratch floats. */
 EQ_INL void stem_body(const eq_cnn_op *op, const float *mel, uint8_t *out, float *scratch) {
-    const int32_t C = op->cout, cs = eq_cnn_c4(C), W = op->w_in, Wo = op->w_out, Wp = (Wo + 15) & ~15;
-    float *acc = scratch, *tap = scratch + (size_t)C * Wp;
+    const int32_t C = op->cout, cs = eq_cnn_c4(C), H = op->h_in, W = op->w_in, Wo = op->w_out;
+    const int32_t Wp = (Wo + 16) & ~15; /* a row of taps: Wo values and one zero after */
+    float *restrict split = scratch;
+    float *restrict zeros = split + (size_t)2 * H * Wp;
+    uint8_t *restrict qrow = (uint8_t *)(zeros + Wp); /* C x Wp bytes */
+    for (int32_t j = 0; j < Wp; j++) zeros[j] = 0.0f;
+    for (int32_t r = 0; r < H; r++) { /* even[j] = x[2j]; odd[j] = x[2j - 1] (odd[0] = 0) */
+        const float *restrict row = mel + (size_t)r * W;
+        float *restrict ev = split + (size_t)2 * r * Wp, *restrict od = ev + Wp;
+        const int32_t ne = (W + 1) / 2, no = W / 2; /* even samples, odd samples (Wo = ne <= Wp - 1) */
+        for (int32_t j = 0; j < ne; j++) ev[j] = row[2 * j];
+        for (int32_t j = ne; j < Wp; j++) ev[j] = 0.0f;
+        od[0] = 0.0f;
+        for (int32_t j = 1; j <= no; j++) od[j] = row[2 * j - 1];
+        for (int32_t j = no + 1; j < Wp; j++) od[j] = 0.0f;
+    }
     for (int32_t oy = 0; oy < op->h_out; oy++) {
-        for (int32_t t = 0; t < 9; t++) {
+        const float *v[9];
+        for (int32_t t = 0; t < 9; t++) { /* ix = 2 ox + dx: dx -1 -> odd[ox], 0 -> even[ox], +1 -> odd[ox + 1] */
             const int32_t iy = 2 * oy + t / 3 - 1, dx = t % 3 - 1;
-            float *v = tap + (size_t)t * Wp;
-            if (iy < 0 || iy >= op->h_in) {
-                for (int32_t ox = 0; ox < Wo; ox++) v[ox] = 0.0f;
-                continue;
-            }
-            const float *row = mel + (size_t)iy * W;
-            for (int32_t ox = 0; ox < Wo; ox++) {
-                const int32_t ix = 2 * ox + dx;
-                v[ox] = (ix >= 0 && ix < W) ? row[ix] : 0.0f;
-            }
+            if (iy < 0 || iy >= H)
+                v[t] = zeros;
+            else
+                v[t] = split + (size_t)2 * iy * Wp + (dx == 0 ? 0 : Wp) + (dx > 0 ? 1 : 0);
         }
+        const float *restrict v0 = v[0], *restrict v1 = v[1], *restrict v2 = v[2], *restrict v3 = v[3],
+                              *restrict v4 = v[4], *restrict v5 = v[5], *restrict v6 = v[6], *restrict v7 = v[7],
+                              *restrict v8 = v[8];
         for (int32_t c = 0; c < C; c++) {
-            float *a = acc + (size_t)c * Wp;
-            for (int32_t ox = 0; ox < Wo; ox++) a[ox] = 0.0f;
-            for (int32_t t = 0; t < 9; t++) {
-                const float w = op->fw[c * 9 + t], *v = tap + (size_t)t * Wp;
-                for (int32_t ox = 0; ox < Wo; ox++) a[ox] = a[ox] + v[ox] * w;
-            }
-            const float b = op->fb[c], inv = op->epi.out_inv[c];
+            const float *w = op->fw + c * 9, b = op->fb[c], inv = op->epi.out_inv[c];
+            const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6], w7 = w[7],
+                        w8 = w[8];
             const int32_t z = op->epi.out_zero[c];
-            uint8_t *o = out + (size_t)oy * Wo * cs + c;
-            for (int32_t ox = 0; ox < Wo; ox++) o[(size_t)ox * cs] = requant(act_of(a[ox] + b, EQ_CNN_ACT_HS), inv, z);
+            uint8_t *restrict q = qrow + (size_t)c * Wp;
+            for (int32_t ox = 0; ox < Wo; ox++) { /* 0, then the taps in order: as the reference */
+                float a = 0.0f;
+                a = a + v0[ox] * w0;
+                a = a + v1[ox] * w1;
+                a = a + v2[ox] * w2;
+                a = a + v3[ox] * w3;
+                a = a + v4[ox] * w4;
+                a = a + v5[ox] * w5;
+                a = a + v6[ox] * w6;
+                a = a + v7[ox] * w7;
+                a = a + v8[ox] * w8;
+                q[ox] = requant(act_of(a + b, EQ_CNN_ACT_HS), inv, z);
+            }
         }
+        uint8_t *restrict o = out + (size_t)oy * Wo * cs;
+        for (int32_t ox = 0; ox < Wo; ox++)
+            for (int32_t c = 0; c < C; c++) o[(size_t)ox * cs + c] = qrow[(size_t)c * Wp + ox];
     }
 }
 
-EQ_INL void channel_sums(const uint8_t *x, int32_t npix, int32_t C, int32_t *sum) {
+EQ_INL void channel_sums(const uint8_t *restrict x, int32_t npix, int32_t C, int32_t *restrict sum) {
     const int32_t cs = eq_cnn_c4(C);
     for (int32_t c = 0; c < C; c++) sum[c] = 0;
     for (int32_t p = 0; p < npix; p++)
@@ -96,7 +122,8 @@ EQ_INL void channel_means(const int32_t *sum, int32_t npix, int32_t C, const flo
 
 /* y[o] = b[o] + sum_c w[o][c] x[c], summed in c order, without fused multiply-adds;
  * wt is w transposed (k x n), so that the outputs are one straight loop */
-EQ_INL void float_layer(const float *wt, const float *b, const float *x, int32_t n, int32_t k, float *y) {
+EQ_INL void float_layer(const float *restrict wt, const float *restrict b, const float *restrict x, int32_t n,
+                        int32_t k, float *restrict y) {
     for (int32_t o = 0; o < n; o++) y[o] = 0.0f;
     for (int32_t c = 0; c < k; c++) {
         const float xc = x[c], *w = wt + (size_t)c * n;
@@ -122,11 +149,12 @@ EQ_INL void se_body(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t
         y = y < -lim ? -lim : (y > lim ? lim : y);
         g[c] = gate[(int32_t)((y + MAGIC) - MAGIC) + EQ_CNN_GATE_RANGE * EQ_CNN_GATE_STEPS];
     }
+    const int32_t *restrict zero = op->zero, *restrict gg = g;
     for (int32_t p = 0; p < npix; p++) {
-        uint8_t *xp = x + (size_t)p * cs;
+        uint8_t *restrict xp = x + (size_t)p * cs;
         for (int32_t c = 0; c < C; c++) {
-            const int32_t d = (int32_t)xp[c] - op->zero[c];
-            xp[c] = (uint8_t)(op->zero[c] + ((d * g[c] + (1 << 14)) >> 15));
+            const int32_t d = (int32_t)xp[c] - zero[c];
+            xp[c] = (uint8_t)(zero[c] + ((d * gg[c] + (1 << 14)) >> 15));
         }
     }
 }

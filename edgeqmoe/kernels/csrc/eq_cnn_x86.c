@@ -46,39 +46,40 @@ T2 static void se_2(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t
 
 /* ==================================================================== AVX-512 VNNI */
 
-/* the generic requantisation, 16 channels at a time, in the same operations and order */
+/* the generic requantisation of 16 channels (c.. c+15, mask m) of one pixel, in the
+ * same operations and order; stores the bytes at o + c */
+T512 static inline __attribute__((always_inline)) void epi16_512(const eq_cnn_epi *e, int32_t c, __m512i acc,
+                                                                  const uint8_t *r, __mmask16 m, uint8_t *o) {
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512i s = _mm512_add_epi32(acc, _mm512_load_si512((const void *)(e->corr + c)));
+    __m512 f = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_load_ps(e->w_scale + c)),
+                             _mm512_load_ps(e->bias + c));
+    if (r) {
+        const __m512i rv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, r + c));
+        const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(rv, _mm512_load_si512((const void *)(e->res_zero + c))));
+        f = _mm512_add_ps(f, _mm512_mul_ps(d, _mm512_load_ps(e->res_scale + c)));
+    } else if (e->act == EQ_CNN_ACT_RELU) {
+        f = _mm512_max_ps(f, zero);
+    } else if (e->act == EQ_CNN_ACT_HS) {
+        const __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(f, _mm512_set1_ps(3.0f)), zero), _mm512_set1_ps(6.0f));
+        f = _mm512_mul_ps(_mm512_mul_ps(f, t), _mm512_set1_ps((float)(1.0 / 6.0)));
+    }
+    __m512 y = _mm512_mul_ps(f, _mm512_load_ps(e->out_inv + c));
+    y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(-512.0f)), _mm512_set1_ps(512.0f));
+    y = _mm512_sub_ps(_mm512_add_ps(y, _mm512_set1_ps(MAGIC)), _mm512_set1_ps(MAGIC));
+    __m512i q = _mm512_add_epi32(_mm512_cvttps_epi32(y), _mm512_load_si512((const void *)(e->out_zero + c)));
+    q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+    _mm512_mask_cvtepi32_storeu_epi8(o + c, m, q);
+}
+
+static inline __mmask16 tail16(int32_t left) { return left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1); }
+
 T512 static void epilogue_512(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
                               const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
-    const __m512 zero = _mm512_setzero_ps(), three = _mm512_set1_ps(3.0f), six = _mm512_set1_ps(6.0f),
-                 sixth = _mm512_set1_ps((float)(1.0 / 6.0)), lo = _mm512_set1_ps(-512.0f), hi = _mm512_set1_ps(512.0f),
-                 magic = _mm512_set1_ps(MAGIC);
-    const __m512i i0 = _mm512_setzero_si512(), i255 = _mm512_set1_epi32(255);
-    for (int32_t p = 0; p < npix; p++) {
-        const int32_t *a = acc + (size_t)p * accs;
-        uint8_t *o = out + (size_t)p * os;
-        for (int32_t c = 0; c < n; c += 16) {
-            const __mmask16 m = n - c >= 16 ? 0xffff : (__mmask16)((1u << (n - c)) - 1);
-            const __m512i s = _mm512_add_epi32(_mm512_loadu_si512((const void *)(a + c)),
-                                               _mm512_load_si512((const void *)(e->corr + c)));
-            __m512 f = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_load_ps(e->w_scale + c)),
-                                     _mm512_load_ps(e->bias + c));
-            if (res) {
-                const __m512i r = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, res + (size_t)p * rs + c));
-                const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(r, _mm512_load_si512((const void *)(e->res_zero + c))));
-                f = _mm512_add_ps(f, _mm512_mul_ps(d, _mm512_load_ps(e->res_scale + c)));
-            } else if (e->act == EQ_CNN_ACT_RELU) {
-                f = _mm512_max_ps(f, zero);
-            } else if (e->act == EQ_CNN_ACT_HS) {
-                const __m512 r = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(f, three), zero), six);
-                f = _mm512_mul_ps(_mm512_mul_ps(f, r), sixth);
-            }
-            __m512 y = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(f, _mm512_load_ps(e->out_inv + c)), lo), hi);
-            y = _mm512_sub_ps(_mm512_add_ps(y, magic), magic);
-            __m512i q = _mm512_add_epi32(_mm512_cvttps_epi32(y), _mm512_load_si512((const void *)(e->out_zero + c)));
-            q = _mm512_min_epi32(_mm512_max_epi32(q, i0), i255);
-            _mm512_mask_cvtepi32_storeu_epi8(o + c, m, q);
-        }
-    }
+    for (int32_t p = 0; p < npix; p++)
+        for (int32_t c = 0; c < n; c += 16)
+            epi16_512(e, c, _mm512_loadu_si512((const void *)(acc + (size_t)p * accs + c)),
+                      res ? res + (size_t)p * rs : NULL, tail16(n - c), out + (size_t)p * os);
 }
 
 /* pointwise weights: [k/4][n rounded to 16][4] int8, so one 64-byte load holds four
@@ -124,6 +125,40 @@ T512 static void pw_acc_512(const void *packed, int32_t n, int32_t k, const uint
     }
 }
 
+/* pw_acc_512 and the requantisation in one pass: the accumulators of 8 pixels x 16
+ * outputs never leave their registers */
+T512 static void pw_row_512(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
+                            const eq_cnn_epi *e, const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
+    const int32_t n16 = up16(n), kq = eq_cnn_c4(k) / 4;
+    const int8_t *w = packed;
+    for (int32_t o = 0; o < n16; o += 16) {
+        const __mmask16 m = tail16(n - o);
+        int32_t p = 0;
+        for (; p + PW_TILE <= npix; p += PW_TILE) {
+            __m512i a[PW_TILE];
+            for (int j = 0; j < PW_TILE; j++) a[j] = _mm512_setzero_si512();
+            const uint8_t *xp = x + (size_t)p * xs;
+            for (int32_t q = 0; q < kq; q++) {
+                const __m512i wv = _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4));
+#pragma GCC unroll 8
+                for (int j = 0; j < PW_TILE; j++)
+                    a[j] = _mm512_dpbusd_epi32(a[j], _mm512_set1_epi32(load4(xp + (size_t)j * xs + 4 * q)), wv);
+            }
+#pragma GCC unroll 8
+            for (int j = 0; j < PW_TILE; j++)
+                epi16_512(e, o, a[j], res ? res + (size_t)(p + j) * rs : NULL, m, out + (size_t)(p + j) * os);
+        }
+        for (; p < npix; p++) {
+            __m512i a0 = _mm512_setzero_si512();
+            const uint8_t *xp = x + (size_t)p * xs;
+            for (int32_t q = 0; q < kq; q++)
+                a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(load4(xp + 4 * q)),
+                                         _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4)));
+            epi16_512(e, o, a0, res ? res + (size_t)p * rs : NULL, m, out + (size_t)p * os);
+        }
+    }
+}
+
 T512 static void dw_acc_512(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
                             int32_t *acc, int32_t accs) {
     const int32_t k = op->k, s = op->stride, pad = (k - 1) / 2, c16 = up16(op->cout);
@@ -148,9 +183,36 @@ T512 static void dw_acc_512(const void *packed, const eq_cnn_op *op, const uint8
     }
 }
 
+/* dw_acc_512 and the requantisation in one pass */
+T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
+                            uint8_t *out) {
+    const int32_t k = op->k, s = op->stride, pad = (k - 1) / 2, C = op->cout, c16 = up16(C), cs = eq_cnn_c4(C);
+    const int32_t *zp = packed, *w = zp + c16;
+    int32_t ty0, ty1;
+    eq_cnn_tap_range(oy, s, pad, k, op->h_in, &ty0, &ty1);
+    for (int32_t ox = 0; ox < op->w_out; ox++) {
+        int32_t tx0, tx1;
+        eq_cnn_tap_range(ox, s, pad, k, op->w_in, &tx0, &tx1);
+        const uint8_t *base = x + ((ptrdiff_t)(oy * s - pad) * op->w_in + (ox * s - pad)) * xs;
+        for (int32_t c = 0; c < c16; c += 16) {
+            const __m512i z = _mm512_loadu_si512((const void *)(zp + c));
+            __m512i a = _mm512_setzero_si512();
+            for (int32_t ty = ty0; ty < ty1; ty++) {
+                const uint8_t *rowp = base + (size_t)ty * op->w_in * xs + c;
+                const int32_t *wr = w + (size_t)ty * k * c16 + c;
+                for (int32_t tx = tx0; tx < tx1; tx++) {
+                    const __m512i v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(rowp + (size_t)tx * xs))), z);
+                    a = _mm512_add_epi32(a, _mm512_madd_epi16(v, _mm512_loadu_si512((const void *)(wr + (size_t)tx * c16))));
+                }
+            }
+            if (c < C) epi16_512(&op->epi, c, a, NULL, tail16(C - c), out + (size_t)ox * cs);
+        }
+    }
+}
+
 const eq_cnn_kernels eq_cnn_avx512 = {"avx512", pw_bytes_512, pw_pack_512, pw_acc_512,
                                       eq_cnn_dw_bytes_wide, dw_pack_madd, dw_acc_512, epilogue_512,
-                                      stem_512, se_512};
+                                      stem_512, se_512, pw_row_512, dw_row_512};
 
 /* ==================================================================== AVX2 */
 
@@ -257,6 +319,6 @@ T2 static void dw_acc_2(const void *packed, const eq_cnn_op *op, const uint8_t *
 }
 
 const eq_cnn_kernels eq_cnn_avx2 = {"avx2", pw_bytes_2, pw_pack_2, pw_acc_2, eq_cnn_dw_bytes_wide, dw_pack_madd,
-                                    dw_acc_2, epilogue_2, stem_2, se_2};
+                                    dw_acc_2, epilogue_2, stem_2, se_2, NULL, NULL};
 
 #endif

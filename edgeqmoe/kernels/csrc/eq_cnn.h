@@ -127,7 +127,7 @@ void eq_cnn_tap_range(int32_t o, int32_t s, int32_t pad, int32_t k, int32_t n, i
 /* floats of scratch the stem needs (stem_body in eq_cnn_body.h) */
 static inline int32_t eq_cnn_stem_scratch(int32_t cout, int32_t h_in, int32_t w_out) {
     const int32_t wp = (w_out + 16) & ~15;
-    return (2 * h_in + 1) * wp + (cout * wp + 3) / 4;
+    return (2 * h_in + 1) * wp + (cout * wp + 3) / 4 + 16;
 }
 static inline int32_t eq_cnn_c4(int32_t c) { return (c + 3) & ~3; }
 

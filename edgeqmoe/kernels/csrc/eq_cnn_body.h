@@ -48,15 +48,15 @@ EQ_INL void epi_row(const eq_cnn_epi *e, const int32_t *restrict a, int32_t n, c
 
 /* the float stem (3x3, stride 2, padding 1), one output row at a time. Each input row is
  * split once into its even and odd samples, with zeros where the taps fall outside the
- * map, so that the input under every tap is a straight row; then every channel's sum
- * runs along the output row in tap order, is requantised into a row of its own, and the
- * rows are interleaved into the channels-last map. scratch: eq_cnn_stem_scratch floats. */
-EQ_INL void stem_body(const eq_cnn_op *op, const float *mel, uint8_t *out, float *scratch) {
-    const int32_t C = op->cout, cs = eq_cnn_c4(C), H = op->h_in, W = op->w_in, Wo = op->w_out;
-    const int32_t Wp = (Wo + 16) & ~15; /* a row of taps: Wo values and one zero after */
-    float *restrict split = scratch;
-    float *restrict zeros = split + (size_t)2 * H * Wp;
-    uint8_t *restrict qrow = (uint8_t *)(zeros + Wp); /* C x Wp bytes */
+ * map, so that the input under every tap is a straight row (stem_split, stem_taps);
+ * then every channel's sum runs along the output row in tap order and is requantised
+ * into a row of its own (stem_channel), and the rows are interleaved into the
+ * channels-last map (stem_interleave). scratch: eq_cnn_stem_scratch floats. */
+EQ_INL int32_t stem_wp(const eq_cnn_op *op) { return (op->w_out + 16) & ~15; } /* Wo values, a zero after */
+
+EQ_INL float *stem_split(const eq_cnn_op *op, const float *mel, float *scratch) {
+    const int32_t H = op->h_in, W = op->w_in, Wp = stem_wp(op);
+    float *restrict split = scratch, *restrict zeros = split + (size_t)2 * H * Wp;
     for (int32_t j = 0; j < Wp; j++) zeros[j] = 0.0f;
     for (int32_t r = 0; r < H; r++) { /* even[j] = x[2j]; odd[j] = x[2j - 1] (odd[0] = 0) */
         const float *restrict row = mel + (size_t)r * W;
@@ -68,41 +68,61 @@ EQ_INL void stem_body(const eq_cnn_op *op, const float *mel, uint8_t *out, float
         for (int32_t j = 1; j <= no; j++) od[j] = row[2 * j - 1];
         for (int32_t j = no + 1; j < Wp; j++) od[j] = 0.0f;
     }
+    return split;
+}
+
+/* the rows under the nine taps of output row oy: ix = 2 ox + dx is odd[ox] for dx = -1,
+ * even[ox] for 0, odd[ox + 1] for +1; rows outside the map are zeros */
+EQ_INL void stem_taps(const eq_cnn_op *op, const float *split, int32_t oy, const float **v) {
+    const int32_t Wp = stem_wp(op);
+    for (int32_t t = 0; t < 9; t++) {
+        const int32_t iy = 2 * oy + t / 3 - 1, dx = t % 3 - 1;
+        v[t] = (iy < 0 || iy >= op->h_in) ? split + (size_t)2 * op->h_in * Wp
+                                          : split + (size_t)2 * iy * Wp + (dx == 0 ? 0 : Wp) + (dx > 0 ? 1 : 0);
+    }
+}
+
+EQ_INL void stem_channel(const eq_cnn_op *op, int32_t c, const float *const *v, uint8_t *restrict q) {
+    const float *w = op->fw + c * 9, b = op->fb[c], inv = op->epi.out_inv[c];
+    const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6], w7 = w[7], w8 = w[8];
+    const float *restrict v0 = v[0], *restrict v1 = v[1], *restrict v2 = v[2], *restrict v3 = v[3],
+                          *restrict v4 = v[4], *restrict v5 = v[5], *restrict v6 = v[6], *restrict v7 = v[7],
+                          *restrict v8 = v[8];
+    const int32_t z = op->epi.out_zero[c];
+    for (int32_t ox = 0; ox < op->w_out; ox++) { /* 0, then the taps in order: as the reference */
+        float a = 0.0f;
+        a = a + v0[ox] * w0;
+        a = a + v1[ox] * w1;
+        a = a + v2[ox] * w2;
+        a = a + v3[ox] * w3;
+        a = a + v4[ox] * w4;
+        a = a + v5[ox] * w5;
+        a = a + v6[ox] * w6;
+        a = a + v7[ox] * w7;
+        a = a + v8[ox] * w8;
+        q[ox] = requant(act_of(a + b, EQ_CNN_ACT_HS), inv, z);
+    }
+}
+
+/* qrow: cout rows of stem_wp bytes -> output row oy of the channels-last map */
+EQ_INL void stem_interleave(const eq_cnn_op *op, const uint8_t *restrict qrow, int32_t oy, uint8_t *restrict out) {
+    const int32_t C = op->cout, cs = eq_cnn_c4(C), Wo = op->w_out, Wp = stem_wp(op);
+    uint8_t *restrict o = out + (size_t)oy * Wo * cs;
+    for (int32_t ox = 0; ox < Wo; ox++)
+        for (int32_t c = 0; c < C; c++) o[(size_t)ox * cs + c] = qrow[(size_t)c * Wp + ox];
+}
+
+EQ_INL uint8_t *stem_qrow(const eq_cnn_op *op, float *scratch) {
+    return (uint8_t *)(scratch + (size_t)(2 * op->h_in + 1) * stem_wp(op));
+}
+
+EQ_INL void stem_body(const eq_cnn_op *op, const float *mel, uint8_t *out, float *scratch) {
+    const float *split = stem_split(op, mel, scratch), *v[9];
+    uint8_t *qrow = stem_qrow(op, scratch);
     for (int32_t oy = 0; oy < op->h_out; oy++) {
-        const float *v[9];
-        for (int32_t t = 0; t < 9; t++) { /* ix = 2 ox + dx: dx -1 -> odd[ox], 0 -> even[ox], +1 -> odd[ox + 1] */
-            const int32_t iy = 2 * oy + t / 3 - 1, dx = t % 3 - 1;
-            if (iy < 0 || iy >= H)
-                v[t] = zeros;
-            else
-                v[t] = split + (size_t)2 * iy * Wp + (dx == 0 ? 0 : Wp) + (dx > 0 ? 1 : 0);
-        }
-        const float *restrict v0 = v[0], *restrict v1 = v[1], *restrict v2 = v[2], *restrict v3 = v[3],
-                              *restrict v4 = v[4], *restrict v5 = v[5], *restrict v6 = v[6], *restrict v7 = v[7],
-                              *restrict v8 = v[8];
-        for (int32_t c = 0; c < C; c++) {
-            const float *w = op->fw + c * 9, b = op->fb[c], inv = op->epi.out_inv[c];
-            const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6], w7 = w[7],
-                        w8 = w[8];
-            const int32_t z = op->epi.out_zero[c];
-            uint8_t *restrict q = qrow + (size_t)c * Wp;
-            for (int32_t ox = 0; ox < Wo; ox++) { /* 0, then the taps in order: as the reference */
-                float a = 0.0f;
-                a = a + v0[ox] * w0;
-                a = a + v1[ox] * w1;
-                a = a + v2[ox] * w2;
-                a = a + v3[ox] * w3;
-                a = a + v4[ox] * w4;
-                a = a + v5[ox] * w5;
-                a = a + v6[ox] * w6;
-                a = a + v7[ox] * w7;
-                a = a + v8[ox] * w8;
-                q[ox] = requant(act_of(a + b, EQ_CNN_ACT_HS), inv, z);
-            }
-        }
-        uint8_t *restrict o = out + (size_t)oy * Wo * cs;
-        for (int32_t ox = 0; ox < Wo; ox++)
-            for (int32_t c = 0; c < C; c++) o[(size_t)ox * cs + c] = qrow[(size_t)c * Wp + ox];
+        stem_taps(op, split, oy, v);
+        for (int32_t c = 0; c < op->cout; c++) stem_channel(op, c, v, qrow + (size_t)c * stem_wp(op));
+        stem_interleave(op, qrow, oy, out);
     }
 }
 

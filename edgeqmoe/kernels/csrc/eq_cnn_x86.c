@@ -31,8 +31,36 @@ static void dw_pack_madd(const int8_t *w, const int32_t *zero, int32_t c, int32_
 }
 
 /* the shared stem and squeeze-excitation, vectorised by the compiler for each set */
+/* the shared stem with its channel rows in AVX-512: 16 outputs of a row at a time, the
+ * same operations in the same order as stem_channel (rows are padded: no remainder) */
 T512 static void stem_512(const eq_cnn_op *op, const float *mel, uint8_t *out, float *scratch) {
-    stem_body(op, mel, out, scratch);
+    const float *split = stem_split(op, mel, scratch), *v[9];
+    uint8_t *qrow = stem_qrow(op, scratch);
+    const int32_t Wp = stem_wp(op);
+    const __m512 zero = _mm512_setzero_ps(), three = _mm512_set1_ps(3.0f), six = _mm512_set1_ps(6.0f),
+                 sixth = _mm512_set1_ps((float)(1.0 / 6.0)), lo = _mm512_set1_ps(-512.0f), hi = _mm512_set1_ps(512.0f),
+                 magic = _mm512_set1_ps(MAGIC), top = _mm512_set1_ps(255.0f);
+    for (int32_t oy = 0; oy < op->h_out; oy++) {
+        stem_taps(op, split, oy, v);
+        for (int32_t c = 0; c < op->cout; c++) {
+            __m512 w[9];
+            for (int t = 0; t < 9; t++) w[t] = _mm512_set1_ps(op->fw[c * 9 + t]);
+            const __m512 b = _mm512_set1_ps(op->fb[c]), inv = _mm512_set1_ps(op->epi.out_inv[c]),
+                         z = _mm512_set1_ps((float)op->epi.out_zero[c]);
+            for (int32_t x0 = 0; x0 < op->w_out; x0 += 16) {
+                __m512 a = zero;
+#pragma GCC unroll 9
+                for (int t = 0; t < 9; t++) a = _mm512_add_ps(a, _mm512_mul_ps(_mm512_loadu_ps(v[t] + x0), w[t]));
+                __m512 f = _mm512_add_ps(a, b);
+                f = _mm512_mul_ps(_mm512_mul_ps(f, _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(f, three), zero), six)), sixth);
+                __m512 y = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(f, inv), lo), hi);
+                y = _mm512_add_ps(_mm512_sub_ps(_mm512_add_ps(y, magic), magic), z);
+                y = _mm512_min_ps(_mm512_max_ps(y, zero), top);
+                _mm_storeu_si128((__m128i *)(qrow + (size_t)c * Wp + x0), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(y)));
+            }
+        }
+        stem_interleave(op, qrow, oy, out);
+    }
 }
 T512 static void se_512(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t *sums, uint8_t *x) {
     se_body(op, gate, fs, sums, x);

@@ -74,40 +74,60 @@ T2 static void se_2(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t
 
 /* ==================================================================== AVX-512 VNNI */
 
-/* the generic requantisation of 16 channels (c.. c+15, mask m) of one pixel, in the
- * same operations and order; stores the bytes at o + c */
-T512 static inline __attribute__((always_inline)) void epi16_512(const eq_cnn_epi *e, int32_t c, __m512i acc,
-                                                                  const uint8_t *r, __mmask16 m, uint8_t *o) {
+/* the requantisation's parameters for 16 channels, loaded once for many pixels */
+typedef struct {
+    __m512i corr, out_zero, res_zero;
+    __m512 w_scale, bias, out_inv, res_scale;
+    int act, res;
+} epi512;
+
+T512 static inline __attribute__((always_inline)) epi512 epi_load_512(const eq_cnn_epi *e, int32_t c, int res) {
+    epi512 P;
+    P.corr = _mm512_load_si512((const void *)(e->corr + c));
+    P.out_zero = _mm512_load_si512((const void *)(e->out_zero + c));
+    P.w_scale = _mm512_load_ps(e->w_scale + c), P.bias = _mm512_load_ps(e->bias + c);
+    P.out_inv = _mm512_load_ps(e->out_inv + c);
+    P.res = res, P.act = e->act;
+    P.res_zero = res ? _mm512_load_si512((const void *)(e->res_zero + c)) : _mm512_setzero_si512();
+    P.res_scale = res ? _mm512_load_ps(e->res_scale + c) : _mm512_setzero_ps();
+    return P;
+}
+
+/* the generic requantisation of 16 channels (mask m) of one pixel, in the same
+ * operations and order; r: that pixel's residual at these channels, o: its output */
+T512 static inline __attribute__((always_inline)) void epi_apply_512(const epi512 *P, __m512i acc, const uint8_t *r,
+                                                                      __mmask16 m, uint8_t *o) {
     const __m512 zero = _mm512_setzero_ps();
-    const __m512i s = _mm512_add_epi32(acc, _mm512_load_si512((const void *)(e->corr + c)));
-    __m512 f = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_load_ps(e->w_scale + c)),
-                             _mm512_load_ps(e->bias + c));
-    if (r) {
-        const __m512i rv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, r + c));
-        const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(rv, _mm512_load_si512((const void *)(e->res_zero + c))));
-        f = _mm512_add_ps(f, _mm512_mul_ps(d, _mm512_load_ps(e->res_scale + c)));
-    } else if (e->act == EQ_CNN_ACT_RELU) {
+    const __m512i s = _mm512_add_epi32(acc, P->corr);
+    __m512 f = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(s), P->w_scale), P->bias);
+    if (P->res) {
+        const __m512i rv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, r));
+        f = _mm512_add_ps(f, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(rv, P->res_zero)), P->res_scale));
+    } else if (P->act == EQ_CNN_ACT_RELU) {
         f = _mm512_max_ps(f, zero);
-    } else if (e->act == EQ_CNN_ACT_HS) {
+    } else if (P->act == EQ_CNN_ACT_HS) {
         const __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(f, _mm512_set1_ps(3.0f)), zero), _mm512_set1_ps(6.0f));
         f = _mm512_mul_ps(_mm512_mul_ps(f, t), _mm512_set1_ps((float)(1.0 / 6.0)));
     }
-    __m512 y = _mm512_mul_ps(f, _mm512_load_ps(e->out_inv + c));
+    __m512 y = _mm512_mul_ps(f, P->out_inv);
     y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(-512.0f)), _mm512_set1_ps(512.0f));
     y = _mm512_sub_ps(_mm512_add_ps(y, _mm512_set1_ps(MAGIC)), _mm512_set1_ps(MAGIC));
-    __m512i q = _mm512_add_epi32(_mm512_cvttps_epi32(y), _mm512_load_si512((const void *)(e->out_zero + c)));
+    __m512i q = _mm512_add_epi32(_mm512_cvttps_epi32(y), P->out_zero);
     q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
-    _mm512_mask_cvtepi32_storeu_epi8(o + c, m, q);
+    _mm512_mask_cvtepi32_storeu_epi8(o, m, q);
 }
 
 static inline __mmask16 tail16(int32_t left) { return left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1); }
 
 T512 static void epilogue_512(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
                               const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
-    for (int32_t p = 0; p < npix; p++)
-        for (int32_t c = 0; c < n; c += 16)
-            epi16_512(e, c, _mm512_loadu_si512((const void *)(acc + (size_t)p * accs + c)),
-                      res ? res + (size_t)p * rs : NULL, tail16(n - c), out + (size_t)p * os);
+    for (int32_t c = 0; c < n; c += 16) {
+        const epi512 P = epi_load_512(e, c, res != NULL);
+        const __mmask16 m = tail16(n - c);
+        for (int32_t p = 0; p < npix; p++)
+            epi_apply_512(&P, _mm512_loadu_si512((const void *)(acc + (size_t)p * accs + c)),
+                          res ? res + (size_t)p * rs + c : NULL, m, out + (size_t)p * os + c);
+    }
 }
 
 /* pointwise weights: [k/4][n rounded to 16][4] int8, so one 64-byte load holds four
@@ -161,6 +181,7 @@ T512 static void pw_row_512(const void *packed, int32_t n, int32_t k, const uint
     const int8_t *w = packed;
     for (int32_t o = 0; o < n16; o += 16) {
         const __mmask16 m = tail16(n - o);
+        const epi512 P = epi_load_512(e, o, res != NULL);
         int32_t p = 0;
         for (; p + PW_TILE <= npix; p += PW_TILE) {
             __m512i a[PW_TILE];
@@ -174,7 +195,7 @@ T512 static void pw_row_512(const void *packed, int32_t n, int32_t k, const uint
             }
 #pragma GCC unroll 8
             for (int j = 0; j < PW_TILE; j++)
-                epi16_512(e, o, a[j], res ? res + (size_t)(p + j) * rs : NULL, m, out + (size_t)(p + j) * os);
+                epi_apply_512(&P, a[j], res ? res + (size_t)(p + j) * rs + o : NULL, m, out + (size_t)(p + j) * os + o);
         }
         for (; p < npix; p++) {
             __m512i a0 = _mm512_setzero_si512();
@@ -182,7 +203,7 @@ T512 static void pw_row_512(const void *packed, int32_t n, int32_t k, const uint
             for (int32_t q = 0; q < kq; q++)
                 a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(load4(xp + 4 * q)),
                                          _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4)));
-            epi16_512(e, o, a0, res ? res + (size_t)p * rs : NULL, m, out + (size_t)p * os);
+            epi_apply_512(&P, a0, res ? res + (size_t)p * rs + o : NULL, m, out + (size_t)p * os + o);
         }
     }
 }
@@ -233,7 +254,10 @@ T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8
                     a = _mm512_add_epi32(a, _mm512_madd_epi16(v, _mm512_loadu_si512((const void *)(wr + (size_t)tx * c16))));
                 }
             }
-            if (c < C) epi16_512(&op->epi, c, a, NULL, tail16(C - c), out + (size_t)ox * cs);
+            if (c < C) {
+                const epi512 P = epi_load_512(&op->epi, c, 0);
+                epi_apply_512(&P, a, NULL, tail16(C - c), out + (size_t)ox * cs + c);
+            }
         }
     }
 }

@@ -38,11 +38,6 @@ void eq_cnn_dw_pack_wide(const int8_t *w, const int32_t *zero, int32_t c, int32_
         for (int32_t j = 0; j < c; j++) o[(size_t)(t + 1) * c16 + j] = w[(size_t)t * c + j];
 }
 
-void eq_cnn_tap_range(int32_t o, int32_t s, int32_t pad, int32_t k, int32_t n, int32_t *t0, int32_t *t1) {
-    const int32_t first = o * s - pad;
-    *t0 = first < 0 ? -first : 0;
-    *t1 = first + k > n ? n - first : k;
-}
 
 /* ---------------------------------------------------------------- generic twins */
 

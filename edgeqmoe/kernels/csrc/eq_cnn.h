@@ -123,7 +123,12 @@ void eq_cnn_epilogue(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int3
 size_t eq_cnn_dw_bytes_wide(int32_t c, int32_t k);
 void eq_cnn_dw_pack_wide(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, void *out);
 /* the taps [t0, t1) of output o (stride s, padding pad) that fall inside 0..n-1 */
-void eq_cnn_tap_range(int32_t o, int32_t s, int32_t pad, int32_t k, int32_t n, int32_t *t0, int32_t *t1);
+static inline void eq_cnn_tap_range(int32_t o, int32_t s, int32_t pad, int32_t k, int32_t n, int32_t *t0,
+                                    int32_t *t1) {
+    const int32_t first = o * s - pad;
+    *t0 = first < 0 ? -first : 0;
+    *t1 = first + k > n ? n - first : k;
+}
 /* floats of scratch the stem needs (stem_body in eq_cnn_body.h) */
 static inline int32_t eq_cnn_stem_scratch(int32_t cout, int32_t h_in, int32_t w_out) {
     const int32_t wp = (w_out + 16) & ~15;

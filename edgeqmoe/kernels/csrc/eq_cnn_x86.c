@@ -232,33 +232,46 @@ T512 static void dw_acc_512(const void *packed, const eq_cnn_op *op, const uint8
     }
 }
 
+/* one output pixel's depthwise sums over taps [ty0, ty1) x [tx0, tx1), requantised;
+ * inlined with constant bounds for the interior, where the loops unroll */
+T512 static inline __attribute__((always_inline)) void dw_px_512(const int32_t *zp, const int32_t *w, const uint8_t *base,
+                                                                  int32_t C, int32_t xs, int32_t row, int32_t k,
+                                                                  int32_t ty0, int32_t ty1, int32_t tx0, int32_t tx1,
+                                                                  const eq_cnn_epi *e, uint8_t *o) {
+    const int32_t c16 = up16(C);
+    for (int32_t c = 0; c < c16; c += 16) {
+        const __m512i z = _mm512_loadu_si512((const void *)(zp + c));
+        __m512i a = _mm512_setzero_si512();
+        for (int32_t ty = ty0; ty < ty1; ty++)
+            for (int32_t tx = tx0; tx < tx1; tx++) {
+                const __m128i b = _mm_loadu_si128((const __m128i *)(base + (size_t)ty * row + (size_t)tx * xs + c));
+                const __m512i v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(b), z);
+                a = _mm512_add_epi32(a, _mm512_madd_epi16(v, _mm512_loadu_si512((const void *)(w + (size_t)(ty * k + tx) * c16 + c))));
+            }
+        const epi512 P = epi_load_512(e, c, 0);
+        epi_apply_512(&P, a, NULL, tail16(C - c), o + c);
+    }
+}
+
 /* dw_acc_512 and the requantisation in one pass */
 T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
                             uint8_t *out) {
     const int32_t k = op->k, s = op->stride, pad = (k - 1) / 2, C = op->cout, c16 = up16(C), cs = eq_cnn_c4(C);
-    const int32_t *zp = packed, *w = zp + c16;
+    const int32_t *zp = packed, *w = zp + c16, row = op->w_in * xs;
     int32_t ty0, ty1;
     eq_cnn_tap_range(oy, s, pad, k, op->h_in, &ty0, &ty1);
+    const int full_y = ty0 == 0 && ty1 == k;
     for (int32_t ox = 0; ox < op->w_out; ox++) {
         int32_t tx0, tx1;
         eq_cnn_tap_range(ox, s, pad, k, op->w_in, &tx0, &tx1);
         const uint8_t *base = x + ((ptrdiff_t)(oy * s - pad) * op->w_in + (ox * s - pad)) * xs;
-        for (int32_t c = 0; c < c16; c += 16) {
-            const __m512i z = _mm512_loadu_si512((const void *)(zp + c));
-            __m512i a = _mm512_setzero_si512();
-            for (int32_t ty = ty0; ty < ty1; ty++) {
-                const uint8_t *rowp = base + (size_t)ty * op->w_in * xs + c;
-                const int32_t *wr = w + (size_t)ty * k * c16 + c;
-                for (int32_t tx = tx0; tx < tx1; tx++) {
-                    const __m512i v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(rowp + (size_t)tx * xs))), z);
-                    a = _mm512_add_epi32(a, _mm512_madd_epi16(v, _mm512_loadu_si512((const void *)(wr + (size_t)tx * c16))));
-                }
-            }
-            if (c < C) {
-                const epi512 P = epi_load_512(&op->epi, c, 0);
-                epi_apply_512(&P, a, NULL, tail16(C - c), out + (size_t)ox * cs + c);
-            }
-        }
+        uint8_t *o = out + (size_t)ox * cs;
+        if (full_y && tx0 == 0 && tx1 == k && k == 3)
+            dw_px_512(zp, w, base, C, xs, row, 3, 0, 3, 0, 3, &op->epi, o);
+        else if (full_y && tx0 == 0 && tx1 == k && k == 5)
+            dw_px_512(zp, w, base, C, xs, row, 5, 0, 5, 0, 5, &op->epi, o);
+        else
+            dw_px_512(zp, w, base, C, xs, row, k, ty0, ty1, tx0, tx1, &op->epi, o);
     }
 }
 

@@ -184,7 +184,7 @@ static int check_cnn(const char *name, int *checks) {
     static int32_t gate[EQ_CNN_GATE_N];
     for (int i = 0; i < EQ_CNN_GATE_N; i++)
         gate[i] = (int32_t)(32768.0 / (1.0 + exp(-(double)(i - EQ_CNN_GATE_RANGE * EQ_CNN_GATE_STEPS) / EQ_CNN_GATE_STEPS)));
-    eq_cnn_op ops[12];
+    eq_cnn_op ops[16];
     int n = 0;
     ops[n++] = conv_op(EQ_CNN_STEM, -1, 0, -1, 1, 8, 3, 2, EQ_CNN_ACT_HS);
     ops[n++] = conv_op(EQ_CNN_PW, 0, 1, -1, 8, 20, 1, 1, EQ_CNN_ACT_RELU);
@@ -197,7 +197,8 @@ static int check_cnn(const char *name, int *checks) {
     ops[n++] = se;
     ops[n++] = conv_op(EQ_CNN_PW, 2, 1, 0, 20, 8, 1, 1, EQ_CNN_ACT_NONE);
     ops[n++] = conv_op(EQ_CNN_DW, 1, 0, -1, 8, 8, 3, 2, EQ_CNN_ACT_HS);
-    ops[n++] = conv_op(EQ_CNN_PW, 0, 2, -1, 8, 40, 1, 1, EQ_CNN_ACT_HS);
+    ops[n++] = conv_op(EQ_CNN_DW, 0, 1, -1, 8, 8, 3, 1, EQ_CNN_ACT_RELU); /* 8 channels, stride 1: pixel pairs */
+    ops[n++] = conv_op(EQ_CNN_PW, 1, 2, -1, 8, 40, 1, 1, EQ_CNN_ACT_HS);
     eq_cnn_op pool, d1, d2;
     memset(&pool, 0, sizeof pool);
     pool.kind = EQ_CNN_POOL, pool.src = 2, pool.cin = pool.cout = 40;
@@ -211,7 +212,7 @@ static int check_cnn(const char *name, int *checks) {
     d2.cin = 24, d2.cout = 7, d2.w = fill_b(24 * 7), d2.scale = fill_f(7, 0.001f, 0.01f), d2.fb = fill_f(7, -1, 1);
     d2.epi.act = EQ_CNN_ACT_NONE;
     ops[n++] = d2;
-    const int32_t H = 16, T = 23;
+    const int32_t H = 16, T = 47;
     float *mel = fill_f(H * T, -3, 3), e1[40], e2[40], o1[7], o2[7];
     eq_cnn E1, E2;
     if (eq_cnn_init(&E1, G, ops, n, gate, H, T) || eq_cnn_init(&E2, V, ops, n, gate, H, T)) {

@@ -26,8 +26,11 @@ static inline int32_t up16(int32_t n) { return (n + 15) & ~15; }
  * gives the exact product in one instruction, where vpmulld takes two */
 static void dw_pack_madd(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, void *out) {
     eq_cnn_dw_pack_wide(w, zero, c, k, out);
-    int32_t *o = (int32_t *)out + up16(c);
+    int32_t *z = out, *o = z + up16(c);
     for (int32_t i = 0; i < up16(c) * k * k; i++) o[i] = (int32_t)(uint16_t)(int16_t)o[i];
+    if (c == 8) /* 8 channels: lanes 8-15 repeat them, so that a vector holds two neighbouring pixels */
+        for (int32_t t = 0; t <= k * k; t++)
+            for (int32_t j = 0; j < 8; j++) z[(size_t)t * 16 + 8 + j] = z[(size_t)t * 16 + j];
 }
 
 /* the shared stem and squeeze-excitation, vectorised by the compiler for each set */
@@ -260,12 +263,35 @@ T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8
     const int32_t *zp = packed, *w = zp + c16, row = op->w_in * xs;
     int32_t ty0, ty1;
     eq_cnn_tap_range(oy, s, pad, k, op->h_in, &ty0, &ty1);
-    const int full_y = ty0 == 0 && ty1 == k;
+    const int full_y = ty0 == 0 && ty1 == k, pairs = C == 8 && s == 1;
+    epi512 pair;
+    if (pairs) { /* the parameters of channels 0-7, twice */
+        const __m512i dup = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7);
+        pair = epi_load_512(&op->epi, 0, 0);
+        pair.corr = _mm512_permutexvar_epi32(dup, pair.corr), pair.out_zero = _mm512_permutexvar_epi32(dup, pair.out_zero);
+        pair.w_scale = _mm512_permutexvar_ps(dup, pair.w_scale), pair.bias = _mm512_permutexvar_ps(dup, pair.bias);
+        pair.out_inv = _mm512_permutexvar_ps(dup, pair.out_inv);
+    }
     for (int32_t ox = 0; ox < op->w_out; ox++) {
         int32_t tx0, tx1;
         eq_cnn_tap_range(ox, s, pad, k, op->w_in, &tx0, &tx1);
         const uint8_t *base = x + ((ptrdiff_t)(oy * s - pad) * op->w_in + (ox * s - pad)) * xs;
         uint8_t *o = out + (size_t)ox * cs;
+        if (pairs && full_y && tx0 == 0 && ox + 1 < op->w_out && (ox + 1) * s - pad + k <= op->w_in) {
+            /* 8 channels, stride 1: pixels ox and ox + 1 side by side in one vector (the
+             * weights and zero points repeat in lanes 8-15, and so do the parameters here) */
+            __m512i a = _mm512_setzero_si512();
+            const __m512i z = _mm512_loadu_si512((const void *)zp);
+            for (int32_t ty = 0; ty < k; ty++)
+                for (int32_t tx = 0; tx < k; tx++) {
+                    const __m128i b = _mm_loadu_si128((const __m128i *)(base + (size_t)ty * row + (size_t)tx * xs));
+                    const __m512i v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(b), z);
+                    a = _mm512_add_epi32(a, _mm512_madd_epi16(v, _mm512_loadu_si512((const void *)(w + (size_t)(ty * k + tx) * 16))));
+                }
+            epi_apply_512(&pair, a, NULL, 0xffff, o);
+            ox++;
+            continue;
+        }
         if (full_y && tx0 == 0 && tx1 == k && k == 3)
             dw_px_512(zp, w, base, C, xs, row, 3, 0, 3, 0, 3, &op->epi, o);
         else if (full_y && tx0 == 0 && tx1 == k && k == 5)

@@ -93,10 +93,12 @@ def format_table(result: Dict) -> str:
         lines.append(f"{r['embedder']:18} {r['what']:8} {r['dim']:4d} {r['window_s']:6.2f}s {r['median_ms']:10.3f} "
                      f"{r['p95_ms']:8.3f} {r['p99_ms']:8.3f} {r['n']:6d}")
     rows = {(r["embedder"], r["what"]): r for r in result["rows"]}
-    for r in result["rows"]:  # each against the full-precision runtimes of the same run
-        for base in ("mn04/onnxruntime", "mn04/torch"):
+    bases = ("mn04/onnxruntime", "mn04/torch")
+    for r in result["rows"]:  # each against the full-precision runtimes of the same run (each pair once)
+        for base in bases:
             ref = rows.get((base, r["what"]))
-            if ref is None or r["embedder"] == base or not r["embedder"].startswith("mn04/"):
+            if ref is None or not r["embedder"].startswith("mn04/") or \
+                    (r["embedder"] in bases and bases.index(base) <= bases.index(r["embedder"])):
                 continue
             speed = ref["median_ms"] / r["median_ms"]
             lines.append(f"  {r['embedder']} {r['what']}: {max(speed, 1 / speed):.2f}x "

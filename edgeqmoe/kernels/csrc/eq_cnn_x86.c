@@ -114,10 +114,11 @@ T512 static inline __attribute__((always_inline)) void epi_apply_512(const epi51
     }
     __m512 y = _mm512_mul_ps(f, P->out_inv);
     y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(-512.0f)), _mm512_set1_ps(512.0f));
-    y = _mm512_sub_ps(_mm512_add_ps(y, _mm512_set1_ps(MAGIC)), _mm512_set1_ps(MAGIC));
-    __m512i q = _mm512_add_epi32(_mm512_cvttps_epi32(y), P->out_zero);
-    q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
-    _mm512_mask_cvtepi32_storeu_epi8(o, m, q);
+    /* rounding to nearest even in the conversion itself: what (y + MAGIC) - MAGIC gives
+     * for |y| <= 512; then below 0 -> 0, and the store saturates above 255 */
+    const __m512i q = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvt_roundps_epi32(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                                                        P->out_zero), _mm512_setzero_si512());
+    _mm512_mask_cvtusepi32_storeu_epi8(o, m, q);
 }
 
 static inline __mmask16 tail16(int32_t left) { return left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1); }

@@ -416,22 +416,35 @@ def weights_fetch(name: str = typer.Argument("mn04"),
 @weights_app.command("convert")
 def weights_convert(path: Optional[str] = typer.Argument(None, help="The mn04 weights file or its folder (default: "
                                                                       "the usual search)."),
+                    to: str = typer.Option("all", help="int8 (our integer kernels), onnx (fp32 for ONNX Runtime), "
+                                                       "or all."),
                     out: Optional[str] = typer.Option(None, help="Write here instead of the converted-embedder "
-                                                                 "folder.")):
-    """Convert the mn04 weights (sha256 checked) for ONNX Runtime: the daemon then never needs torch."""
+                                                                 "folder (with --to int8 or onnx).")):
+    """Convert the mn04 weights (sha256 checked) for the daemon's runtimes: our integer kernels and ONNX Runtime.
+    The daemon converts them at its first start too; neither needs torch."""
     import time as _time
 
+    from .embed import mn04_int8
     from .embed.mn04_onnx import convert, onnxruntime_available
     from .embed.weights import WeightsError
 
-    if not onnxruntime_available():
-        fail("converting needs onnxruntime and onnx: pip install onnxruntime onnx")
-    t0 = _time.perf_counter()
-    try:
-        dest = convert(path, out)
-    except WeightsError as e:
-        fail(str(e))
-    typer.echo(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB) in {_time.perf_counter() - t0:.2f} s")
+    if to not in ("all", "int8", "onnx"):
+        fail(f"--to {to!r}: choose int8, onnx or all")
+    if out and to == "all":
+        fail("--out names one file: choose it with --to int8 or --to onnx")
+    targets = ["int8", "onnx"] if to == "all" else [to]
+    for target in targets:
+        if target == "onnx" and not onnxruntime_available():
+            if to == "onnx":
+                fail("converting for ONNX Runtime needs onnxruntime and onnx: pip install onnxruntime onnx")
+            typer.echo("onnx: skipped (onnxruntime and onnx are not installed; the int8 profiles do not need them)")
+            continue
+        t0 = _time.perf_counter()
+        try:
+            dest = mn04_int8.convert(path, out) if target == "int8" else convert(path, out)
+        except WeightsError as e:
+            fail(str(e))
+        typer.echo(f"{target}: wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB) in {_time.perf_counter() - t0:.2f} s")
 
 
 mqtt_app = typer.Typer(no_args_is_help=True, help="The MQTT link of a profile: check it before the daemon uses it.")

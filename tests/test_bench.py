@@ -152,7 +152,7 @@ def test_bench_embedders_times_mn04_on_each_runtime(tmp_path, weights_dir):
 def test_weights_convert_writes_the_onnx_file(tmp_path, weights_dir):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "mn04.onnx"
-    res = CliRunner().invoke(app, ["weights", "convert", "--out", str(out)])
+    res = CliRunner().invoke(app, ["weights", "convert", "--to", "onnx", "--out", str(out)])
     assert res.exit_code == 0 and out.stat().st_size > 1_000_000, res.output
     res = CliRunner().invoke(app, ["weights", "convert", str(tmp_path / "missing.pt")])
     assert res.exit_code == 2 and "missing.pt" in res.output

@@ -42,10 +42,10 @@ def test_every_variant_equals_the_integer_reference(int8_net, real_mels):
     mel = real_mels[:6]
     ref_e, ref_l = M.int_forward(q, mel)
     for variant in available_variants():
-        e, lg = M.Engine(q, variant).forward_mel(mel)
+        e, lg = M.Engine.of(q, variant).forward_mel(mel)
         assert np.array_equal(e, ref_e) and np.array_equal(lg, ref_l), variant
     # another window length builds its own engine and still agrees
-    e2, _ = M.Engine(q, "generic").forward_mel(mel[:2, :, :57])
+    e2, _ = M.Engine.of(q, "generic").forward_mel(mel[:2, :, :57])
     assert np.array_equal(e2, M.int_forward(q, mel[:2, :, :57])[0])
 
 
@@ -54,7 +54,7 @@ def test_the_integer_network_stays_close_to_fp32(int8_net, real_mels):
 
     net, q = int8_net
     ref_e, ref_l = M.float_forward(net, real_mels)
-    e, lg = M.Engine(q, available_variants()[0]).forward_mel(real_mels)
+    e, lg = M.Engine.of(q, available_variants()[0]).forward_mel(real_mels)
     cos = (e * ref_e).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(ref_e, axis=1)
     top1 = float((lg.argmax(1) == ref_l.argmax(1)).mean())
     print(f"\n{len(e)} windows: cosine mean {cos.mean():.4f} min {cos.min():.4f}, top-1 {100 * top1:.1f}%")
@@ -93,15 +93,67 @@ def test_the_daemon_runs_on_the_integer_embedder(tmp_path):
     need(WEIGHTS, "mn04 weights")
     need(US8K, "UrbanSound8K clips")
     clip = os.path.join(US8K, "fold1", "101415-3-0-2.flac")
-    logs = tmp_path / "logs"
     code = ("import sys\nfrom edgeqmoe.cli import app\n"
             "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
             "print('loaded:', sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))\nsys.exit(code)\n")
-    r = subprocess.run([sys.executable, "-c", code, "run", "--profile", "stable", "--source", f"file:{clip}",
-                        "--fast", "--log-dir", str(logs)], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "EDGEQMOE_WEIGHTS_DIR": MODELS})
-    assert r.returncode == 0, r.stderr
-    assert "loaded: []" in r.stdout, r.stdout
-    start = next(d for d in read_jsonl(logs / "daemon.jsonl") if d["event"] == "start")
-    assert start["embedder"]["runtime"] == "int8" and start["embedder"]["version"] == "1-int8"
-    assert [e["class"] for e in read_jsonl(logs / "events.jsonl")] == ["dog_bark"]
+    env = {**os.environ, "EDGEQMOE_WEIGHTS_DIR": MODELS, "EDGEQMOE_CACHE_DIR": str(tmp_path / "cache")}
+    for run in (1, 2):  # the first start converts the weights once, the second loads the bundle
+        logs = tmp_path / f"logs{run}"
+        r = subprocess.run([sys.executable, "-c", code, "run", "--profile", "stable", "--source", f"file:{clip}",
+                            "--fast", "--log-dir", str(logs)], capture_output=True, text=True, timeout=300, env=env)
+        assert r.returncode == 0, r.stderr
+        assert "loaded: []" in r.stdout, r.stdout
+        assert ("for the integer kernels (once)" in r.stderr) == (run == 1), r.stderr
+        daemon = list(read_jsonl(logs / "daemon.jsonl"))
+        start = next(d for d in daemon if d["event"] == "start")
+        assert start["embedder"]["runtime"] == "int8" and start["embedder"]["version"] == "1-int8"
+        assert any(d["event"] == "embedder_converted" for d in daemon) == (run == 1)
+        assert [e["class"] for e in read_jsonl(logs / "events.jsonl")] == ["dog_bark"]
+    assert len(list((tmp_path / "cache" / "embedders").glob("mn04-int8-*.safetensors"))) == 1
+
+
+def test_the_bundle_is_made_once_checked_and_named_when_damaged(tmp_path, monkeypatch, real_mels):
+    """The converter writes the engine's operations with the weights' and calibration's
+    sha256; loading it gives the same embeddings as building from the weights; a file
+    from other weights, or a damaged one, is refused with its path and what to do."""
+    from edgeqmoe.embed import WeightsError
+    from edgeqmoe.embed import mn04_int8 as M
+    from edgeqmoe.embed.weights import sha256_of
+
+    need(WEIGHTS, "mn04 weights")
+    monkeypatch.setenv("EDGEQMOE_CACHE_DIR", str(tmp_path))
+    said = []
+    first = M.MN04Int8Embedder(weights=MODELS, kernel="generic", say=said.append)
+    assert first.converted and len(said) == 1 and "once" in said[0] and first.model_path in said[0]
+    second = M.MN04Int8Embedder(weights=MODELS, kernel="generic", say=said.append)
+    assert not second.converted and len(said) == 1 and second.model_path == first.model_path
+    mel = real_mels[:3]
+    assert np.array_equal(first.forward_mel(mel)[0], second.forward_mel(mel)[0])
+    # the numpy reference (built from the weights, not the bundle) agrees with the bundle's engine
+    assert np.array_equal(M.MN04Int8Embedder(weights=MODELS, kernel="ref").forward_mel(mel)[1],
+                          second.forward_mel(mel)[1])
+    path = tmp_path / "other.safetensors"
+    ops, gate = M.load_bundle(first.model_path, sha256_of(WEIGHTS), M.calibration_sha256())
+    M.save_bundle(ops, gate, path, "0" * 64, M.calibration_sha256())
+    with pytest.raises(WeightsError, match="other weights.*delete it"):
+        M.load_bundle(path, sha256_of(WEIGHTS), M.calibration_sha256())
+    data = open(first.model_path, "rb").read()
+    with open(first.model_path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match=r"cannot be read.*delete it") as e:
+        M.MN04Int8Embedder(weights=MODELS, kernel="generic")
+    assert first.model_path in str(e.value)
+
+
+def test_weights_convert_writes_the_int8_bundle(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from edgeqmoe.cli import app
+
+    need(WEIGHTS, "mn04 weights")
+    monkeypatch.setenv("EDGEQMOE_WEIGHTS_DIR", MODELS)
+    out = tmp_path / "mn04-int8.safetensors"
+    res = CliRunner().invoke(app, ["weights", "convert", "--to", "int8", "--out", str(out)])
+    assert res.exit_code == 0 and out.stat().st_size > 500_000 and "int8: wrote" in res.output, res.output
+    res = CliRunner().invoke(app, ["weights", "convert", "--out", str(out)])
+    assert res.exit_code == 2 and "--to int8 or --to onnx" in res.output

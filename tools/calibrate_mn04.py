@@ -91,7 +91,7 @@ def main() -> None:
         return
     test = mels_of(pick(ds.clips, args.test), args.every)
     ref_e, ref_l = MN04OnnxEmbedder(weights=str(weights)).forward_mel(test)
-    engine = M.Engine(M.quantize(net, calib), resolve_variant("simd") if resolve_variant("simd") != "ref" else "generic")
+    engine = M.Engine.of(M.quantize(net, calib), resolve_variant("simd") if resolve_variant("simd") != "ref" else "generic")
     e, lg = engine.forward_mel(test)
     cos = (e * ref_e).sum(1) / np.linalg.norm(e, axis=1) / np.maximum(np.linalg.norm(ref_e, axis=1), 1e-12)
     top1 = float((lg.argmax(1) == ref_l.argmax(1)).mean())

@@ -22,7 +22,8 @@ def get_embedder(embedder_id: str, weights: Optional[str] = None, threads: int =
     """``runtime`` (mn04): ``auto`` is ONNX Runtime when installed (the daemon then
     never imports torch), else torch; the first use of a weights file with ONNX Runtime
     converts it once (``say`` is told). ``int8`` runs the integer network on our C
-    kernels (variant ``kernel``), built from the weights and the shipped calibration."""
+    kernels (variant ``kernel``), converted once from the weights and the shipped
+    calibration (``say`` is told too)."""
     if embedder_id == "mn04":
         from .weights import MN04_WEIGHTS, resolve
 
@@ -32,7 +33,7 @@ def get_embedder(embedder_id: str, weights: Optional[str] = None, threads: int =
         if runtime == "int8":
             from .mn04_int8 import MN04Int8Embedder
 
-            return MN04Int8Embedder(weights=str(path), kernel=kernel)
+            return MN04Int8Embedder(weights=str(path), kernel=kernel, say=say)
         from .mn04_onnx import onnxruntime_available
 
         if runtime == "onnxruntime" or (runtime == "auto" and onnxruntime_available()):

@@ -20,12 +20,21 @@ two small layers (sums over inputs in index order) and its sigmoid (a table of
 2049 values of ``z`` from -16 to 16 in steps of 1/64, as a 15-bit gate), and the
 pooled embedding. The AudioSet classifier quantises the embedding per window (max-abs,
 int8) and its hidden layer likewise.
+
+The integer network is converted once (``convert``: from the weights, sha256 checked,
+and the shipped calibration; under a second) into an embedder bundle, a safetensors file
+of the engine's operations in the converted-embedder folder, named by the weights' and
+the calibration's sha256, which its metadata records too; the embedder loads it at
+every later start, or converts it at the first.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -406,10 +415,16 @@ class Engine:
     """The integer mn04 on one kernel variant, an engine per window length (built on first
     use, then reused: fixed work and no allocation per window)."""
 
-    def __init__(self, q: dict, variant: str, n_mels: int = 128):
-        self.ops, self.gate, self.variant, self.n_mels = engine_ops(q), q["gate"], variant, n_mels
-        self.emb_dim, self.out_dim = q["pool"]["zero"].shape[0], q["fc2"]["w"].shape[0]
+    def __init__(self, ops: List[dict], gate: np.ndarray, variant: str):
+        self.ops, self.gate, self.variant = ops, gate, variant
+        self.emb_dim = next(o["cout"] for o in ops if o["kind"] == "pool")
+        self.out_dim = [o["cout"] for o in ops if o["kind"] == "dense"][-1]
         self._by_frames: Dict[int, object] = {}
+
+    @classmethod
+    def of(cls, q: dict, variant: str) -> "Engine":
+        """The engine of an integer network (``quantize``'s result)."""
+        return cls(engine_ops(q), q["gate"], variant)
 
     def forward_mel(self, mel: np.ndarray):
         """mel (B, n_mels, T) -> (embeddings (B, 384), logits (B, 527)), float32."""
@@ -429,35 +444,154 @@ class Engine:
 # the embedder
 
 
+# ---------------------------------------------------------------------------------------------
+# the embedder bundle
+
+BUNDLE_VERSION = "1"
+_INTS = ("src", "dst", "res", "cin", "cout", "k", "stride", "act")
+
+
+def calibration_sha256() -> str:
+    from .weights import sha256_of
+
+    return sha256_of(CALIBRATION_FILE)
+
+
+def bundle_path(source_sha256: str, calib_sha256: Optional[str] = None) -> Path:
+    from .mn04_onnx import converted_dir
+
+    calib_sha256 = calib_sha256 or calibration_sha256()
+    return converted_dir() / f"mn04-int8-{source_sha256[:16]}-c{calib_sha256[:8]}-v{BUNDLE_VERSION}.safetensors"
+
+
+def build_ops(weights_path) -> Tuple[List[dict], np.ndarray]:
+    """The engine's operations and sigmoid table from the weights file and the shipped
+    calibration."""
+    from .ptfile import CheckpointError, read_state_dict
+    from .weights import WeightsError
+
+    try:
+        net = layers(read_state_dict(weights_path))
+    except (CheckpointError, KeyError) as e:
+        raise WeightsError(f"{weights_path}: cannot build the integer embedder from it ({e})") from None
+    try:
+        calib = load_calibration()
+    except (OSError, KeyError, ValueError) as e:
+        raise WeightsError(f"the integer embedder's calibration {CALIBRATION_FILE} cannot be read ({e}); "
+                           "reinstall edgeqmoe") from None
+    q = quantize(net, calib)
+    return engine_ops(q), q["gate"]
+
+
+def save_bundle(ops: List[dict], gate: np.ndarray, path: Path, source_sha256: str, calib_sha256: str) -> None:
+    """Write the operations as a safetensors file (a temporary name, fsync, rename)."""
+    from safetensors.numpy import save
+
+    tensors = {"gate": np.ascontiguousarray(gate)}
+    layout = []
+    for i, op in enumerate(ops):
+        layout.append({k: (v if isinstance(v, str) else int(v)) for k, v in op.items() if not isinstance(v, np.ndarray)})
+        tensors.update({f"op{i}.{k}": v for k, v in op.items() if isinstance(v, np.ndarray)})
+    data = save(tensors, metadata={"format": "edgeqmoe mn04 int8 engine operations", "version": BUNDLE_VERSION,
+                                   "source_sha256": source_sha256, "calibration_sha256": calib_sha256,
+                                   "ops": json.dumps(layout)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_bundle(path: Path, source_sha256: str, calib_sha256: str) -> Tuple[List[dict], np.ndarray]:
+    """The operations of a bundle made from these weights and this calibration; a file
+    that cannot be read, or was made from others, is a WeightsError that says what to do."""
+    from safetensors import safe_open
+
+    from .weights import WeightsError
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            if meta.get("source_sha256") != source_sha256 or meta.get("calibration_sha256") != calib_sha256:
+                raise WeightsError(f"{path} was converted from other weights or another calibration; delete it and "
+                                   "start again to convert anew.")
+            ops = json.loads(meta["ops"])
+            for i, op in enumerate(ops):
+                for key in f.keys():
+                    if key.startswith(f"op{i}."):
+                        op[key[len(f"op{i}."):]] = f.get_tensor(key)
+            gate = f.get_tensor("gate")
+    except WeightsError:
+        raise
+    except Exception as e:  # a damaged file: say where; it is rebuilt once removed
+        raise WeightsError(f"the converted embedder {path} cannot be read ({e}); delete it and start again to "
+                           "convert anew.") from None
+    return ops, gate
+
+
+def convert(weights: Optional[str] = None, out: Optional[str] = None) -> Path:
+    """The pretrained weights (sha256 checked) -> the integer embedder bundle; returns its path."""
+    from .weights import MN04_WEIGHTS, WeightsError, resolve, sha256_of
+
+    src = resolve(MN04_WEIGHTS, weights)
+    digest, calib = sha256_of(src), calibration_sha256()
+    path = Path(out) if out else bundle_path(digest, calib)
+    ops, gate = build_ops(src)
+    try:
+        save_bundle(ops, gate, path, digest, calib)
+    except OSError as e:
+        raise WeightsError(f"cannot write the converted embedder to {path} ({e}); set EDGEQMOE_CACHE_DIR to a "
+                           "writable folder") from None
+    return path
+
+
 class MN04Int8Embedder(Embedder):
-    """mn04 on our integer kernels (``model.embedder_runtime: int8``): built at start from
-    the pretrained weights (sha256 checked by ``resolve``) and the shipped calibration in
-    about 0.2 s, no torch and no ONNX Runtime. ``kernel`` is the profile's kernel choice:
-    a C variant, or ``ref`` for the numpy reference (slow; for checks)."""
+    """mn04 on our integer kernels (``model.embedder_runtime: int8``), from its bundle in
+    the converted-embedder folder (made at the first start from the pretrained weights,
+    sha256 checked, and the shipped calibration; ``say`` is told); no torch and no ONNX
+    Runtime. ``kernel`` is the profile's kernel choice: a C variant, or ``ref`` for the
+    numpy reference (slow; for checks)."""
 
     info = EmbedderInfo(id="mn04", version="1-int8", sample_rate=MN04_MEL.sample_rate, dim=EMBED_DIM)
     runtime = "int8"
 
-    def __init__(self, weights: Optional[str] = None, kernel: str = "simd"):
+    def __init__(self, weights: Optional[str] = None, kernel: str = "simd", say=None):
         from ..kernels import resolve_variant
-        from .ptfile import CheckpointError, read_state_dict
-        from .weights import MN04_WEIGHTS, WeightsError, resolve, sha256_of
+        from .weights import MN04_WEIGHTS, resolve, sha256_of
 
         src = resolve(MN04_WEIGHTS, weights)
         self.weights_path, self.source_sha256 = str(src), sha256_of(src)
-        try:
-            net = layers(read_state_dict(src))
-        except (CheckpointError, KeyError) as e:
-            raise WeightsError(f"{src}: cannot build the integer embedder from it ({e})") from None
-        try:
-            calib = load_calibration()
-        except (OSError, KeyError, ValueError) as e:
-            raise WeightsError(f"the integer embedder's calibration {CALIBRATION_FILE} cannot be read ({e}); "
-                               "reinstall edgeqmoe") from None
-        self.q = quantize(net, calib)
         self.variant = resolve_variant(kernel)
-        self.engine = None if self.variant == "ref" else Engine(self.q, self.variant)
-        self.converted = False
+        self.converted, self.model_path, self.q, self.engine = False, None, None, None
+        if self.variant == "ref":  # the numpy reference works on the network itself
+            from .ptfile import read_state_dict
+
+            self.q = quantize(layers(read_state_dict(src)), load_calibration())
+            return
+        calib = calibration_sha256()
+        path = bundle_path(self.source_sha256, calib)
+        if path.is_file():
+            ops, gate = load_bundle(path, self.source_sha256, calib)
+        else:  # first start with these weights: under a second, said once by the caller
+            ops, gate = build_ops(src)
+            self.converted = True
+            try:
+                save_bundle(ops, gate, path, self.source_sha256, calib)
+                if say is not None:
+                    say(f"converting the mn04 weights {src} for the integer kernels (once) into {path}")
+            except OSError as e:  # nowhere to keep it: convert at every start instead, and say so
+                path = None
+                if say is not None:
+                    say(f"cannot write the converted embedder ({e}); set EDGEQMOE_CACHE_DIR to a writable folder; "
+                        "converting the mn04 weights in memory at every start until then")
+        self.model_path = str(path) if path is not None else None
+        self.engine = Engine(ops, gate, self.variant)
 
     def forward_mel(self, mel: np.ndarray):
         """mel (B, 128, T) -> (embeddings (B, 384), logits (B, 527))."""

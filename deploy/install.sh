@@ -33,7 +33,7 @@ fi
 sudo -u edgeqmoe EDGEQMOE_WEIGHTS_DIR=/var/lib/edgeqmoe/weights \
     /opt/edgeqmoe/venv/bin/edgeqmoe weights fetch mn04 --to /var/lib/edgeqmoe/weights \
     || echo "install.sh: weights not fetched (offline?); the daemon runs on the weight-free fallback until they are"
-# mn04 for ONNX Runtime, converted once now rather than at the first start
+# mn04 for our integer kernels (and ONNX Runtime when installed), converted once now rather than at the first start
 sudo -u edgeqmoe EDGEQMOE_WEIGHTS_DIR=/var/lib/edgeqmoe/weights EDGEQMOE_CACHE_DIR=/var/lib/edgeqmoe/cache \
     /opt/edgeqmoe/venv/bin/edgeqmoe weights convert || true
 install -m 0644 "$SRC/deploy/edgeqmoe.service" /etc/systemd/system/edgeqmoe.service

@@ -321,46 +321,63 @@ static void pw_pack_2(const int8_t *w, int32_t n, int32_t k, void *out) {
 }
 
 /* the generic requantisation, 8 channels at a time, in the same operations and order */
+/* the requantisation's parameters for 8 channels, loaded once for many pixels */
+typedef struct {
+    __m256i corr, out_zero, res_zero;
+    __m256 w_scale, bias, out_inv, res_scale;
+    int act, res;
+} epi256;
+
+T2 static inline __attribute__((always_inline)) epi256 epi_load_2(const eq_cnn_epi *e, int32_t c, int res) {
+    epi256 P;
+    P.corr = _mm256_load_si256((const __m256i *)(e->corr + c));
+    P.out_zero = _mm256_load_si256((const __m256i *)(e->out_zero + c));
+    P.w_scale = _mm256_load_ps(e->w_scale + c), P.bias = _mm256_load_ps(e->bias + c);
+    P.out_inv = _mm256_load_ps(e->out_inv + c);
+    P.res = res, P.act = e->act;
+    P.res_zero = res ? _mm256_load_si256((const __m256i *)(e->res_zero + c)) : _mm256_setzero_si256();
+    P.res_scale = res ? _mm256_load_ps(e->res_scale + c) : _mm256_setzero_ps();
+    return P;
+}
+
+/* the generic requantisation of 8 channels (the first n of them stored) of one pixel, in
+ * the same operations and order; r: that pixel's residual at these channels (8 bytes are
+ * read: the maps have slack), o: its output */
+T2 static inline __attribute__((always_inline)) void epi_apply_2(const epi256 *P, __m256i acc, const uint8_t *r,
+                                                                  int32_t n, uint8_t *o) {
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 f = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc, P->corr)), P->w_scale), P->bias);
+    if (P->res) {
+        const __m256i rv = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)r));
+        f = _mm256_add_ps(f, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(rv, P->res_zero)), P->res_scale));
+    } else if (P->act == EQ_CNN_ACT_RELU) {
+        f = _mm256_max_ps(f, zero);
+    } else if (P->act == EQ_CNN_ACT_HS) {
+        const __m256 t = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(f, _mm256_set1_ps(3.0f)), zero), _mm256_set1_ps(6.0f));
+        f = _mm256_mul_ps(_mm256_mul_ps(f, t), _mm256_set1_ps((float)(1.0 / 6.0)));
+    }
+    __m256 y = _mm256_mul_ps(f, P->out_inv);
+    y = _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(-512.0f)), _mm256_set1_ps(512.0f));
+    /* rounding to nearest even in the conversion (MXCSR default): (y + MAGIC) - MAGIC */
+    const __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(y), P->out_zero);
+    const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    const __m128i b8 = _mm_packus_epi16(w16, w16); /* both packs saturate: 0..255 */
+    if (n >= 8)
+        _mm_storel_epi64((__m128i *)o, b8);
+    else {
+        uint8_t tmp[16];
+        _mm_storeu_si128((__m128i *)tmp, b8);
+        memcpy(o, tmp, (size_t)n);
+    }
+}
+
 T2 static void epilogue_2(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
                           const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
-    const __m256 zero = _mm256_setzero_ps(), three = _mm256_set1_ps(3.0f), six = _mm256_set1_ps(6.0f),
-                 sixth = _mm256_set1_ps((float)(1.0 / 6.0)), lo = _mm256_set1_ps(-512.0f), hi = _mm256_set1_ps(512.0f),
-                 magic = _mm256_set1_ps(MAGIC);
-    const __m256i i0 = _mm256_setzero_si256(), i255 = _mm256_set1_epi32(255);
-    for (int32_t p = 0; p < npix; p++) {
-        const int32_t *a = acc + (size_t)p * accs;
-        uint8_t *o = out + (size_t)p * os;
-        for (int32_t c = 0; c < n; c += 8) {
-            const __m256i s = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(a + c)),
-                                               _mm256_load_si256((const __m256i *)(e->corr + c)));
-            __m256 f = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_load_ps(e->w_scale + c)),
-                                     _mm256_load_ps(e->bias + c));
-            if (res) {
-                uint8_t rb[8] = {0};
-                memcpy(rb, res + (size_t)p * rs + c, (size_t)(n - c < 8 ? n - c : 8));
-                const __m256i r = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)rb));
-                const __m256 d = _mm256_cvtepi32_ps(_mm256_sub_epi32(r, _mm256_load_si256((const __m256i *)(e->res_zero + c))));
-                f = _mm256_add_ps(f, _mm256_mul_ps(d, _mm256_load_ps(e->res_scale + c)));
-            } else if (e->act == EQ_CNN_ACT_RELU) {
-                f = _mm256_max_ps(f, zero);
-            } else if (e->act == EQ_CNN_ACT_HS) {
-                const __m256 r = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(f, three), zero), six);
-                f = _mm256_mul_ps(_mm256_mul_ps(f, r), sixth);
-            }
-            __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(f, _mm256_load_ps(e->out_inv + c)), lo), hi);
-            y = _mm256_sub_ps(_mm256_add_ps(y, magic), magic);
-            __m256i q = _mm256_add_epi32(_mm256_cvttps_epi32(y), _mm256_load_si256((const __m256i *)(e->out_zero + c)));
-            q = _mm256_min_epi32(_mm256_max_epi32(q, i0), i255);
-            const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-            const __m128i b8 = _mm_packus_epi16(w16, w16);
-            if (n - c >= 8)
-                _mm_storel_epi64((__m128i *)(o + c), b8);
-            else {
-                uint8_t tmp[16];
-                _mm_storeu_si128((__m128i *)tmp, b8);
-                memcpy(o + c, tmp, (size_t)(n - c));
-            }
-        }
+    for (int32_t c = 0; c < n; c += 8) {
+        const epi256 P = epi_load_2(e, c, res != NULL);
+        for (int32_t p = 0; p < npix; p++)
+            epi_apply_2(&P, _mm256_loadu_si256((const __m256i *)(acc + (size_t)p * accs + c)),
+                        res ? res + (size_t)p * rs + c : NULL, n - c, out + (size_t)p * os + c);
     }
 }
 
@@ -410,7 +427,73 @@ T2 static void dw_acc_2(const void *packed, const eq_cnn_op *op, const uint8_t *
     }
 }
 
+/* pw_acc_2 and the requantisation in one pass: 4 pixels x 8 outputs in registers */
+T2 static void pw_row_2(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
+                        const eq_cnn_epi *e, const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
+    const int32_t n8 = (n + 7) & ~7, kp = eq_cnn_c4(k) / 2;
+    const int16_t *w = packed;
+    for (int32_t o = 0; o < n8; o += 8) {
+        const epi256 P = epi_load_2(e, o, res != NULL);
+        for (int32_t p = 0; p < npix; p += PW2_TILE) {
+            const int32_t np = npix - p < PW2_TILE ? npix - p : PW2_TILE;
+            __m256i a[PW2_TILE];
+            for (int j = 0; j < PW2_TILE; j++) a[j] = _mm256_setzero_si256();
+            for (int32_t q = 0; q < kp; q++) {
+                const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + ((size_t)q * n8 + o) * 2));
+                for (int j = 0; j < np; j++) {
+                    const uint8_t *b = x + (size_t)(p + j) * xs + 2 * q; /* two inputs as two int16 */
+                    a[j] = _mm256_add_epi32(a[j], _mm256_madd_epi16(_mm256_set1_epi32(b[0] | (b[1] << 16)), wv));
+                }
+            }
+            for (int j = 0; j < np; j++)
+                epi_apply_2(&P, a[j], res ? res + (size_t)(p + j) * rs + o : NULL, n - o, out + (size_t)(p + j) * os + o);
+        }
+    }
+}
+
+/* one output pixel's depthwise sums over taps [ty0, ty1) x [tx0, tx1), requantised */
+T2 static inline __attribute__((always_inline)) void dw_px_2(const int32_t *zp, const int32_t *w, const uint8_t *base,
+                                                              int32_t C, int32_t xs, int32_t row, int32_t k,
+                                                              int32_t ty0, int32_t ty1, int32_t tx0, int32_t tx1,
+                                                              const eq_cnn_epi *e, uint8_t *o) {
+    const int32_t c16 = up16(C);
+    for (int32_t c = 0; c < C; c += 8) {
+        const __m256i z = _mm256_loadu_si256((const __m256i *)(zp + c));
+        __m256i a = _mm256_setzero_si256();
+        for (int32_t ty = ty0; ty < ty1; ty++)
+            for (int32_t tx = tx0; tx < tx1; tx++) {
+                const __m128i b = _mm_loadl_epi64((const __m128i *)(base + (size_t)ty * row + (size_t)tx * xs + c));
+                const __m256i v = _mm256_sub_epi32(_mm256_cvtepu8_epi32(b), z);
+                a = _mm256_add_epi32(a, _mm256_madd_epi16(v, _mm256_loadu_si256((const __m256i *)(w + (size_t)(ty * k + tx) * c16 + c))));
+            }
+        const epi256 P = epi_load_2(e, c, 0);
+        epi_apply_2(&P, a, NULL, C - c, o + c);
+    }
+}
+
+/* dw_acc_2 and the requantisation in one pass; interior pixels with k known */
+T2 static void dw_row_2(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
+                        uint8_t *out) {
+    const int32_t k = op->k, s = op->stride, pad = (k - 1) / 2, C = op->cout, cs = eq_cnn_c4(C);
+    const int32_t *zp = packed, *w = zp + up16(C), row = op->w_in * xs;
+    int32_t ty0, ty1;
+    eq_cnn_tap_range(oy, s, pad, k, op->h_in, &ty0, &ty1);
+    const int full_y = ty0 == 0 && ty1 == k;
+    for (int32_t ox = 0; ox < op->w_out; ox++) {
+        int32_t tx0, tx1;
+        eq_cnn_tap_range(ox, s, pad, k, op->w_in, &tx0, &tx1);
+        const uint8_t *base = x + ((ptrdiff_t)(oy * s - pad) * op->w_in + (ox * s - pad)) * xs;
+        uint8_t *o = out + (size_t)ox * cs;
+        if (full_y && tx0 == 0 && tx1 == k && k == 3)
+            dw_px_2(zp, w, base, C, xs, row, 3, 0, 3, 0, 3, &op->epi, o);
+        else if (full_y && tx0 == 0 && tx1 == k && k == 5)
+            dw_px_2(zp, w, base, C, xs, row, 5, 0, 5, 0, 5, &op->epi, o);
+        else
+            dw_px_2(zp, w, base, C, xs, row, k, ty0, ty1, tx0, tx1, &op->epi, o);
+    }
+}
+
 const eq_cnn_kernels eq_cnn_avx2 = {"avx2", pw_bytes_2, pw_pack_2, pw_acc_2, eq_cnn_dw_bytes_wide, dw_pack_madd,
-                                    dw_acc_2, epilogue_2, stem_2, se_2, NULL, NULL};
+                                    dw_acc_2, epilogue_2, stem_2, se_2, pw_row_2, dw_row_2};
 
 #endif

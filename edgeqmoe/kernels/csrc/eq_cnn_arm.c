@@ -41,50 +41,117 @@ static void dw_acc_neon(const void *packed, const eq_cnn_op *op, const uint8_t *
     }
 }
 
-#define MAGIC 12582912.0f /* as in eq_cnn_body.h: (y + MAGIC) - MAGIC rounds half to even */
+/* the requantisation's parameters for 8 channels (two vectors of 4), loaded once for
+ * many pixels */
+typedef struct {
+    int32x4_t corr[2], out_zero[2], res_zero[2];
+    float32x4_t w_scale[2], bias[2], out_inv[2], res_scale[2];
+    int act, res;
+} epi8;
 
-/* the generic requantisation, 8 channels at a time, in the same operations and order
- * (separate multiplies and adds: vmlaq_f32 would fuse them) */
+static inline __attribute__((always_inline)) epi8 epi_load_neon(const eq_cnn_epi *e, int32_t c, int res) {
+    epi8 P;
+    for (int h = 0; h < 2; h++) {
+        const int32_t j = c + 4 * h;
+        P.corr[h] = vld1q_s32(e->corr + j), P.out_zero[h] = vld1q_s32(e->out_zero + j);
+        P.w_scale[h] = vld1q_f32(e->w_scale + j), P.bias[h] = vld1q_f32(e->bias + j);
+        P.out_inv[h] = vld1q_f32(e->out_inv + j);
+        P.res_zero[h] = res ? vld1q_s32(e->res_zero + j) : vdupq_n_s32(0);
+        P.res_scale[h] = res ? vld1q_f32(e->res_scale + j) : vdupq_n_f32(0.0f);
+    }
+    P.act = e->act, P.res = res;
+    return P;
+}
+
+/* the generic requantisation of 8 channels (the first n of them stored) of one pixel, in
+ * the same operations and order (separate multiplies and adds: vmlaq_f32 would fuse
+ * them; rounding to nearest even in the conversion, as (y + MAGIC) - MAGIC) */
+static inline __attribute__((always_inline)) void epi_apply_neon(const epi8 *P, int32x4_t a0, int32x4_t a1,
+                                                                  const uint8_t *r, int32_t n, uint8_t *o) {
+    const float32x4_t zero = vdupq_n_f32(0.0f);
+    uint8_t rb[8] = {0};
+    if (P->res) memcpy(rb, r, (size_t)(n < 8 ? n : 8));
+    const uint16x8_t r16 = vmovl_u8(vld1_u8(rb));
+    int32x4_t q[2];
+    for (int h = 0; h < 2; h++) {
+        const int32x4_t s = vaddq_s32(h ? a1 : a0, P->corr[h]);
+        float32x4_t f = vaddq_f32(vmulq_f32(vcvtq_f32_s32(s), P->w_scale[h]), P->bias[h]);
+        if (P->res) {
+            const uint32x4_t rv = vmovl_u16(h ? vget_high_u16(r16) : vget_low_u16(r16));
+            const float32x4_t d = vcvtq_f32_s32(vsubq_s32(vreinterpretq_s32_u32(rv), P->res_zero[h]));
+            f = vaddq_f32(f, vmulq_f32(d, P->res_scale[h]));
+        } else if (P->act == EQ_CNN_ACT_RELU) {
+            f = vmaxq_f32(f, zero);
+        } else if (P->act == EQ_CNN_ACT_HS) {
+            const float32x4_t t = vminq_f32(vmaxq_f32(vaddq_f32(f, vdupq_n_f32(3.0f)), zero), vdupq_n_f32(6.0f));
+            f = vmulq_f32(vmulq_f32(f, t), vdupq_n_f32((float)(1.0 / 6.0)));
+        }
+        const float32x4_t y = vminq_f32(vmaxq_f32(vmulq_f32(f, P->out_inv[h]), vdupq_n_f32(-512.0f)), vdupq_n_f32(512.0f));
+        q[h] = vaddq_s32(vcvtnq_s32_f32(y), P->out_zero[h]);
+    }
+    const uint8x8_t b = vqmovn_u16(vcombine_u16(vqmovun_s32(q[0]), vqmovun_s32(q[1])));
+    if (n >= 8)
+        vst1_u8(o, b);
+    else {
+        uint8_t tmp[8];
+        vst1_u8(tmp, b);
+        memcpy(o, tmp, (size_t)n);
+    }
+}
+
 static void epilogue_neon(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
                           const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
-    const float32x4_t zero = vdupq_n_f32(0.0f), three = vdupq_n_f32(3.0f), six = vdupq_n_f32(6.0f),
-                      sixth = vdupq_n_f32((float)(1.0 / 6.0)), lo = vdupq_n_f32(-512.0f), hi = vdupq_n_f32(512.0f),
-                      magic = vdupq_n_f32(MAGIC);
-    for (int32_t p = 0; p < npix; p++) {
-        const int32_t *a = acc + (size_t)p * accs;
-        uint8_t *o = out + (size_t)p * os;
-        for (int32_t c = 0; c < n; c += 8) {
-            uint8_t rb[8] = {0};
-            if (res) memcpy(rb, res + (size_t)p * rs + c, (size_t)(n - c < 8 ? n - c : 8));
-            const uint16x8_t r16 = vmovl_u8(vld1_u8(rb));
-            int32x4_t q[2];
-            for (int h = 0; h < 2; h++) {
-                const int32_t j = c + 4 * h;
-                const int32x4_t s = vaddq_s32(vld1q_s32(a + j), vld1q_s32(e->corr + j));
-                float32x4_t f = vaddq_f32(vmulq_f32(vcvtq_f32_s32(s), vld1q_f32(e->w_scale + j)), vld1q_f32(e->bias + j));
-                if (res) {
-                    const uint32x4_t r = vmovl_u16(h ? vget_high_u16(r16) : vget_low_u16(r16));
-                    const float32x4_t d = vcvtq_f32_s32(vsubq_s32(vreinterpretq_s32_u32(r), vld1q_s32(e->res_zero + j)));
-                    f = vaddq_f32(f, vmulq_f32(d, vld1q_f32(e->res_scale + j)));
-                } else if (e->act == EQ_CNN_ACT_RELU) {
-                    f = vmaxq_f32(f, zero);
-                } else if (e->act == EQ_CNN_ACT_HS) {
-                    const float32x4_t r = vminq_f32(vmaxq_f32(vaddq_f32(f, three), zero), six);
-                    f = vmulq_f32(vmulq_f32(f, r), sixth);
-                }
-                float32x4_t y = vminq_f32(vmaxq_f32(vmulq_f32(f, vld1q_f32(e->out_inv + j)), lo), hi);
-                y = vsubq_f32(vaddq_f32(y, magic), magic);
-                q[h] = vaddq_s32(vcvtq_s32_f32(y), vld1q_s32(e->out_zero + j));
-            }
-            const uint8x8_t b = vqmovn_u16(vcombine_u16(vqmovun_s32(q[0]), vqmovun_s32(q[1])));
-            if (n - c >= 8)
-                vst1_u8(o + c, b);
-            else {
-                uint8_t tmp[8];
-                vst1_u8(tmp, b);
-                memcpy(o + c, tmp, (size_t)(n - c));
-            }
+    for (int32_t c = 0; c < n; c += 8) {
+        const epi8 P = epi_load_neon(e, c, res != NULL);
+        for (int32_t p = 0; p < npix; p++) {
+            const int32_t *a = acc + (size_t)p * accs + c;
+            epi_apply_neon(&P, vld1q_s32(a), vld1q_s32(a + 4), res ? res + (size_t)p * rs + c : NULL, n - c,
+                           out + (size_t)p * os + c);
         }
+    }
+}
+
+/* one output pixel's depthwise sums over taps [ty0, ty1) x [tx0, tx1), requantised;
+ * inlined with constant bounds for the interior */
+static inline __attribute__((always_inline)) void dw_px_neon(const int32_t *zp, const int32_t *w, const uint8_t *base,
+                                                              int32_t C, int32_t xs, int32_t row, int32_t k,
+                                                              int32_t ty0, int32_t ty1, int32_t tx0, int32_t tx1,
+                                                              const eq_cnn_epi *e, uint8_t *o) {
+    const int32_t c16 = up16(C);
+    for (int32_t c = 0; c < C; c += 8) {
+        const int32x4_t z0 = vld1q_s32(zp + c), z1 = vld1q_s32(zp + c + 4);
+        int32x4_t a0 = vdupq_n_s32(0), a1 = vdupq_n_s32(0);
+        for (int32_t ty = ty0; ty < ty1; ty++)
+            for (int32_t tx = tx0; tx < tx1; tx++) {
+                const uint16x8_t b = vmovl_u8(vld1_u8(base + (size_t)ty * row + (size_t)tx * xs + c));
+                const int32_t *wt = w + (size_t)(ty * k + tx) * c16 + c;
+                a0 = vmlaq_s32(a0, vsubq_s32(vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(b))), z0), vld1q_s32(wt));
+                a1 = vmlaq_s32(a1, vsubq_s32(vreinterpretq_s32_u32(vmovl_u16(vget_high_u16(b))), z1), vld1q_s32(wt + 4));
+            }
+        const epi8 P = epi_load_neon(e, c, 0);
+        epi_apply_neon(&P, a0, a1, NULL, C - c, o + c);
+    }
+}
+
+/* the depthwise row and its requantisation in one pass (both ARM variants) */
+static void dw_row_neon(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
+                        uint8_t *out) {
+    const int32_t k = op->k, s = op->stride, pad = (k - 1) / 2, C = op->cout, cs = eq_cnn_c4(C);
+    const int32_t *zp = packed, *w = zp + up16(C), row = op->w_in * xs;
+    int32_t ty0, ty1;
+    eq_cnn_tap_range(oy, s, pad, k, op->h_in, &ty0, &ty1);
+    const int full_y = ty0 == 0 && ty1 == k;
+    for (int32_t ox = 0; ox < op->w_out; ox++) {
+        int32_t tx0, tx1;
+        eq_cnn_tap_range(ox, s, pad, k, op->w_in, &tx0, &tx1);
+        const uint8_t *base = x + ((ptrdiff_t)(oy * s - pad) * op->w_in + (ox * s - pad)) * xs;
+        uint8_t *o = out + (size_t)ox * cs;
+        if (full_y && tx0 == 0 && tx1 == k && k == 3)
+            dw_px_neon(zp, w, base, C, xs, row, 3, 0, 3, 0, 3, &op->epi, o);
+        else if (full_y && tx0 == 0 && tx1 == k && k == 5)
+            dw_px_neon(zp, w, base, C, xs, row, 5, 0, 5, 0, 5, &op->epi, o);
+        else
+            dw_px_neon(zp, w, base, C, xs, row, k, ty0, ty1, tx0, tx1, &op->epi, o);
     }
 }
 
@@ -121,9 +188,30 @@ static void pw_acc_neon(const void *packed, int32_t n, int32_t k, const uint8_t 
     }
 }
 
+/* pw_acc_neon and the requantisation in one pass */
+static void pw_row_neon(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
+                        const eq_cnn_epi *e, const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
+    const int32_t n8 = (n + 7) & ~7;
+    const int16_t *w = packed;
+    for (int32_t o = 0; o < n8; o += 8) {
+        const epi8 P = epi_load_neon(e, o, res != NULL);
+        for (int32_t p = 0; p < npix; p++) {
+            const uint8_t *xp = x + (size_t)p * xs;
+            int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);
+            for (int32_t c = 0; c < k; c++) {
+                const int16x8_t wv = vld1q_s16(w + (size_t)c * n8 + o);
+                const int16x4_t xv = vdup_n_s16((int16_t)xp[c]);
+                lo = vmlal_s16(lo, vget_low_s16(wv), xv);
+                hi = vmlal_s16(hi, vget_high_s16(wv), xv);
+            }
+            epi_apply_neon(&P, lo, hi, res ? res + (size_t)p * rs + o : NULL, n - o, out + (size_t)p * os + o);
+        }
+    }
+}
+
 const eq_cnn_kernels eq_cnn_neon = {"neon", pw_bytes_neon, pw_pack_neon, pw_acc_neon,
                                     eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_neon, epilogue_neon,
-                                    eq_cnn_stem_generic, eq_cnn_se_generic, NULL, NULL};
+                                    eq_cnn_stem_generic, eq_cnn_se_generic, pw_row_neon, dw_row_neon};
 
 /* ==================================================================== NEON + sdot */
 
@@ -166,8 +254,36 @@ TDOT static void pw_acc_dot(const void *packed, int32_t n, int32_t k, const uint
     }
 }
 
+/* pw_acc_dot and the requantisation in one pass: 16 outputs of a pixel in registers */
+TDOT static void pw_row_dot(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
+                            const eq_cnn_epi *e, const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
+    const int32_t n16 = up16(n), kq = eq_cnn_c4(k) / 4;
+    const int8_t *w = packed;
+    const int32_t *sum = (const int32_t *)(w + (size_t)n16 * eq_cnn_c4(k));
+    const uint8x16_t flip = vdupq_n_u8(0x80);
+    for (int32_t o = 0; o < n16; o += 16) {
+        const epi8 P0 = epi_load_neon(e, o, res != NULL), P1 = epi_load_neon(e, o + 8, res != NULL);
+        for (int32_t p = 0; p < npix; p++) {
+            const uint8_t *xp = x + (size_t)p * xs;
+            int32x4_t a[4];
+            for (int j = 0; j < 4; j++) a[j] = vshlq_n_s32(vld1q_s32(sum + o + 4 * j), 7); /* 128 x sum */
+            for (int32_t q = 0; q < kq; q++) {
+                uint32_t f;
+                memcpy(&f, xp + 4 * q, 4);
+                const int8x16_t xv = vreinterpretq_s8_u8(veorq_u8(vreinterpretq_u8_u32(vdupq_n_u32(f)), flip));
+                const int8_t *wq = w + ((size_t)q * n16 + o) * 4;
+                for (int j = 0; j < 4; j++) a[j] = vdotq_s32(a[j], vld1q_s8(wq + 16 * j), xv);
+            }
+            const uint8_t *r = res ? res + (size_t)p * rs + o : NULL;
+            uint8_t *op = out + (size_t)p * os + o;
+            epi_apply_neon(&P0, a[0], a[1], r, n - o, op);
+            if (n - o > 8) epi_apply_neon(&P1, a[2], a[3], r ? r + 8 : NULL, n - o - 8, op + 8);
+        }
+    }
+}
+
 const eq_cnn_kernels eq_cnn_dotprod = {"dotprod", pw_bytes_dot, pw_pack_dot, pw_acc_dot,
                                        eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_neon, epilogue_neon,
-                                       eq_cnn_stem_generic, eq_cnn_se_generic, NULL, NULL};
+                                       eq_cnn_stem_generic, eq_cnn_se_generic, pw_row_dot, dw_row_neon};
 
 #endif

@@ -301,17 +301,21 @@ void eq_cnn_run(eq_cnn *E, const float *mel, float *emb, float *out) {
             E->K->stem(op, mel, E->buf[op->dst], E->fscratch);
             break;
         case EQ_CNN_PW: {
+            /* a pointwise convolution works per pixel: the whole map in one call where the
+             * requantisation is fused (long runs of pixels fill the kernels' tiles), else in
+             * chunks of a row, as many as the accumulators hold */
             const int32_t xs = eq_cnn_c4(op->cin), os = eq_cnn_c4(op->cout), accs = (op->cout + 15) & ~15;
-            for (int32_t y = 0; y < op->h_out; y++) {
-                const size_t row = (size_t)y * op->w_out;
+            const int32_t npix = op->h_out * op->w_out, chunk = E->K->pw_row ? npix : op->w_out;
+            for (int32_t p = 0; p < npix; p += chunk) {
+                const int32_t n = npix - p < chunk ? npix - p : chunk;
+                const uint8_t *x = E->buf[op->src] + (size_t)p * xs, *r = op->res >= 0 ? E->buf[op->res] + (size_t)p * os : NULL;
+                uint8_t *o = E->buf[op->dst] + (size_t)p * os;
                 if (E->K->pw_row) {
-                    E->K->pw_row(op->packed, op->cout, op->cin, E->buf[op->src] + row * xs, xs, op->w_out, &op->epi,
-                                 op->res >= 0 ? E->buf[op->res] + row * os : NULL, os, E->buf[op->dst] + row * os, os);
-                    continue;
+                    E->K->pw_row(op->packed, op->cout, op->cin, x, xs, n, &op->epi, r, os, o, os);
+                } else {
+                    E->K->pw_acc(op->packed, op->cout, op->cin, x, xs, n, E->acc, accs);
+                    E->K->epilogue(&op->epi, E->acc, accs, n, op->cout, r, os, o, os);
                 }
-                E->K->pw_acc(op->packed, op->cout, op->cin, E->buf[op->src] + row * xs, xs, op->w_out, E->acc, accs);
-                E->K->epilogue(&op->epi, E->acc, accs, op->w_out, op->cout,
-                                op->res >= 0 ? E->buf[op->res] + row * os : NULL, os, E->buf[op->dst] + row * os, os);
             }
             break;
         }

@@ -33,7 +33,34 @@ static void dw_pack_madd(const int8_t *w, const int32_t *zero, int32_t c, int32_
             for (int32_t j = 0; j < 8; j++) z[(size_t)t * 16 + 8 + j] = z[(size_t)t * 16 + j];
 }
 
-/* the shared stem and squeeze-excitation, vectorised by the compiler for each set */
+/* AVX-512 depthwise weights: the madd layout above (for pixels at the borders), then for
+ * interior pixels the taps in pairs: per block of 32 channels, its zero points as 32
+ * int16, then per pair of taps (t, t + 1; the last one alone, with zeros) two vectors of
+ * 32 int16 in the order vpunpcklwd / vpunpckhwd give the inputs, so that one vpdpwssd
+ * adds two taps of 16 channels */
+static size_t dw_bytes_512(int32_t c, int32_t k) {
+    return eq_cnn_dw_bytes_wide(c, k) + (size_t)((c + 31) / 32) * (64 + (size_t)((k * k + 1) / 2) * 128);
+}
+
+static void dw_pack_512(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, void *out) {
+    dw_pack_madd(w, zero, c, k, out);
+    int16_t *p = (int16_t *)((uint8_t *)out + eq_cnn_dw_bytes_wide(c, k));
+    const int32_t kk = k * k;
+#define W_AT(t, ch) ((t) < kk && (ch) < c ? (int16_t)w[(size_t)(t) * c + (ch)] : (int16_t)0)
+    for (int32_t b = 0; b < (c + 31) / 32; b++) {
+        for (int32_t j = 0; j < 32; j++) p[j] = 32 * b + j < c ? (int16_t)zero[32 * b + j] : 0;
+        p += 32;
+        for (int32_t t = 0; t < kk; t += 2, p += 64)
+            for (int32_t lane = 0; lane < 4; lane++)
+                for (int32_t i = 0; i < 4; i++) {
+                    const int32_t lo = 32 * b + 8 * lane + i, hi = lo + 4;
+                    p[8 * lane + 2 * i] = W_AT(t, lo), p[8 * lane + 2 * i + 1] = W_AT(t + 1, lo);
+                    p[32 + 8 * lane + 2 * i] = W_AT(t, hi), p[32 + 8 * lane + 2 * i + 1] = W_AT(t + 1, hi);
+                }
+    }
+#undef W_AT
+}
+
 /* the shared stem with its channel rows in AVX-512: 16 outputs of a row at a time, the
  * same operations in the same order as stem_channel (rows are padded: no remainder) */
 T512 static void stem_512(const eq_cnn_op *op, const float *mel, uint8_t *out, float *scratch) {
@@ -257,11 +284,45 @@ T512 static inline __attribute__((always_inline)) void dw_px_512(const int32_t *
     }
 }
 
+/* an interior pixel (all k x k taps inside), channels in blocks of 32: two taps per
+ * vpdpwssd on (x - zero) as int16, the sums put back in channel order by two
+ * permutations, then requantised */
+T512 static inline __attribute__((always_inline)) void dw_px_pairs_512(const int16_t *pk, const uint8_t *base, int32_t C,
+                                                                        int32_t xs, int32_t row, int32_t k,
+                                                                        const eq_cnn_epi *e, uint8_t *o) {
+    const int32_t kk = k * k;
+    const __m512i idx0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i idx1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    for (int32_t c = 0; c < C; c += 32) {
+        const __m512i z = _mm512_load_si512((const void *)pk);
+        pk += 32;
+        __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+        for (int32_t t = 0; t < kk; t += 2, pk += 64) {
+            const uint8_t *pa = base + (size_t)(t / k) * row + (size_t)(t % k) * xs + c;
+            const __m512i xa = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)pa)), z);
+            __m512i xb = _mm512_setzero_si512();
+            if (t + 1 < kk) {
+                const uint8_t *pb = base + (size_t)((t + 1) / k) * row + (size_t)((t + 1) % k) * xs + c;
+                xb = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)pb)), z);
+            }
+            lo = _mm512_dpwssd_epi32(lo, _mm512_unpacklo_epi16(xa, xb), _mm512_load_si512((const void *)pk));
+            hi = _mm512_dpwssd_epi32(hi, _mm512_unpackhi_epi16(xa, xb), _mm512_load_si512((const void *)(pk + 32)));
+        }
+        const epi512 P0 = epi_load_512(e, c, 0);
+        epi_apply_512(&P0, _mm512_permutex2var_epi32(lo, idx0, hi), NULL, tail16(C - c), o + c);
+        if (C - c > 16) {
+            const epi512 P1 = epi_load_512(e, c + 16, 0);
+            epi_apply_512(&P1, _mm512_permutex2var_epi32(lo, idx1, hi), NULL, tail16(C - c - 16), o + c + 16);
+        }
+    }
+}
+
 /* dw_acc_512 and the requantisation in one pass */
 T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
                             uint8_t *out) {
     const int32_t k = op->k, s = op->stride, pad = (k - 1) / 2, C = op->cout, c16 = up16(C), cs = eq_cnn_c4(C);
     const int32_t *zp = packed, *w = zp + c16, row = op->w_in * xs;
+    const int16_t *pairs_w = (const int16_t *)((const uint8_t *)packed + eq_cnn_dw_bytes_wide(C, k));
     int32_t ty0, ty1;
     eq_cnn_tap_range(oy, s, pad, k, op->h_in, &ty0, &ty1);
     const int full_y = ty0 == 0 && ty1 == k, pairs = C == 8 && s == 1;
@@ -294,16 +355,16 @@ T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8
             continue;
         }
         if (full_y && tx0 == 0 && tx1 == k && k == 3)
-            dw_px_512(zp, w, base, C, xs, row, 3, 0, 3, 0, 3, &op->epi, o);
+            dw_px_pairs_512(pairs_w, base, C, xs, row, 3, &op->epi, o);
         else if (full_y && tx0 == 0 && tx1 == k && k == 5)
-            dw_px_512(zp, w, base, C, xs, row, 5, 0, 5, 0, 5, &op->epi, o);
+            dw_px_pairs_512(pairs_w, base, C, xs, row, 5, &op->epi, o);
         else
             dw_px_512(zp, w, base, C, xs, row, k, ty0, ty1, tx0, tx1, &op->epi, o);
     }
 }
 
 const eq_cnn_kernels eq_cnn_avx512 = {"avx512", pw_bytes_512, pw_pack_512, pw_acc_512,
-                                      eq_cnn_dw_bytes_wide, dw_pack_madd, dw_acc_512, epilogue_512,
+                                      dw_bytes_512, dw_pack_512, dw_acc_512, epilogue_512,
                                       stem_512, se_512, pw_row_512, dw_row_512};
 
 /* ==================================================================== AVX2 */

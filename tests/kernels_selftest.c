@@ -132,7 +132,7 @@ static int check_cnn(const char *name, int *checks) {
     if (!V) return 0;
     int bad = 0;
     /* pointwise accumulators: odd sizes, tiles and their tails */
-    const int32_t pws[][3] = {{1, 1, 1}, {5, 3, 7}, {17, 19, 13}, {64, 96, 50}, {384, 64, 9}, {24, 8, 33}};
+    const int32_t pws[][3] = {{1, 1, 1}, {5, 3, 7}, {17, 19, 13}, {64, 96, 50}, {384, 64, 9}, {24, 8, 33}, {200, 40, 1}};
     for (size_t t = 0; t < sizeof pws / sizeof pws[0]; t++) {
         const int32_t n = pws[t][0], k = pws[t][1], np = pws[t][2], xs = eq_cnn_c4(k), accs = (n + 15) & ~15;
         int8_t *w = fill_b(n * k);

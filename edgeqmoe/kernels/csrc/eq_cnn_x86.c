@@ -179,6 +179,28 @@ T512 static void pw_acc_512(const void *packed, int32_t n, int32_t k, const uint
                             int32_t *acc, int32_t accs) {
     const int32_t n16 = up16(n), kq = eq_cnn_c4(k) / 4;
     const int8_t *w = packed;
+    if (npix == 1) { /* one vector (the dense layers): four output tiles at once, four independent sums */
+        int32_t o = 0;
+        for (; o + 64 <= n16; o += 64) {
+            __m512i a[4];
+            for (int j = 0; j < 4; j++) a[j] = _mm512_setzero_si512();
+            for (int32_t q = 0; q < kq; q++) {
+                const __m512i xv = _mm512_set1_epi32(load4(x + 4 * q));
+                const int8_t *wq = w + ((size_t)q * n16 + o) * 4;
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) a[j] = _mm512_dpbusd_epi32(a[j], xv, _mm512_load_si512((const void *)(wq + 64 * j)));
+            }
+            for (int j = 0; j < 4; j++) _mm512_storeu_si512((void *)(acc + o + 16 * j), a[j]);
+        }
+        for (; o < n16; o += 16) {
+            __m512i a0 = _mm512_setzero_si512();
+            for (int32_t q = 0; q < kq; q++)
+                a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(load4(x + 4 * q)),
+                                         _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4)));
+            _mm512_storeu_si512((void *)(acc + o), a0);
+        }
+        return;
+    }
     for (int32_t o = 0; o < n16; o += 16) {
         int32_t p = 0;
         for (; p + PW_TILE <= npix; p += PW_TILE) {

@@ -168,42 +168,40 @@ static void pw_pack_neon(const int8_t *w, int32_t n, int32_t k, void *out) {
         for (int32_t c = 0; c < k; c++) o[(size_t)c * n8 + r] = w[(size_t)r * k + c];
 }
 
+/* outputs o..o+7 of one pixel: (lo, hi) */
+static inline __attribute__((always_inline)) void px8_neon(const int16_t *w, int32_t n8, int32_t k, int32_t o,
+                                                            const uint8_t *xp, int32x4_t *lo, int32x4_t *hi) {
+    int32x4_t a0 = vdupq_n_s32(0), a1 = vdupq_n_s32(0);
+    for (int32_t c = 0; c < k; c++) {
+        const int16x8_t wv = vld1q_s16(w + (size_t)c * n8 + o);
+        const int16x4_t xv = vdup_n_s16((int16_t)xp[c]);
+        a0 = vmlal_s16(a0, vget_low_s16(wv), xv);
+        a1 = vmlal_s16(a1, vget_high_s16(wv), xv);
+    }
+    *lo = a0, *hi = a1;
+}
+
 static void pw_acc_neon(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
                         int32_t *acc, int32_t accs) {
     const int32_t n8 = (n + 7) & ~7;
-    const int16_t *w = packed;
-    for (int32_t p = 0; p < npix; p++) {
-        const uint8_t *xp = x + (size_t)p * xs;
+    for (int32_t p = 0; p < npix; p++)
         for (int32_t o = 0; o < n8; o += 8) {
-            int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);
-            for (int32_t c = 0; c < k; c++) {
-                const int16x8_t wv = vld1q_s16(w + (size_t)c * n8 + o);
-                const int16x4_t xv = vdup_n_s16((int16_t)xp[c]);
-                lo = vmlal_s16(lo, vget_low_s16(wv), xv);
-                hi = vmlal_s16(hi, vget_high_s16(wv), xv);
-            }
+            int32x4_t lo, hi;
+            px8_neon(packed, n8, k, o, x + (size_t)p * xs, &lo, &hi);
             vst1q_s32(acc + (size_t)p * accs + o, lo);
             vst1q_s32(acc + (size_t)p * accs + o + 4, hi);
         }
-    }
 }
 
 /* pw_acc_neon and the requantisation in one pass */
 static void pw_row_neon(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
                         const eq_cnn_epi *e, const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
     const int32_t n8 = (n + 7) & ~7;
-    const int16_t *w = packed;
     for (int32_t o = 0; o < n8; o += 8) {
         const epi8 P = epi_load_neon(e, o, res != NULL);
         for (int32_t p = 0; p < npix; p++) {
-            const uint8_t *xp = x + (size_t)p * xs;
-            int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);
-            for (int32_t c = 0; c < k; c++) {
-                const int16x8_t wv = vld1q_s16(w + (size_t)c * n8 + o);
-                const int16x4_t xv = vdup_n_s16((int16_t)xp[c]);
-                lo = vmlal_s16(lo, vget_low_s16(wv), xv);
-                hi = vmlal_s16(hi, vget_high_s16(wv), xv);
-            }
+            int32x4_t lo, hi;
+            px8_neon(packed, n8, k, o, x + (size_t)p * xs, &lo, &hi);
             epi_apply_neon(&P, lo, hi, res ? res + (size_t)p * rs + o : NULL, n - o, out + (size_t)p * os + o);
         }
     }
@@ -231,27 +229,31 @@ static void pw_pack_dot(const int8_t *w, int32_t n, int32_t k, void *out) {
         }
 }
 
+/* outputs o..o+15 of one pixel, in a[4] */
+TDOT static inline __attribute__((always_inline)) void px16_dot(const int8_t *w, const int32_t *sum, int32_t n16,
+                                                                 int32_t kq, int32_t o, const uint8_t *xp, int32x4_t *a) {
+    const uint8x16_t flip = vdupq_n_u8(0x80);
+    for (int j = 0; j < 4; j++) a[j] = vshlq_n_s32(vld1q_s32(sum + o + 4 * j), 7); /* 128 x sum */
+    for (int32_t q = 0; q < kq; q++) {
+        uint32_t f;
+        memcpy(&f, xp + 4 * q, 4);
+        const int8x16_t xv = vreinterpretq_s8_u8(veorq_u8(vreinterpretq_u8_u32(vdupq_n_u32(f)), flip));
+        const int8_t *wq = w + ((size_t)q * n16 + o) * 4;
+        for (int j = 0; j < 4; j++) a[j] = vdotq_s32(a[j], vld1q_s8(wq + 16 * j), xv);
+    }
+}
+
 TDOT static void pw_acc_dot(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
                             int32_t *acc, int32_t accs) {
     const int32_t n16 = up16(n), kq = eq_cnn_c4(k) / 4;
     const int8_t *w = packed;
     const int32_t *sum = (const int32_t *)(w + (size_t)n16 * eq_cnn_c4(k));
-    const uint8x16_t flip = vdupq_n_u8(0x80);
-    for (int32_t p = 0; p < npix; p++) {
-        const uint8_t *xp = x + (size_t)p * xs;
+    for (int32_t p = 0; p < npix; p++)
         for (int32_t o = 0; o < n16; o += 16) {
             int32x4_t a[4];
-            for (int j = 0; j < 4; j++) a[j] = vshlq_n_s32(vld1q_s32(sum + o + 4 * j), 7); /* 128 x sum */
-            for (int32_t q = 0; q < kq; q++) {
-                uint32_t f;
-                memcpy(&f, xp + 4 * q, 4);
-                const int8x16_t xv = vreinterpretq_s8_u8(veorq_u8(vreinterpretq_u8_u32(vdupq_n_u32(f)), flip));
-                const int8_t *wq = w + ((size_t)q * n16 + o) * 4;
-                for (int j = 0; j < 4; j++) a[j] = vdotq_s32(a[j], vld1q_s8(wq + 16 * j), xv);
-            }
+            px16_dot(w, sum, n16, kq, o, x + (size_t)p * xs, a);
             for (int j = 0; j < 4; j++) vst1q_s32(acc + (size_t)p * accs + o + 4 * j, a[j]);
         }
-    }
 }
 
 /* pw_acc_dot and the requantisation in one pass: 16 outputs of a pixel in registers */
@@ -260,20 +262,11 @@ TDOT static void pw_row_dot(const void *packed, int32_t n, int32_t k, const uint
     const int32_t n16 = up16(n), kq = eq_cnn_c4(k) / 4;
     const int8_t *w = packed;
     const int32_t *sum = (const int32_t *)(w + (size_t)n16 * eq_cnn_c4(k));
-    const uint8x16_t flip = vdupq_n_u8(0x80);
     for (int32_t o = 0; o < n16; o += 16) {
         const epi8 P0 = epi_load_neon(e, o, res != NULL), P1 = epi_load_neon(e, o + 8, res != NULL);
         for (int32_t p = 0; p < npix; p++) {
-            const uint8_t *xp = x + (size_t)p * xs;
             int32x4_t a[4];
-            for (int j = 0; j < 4; j++) a[j] = vshlq_n_s32(vld1q_s32(sum + o + 4 * j), 7); /* 128 x sum */
-            for (int32_t q = 0; q < kq; q++) {
-                uint32_t f;
-                memcpy(&f, xp + 4 * q, 4);
-                const int8x16_t xv = vreinterpretq_s8_u8(veorq_u8(vreinterpretq_u8_u32(vdupq_n_u32(f)), flip));
-                const int8_t *wq = w + ((size_t)q * n16 + o) * 4;
-                for (int j = 0; j < 4; j++) a[j] = vdotq_s32(a[j], vld1q_s8(wq + 16 * j), xv);
-            }
+            px16_dot(w, sum, n16, kq, o, x + (size_t)p * xs, a);
             const uint8_t *r = res ? res + (size_t)p * rs + o : NULL;
             uint8_t *op = out + (size_t)p * os + o;
             epi_apply_neon(&P0, a[0], a[1], r, n - o, op);

@@ -175,6 +175,27 @@ static void pw_pack_512(const int8_t *w, int32_t n, int32_t k, void *out) {
 }
 
 #define PW_TILE 8
+/* outputs o..o+15 of PW_TILE pixels (rows xs bytes apart) */
+T512 static inline __attribute__((always_inline)) void tile8_512(const int8_t *w, int32_t n16, int32_t kq, int32_t o,
+                                                                  const uint8_t *xp, int32_t xs, __m512i *a) {
+    for (int j = 0; j < PW_TILE; j++) a[j] = _mm512_setzero_si512();
+    for (int32_t q = 0; q < kq; q++) {
+        const __m512i wv = _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4));
+#pragma GCC unroll 8
+        for (int j = 0; j < PW_TILE; j++)
+            a[j] = _mm512_dpbusd_epi32(a[j], _mm512_set1_epi32(load4(xp + (size_t)j * xs + 4 * q)), wv);
+    }
+}
+
+/* outputs o..o+15 of one pixel */
+T512 static inline __attribute__((always_inline)) __m512i px16_512(const int8_t *w, int32_t n16, int32_t kq, int32_t o,
+                                                                    const uint8_t *xp) {
+    __m512i a = _mm512_setzero_si512();
+    for (int32_t q = 0; q < kq; q++)
+        a = _mm512_dpbusd_epi32(a, _mm512_set1_epi32(load4(xp + 4 * q)),
+                                _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4)));
+    return a;
+}
 T512 static void pw_acc_512(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
                             int32_t *acc, int32_t accs) {
     const int32_t n16 = up16(n), kq = eq_cnn_c4(k) / 4;
@@ -192,35 +213,18 @@ T512 static void pw_acc_512(const void *packed, int32_t n, int32_t k, const uint
             }
             for (int j = 0; j < 4; j++) _mm512_storeu_si512((void *)(acc + o + 16 * j), a[j]);
         }
-        for (; o < n16; o += 16) {
-            __m512i a0 = _mm512_setzero_si512();
-            for (int32_t q = 0; q < kq; q++)
-                a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(load4(x + 4 * q)),
-                                         _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4)));
-            _mm512_storeu_si512((void *)(acc + o), a0);
-        }
+        for (; o < n16; o += 16) _mm512_storeu_si512((void *)(acc + o), px16_512(w, n16, kq, o, x));
         return;
     }
     for (int32_t o = 0; o < n16; o += 16) {
         int32_t p = 0;
         for (; p + PW_TILE <= npix; p += PW_TILE) {
             __m512i a[PW_TILE];
-            for (int j = 0; j < PW_TILE; j++) a[j] = _mm512_setzero_si512();
-            const uint8_t *xp = x + (size_t)p * xs;
-            for (int32_t q = 0; q < kq; q++) {
-                const __m512i wv = _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4));
-#pragma GCC unroll 8
-                for (int j = 0; j < PW_TILE; j++)
-                    a[j] = _mm512_dpbusd_epi32(a[j], _mm512_set1_epi32(load4(xp + (size_t)j * xs + 4 * q)), wv);
-            }
+            tile8_512(w, n16, kq, o, x + (size_t)p * xs, xs, a);
             for (int j = 0; j < PW_TILE; j++) _mm512_storeu_si512((void *)(acc + (size_t)(p + j) * accs + o), a[j]);
         }
         for (; p < npix; p++) {
-            __m512i a0 = _mm512_setzero_si512();
-            const uint8_t *xp = x + (size_t)p * xs;
-            for (int32_t q = 0; q < kq; q++)
-                a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(load4(xp + 4 * q)),
-                                         _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4)));
+            const __m512i a0 = px16_512(w, n16, kq, o, x + (size_t)p * xs);
             _mm512_storeu_si512((void *)(acc + (size_t)p * accs + o), a0);
         }
     }
@@ -238,24 +242,13 @@ T512 static void pw_row_512(const void *packed, int32_t n, int32_t k, const uint
         int32_t p = 0;
         for (; p + PW_TILE <= npix; p += PW_TILE) {
             __m512i a[PW_TILE];
-            for (int j = 0; j < PW_TILE; j++) a[j] = _mm512_setzero_si512();
-            const uint8_t *xp = x + (size_t)p * xs;
-            for (int32_t q = 0; q < kq; q++) {
-                const __m512i wv = _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4));
-#pragma GCC unroll 8
-                for (int j = 0; j < PW_TILE; j++)
-                    a[j] = _mm512_dpbusd_epi32(a[j], _mm512_set1_epi32(load4(xp + (size_t)j * xs + 4 * q)), wv);
-            }
+            tile8_512(w, n16, kq, o, x + (size_t)p * xs, xs, a);
 #pragma GCC unroll 8
             for (int j = 0; j < PW_TILE; j++)
                 epi_apply_512(&P, a[j], res ? res + (size_t)(p + j) * rs + o : NULL, m, out + (size_t)(p + j) * os + o);
         }
         for (; p < npix; p++) {
-            __m512i a0 = _mm512_setzero_si512();
-            const uint8_t *xp = x + (size_t)p * xs;
-            for (int32_t q = 0; q < kq; q++)
-                a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(load4(xp + 4 * q)),
-                                         _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4)));
+            const __m512i a0 = px16_512(w, n16, kq, o, x + (size_t)p * xs);
             epi_apply_512(&P, a0, res ? res + (size_t)p * rs + o : NULL, m, out + (size_t)p * os + o);
         }
     }
@@ -403,7 +396,6 @@ static void pw_pack_2(const int8_t *w, int32_t n, int32_t k, void *out) {
         for (int32_t c = 0; c < k; c++) o[((size_t)(c / 2) * n8 + r) * 2 + c % 2] = w[(size_t)r * k + c];
 }
 
-/* the generic requantisation, 8 channels at a time, in the same operations and order */
 /* the requantisation's parameters for 8 channels, loaded once for many pixels */
 typedef struct {
     __m256i corr, out_zero, res_zero;
@@ -465,6 +457,18 @@ T2 static void epilogue_2(const eq_cnn_epi *e, const int32_t *acc, int32_t accs,
 }
 
 #define PW2_TILE 4
+/* outputs o..o+7 of np <= PW2_TILE pixels (rows xs bytes apart) */
+T2 static inline __attribute__((always_inline)) void tile4_2(const int16_t *w, int32_t n8, int32_t kp, int32_t o,
+                                                              const uint8_t *xp, int32_t xs, int32_t np, __m256i *a) {
+    for (int j = 0; j < PW2_TILE; j++) a[j] = _mm256_setzero_si256();
+    for (int32_t q = 0; q < kp; q++) {
+        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + ((size_t)q * n8 + o) * 2));
+        for (int j = 0; j < np; j++) {
+            const uint8_t *b = xp + (size_t)j * xs + 2 * q; /* two inputs as two int16 */
+            a[j] = _mm256_add_epi32(a[j], _mm256_madd_epi16(_mm256_set1_epi32(b[0] | (b[1] << 16)), wv));
+        }
+    }
+}
 T2 static void pw_acc_2(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
                         int32_t *acc, int32_t accs) {
     const int32_t n8 = (n + 7) & ~7, kp = eq_cnn_c4(k) / 2;
@@ -473,14 +477,7 @@ T2 static void pw_acc_2(const void *packed, int32_t n, int32_t k, const uint8_t 
         const int32_t np = npix - p < PW2_TILE ? npix - p : PW2_TILE;
         for (int32_t o = 0; o < n8; o += 8) {
             __m256i a[PW2_TILE];
-            for (int j = 0; j < PW2_TILE; j++) a[j] = _mm256_setzero_si256();
-            for (int32_t q = 0; q < kp; q++) {
-                const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + ((size_t)q * n8 + o) * 2));
-                for (int j = 0; j < np; j++) {
-                    const uint8_t *b = x + (size_t)(p + j) * xs + 2 * q; /* two inputs as two int16 */
-                    a[j] = _mm256_add_epi32(a[j], _mm256_madd_epi16(_mm256_set1_epi32(b[0] | (b[1] << 16)), wv));
-                }
-            }
+            tile4_2(w, n8, kp, o, x + (size_t)p * xs, xs, np, a);
             for (int j = 0; j < np; j++) _mm256_storeu_si256((__m256i *)(acc + (size_t)(p + j) * accs + o), a[j]);
         }
     }
@@ -520,14 +517,7 @@ T2 static void pw_row_2(const void *packed, int32_t n, int32_t k, const uint8_t 
         for (int32_t p = 0; p < npix; p += PW2_TILE) {
             const int32_t np = npix - p < PW2_TILE ? npix - p : PW2_TILE;
             __m256i a[PW2_TILE];
-            for (int j = 0; j < PW2_TILE; j++) a[j] = _mm256_setzero_si256();
-            for (int32_t q = 0; q < kp; q++) {
-                const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + ((size_t)q * n8 + o) * 2));
-                for (int j = 0; j < np; j++) {
-                    const uint8_t *b = x + (size_t)(p + j) * xs + 2 * q; /* two inputs as two int16 */
-                    a[j] = _mm256_add_epi32(a[j], _mm256_madd_epi16(_mm256_set1_epi32(b[0] | (b[1] << 16)), wv));
-                }
-            }
+            tile4_2(w, n8, kp, o, x + (size_t)p * xs, xs, np, a);
             for (int j = 0; j < np; j++)
                 epi_apply_2(&P, a[j], res ? res + (size_t)(p + j) * rs + o : NULL, n - o, out + (size_t)(p + j) * os + o);
         }

@@ -15,7 +15,7 @@ operation is elementwise, in one written order, without fused multiply-adds
 (``-ffp-contract=off``): an IEEE single multiply or add rounds the same in numpy and in
 C. The float parts are the stem (a 3x3 on the one log-mel channel, nine products in tap
 order), each epilogue (``float(acc + corr) * w_scale + bias [+ residual]``, ReLU or
-hard-swish, ``rint(f / out_scale) + zero`` clamped to 0..255), the squeeze-excitation's
+hard-swish, ``rint(f * (1 / out_scale)) + zero`` clamped to 0..255), the squeeze-excitation's
 two small layers (sums over inputs in index order) and its sigmoid (a table of
 2049 values of ``z`` from -16 to 16 in steps of 1/64, as a 15-bit gate), and the
 pooled embedding. The AudioSet classifier quantises the embedding per window (max-abs,
@@ -40,7 +40,7 @@ import numpy as np
 
 from ..audio.frontend import MN04_MEL, log_mel
 from .base import Embedder, EmbedderInfo, resample
-from .mn04_spec import BN_EPS, EMBED_DIM, MN04_BLOCKS
+from .mn04_spec import EMBED_DIM, MN04_BLOCKS, fold_bn
 
 F32 = np.float32
 SIXTH = F32(1.0 / 6.0)
@@ -56,11 +56,7 @@ def gate_table() -> np.ndarray:
 
 
 def _fold(state: Dict[str, np.ndarray], key: str):
-    w = state[f"{key}.0.weight"].astype(np.float64)
-    g, b = state[f"{key}.1.weight"].astype(np.float64), state[f"{key}.1.bias"].astype(np.float64)
-    mean, var = state[f"{key}.1.running_mean"].astype(np.float64), state[f"{key}.1.running_var"].astype(np.float64)
-    scale = g / np.sqrt(var + BN_EPS)
-    return w * scale[:, None, None, None], b - mean * scale
+    return fold_bn(state, f"{key}.0", f"{key}.1")
 
 
 def layers(state: Dict[str, np.ndarray]) -> dict:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..audio.frontend import MN04_MEL, log_mel
 from .base import Embedder, EmbedderInfo, resample
-from .mn04_spec import BN_EPS, EMBED_DIM, MN04_BLOCKS, N_AUDIOSET
+from .mn04_spec import EMBED_DIM, MN04_BLOCKS, N_AUDIOSET, fold_bn
 from .weights import MN04_WEIGHTS, WeightsError, resolve, sha256_of, user_cache
 
 #: ONNX opset of the graph (ReduceMean takes its axes as an attribute up to 17)
@@ -46,11 +46,8 @@ def converted_path(sha256: str) -> Path:
 
 def _fold(state: Dict[str, np.ndarray], conv: str, bn: str):
     """Conv weight and BatchNorm (eval) -> folded (weight, bias), float32."""
-    w = state[f"{conv}.weight"].astype(np.float64)
-    g, b = state[f"{bn}.weight"].astype(np.float64), state[f"{bn}.bias"].astype(np.float64)
-    mean, var = state[f"{bn}.running_mean"].astype(np.float64), state[f"{bn}.running_var"].astype(np.float64)
-    scale = g / np.sqrt(var + BN_EPS)
-    return (w * scale[:, None, None, None]).astype(np.float32), (b - mean * scale).astype(np.float32)
+    w, b = fold_bn(state, conv, bn)
+    return w.astype(np.float32), b.astype(np.float32)
 
 
 def build_model(state: Dict[str, np.ndarray], source_sha256: str = "") -> bytes:

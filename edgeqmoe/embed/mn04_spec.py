@@ -3,7 +3,9 @@ torch-free runtime (``mn04_onnx.py``) are built from."""
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Dict, List, Tuple
+
+import numpy as np
 
 BN_EPS = 1e-3
 
@@ -27,3 +29,12 @@ MN04_BLOCKS: List[Tuple[int, int, int, int, int, str, int]] = [
 ]
 EMBED_DIM = 384
 N_AUDIOSET = 527
+
+
+def fold_bn(state: Dict[str, np.ndarray], conv: str, bn: str):
+    """A convolution's weight and its BatchNorm (eval) -> the folded (weight, bias), float64."""
+    w = state[f"{conv}.weight"].astype(np.float64)
+    g, b = state[f"{bn}.weight"].astype(np.float64), state[f"{bn}.bias"].astype(np.float64)
+    mean, var = state[f"{bn}.running_mean"].astype(np.float64), state[f"{bn}.running_var"].astype(np.float64)
+    scale = g / np.sqrt(var + BN_EPS)
+    return w * scale[:, None, None, None], b - mean * scale

@@ -426,7 +426,7 @@ class Engine:
         """mel (B, n_mels, T) -> (embeddings (B, 384), logits (B, 527)), float32."""
         from ..kernels import _ckernels
 
-        mel = np.ascontiguousarray(np.nan_to_num(mel, nan=0.0, posinf=0.0, neginf=0.0), dtype=np.float32)
+        mel = np.ascontiguousarray(mel, dtype=np.float32)  # the engine reads a sample that is not finite as 0
         B, H, T = mel.shape
         eng = self._by_frames.get(T)
         if eng is None:

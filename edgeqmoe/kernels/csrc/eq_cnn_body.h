@@ -62,10 +62,12 @@ EQ_INL float *stem_split(const eq_cnn_op *op, const float *mel, float *scratch) 
         const float *restrict row = mel + (size_t)r * W;
         float *restrict ev = split + (size_t)2 * r * Wp, *restrict od = ev + Wp;
         const int32_t ne = (W + 1) / 2, no = W / 2; /* even samples, odd samples (Wo = ne <= Wp - 1) */
-        for (int32_t j = 0; j < ne; j++) ev[j] = row[2 * j];
+        /* a sample that is not finite counts as 0 (x - x is 0 only for finite x), as
+         * the reference's nan_to_num(nan=0, posinf=0, neginf=0) */
+        for (int32_t j = 0; j < ne; j++) ev[j] = row[2 * j] - row[2 * j] == 0.0f ? row[2 * j] : 0.0f;
         for (int32_t j = ne; j < Wp; j++) ev[j] = 0.0f;
         od[0] = 0.0f;
-        for (int32_t j = 1; j <= no; j++) od[j] = row[2 * j - 1];
+        for (int32_t j = 1; j <= no; j++) od[j] = row[2 * j - 1] - row[2 * j - 1] == 0.0f ? row[2 * j - 1] : 0.0f;
         for (int32_t j = no + 1; j < Wp; j++) od[j] = 0.0f;
     }
     return split;

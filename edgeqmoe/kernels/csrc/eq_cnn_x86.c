@@ -89,7 +89,28 @@ T512 static void stem_512(const eq_cnn_op *op, const float *mel, uint8_t *out, f
                 _mm_storeu_si128((__m128i *)(qrow + (size_t)c * Wp + x0), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(y)));
             }
         }
-        stem_interleave(op, qrow, oy, out);
+        if (op->cout == 8) { /* 8 rows of 16 bytes -> 16 pixels of 8 channels: a transpose by unpacking */
+            uint8_t *o = out + (size_t)oy * op->w_out * 8;
+            int32_t x0 = 0;
+            for (; x0 + 16 <= op->w_out; x0 += 16) {
+                __m128i r[8], t[8], u[4], v[4];
+                for (int c = 0; c < 8; c++) r[c] = _mm_loadu_si128((const __m128i *)(qrow + (size_t)c * Wp + x0));
+                for (int c = 0; c < 8; c += 2)
+                    t[c] = _mm_unpacklo_epi8(r[c], r[c + 1]), t[c + 1] = _mm_unpackhi_epi8(r[c], r[c + 1]);
+                u[0] = _mm_unpacklo_epi16(t[0], t[2]), u[1] = _mm_unpackhi_epi16(t[0], t[2]);
+                u[2] = _mm_unpacklo_epi16(t[1], t[3]), u[3] = _mm_unpackhi_epi16(t[1], t[3]);
+                v[0] = _mm_unpacklo_epi16(t[4], t[6]), v[1] = _mm_unpackhi_epi16(t[4], t[6]);
+                v[2] = _mm_unpacklo_epi16(t[5], t[7]), v[3] = _mm_unpackhi_epi16(t[5], t[7]);
+                for (int j = 0; j < 4; j++) {
+                    _mm_storeu_si128((__m128i *)(o + (size_t)(x0 + 4 * j) * 8), _mm_unpacklo_epi32(u[j], v[j]));
+                    _mm_storeu_si128((__m128i *)(o + (size_t)(x0 + 4 * j + 2) * 8), _mm_unpackhi_epi32(u[j], v[j]));
+                }
+            }
+            for (; x0 < op->w_out; x0++)
+                for (int c = 0; c < 8; c++) o[(size_t)x0 * 8 + c] = qrow[(size_t)c * Wp + x0];
+        } else {
+            stem_interleave(op, qrow, oy, out);
+        }
     }
 }
 T512 static void se_512(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t *sums, uint8_t *x) {

@@ -59,6 +59,12 @@ static void dw_pack_512(const int8_t *w, const int32_t *zero, int32_t c, int32_t
                 }
     }
 #undef W_AT
+    if (c == 8) { /* 8 channels: every 16-byte lane repeats lane 0, one pixel per lane (dw_px4_c8_512) */
+        int16_t *q = (int16_t *)((uint8_t *)out + eq_cnn_dw_bytes_wide(c, k));
+        const int32_t vectors = 1 + 2 * ((kk + 1) / 2); /* the zero points, then two per pair of taps */
+        for (int32_t v = 0; v < vectors; v++)
+            for (int32_t lane = 1; lane < 4; lane++) memcpy(q + 32 * v + 8 * lane, q + 32 * v, 16);
+    }
 }
 
 /* the shared stem with its channel rows in AVX-512: 16 outputs of a row at a time, the
@@ -353,6 +359,32 @@ T512 static inline __attribute__((always_inline)) void dw_px_pairs_512(const int
     }
 }
 
+/* four neighbouring interior pixels of an 8-channel map (stride 1), one per 16-byte
+ * lane: the same two-taps-per-vpdpwssd sums as dw_px_pairs_512 (its weights repeat in
+ * every lane for 8 channels), put back as two vectors of two pixels each */
+T512 static inline __attribute__((always_inline)) void dw_px4_c8_512(const int16_t *pk, const uint8_t *base, int32_t row,
+                                                                      int32_t k, const epi512 *pair, uint8_t *o) {
+    const int32_t kk = k * k;
+    const __m512i idx0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i idx1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    const __m512i z = _mm512_load_si512((const void *)pk);
+    pk += 32;
+    __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+    for (int32_t t = 0; t < kk; t += 2, pk += 64) {
+        const uint8_t *pa = base + (size_t)(t / k) * row + (size_t)(t % k) * 8;
+        const __m512i xa = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)pa)), z);
+        __m512i xb = _mm512_setzero_si512();
+        if (t + 1 < kk) {
+            const uint8_t *pb = base + (size_t)((t + 1) / k) * row + (size_t)((t + 1) % k) * 8;
+            xb = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)pb)), z);
+        }
+        lo = _mm512_dpwssd_epi32(lo, _mm512_unpacklo_epi16(xa, xb), _mm512_load_si512((const void *)pk));
+        hi = _mm512_dpwssd_epi32(hi, _mm512_unpackhi_epi16(xa, xb), _mm512_load_si512((const void *)(pk + 32)));
+    }
+    epi_apply_512(pair, _mm512_permutex2var_epi32(lo, idx0, hi), NULL, 0xffff, o);
+    epi_apply_512(pair, _mm512_permutex2var_epi32(lo, idx1, hi), NULL, 0xffff, o + 16);
+}
+
 /* dw_acc_512 and the requantisation in one pass */
 T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
                             uint8_t *out) {
@@ -375,6 +407,14 @@ T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8
         eq_cnn_tap_range(ox, s, pad, k, op->w_in, &tx0, &tx1);
         const uint8_t *base = x + ((ptrdiff_t)(oy * s - pad) * op->w_in + (ox * s - pad)) * xs;
         uint8_t *o = out + (size_t)ox * cs;
+        if (pairs && full_y && tx0 == 0 && ox + 3 < op->w_out && (ox + 3) * s - pad + k <= op->w_in) {
+            if (k == 3)
+                dw_px4_c8_512(pairs_w, base, row, 3, &pair, o);
+            else
+                dw_px4_c8_512(pairs_w, base, row, k, &pair, o);
+            ox += 3;
+            continue;
+        }
         if (pairs && full_y && tx0 == 0 && ox + 1 < op->w_out && (ox + 1) * s - pad + k <= op->w_in) {
             /* 8 channels, stride 1: pixels ox and ox + 1 side by side in one vector (the
              * weights and zero points repeat in lanes 8-15, and so do the parameters here) */

@@ -152,14 +152,16 @@ T512 static inline __attribute__((always_inline)) epi512 epi_load_512(const eq_c
 
 /* the generic requantisation of 16 channels (mask m) of one pixel, in the same
  * operations and order; r: that pixel's residual at these channels, o: its output */
-T512 static inline __attribute__((always_inline)) void epi_apply_512(const epi512 *P, __m512i acc, const uint8_t *r,
-                                                                      __mmask16 m, uint8_t *o) {
+/* the generic requantisation of 16 channels of one pixel (or 8 of two), in the same
+ * operations and order, to int32 codes not below 0 (a saturating store caps them at 255);
+ * rv: the residual's bytes at these channels when P->res */
+T512 static inline __attribute__((always_inline)) __m512i epi_codes_512(const epi512 *P, __m512i acc, __m128i rv) {
     const __m512 zero = _mm512_setzero_ps();
     const __m512i s = _mm512_add_epi32(acc, P->corr);
     __m512 f = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(s), P->w_scale), P->bias);
     if (P->res) {
-        const __m512i rv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, r));
-        f = _mm512_add_ps(f, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(rv, P->res_zero)), P->res_scale));
+        const __m512i r = _mm512_cvtepu8_epi32(rv);
+        f = _mm512_add_ps(f, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(r, P->res_zero)), P->res_scale));
     } else if (P->act == EQ_CNN_ACT_RELU) {
         f = _mm512_max_ps(f, zero);
     } else if (P->act == EQ_CNN_ACT_HS) {
@@ -169,10 +171,36 @@ T512 static inline __attribute__((always_inline)) void epi_apply_512(const epi51
     __m512 y = _mm512_mul_ps(f, P->out_inv);
     y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(-512.0f)), _mm512_set1_ps(512.0f));
     /* rounding to nearest even in the conversion itself: what (y + MAGIC) - MAGIC gives
-     * for |y| <= 512; then below 0 -> 0, and the store saturates above 255 */
-    const __m512i q = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvt_roundps_epi32(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
-                                                        P->out_zero), _mm512_setzero_si512());
-    _mm512_mask_cvtusepi32_storeu_epi8(o, m, q);
+     * for |y| <= 512; then below 0 -> 0 */
+    return _mm512_max_epi32(_mm512_add_epi32(_mm512_cvt_roundps_epi32(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                                             P->out_zero), _mm512_setzero_si512());
+}
+
+/* 16 channels (mask m) of one pixel: r its residual at these channels, o its output */
+T512 static inline __attribute__((always_inline)) void epi_apply_512(const epi512 *P, __m512i acc, const uint8_t *r,
+                                                                      __mmask16 m, uint8_t *o) {
+    const __m128i rv = P->res ? _mm_maskz_loadu_epi8(m, r) : _mm_setzero_si128();
+    _mm512_mask_cvtusepi32_storeu_epi8(o, m, epi_codes_512(P, acc, rv));
+}
+
+/* 8 channels of two pixels (lanes 0-7 and 8-15; P holds the 8 channels' parameters twice) */
+T512 static inline __attribute__((always_inline)) void epi_apply2_512(const epi512 *P, __m512i acc, const uint8_t *r0,
+                                                                       const uint8_t *r1, uint8_t *o0, uint8_t *o1) {
+    const __m128i rv = P->res ? _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)r0), _mm_loadl_epi64((const __m128i *)r1))
+                              : _mm_setzero_si128();
+    const __m128i b = _mm512_cvtusepi32_epi8(epi_codes_512(P, acc, rv));
+    _mm_storel_epi64((__m128i *)o0, b);
+    _mm_storeh_pi((__m64 *)o1, _mm_castsi128_ps(b));
+}
+
+/* P's channels 0-7 in lanes 0-7 and again in 8-15 */
+T512 static inline __attribute__((always_inline)) epi512 epi_twice_512(epi512 P) {
+    const __m512i dup = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7);
+    P.corr = _mm512_permutexvar_epi32(dup, P.corr), P.out_zero = _mm512_permutexvar_epi32(dup, P.out_zero);
+    P.res_zero = _mm512_permutexvar_epi32(dup, P.res_zero);
+    P.w_scale = _mm512_permutexvar_ps(dup, P.w_scale), P.bias = _mm512_permutexvar_ps(dup, P.bias);
+    P.out_inv = _mm512_permutexvar_ps(dup, P.out_inv), P.res_scale = _mm512_permutexvar_ps(dup, P.res_scale);
+    return P;
 }
 
 static inline __mmask16 tail16(int32_t left) { return left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1); }
@@ -198,7 +226,8 @@ static void pw_pack_512(const int8_t *w, int32_t n, int32_t k, void *out) {
     memset(o, 0, pw_bytes_512(n, k));
     for (int32_t r = 0; r < n; r++)
         for (int32_t c = 0; c < k; c++) o[((size_t)(c / 4) * n16 + r) * 4 + c % 4] = w[(size_t)r * k + c];
-    (void)kq;
+    if (n % 16 == 8) /* a last tile of 8 outputs: rows repeated in lanes 8-15, for two pixels a vector */
+        for (int32_t q = 0; q < kq; q++) memcpy(o + ((size_t)q * n16 + n) * 4, o + ((size_t)q * n16 + n - 8) * 4, 32);
 }
 
 #define PW_TILE 8
@@ -267,6 +296,29 @@ T512 static void pw_row_512(const void *packed, int32_t n, int32_t k, const uint
         const __mmask16 m = tail16(n - o);
         const epi512 P = epi_load_512(e, o, res != NULL);
         int32_t p = 0;
+        if (n - o == 8) { /* a last tile of 8 outputs: two pixels a vector (the weights repeat in lanes 8-15) */
+            const epi512 P2 = epi_twice_512(P);
+            for (; p + 2 * PW_TILE <= npix; p += 2 * PW_TILE) {
+                __m512i a[PW_TILE];
+                for (int j = 0; j < PW_TILE; j++) a[j] = _mm512_setzero_si512();
+                const uint8_t *xp = x + (size_t)p * xs;
+                for (int32_t q = 0; q < kq; q++) {
+                    const __m512i wv = _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4));
+#pragma GCC unroll 8
+                    for (int j = 0; j < PW_TILE; j++) {
+                        const __m256i x0 = _mm256_set1_epi32(load4(xp + (size_t)(2 * j) * xs + 4 * q));
+                        const __m256i x1 = _mm256_set1_epi32(load4(xp + (size_t)(2 * j + 1) * xs + 4 * q));
+                        a[j] = _mm512_dpbusd_epi32(a[j], _mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1), wv);
+                    }
+                }
+#pragma GCC unroll 8
+                for (int j = 0; j < PW_TILE; j++) {
+                    const size_t p0 = (size_t)p + 2 * j;
+                    epi_apply2_512(&P2, a[j], res ? res + p0 * rs + o : NULL, res ? res + (p0 + 1) * rs + o : NULL,
+                                   out + p0 * os + o, out + (p0 + 1) * os + o);
+                }
+            }
+        }
         for (; p + PW_TILE <= npix; p += PW_TILE) {
             __m512i a[PW_TILE];
             tile8_512(w, n16, kq, o, x + (size_t)p * xs, xs, a);

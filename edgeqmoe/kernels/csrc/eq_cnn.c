@@ -155,6 +155,7 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
                 int32_t n_mels, int32_t frames) {
     memset(E, 0, sizeof *E);
     if (nops < 1 || ops[0].kind != EQ_CNN_STEM || n_mels < 3 || frames < 3) return -1;
+    if ((!K->pw_row && !(K->pw_acc && K->epilogue)) || (!K->dw_row && !(K->dw_acc && K->epilogue))) return -1;
     E->ops = calloc((size_t)nops, sizeof *ops);
     if (!E->ops) return -2;
     memcpy(E->ops, ops, sizeof *ops * (size_t)nops);

@@ -60,10 +60,11 @@ typedef struct eq_cnn_kernels {
     /* w: (k*k) x c tap-major; zero: the input's zero points (c) */
     void (*dw_pack)(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, void *out);
     /* one output row oy: acc[ox * accs + c] = sum over the taps inside the map of
-     * w[tap][c] * (x[iy][ix][c] - zero[c]) */
+     * w[tap][c] * (x[iy][ix][c] - zero[c]); NULL where dw_row is given */
     void (*dw_acc)(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
                    int32_t *acc, int32_t accs);
-    /* the requantisation of npix pixels (eq_cnn_epilogue is the generic twin) */
+    /* the requantisation of npix pixels after pw_acc or dw_acc (eq_cnn_epilogue); NULL
+     * where pw_row and dw_row are given */
     void (*epilogue)(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
                      const uint8_t *res, int32_t rs, uint8_t *out, int32_t os);
     /* the float stem (scratch: see stem_body) and squeeze-excitation in place (fs: 2 cin

@@ -12,35 +12,6 @@
 
 static inline int32_t up16(int32_t n) { return (n + 15) & ~15; }
 
-/* depthwise, both variants: 8 channels at a time in int32 */
-static void dw_acc_neon(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
-                        int32_t *acc, int32_t accs) {
-    const int32_t k = op->k, s = op->stride, pad = (k - 1) / 2, c16 = up16(op->cout);
-    const int32_t *zp = packed, *w = zp + c16;
-    int32_t ty0, ty1;
-    eq_cnn_tap_range(oy, s, pad, k, op->h_in, &ty0, &ty1);
-    for (int32_t ox = 0; ox < op->w_out; ox++) {
-        int32_t tx0, tx1;
-        eq_cnn_tap_range(ox, s, pad, k, op->w_in, &tx0, &tx1);
-        const uint8_t *base = x + ((ptrdiff_t)(oy * s - pad) * op->w_in + (ox * s - pad)) * xs;
-        for (int32_t c = 0; c < c16; c += 8) {
-            const int32x4_t z0 = vld1q_s32(zp + c), z1 = vld1q_s32(zp + c + 4);
-            int32x4_t a0 = vdupq_n_s32(0), a1 = vdupq_n_s32(0);
-            for (int32_t ty = ty0; ty < ty1; ty++)
-                for (int32_t tx = tx0; tx < tx1; tx++) {
-                    const uint16x8_t b = vmovl_u8(vld1_u8(base + ((size_t)ty * op->w_in + tx) * xs + c));
-                    const int32_t *wt = w + (size_t)(ty * k + tx) * c16 + c;
-                    const int32x4_t v0 = vsubq_s32(vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(b))), z0);
-                    const int32x4_t v1 = vsubq_s32(vreinterpretq_s32_u32(vmovl_u16(vget_high_u16(b))), z1);
-                    a0 = vmlaq_s32(a0, v0, vld1q_s32(wt));
-                    a1 = vmlaq_s32(a1, v1, vld1q_s32(wt + 4));
-                }
-            vst1q_s32(acc + (size_t)ox * accs + c, a0);
-            vst1q_s32(acc + (size_t)ox * accs + c + 4, a1);
-        }
-    }
-}
-
 /* the requantisation's parameters for 8 channels (two vectors of 4), loaded once for
  * many pixels */
 typedef struct {
@@ -96,18 +67,6 @@ static inline __attribute__((always_inline)) void epi_apply_neon(const epi8 *P, 
         uint8_t tmp[8];
         vst1_u8(tmp, b);
         memcpy(o, tmp, (size_t)n);
-    }
-}
-
-static void epilogue_neon(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
-                          const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
-    for (int32_t c = 0; c < n; c += 8) {
-        const epi8 P = epi_load_neon(e, c, res != NULL);
-        for (int32_t p = 0; p < npix; p++) {
-            const int32_t *a = acc + (size_t)p * accs + c;
-            epi_apply_neon(&P, vld1q_s32(a), vld1q_s32(a + 4), res ? res + (size_t)p * rs + c : NULL, n - c,
-                           out + (size_t)p * os + c);
-        }
     }
 }
 
@@ -208,7 +167,7 @@ static void pw_row_neon(const void *packed, int32_t n, int32_t k, const uint8_t 
 }
 
 const eq_cnn_kernels eq_cnn_neon = {"neon", pw_bytes_neon, pw_pack_neon, pw_acc_neon,
-                                    eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_neon, epilogue_neon,
+                                    eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, NULL, NULL,
                                     eq_cnn_stem_generic, eq_cnn_se_generic, pw_row_neon, dw_row_neon};
 
 /* ==================================================================== NEON + sdot */
@@ -276,7 +235,7 @@ TDOT static void pw_row_dot(const void *packed, int32_t n, int32_t k, const uint
 }
 
 const eq_cnn_kernels eq_cnn_dotprod = {"dotprod", pw_bytes_dot, pw_pack_dot, pw_acc_dot,
-                                       eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, dw_acc_neon, epilogue_neon,
+                                       eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, NULL, NULL,
                                        eq_cnn_stem_generic, eq_cnn_se_generic, pw_row_dot, dw_row_neon};
 
 #endif

@@ -205,17 +205,6 @@ T512 static inline __attribute__((always_inline)) epi512 epi_twice_512(epi512 P)
 
 static inline __mmask16 tail16(int32_t left) { return left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1); }
 
-T512 static void epilogue_512(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
-                              const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
-    for (int32_t c = 0; c < n; c += 16) {
-        const epi512 P = epi_load_512(e, c, res != NULL);
-        const __mmask16 m = tail16(n - c);
-        for (int32_t p = 0; p < npix; p++)
-            epi_apply_512(&P, _mm512_loadu_si512((const void *)(acc + (size_t)p * accs + c)),
-                          res ? res + (size_t)p * rs + c : NULL, m, out + (size_t)p * os + c);
-    }
-}
-
 /* pointwise weights: [k/4][n rounded to 16][4] int8, so one 64-byte load holds four
  * inputs of 16 outputs */
 static size_t pw_bytes_512(int32_t n, int32_t k) { return (size_t)up16(n) * eq_cnn_c4(k); }
@@ -333,30 +322,6 @@ T512 static void pw_row_512(const void *packed, int32_t n, int32_t k, const uint
     }
 }
 
-T512 static void dw_acc_512(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
-                            int32_t *acc, int32_t accs) {
-    const int32_t k = op->k, s = op->stride, pad = (k - 1) / 2, c16 = up16(op->cout);
-    const int32_t *zp = packed, *w = zp + c16;
-    int32_t ty0, ty1;
-    eq_cnn_tap_range(oy, s, pad, k, op->h_in, &ty0, &ty1);
-    for (int32_t ox = 0; ox < op->w_out; ox++) {
-        int32_t tx0, tx1;
-        eq_cnn_tap_range(ox, s, pad, k, op->w_in, &tx0, &tx1);
-        const uint8_t *base = x + ((ptrdiff_t)(oy * s - pad) * op->w_in + (ox * s - pad)) * xs;
-        for (int32_t c = 0; c < c16; c += 16) {
-            const __m512i z = _mm512_loadu_si512((const void *)(zp + c));
-            __m512i a = _mm512_setzero_si512();
-            for (int32_t ty = ty0; ty < ty1; ty++)
-                for (int32_t tx = tx0; tx < tx1; tx++) {
-                    const __m128i b = _mm_loadu_si128((const __m128i *)(base + ((size_t)ty * op->w_in + tx) * xs + c));
-                    const __m512i v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(b), z);
-                    a = _mm512_add_epi32(a, _mm512_madd_epi16(v, _mm512_loadu_si512((const void *)(w + (size_t)(ty * k + tx) * c16 + c))));
-                }
-            _mm512_storeu_si512((void *)(acc + (size_t)ox * accs + c), a);
-        }
-    }
-}
-
 /* one output pixel's depthwise sums over taps [ty0, ty1) x [tx0, tx1), requantised;
  * inlined with constant bounds for the interior, where the loops unroll */
 T512 static inline __attribute__((always_inline)) void dw_px_512(const int32_t *zp, const int32_t *w, const uint8_t *base,
@@ -437,7 +402,7 @@ T512 static inline __attribute__((always_inline)) void dw_px4_c8_512(const int16
     epi_apply_512(pair, _mm512_permutex2var_epi32(lo, idx1, hi), NULL, 0xffff, o + 16);
 }
 
-/* dw_acc_512 and the requantisation in one pass */
+/* a depthwise output row and its requantisation in one pass */
 T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
                             uint8_t *out) {
     const int32_t k = op->k, s = op->stride, pad = (k - 1) / 2, C = op->cout, c16 = up16(C), cs = eq_cnn_c4(C);
@@ -492,7 +457,7 @@ T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8
 }
 
 const eq_cnn_kernels eq_cnn_avx512 = {"avx512", pw_bytes_512, pw_pack_512, pw_acc_512,
-                                      dw_bytes_512, dw_pack_512, dw_acc_512, epilogue_512,
+                                      dw_bytes_512, dw_pack_512, NULL, NULL,
                                       stem_512, se_512, pw_row_512, dw_row_512};
 
 /* ==================================================================== AVX2 */
@@ -559,16 +524,6 @@ T2 static inline __attribute__((always_inline)) void epi_apply_2(const epi256 *P
     }
 }
 
-T2 static void epilogue_2(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
-                          const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
-    for (int32_t c = 0; c < n; c += 8) {
-        const epi256 P = epi_load_2(e, c, res != NULL);
-        for (int32_t p = 0; p < npix; p++)
-            epi_apply_2(&P, _mm256_loadu_si256((const __m256i *)(acc + (size_t)p * accs + c)),
-                        res ? res + (size_t)p * rs + c : NULL, n - c, out + (size_t)p * os + c);
-    }
-}
-
 #define PW2_TILE 4
 /* outputs o..o+7 of np <= PW2_TILE pixels (rows xs bytes apart) */
 T2 static inline __attribute__((always_inline)) void tile4_2(const int16_t *w, int32_t n8, int32_t kp, int32_t o,
@@ -592,30 +547,6 @@ T2 static void pw_acc_2(const void *packed, int32_t n, int32_t k, const uint8_t 
             __m256i a[PW2_TILE];
             tile4_2(w, n8, kp, o, x + (size_t)p * xs, xs, np, a);
             for (int j = 0; j < np; j++) _mm256_storeu_si256((__m256i *)(acc + (size_t)(p + j) * accs + o), a[j]);
-        }
-    }
-}
-
-T2 static void dw_acc_2(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
-                        int32_t *acc, int32_t accs) {
-    const int32_t k = op->k, s = op->stride, pad = (k - 1) / 2, c16 = up16(op->cout);
-    const int32_t *zp = packed, *w = zp + c16;
-    int32_t ty0, ty1;
-    eq_cnn_tap_range(oy, s, pad, k, op->h_in, &ty0, &ty1);
-    for (int32_t ox = 0; ox < op->w_out; ox++) {
-        int32_t tx0, tx1;
-        eq_cnn_tap_range(ox, s, pad, k, op->w_in, &tx0, &tx1);
-        const uint8_t *base = x + ((ptrdiff_t)(oy * s - pad) * op->w_in + (ox * s - pad)) * xs;
-        for (int32_t c = 0; c < c16; c += 8) {
-            const __m256i z = _mm256_loadu_si256((const __m256i *)(zp + c));
-            __m256i a = _mm256_setzero_si256();
-            for (int32_t ty = ty0; ty < ty1; ty++)
-                for (int32_t tx = tx0; tx < tx1; tx++) {
-                    const __m128i b = _mm_loadl_epi64((const __m128i *)(base + ((size_t)ty * op->w_in + tx) * xs + c));
-                    const __m256i v = _mm256_sub_epi32(_mm256_cvtepu8_epi32(b), z);
-                    a = _mm256_add_epi32(a, _mm256_madd_epi16(v, _mm256_loadu_si256((const __m256i *)(w + (size_t)(ty * k + tx) * c16 + c))));
-                }
-            _mm256_storeu_si256((__m256i *)(acc + (size_t)ox * accs + c), a);
         }
     }
 }
@@ -657,7 +588,7 @@ T2 static inline __attribute__((always_inline)) void dw_px_2(const int32_t *zp, 
     }
 }
 
-/* dw_acc_2 and the requantisation in one pass; interior pixels with k known */
+/* a depthwise output row and its requantisation in one pass; interior pixels with k known */
 T2 static void dw_row_2(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
                         uint8_t *out) {
     const int32_t k = op->k, s = op->stride, pad = (k - 1) / 2, C = op->cout, cs = eq_cnn_c4(C);
@@ -680,6 +611,6 @@ T2 static void dw_row_2(const void *packed, const eq_cnn_op *op, const uint8_t *
 }
 
 const eq_cnn_kernels eq_cnn_avx2 = {"avx2", pw_bytes_2, pw_pack_2, pw_acc_2, eq_cnn_dw_bytes_wide, dw_pack_madd,
-                                    dw_acc_2, epilogue_2, stem_2, se_2, pw_row_2, dw_row_2};
+                                    NULL, NULL, stem_2, se_2, pw_row_2, dw_row_2};
 
 #endif

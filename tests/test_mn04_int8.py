@@ -51,9 +51,13 @@ def test_every_variant_equals_the_integer_reference(int8_net, real_mels):
     for variant in available_variants():
         e, lg = M.Engine.of(q, variant).forward_mel(bad)
         assert np.array_equal(e, ref_bad[0]) and np.array_equal(lg, ref_bad[1]) and np.isfinite(e).all(), variant
-    # another window length builds its own engine and still agrees
-    e2, _ = M.Engine.of(q, "generic").forward_mel(mel[:2, :, :57])
+    # another window length builds its own engine and still agrees; a few lengths are kept
+    eng = M.Engine.of(q, "generic")
+    e2, _ = eng.forward_mel(mel[:2, :, :57])
     assert np.array_equal(e2, M.int_forward(q, mel[:2, :, :57])[0])
+    for t in range(60, 60 + 2 * M.Engine.MAX_ENGINES):
+        eng.forward_mel(mel[:1, :, :t])
+    assert len(eng._by_frames) == M.Engine.MAX_ENGINES
 
 
 def test_the_integer_network_stays_close_to_fp32(int8_net, real_mels):

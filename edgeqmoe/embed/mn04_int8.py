@@ -409,7 +409,10 @@ def engine_ops(q: dict) -> List[dict]:
 
 class Engine:
     """The integer mn04 on one kernel variant, an engine per window length (built on first
-    use, then reused: fixed work and no allocation per window)."""
+    use, then reused: fixed work and no allocation per window; the daemon's windows have
+    one length, and at most MAX_ENGINES lengths are kept)."""
+
+    MAX_ENGINES = 4
 
     def __init__(self, ops: List[dict], gate: np.ndarray, variant: str):
         self.ops, self.gate, self.variant = ops, gate, variant
@@ -430,6 +433,8 @@ class Engine:
         B, H, T = mel.shape
         eng = self._by_frames.get(T)
         if eng is None:
+            if len(self._by_frames) >= self.MAX_ENGINES:  # a caller with ever new lengths: drop the oldest
+                self._by_frames.pop(next(iter(self._by_frames)))
             eng = self._by_frames[T] = _ckernels.Cnn(self.variant, H, T, self.ops, self.gate)
         emb, out = np.empty((B, self.emb_dim), np.float32), np.empty((B, self.out_dim), np.float32)
         eng.run(mel, emb, out)

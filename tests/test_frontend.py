@@ -26,6 +26,26 @@ def test_filterbank_is_cached_and_kaldi_shaped():
     assert MN04_MEL.n_frames(128000) == 400
 
 
+def test_the_mel_stage_equals_the_dense_filterbank_and_checks_its_shapes():
+    """The C stage (power, each filter over its non-zero bins, log) against the same
+    maths with the whole filterbank as a matrix, on random spectra; bad shapes are refused."""
+    from edgeqmoe.audio.frontend import _plan
+    from edgeqmoe.kernels import _ckernels
+
+    rng = np.random.default_rng(3)
+    z = (rng.standard_normal((2, 9, 513)) + 1j * rng.standard_normal((2, 9, 513))).astype(np.complex64)
+    _, _, start, length, weights = _plan(MN04_MEL)
+    out = np.empty((2, 128, 9), np.float32)
+    _ckernels.mel_from_spectrum(z.view(np.float32), 2, 9, 513, start, length, weights, MN04_MEL.log_offset,
+                                MN04_MEL.shift, 1.0 / MN04_MEL.scale, out)
+    banks = kaldi_mel_banks(128, 1024, 32000, 0.0, 15000.0).astype(np.float64)
+    dense = (np.abs(z.astype(np.complex128)) ** 2) @ banks.T
+    want = ((np.log(dense + MN04_MEL.log_offset) + MN04_MEL.shift) / MN04_MEL.scale).transpose(0, 2, 1)
+    assert np.abs(out - want).max() < 1e-5
+    with pytest.raises(ValueError, match="shapes do not agree"):
+        _ckernels.mel_from_spectrum(z.view(np.float32), 2, 9, 512, start, length, weights, 1e-5, 0.0, 1.0, out)
+
+
 def test_short_audio_is_refused():
     with pytest.raises(ValueError, match="too short"):
         log_mel(np.zeros(100, np.float32))

@@ -889,12 +889,82 @@ static PyTypeObject CnnType = {
     .tp_doc = "Cnn(variant, n_mels, frames, ops, gate): the integer convolutional embedder for one window length",
 };
 
+/* mel_from_spectrum(spec, bins_lo, start, length, weights, log_offset, shift, inv_scale, out):
+ * the front end's last stage in one pass. spec: (B, F, K) complex64 (K bins from bins_lo
+ * on); each mel band m sums weights[off_m + j] * power[start[m] + j] over its length[m]
+ * bins (the triangular filters' non-zero spans, relative to bins_lo); out: (B, M, F)
+ * float32 = (log(sum + log_offset) + shift) * inv_scale. */
+static PyObject *py_mel_from_spectrum(PyObject *m, PyObject *args) {
+    PyObject *so, *sto, *lno, *wo, *oo;
+    float offset, shift, inv_scale;
+    Py_ssize_t B, F, K;
+    if (!PyArg_ParseTuple(args, "OnnnOOOfffO", &so, &B, &F, &K, &sto, &lno, &wo, &offset, &shift, &inv_scale, &oo))
+        return NULL;
+    Py_buffer sb, stb, lnb, wb, ob;
+    int got = 0;
+    PyObject *ret = NULL;
+    if (get_typed(so, &sb, 'f', 0, "mel_from_spectrum: spectrum (as float32 pairs)") < 0) return NULL;
+    got = 1;
+    if (get_typed(sto, &stb, 'i', 0, "mel_from_spectrum: start") < 0) goto done;
+    got = 2;
+    if (get_typed(lno, &lnb, 'i', 0, "mel_from_spectrum: length") < 0) goto done;
+    got = 3;
+    if (get_typed(wo, &wb, 'f', 0, "mel_from_spectrum: weights") < 0) goto done;
+    got = 4;
+    if (get_typed(oo, &ob, 'f', 1, "mel_from_spectrum: out") < 0) goto done;
+    got = 5;
+    const Py_ssize_t M = stb.len / 4;
+    const int32_t *start = stb.buf, *len = lnb.buf;
+    Py_ssize_t total = 0;
+    int ok = B > 0 && F > 0 && K > 0 && lnb.len == stb.len && sb.len == 8 * B * F * K && ob.len == 4 * B * M * F;
+    for (Py_ssize_t i = 0; ok && i < M; i++) {
+        ok = start[i] >= 0 && len[i] >= 0 && start[i] + len[i] <= K;
+        total += len[i];
+    }
+    if (!ok || wb.len != 4 * total) {
+        PyErr_SetString(PyExc_ValueError, "mel_from_spectrum: shapes do not agree");
+        goto done;
+    }
+    const float *spec = sb.buf, *w = wb.buf;
+    float *out = ob.buf;
+    float *power = malloc(sizeof(float) * (size_t)K);
+    if (!power) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS for (Py_ssize_t b = 0; b < B; b++) for (Py_ssize_t f = 0; f < F; f++) {
+        const float *z = spec + 2 * (size_t)((b * F + f) * K);
+        for (Py_ssize_t j = 0; j < K; j++) power[j] = z[2 * j] * z[2 * j] + z[2 * j + 1] * z[2 * j + 1];
+        const float *wm = w;
+        for (Py_ssize_t i = 0; i < M; i++) {
+            const float *p = power + start[i];
+            float acc = 0.0f;
+            for (int32_t j = 0; j < len[i]; j++) acc += wm[j] * p[j];
+            wm += len[i];
+            out[(size_t)(b * M + i) * F + f] = (logf(acc + offset) + shift) * inv_scale;
+        }
+    }
+    Py_END_ALLOW_THREADS free(power);
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    if (got >= 1) PyBuffer_Release(&sb);
+    if (got >= 2) PyBuffer_Release(&stb);
+    if (got >= 3) PyBuffer_Release(&lnb);
+    if (got >= 4) PyBuffer_Release(&wb);
+    if (got >= 5) PyBuffer_Release(&ob);
+    return ret;
+}
+
 static PyObject *py_cpu_features(PyObject *m, PyObject *unused) { return PyUnicode_FromString(eq_cpu_features()); }
 
 static PyMethodDef module_methods[] = {
     {"acc", py_acc, METH_VARARGS, "acc(variant, layer, xq, out, batch): int32 accumulators"},
     {"quantize", py_quantize, METH_VARARGS, "quantize(variant, x, binary, q_out, tau=0.05, mode=0) -> (scale, qsum)"},
     {"variants", py_variants, METH_NOARGS, "kernel variants this CPU runs, best first"},
+    {"mel_from_spectrum", py_mel_from_spectrum, METH_VARARGS,
+     "mel_from_spectrum(spec, B, F, K, start, length, weights, log_offset, shift, inv_scale, out): power, "
+     "triangular filters over their non-zero spans, log"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "CPU features detected at run time"},
     {NULL},
 };

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "eq_cnn.h"
+#include "eq_cnn_body.h"
 
 #define TDOT __attribute__((target("arch=armv8.2-a+dotprod")))
 
@@ -95,23 +96,7 @@ static inline __attribute__((always_inline)) void dw_px_neon(const int32_t *zp, 
 /* the depthwise row and its requantisation in one pass (both ARM variants) */
 static void dw_row_neon(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
                         uint8_t *out) {
-    const int32_t k = op->k, s = op->stride, pad = (k - 1) / 2, C = op->cout, cs = eq_cnn_c4(C);
-    const int32_t *zp = packed, *w = zp + up16(C), row = op->w_in * xs;
-    int32_t ty0, ty1;
-    eq_cnn_tap_range(oy, s, pad, k, op->h_in, &ty0, &ty1);
-    const int full_y = ty0 == 0 && ty1 == k;
-    for (int32_t ox = 0; ox < op->w_out; ox++) {
-        int32_t tx0, tx1;
-        eq_cnn_tap_range(ox, s, pad, k, op->w_in, &tx0, &tx1);
-        const uint8_t *base = x + ((ptrdiff_t)(oy * s - pad) * op->w_in + (ox * s - pad)) * xs;
-        uint8_t *o = out + (size_t)ox * cs;
-        if (full_y && tx0 == 0 && tx1 == k && k == 3)
-            dw_px_neon(zp, w, base, C, xs, row, 3, 0, 3, 0, 3, &op->epi, o);
-        else if (full_y && tx0 == 0 && tx1 == k && k == 5)
-            dw_px_neon(zp, w, base, C, xs, row, 5, 0, 5, 0, 5, &op->epi, o);
-        else
-            dw_px_neon(zp, w, base, C, xs, row, k, ty0, ty1, tx0, tx1, &op->epi, o);
-    }
+    EQ_CNN_DW_ROW(dw_px_neon, packed, op, x, xs, oy, out);
 }
 
 /* ==================================================================== NEON */

@@ -181,4 +181,31 @@ EQ_INL void se_body(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t
     }
 }
 
+/* The body of a depthwise output row for variants whose pixel function PX(zp, w, base, C,
+ * xs, row, k, ty0, ty1, tx0, tx1, epi, o) works on the wide layout (eq_cnn_dw_pack_wide:
+ * zero points, then the taps): each output pixel with the taps inside the map, interior
+ * pixels of 3x3 and 5x5 kernels with the size and ranges as constants, so that the
+ * compiler unrolls their taps. */
+#define EQ_CNN_DW_ROW(PX, packed, op, x, xs, oy, out)                                                         \
+    do {                                                                                                      \
+        const int32_t k_ = (op)->k, s_ = (op)->stride, pad_ = (k_ - 1) / 2, C_ = (op)->cout;                 \
+        const int32_t cs_ = eq_cnn_c4(C_), row_ = (op)->w_in * (xs);                                          \
+        const int32_t *zp_ = (const int32_t *)(packed), *w_ = zp_ + ((C_ + 15) & ~15);                       \
+        int32_t ty0_, ty1_;                                                                                   \
+        eq_cnn_tap_range((oy), s_, pad_, k_, (op)->h_in, &ty0_, &ty1_);                                       \
+        const int full_y_ = ty0_ == 0 && ty1_ == k_;                                                          \
+        for (int32_t ox_ = 0; ox_ < (op)->w_out; ox_++) {                                                     \
+            int32_t tx0_, tx1_;                                                                               \
+            eq_cnn_tap_range(ox_, s_, pad_, k_, (op)->w_in, &tx0_, &tx1_);                                    \
+            const uint8_t *base_ = (x) + ((ptrdiff_t)((oy) * s_ - pad_) * (op)->w_in + (ox_ * s_ - pad_)) * (xs); \
+            uint8_t *o_ = (out) + (size_t)ox_ * cs_;                                                          \
+            if (full_y_ && tx0_ == 0 && tx1_ == k_ && k_ == 3)                                                \
+                PX(zp_, w_, base_, C_, (xs), row_, 3, 0, 3, 0, 3, &(op)->epi, o_);                            \
+            else if (full_y_ && tx0_ == 0 && tx1_ == k_ && k_ == 5)                                           \
+                PX(zp_, w_, base_, C_, (xs), row_, 5, 0, 5, 0, 5, &(op)->epi, o_);                            \
+            else                                                                                              \
+                PX(zp_, w_, base_, C_, (xs), row_, k_, ty0_, ty1_, tx0_, tx1_, &(op)->epi, o_);               \
+        }                                                                                                     \
+    } while (0)
+
 #endif

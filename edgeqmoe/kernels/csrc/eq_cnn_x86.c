@@ -26,11 +26,8 @@ static inline int32_t up16(int32_t n) { return (n + 15) & ~15; }
  * gives the exact product in one instruction, where vpmulld takes two */
 static void dw_pack_madd(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, void *out) {
     eq_cnn_dw_pack_wide(w, zero, c, k, out);
-    int32_t *z = out, *o = z + up16(c);
+    int32_t *o = (int32_t *)out + up16(c);
     for (int32_t i = 0; i < up16(c) * k * k; i++) o[i] = (int32_t)(uint16_t)(int16_t)o[i];
-    if (c == 8) /* 8 channels: lanes 8-15 repeat them, so that a vector holds two neighbouring pixels */
-        for (int32_t t = 0; t <= k * k; t++)
-            for (int32_t j = 0; j < 8; j++) z[(size_t)t * 16 + 8 + j] = z[(size_t)t * 16 + j];
 }
 
 /* AVX-512 depthwise weights: the madd layout above (for pixels at the borders), then for
@@ -150,8 +147,6 @@ T512 static inline __attribute__((always_inline)) epi512 epi_load_512(const eq_c
     return P;
 }
 
-/* the generic requantisation of 16 channels (mask m) of one pixel, in the same
- * operations and order; r: that pixel's residual at these channels, o: its output */
 /* the generic requantisation of 16 channels of one pixel (or 8 of two), in the same
  * operations and order, to int32 codes not below 0 (a saturating store caps them at 255);
  * rv: the residual's bytes at these channels when P->res */
@@ -343,63 +338,60 @@ T512 static inline __attribute__((always_inline)) void dw_px_512(const int32_t *
     }
 }
 
-/* an interior pixel (all k x k taps inside), channels in blocks of 32: two taps per
- * vpdpwssd on (x - zero) as int16, the sums put back in channel order by two
- * permutations, then requantised */
+/* the k x k taps of one block in the pair layout of dw_pack_512 (pk: the block's zero
+ * points, then its pairs of taps), two taps per vpdpwssd on (x - zero) as int16: 32
+ * lanes of int16 at base + tap offset, their sums in lo (vpunpcklwd order) and hi */
+T512 static inline __attribute__((always_inline)) void tap_pairs_512(const int16_t *pk, const uint8_t *base,
+                                                                      int32_t row, int32_t xs, int32_t k, __m512i *lo,
+                                                                      __m512i *hi) {
+    const int32_t kk = k * k;
+    const __m512i z = _mm512_load_si512((const void *)pk);
+    pk += 32;
+    __m512i l = _mm512_setzero_si512(), h = _mm512_setzero_si512();
+    for (int32_t t = 0; t < kk; t += 2, pk += 64) {
+        const uint8_t *pa = base + (size_t)(t / k) * row + (size_t)(t % k) * xs;
+        const __m512i xa = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)pa)), z);
+        __m512i xb = _mm512_setzero_si512();
+        if (t + 1 < kk) {
+            const uint8_t *pb = base + (size_t)((t + 1) / k) * row + (size_t)((t + 1) % k) * xs;
+            xb = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)pb)), z);
+        }
+        l = _mm512_dpwssd_epi32(l, _mm512_unpacklo_epi16(xa, xb), _mm512_load_si512((const void *)pk));
+        h = _mm512_dpwssd_epi32(h, _mm512_unpackhi_epi16(xa, xb), _mm512_load_si512((const void *)(pk + 32)));
+    }
+    *lo = l, *hi = h;
+}
+
+/* lanes 0-15 (idx0) and 16-31 (idx1) of 32 sums from vpunpck{l,h}wd order, in order */
+#define PAIRS_IDX0 _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23)
+#define PAIRS_IDX1 _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31)
+
+/* an interior pixel (all k x k taps inside), channels in blocks of 32, requantised */
 T512 static inline __attribute__((always_inline)) void dw_px_pairs_512(const int16_t *pk, const uint8_t *base, int32_t C,
                                                                         int32_t xs, int32_t row, int32_t k,
                                                                         const eq_cnn_epi *e, uint8_t *o) {
-    const int32_t kk = k * k;
-    const __m512i idx0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
-    const __m512i idx1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
-    for (int32_t c = 0; c < C; c += 32) {
-        const __m512i z = _mm512_load_si512((const void *)pk);
-        pk += 32;
-        __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
-        for (int32_t t = 0; t < kk; t += 2, pk += 64) {
-            const uint8_t *pa = base + (size_t)(t / k) * row + (size_t)(t % k) * xs + c;
-            const __m512i xa = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)pa)), z);
-            __m512i xb = _mm512_setzero_si512();
-            if (t + 1 < kk) {
-                const uint8_t *pb = base + (size_t)((t + 1) / k) * row + (size_t)((t + 1) % k) * xs + c;
-                xb = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)pb)), z);
-            }
-            lo = _mm512_dpwssd_epi32(lo, _mm512_unpacklo_epi16(xa, xb), _mm512_load_si512((const void *)pk));
-            hi = _mm512_dpwssd_epi32(hi, _mm512_unpackhi_epi16(xa, xb), _mm512_load_si512((const void *)(pk + 32)));
-        }
+    const size_t block = 32 + (size_t)64 * ((k * k + 1) / 2); /* int16 per block of the pair layout */
+    for (int32_t c = 0; c < C; c += 32, pk += block) {
+        __m512i lo, hi;
+        tap_pairs_512(pk, base + c, row, xs, k, &lo, &hi);
         const epi512 P0 = epi_load_512(e, c, 0);
-        epi_apply_512(&P0, _mm512_permutex2var_epi32(lo, idx0, hi), NULL, tail16(C - c), o + c);
+        epi_apply_512(&P0, _mm512_permutex2var_epi32(lo, PAIRS_IDX0, hi), NULL, tail16(C - c), o + c);
         if (C - c > 16) {
             const epi512 P1 = epi_load_512(e, c + 16, 0);
-            epi_apply_512(&P1, _mm512_permutex2var_epi32(lo, idx1, hi), NULL, tail16(C - c - 16), o + c + 16);
+            epi_apply_512(&P1, _mm512_permutex2var_epi32(lo, PAIRS_IDX1, hi), NULL, tail16(C - c - 16), o + c + 16);
         }
     }
 }
 
 /* four neighbouring interior pixels of an 8-channel map (stride 1), one per 16-byte
- * lane: the same two-taps-per-vpdpwssd sums as dw_px_pairs_512 (its weights repeat in
- * every lane for 8 channels), put back as two vectors of two pixels each */
+ * lane (dw_pack_512 repeats an 8-channel map's weights in every lane), put back as two
+ * vectors of two pixels each; pair: the 8 channels' parameters twice */
 T512 static inline __attribute__((always_inline)) void dw_px4_c8_512(const int16_t *pk, const uint8_t *base, int32_t row,
                                                                       int32_t k, const epi512 *pair, uint8_t *o) {
-    const int32_t kk = k * k;
-    const __m512i idx0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
-    const __m512i idx1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
-    const __m512i z = _mm512_load_si512((const void *)pk);
-    pk += 32;
-    __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
-    for (int32_t t = 0; t < kk; t += 2, pk += 64) {
-        const uint8_t *pa = base + (size_t)(t / k) * row + (size_t)(t % k) * 8;
-        const __m512i xa = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)pa)), z);
-        __m512i xb = _mm512_setzero_si512();
-        if (t + 1 < kk) {
-            const uint8_t *pb = base + (size_t)((t + 1) / k) * row + (size_t)((t + 1) % k) * 8;
-            xb = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)pb)), z);
-        }
-        lo = _mm512_dpwssd_epi32(lo, _mm512_unpacklo_epi16(xa, xb), _mm512_load_si512((const void *)pk));
-        hi = _mm512_dpwssd_epi32(hi, _mm512_unpackhi_epi16(xa, xb), _mm512_load_si512((const void *)(pk + 32)));
-    }
-    epi_apply_512(pair, _mm512_permutex2var_epi32(lo, idx0, hi), NULL, 0xffff, o);
-    epi_apply_512(pair, _mm512_permutex2var_epi32(lo, idx1, hi), NULL, 0xffff, o + 16);
+    __m512i lo, hi;
+    tap_pairs_512(pk, base, row, 8, k, &lo, &hi);
+    epi_apply_512(pair, _mm512_permutex2var_epi32(lo, PAIRS_IDX0, hi), NULL, 0xffff, o);
+    epi_apply_512(pair, _mm512_permutex2var_epi32(lo, PAIRS_IDX1, hi), NULL, 0xffff, o + 16);
 }
 
 /* a depthwise output row and its requantisation in one pass */
@@ -411,14 +403,7 @@ T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8
     int32_t ty0, ty1;
     eq_cnn_tap_range(oy, s, pad, k, op->h_in, &ty0, &ty1);
     const int full_y = ty0 == 0 && ty1 == k, pairs = C == 8 && s == 1;
-    epi512 pair;
-    if (pairs) { /* the parameters of channels 0-7, twice */
-        const __m512i dup = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7);
-        pair = epi_load_512(&op->epi, 0, 0);
-        pair.corr = _mm512_permutexvar_epi32(dup, pair.corr), pair.out_zero = _mm512_permutexvar_epi32(dup, pair.out_zero);
-        pair.w_scale = _mm512_permutexvar_ps(dup, pair.w_scale), pair.bias = _mm512_permutexvar_ps(dup, pair.bias);
-        pair.out_inv = _mm512_permutexvar_ps(dup, pair.out_inv);
-    }
+    const epi512 pair = epi_twice_512(epi_load_512(&op->epi, 0, 0)); /* used when pairs */
     for (int32_t ox = 0; ox < op->w_out; ox++) {
         int32_t tx0, tx1;
         eq_cnn_tap_range(ox, s, pad, k, op->w_in, &tx0, &tx1);
@@ -430,21 +415,6 @@ T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8
             else
                 dw_px4_c8_512(pairs_w, base, row, k, &pair, o);
             ox += 3;
-            continue;
-        }
-        if (pairs && full_y && tx0 == 0 && ox + 1 < op->w_out && (ox + 1) * s - pad + k <= op->w_in) {
-            /* 8 channels, stride 1: pixels ox and ox + 1 side by side in one vector (the
-             * weights and zero points repeat in lanes 8-15, and so do the parameters here) */
-            __m512i a = _mm512_setzero_si512();
-            const __m512i z = _mm512_loadu_si512((const void *)zp);
-            for (int32_t ty = 0; ty < k; ty++)
-                for (int32_t tx = 0; tx < k; tx++) {
-                    const __m128i b = _mm_loadu_si128((const __m128i *)(base + (size_t)ty * row + (size_t)tx * xs));
-                    const __m512i v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(b), z);
-                    a = _mm512_add_epi32(a, _mm512_madd_epi16(v, _mm512_loadu_si512((const void *)(w + (size_t)(ty * k + tx) * 16))));
-                }
-            epi_apply_512(&pair, a, NULL, 0xffff, o);
-            ox++;
             continue;
         }
         if (full_y && tx0 == 0 && tx1 == k && k == 3)
@@ -591,23 +561,7 @@ T2 static inline __attribute__((always_inline)) void dw_px_2(const int32_t *zp, 
 /* a depthwise output row and its requantisation in one pass; interior pixels with k known */
 T2 static void dw_row_2(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
                         uint8_t *out) {
-    const int32_t k = op->k, s = op->stride, pad = (k - 1) / 2, C = op->cout, cs = eq_cnn_c4(C);
-    const int32_t *zp = packed, *w = zp + up16(C), row = op->w_in * xs;
-    int32_t ty0, ty1;
-    eq_cnn_tap_range(oy, s, pad, k, op->h_in, &ty0, &ty1);
-    const int full_y = ty0 == 0 && ty1 == k;
-    for (int32_t ox = 0; ox < op->w_out; ox++) {
-        int32_t tx0, tx1;
-        eq_cnn_tap_range(ox, s, pad, k, op->w_in, &tx0, &tx1);
-        const uint8_t *base = x + ((ptrdiff_t)(oy * s - pad) * op->w_in + (ox * s - pad)) * xs;
-        uint8_t *o = out + (size_t)ox * cs;
-        if (full_y && tx0 == 0 && tx1 == k && k == 3)
-            dw_px_2(zp, w, base, C, xs, row, 3, 0, 3, 0, 3, &op->epi, o);
-        else if (full_y && tx0 == 0 && tx1 == k && k == 5)
-            dw_px_2(zp, w, base, C, xs, row, 5, 0, 5, 0, 5, &op->epi, o);
-        else
-            dw_px_2(zp, w, base, C, xs, row, k, ty0, ty1, tx0, tx1, &op->epi, o);
-    }
+    EQ_CNN_DW_ROW(dw_px_2, packed, op, x, xs, oy, out);
 }
 
 const eq_cnn_kernels eq_cnn_avx2 = {"avx2", pw_bytes_2, pw_pack_2, pw_acc_2, eq_cnn_dw_bytes_wide, dw_pack_madd,

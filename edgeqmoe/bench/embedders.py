@@ -13,7 +13,6 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..embed.base import resample
 from ..machine import apply_threads, machine_info
 from ..stats import percentiles
 
@@ -51,7 +50,7 @@ def run_bench(embedders: List[str], window_s: float = 1.0, sr: int = 16000, roun
     for e, emb in built.items():
         calls[(e, "whole")] = partial(_whole, emb, windows, sr)
         if hasattr(emb, "forward_mel"):
-            mels = [log_mel(resample(w[None, :], sr, emb.info.sample_rate)) for w in windows]
+            mels = [log_mel(w[None, :], emb.mel_spec, sr=sr) for w in windows]
             calls[(e, "network")] = partial(_network, emb, mels)
     for call in calls.values():
         for i in range(len(windows)):

@@ -3,8 +3,9 @@
 An embedder turns mono audio windows into fixed-size vectors. It declares its ``id``
 (model bundles record it and refuse to run on another), ``version`` (part of the
 embedding cache key), the ``sample_rate`` its model runs at, and ``dim``. Audio at
-another rate is resampled per window (soxr, high quality), so the result depends on
-the window alone, never on how the stream was chunked.
+another rate is resampled per window (soxr, high quality; a log-mel embedder upsamples
+2x inside its front end), so the result depends on the window alone, never on how the
+stream was chunked.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..audio.frontend import log_mel
 from ..audio.resample import resample
 
 
@@ -50,3 +52,25 @@ class Embedder:
 
     def _embed_batch(self, waves: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class MelEmbedder(Embedder):
+    """An embedder whose network reads a log-mel (``mel_spec``). Windows at any rate go
+    through the C front end (``log_mel``); at half the spec's rate (16 kHz for mn04) they
+    are upsampled inside it, so no resampler runs per window. Subclasses set ``mel_spec``
+    and implement ``forward_mel``: mel (B, n_mels, T) -> (embeddings, logits)."""
+
+    mel_spec = None
+
+    def forward_mel(self, mel: np.ndarray):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _embed_batch(self, waves: np.ndarray) -> np.ndarray:
+        return self.forward_mel(log_mel(waves, self.mel_spec))[0]
+
+    def embed_batch(self, waves: np.ndarray, sr: int) -> np.ndarray:
+        return self.embed_with_logits(waves, sr)[0]
+
+    def embed_with_logits(self, waves: np.ndarray, sr: int):
+        """Windows (B, n) at ``sr`` -> (embeddings, the network's logits)."""
+        return self.forward_mel(log_mel(np.atleast_2d(waves), self.mel_spec, sr=sr))

@@ -114,7 +114,7 @@ import warnings  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..audio.frontend import MN04_MEL, log_mel  # noqa: E402
-from .base import Embedder, EmbedderInfo  # noqa: E402
+from .base import EmbedderInfo, MelEmbedder  # noqa: E402
 from .weights import MN04_WEIGHTS, WeightsError, resolve  # noqa: E402
 
 
@@ -130,7 +130,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-class MN04Embedder(Embedder):
+class MN04Embedder(MelEmbedder):
     """mn04 on our numpy log-mel: 384-d embeddings (and 527 AudioSet logits).
 
     Weights are resolved (explicit path, $EDGEQMOE_WEIGHTS_DIR, user cache), checked
@@ -141,6 +141,7 @@ class MN04Embedder(Embedder):
     """
 
     info = EmbedderInfo(id="mn04", version="1", sample_rate=MN04_MEL.sample_rate, dim=EMBED_DIM)
+    mel_spec = MN04_MEL
     runtime = "torch-fp32"
 
     def __init__(self, weights: str | None = None, threads: int = 1, script: bool = True):
@@ -178,8 +179,3 @@ class MN04Embedder(Embedder):
         with torch.inference_mode():
             return self.embedding_model(torch.from_numpy(mel)[:, None]).numpy()
 
-    def embed_with_logits(self, waves: np.ndarray, sr: int):
-        """Windows (B, n) at ``sr`` -> (embeddings, AudioSet logits)."""
-        from .base import resample
-
-        return self.forward_mel(log_mel(resample(np.atleast_2d(waves), sr, self.info.sample_rate), MN04_MEL))

@@ -38,8 +38,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..audio.frontend import MN04_MEL, log_mel
-from .base import Embedder, EmbedderInfo, resample
+from ..audio.frontend import MN04_MEL
+from .base import EmbedderInfo, MelEmbedder
 from .mn04_spec import EMBED_DIM, MN04_BLOCKS, fold_bn
 
 F32 = np.float32
@@ -552,7 +552,7 @@ def convert(weights: Optional[str] = None, out: Optional[str] = None) -> Path:
     return path
 
 
-class MN04Int8Embedder(Embedder):
+class MN04Int8Embedder(MelEmbedder):
     """mn04 on our integer kernels (``model.embedder_runtime: int8``), from its bundle in
     the converted-embedder folder (made at the first start from the pretrained weights,
     sha256 checked, and the shipped calibration; ``say`` is told); no torch and no ONNX
@@ -560,6 +560,7 @@ class MN04Int8Embedder(Embedder):
     numpy reference (slow; for checks)."""
 
     info = EmbedderInfo(id="mn04", version="1-int8", sample_rate=MN04_MEL.sample_rate, dim=EMBED_DIM)
+    mel_spec = MN04_MEL
     runtime = "int8"
 
     def __init__(self, weights: Optional[str] = None, kernel: str = "simd", say=None):
@@ -600,9 +601,4 @@ class MN04Int8Embedder(Embedder):
             return int_forward(self.q, np.nan_to_num(np.asarray(mel, dtype=F32), nan=0.0, posinf=0.0, neginf=0.0))
         return self.engine.forward_mel(mel)
 
-    def _embed_batch(self, waves: np.ndarray) -> np.ndarray:
-        return self.forward_mel(log_mel(waves, MN04_MEL))[0]
 
-    def embed_with_logits(self, waves: np.ndarray, sr: int):
-        """Windows (B, n) at ``sr`` -> (embeddings, AudioSet logits)."""
-        return self.forward_mel(log_mel(resample(np.atleast_2d(waves), sr, self.info.sample_rate), MN04_MEL))

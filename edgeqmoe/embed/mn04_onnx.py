@@ -22,8 +22,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from ..audio.frontend import MN04_MEL, log_mel
-from .base import Embedder, EmbedderInfo, resample
+from ..audio.frontend import MN04_MEL
+from .base import EmbedderInfo, MelEmbedder
 from .mn04_spec import EMBED_DIM, MN04_BLOCKS, N_AUDIOSET, fold_bn
 from .weights import MN04_WEIGHTS, WeightsError, resolve, sha256_of, user_cache
 
@@ -164,11 +164,12 @@ def onnxruntime_available() -> bool:
     return True
 
 
-class MN04OnnxEmbedder(Embedder):
+class MN04OnnxEmbedder(MelEmbedder):
     """mn04 on ONNX Runtime, fp32, on our numpy log-mel: the same interface and the same
     numbers (cosine >= 0.9999) as the torch module, without torch."""
 
     info = EmbedderInfo(id="mn04", version="1", sample_rate=MN04_MEL.sample_rate, dim=EMBED_DIM)
+    mel_spec = MN04_MEL
     runtime = "onnxruntime-fp32"
 
     def __init__(self, weights: Optional[str] = None, threads: int = 1, say=None):
@@ -212,10 +213,4 @@ class MN04OnnxEmbedder(Embedder):
         e, lg = self.session.run(["embedding", "logits"], {"mel": x})
         return e, lg
 
-    def _embed_batch(self, waves: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(log_mel(waves, MN04_MEL), dtype=np.float32)[:, None]
-        return self.session.run(["embedding"], {"mel": x})[0]
 
-    def embed_with_logits(self, waves: np.ndarray, sr: int):
-        """Windows (B, n) at ``sr`` -> (embeddings, AudioSet logits)."""
-        return self.forward_mel(log_mel(resample(np.atleast_2d(waves), sr, self.info.sample_rate), MN04_MEL))

@@ -24,6 +24,7 @@
 
 #include "eq_cnn.h"
 #include "eq_kernels.h"
+#include "eq_mel.h"
 
 #define EQ_MAX_K 131072 /* int32 accumulators are exact up to this many inputs */
 
@@ -889,72 +890,132 @@ static PyTypeObject CnnType = {
     .tp_doc = "Cnn(variant, n_mels, frames, ops, gate): the integer convolutional embedder for one window length",
 };
 
-/* mel_from_spectrum(spec, bins_lo, start, length, weights, log_offset, shift, inv_scale, out):
- * the front end's last stage in one pass. spec: (B, F, K) complex64 (K bins from bins_lo
- * on); each mel band m sums weights[off_m + j] * power[start[m] + j] over its length[m]
- * bins (the triangular filters' non-zero spans, relative to bins_lo); out: (B, M, F)
- * float32 = (log(sum + log_offset) + shift) * inv_scale. */
-static PyObject *py_mel_from_spectrum(PyObject *m, PyObject *args) {
-    PyObject *so, *sto, *lno, *wo, *oo;
-    float offset, shift, inv_scale;
-    Py_ssize_t B, F, K;
-    if (!PyArg_ParseTuple(args, "OnnnOOOfffO", &so, &B, &F, &K, &sto, &lno, &wo, &offset, &shift, &inv_scale, &oo))
+
+/* ---------------------------------------------------------------- Mel: the log-mel front end */
+
+typedef struct {
+    PyObject_HEAD eq_mel M;
+    int inited, ready;
+} MelObject;
+
+static void Mel_dealloc(MelObject *self) {
+    eq_mel_free(&self->M);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Mel(variant, n_in, up2, he, ho, preemph, n_fft, hop, window, start, length, weights,
+ * log_offset, shift, inv_scale): see eq_mel.h; the arrays are copied */
+static int Mel_init(MelObject *self, PyObject *args, PyObject *kw) {
+    const char *variant;
+    int n_in, up2, n_fft, hop;
+    float preemph, log_offset, shift, inv_scale;
+    PyObject *o[6];
+    if (!PyArg_ParseTuple(args, "siiOOfiiOOOOfff", &variant, &n_in, &up2, &o[0], &o[1], &preemph, &n_fft,
+                          &hop, &o[2], &o[3], &o[4], &o[5], &log_offset, &shift, &inv_scale))
+        return -1;
+    INIT_ONCE(self, "Mel");
+    const eq_mel_kernels *K = eq_mel_find(variant);
+    if (!K) {
+        PyErr_Format(PyExc_ValueError, "front end variant '%s' is not available on this CPU", variant);
+        return -1;
+    }
+    static const char types[6] = {'f', 'f', 'f', 'i', 'i', 'f'};
+    static const char *names[6] = {"Mel: even-phase taps", "Mel: odd-phase taps", "Mel: window", "Mel: start", "Mel: length",
+                                   "Mel: weights"};
+    Py_buffer b[6] = {{0}};
+    int got = 0, rc = -1;
+    for (; got < 6; got++)
+        if (get_typed(o[got], &b[got], types[got], 0, names[got]) < 0) goto done;
+    if (b[0].len != b[1].len + 4 || b[3].len != b[4].len || b[3].len == 0) {
+        PyErr_SetString(PyExc_ValueError, "Mel: he must hold one tap more than ho, start and length equal sizes");
+        goto done;
+    }
+    const int32_t *start = b[3].buf, *length = b[4].buf;
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < b[3].len / 4; i++) total += length[i] > 0 ? length[i] : 0;
+    if (b[5].len != 4 * total) {
+        PyErr_SetString(PyExc_ValueError, "Mel: weights must hold sum(length) values");
+        goto done;
+    }
+    rc = eq_mel_init(&self->M, K, n_in, up2, (int32_t)(b[1].len / 4), b[0].buf, b[1].buf, preemph, n_fft,
+                     (int32_t)(b[2].len / 4), hop, b[2].buf, (int32_t)(b[3].len / 4), start, length, b[5].buf,
+                     log_offset, shift, inv_scale);
+    if (rc == -2)
+        PyErr_NoMemory();
+    else if (rc < 0)
+        PyErr_Format(PyExc_ValueError,
+                     "Mel: sizes out of range (n_in %d, n_fft %d, window %zd, hop %d; a window needs more than "
+                     "n_fft / 2 samples after pre-emphasis)",
+                     n_in, n_fft, b[2].len / 4, hop);
+    else
+        self->ready = 1;
+done:
+    for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
+    return rc < 0 ? -1 : 0;
+}
+
+/* run(x, out): x (B, n_in) float32 -> out (B, n_mels, frames) float32 */
+static PyObject *Mel_run(MelObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "run(x, out)");
         return NULL;
-    Py_buffer sb, stb, lnb, wb, ob;
+    }
+    NEED_READY(self, "Mel", NULL);
+    const eq_mel *M = &self->M;
+    Py_buffer b[2] = {{0}};
     int got = 0;
     PyObject *ret = NULL;
-    if (get_typed(so, &sb, 'f', 0, "mel_from_spectrum: spectrum (as float32 pairs)") < 0) return NULL;
+    if (get_typed(args[0], &b[0], 'f', 0, "Mel.run: x") < 0) goto done;
     got = 1;
-    if (get_typed(sto, &stb, 'i', 0, "mel_from_spectrum: start") < 0) goto done;
+    if (get_typed(args[1], &b[1], 'f', 1, "Mel.run: out") < 0) goto done;
     got = 2;
-    if (get_typed(lno, &lnb, 'i', 0, "mel_from_spectrum: length") < 0) goto done;
-    got = 3;
-    if (get_typed(wo, &wb, 'f', 0, "mel_from_spectrum: weights") < 0) goto done;
-    got = 4;
-    if (get_typed(oo, &ob, 'f', 1, "mel_from_spectrum: out") < 0) goto done;
-    got = 5;
-    const Py_ssize_t M = stb.len / 4;
-    const int32_t *start = stb.buf, *len = lnb.buf;
-    Py_ssize_t total = 0;
-    int ok = B > 0 && F > 0 && K > 0 && lnb.len == stb.len && sb.len == 8 * B * F * K && ob.len == 4 * B * M * F;
-    for (Py_ssize_t i = 0; ok && i < M; i++) {
-        ok = start[i] >= 0 && len[i] >= 0 && start[i] + len[i] <= K;
-        total += len[i];
-    }
-    if (!ok || wb.len != 4 * total) {
-        PyErr_SetString(PyExc_ValueError, "mel_from_spectrum: shapes do not agree");
+    const Py_ssize_t per_out = (Py_ssize_t)M->n_mels * M->frames, batch = b[0].len / (4 * M->n_in);
+    if (batch < 1 || b[0].len != 4 * batch * M->n_in || b[1].len != 4 * batch * per_out) {
+        PyErr_Format(PyExc_ValueError, "Mel.run: x must be B x %d float32 and out B x %d x %d", M->n_in, M->n_mels,
+                     M->frames);
         goto done;
     }
-    const float *spec = sb.buf, *w = wb.buf;
-    float *out = ob.buf;
-    float *power = malloc(sizeof(float) * (size_t)K);
-    if (!power) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    Py_BEGIN_ALLOW_THREADS for (Py_ssize_t b = 0; b < B; b++) for (Py_ssize_t f = 0; f < F; f++) {
-        const float *z = spec + 2 * (size_t)((b * F + f) * K);
-        for (Py_ssize_t j = 0; j < K; j++) power[j] = z[2 * j] * z[2 * j] + z[2 * j + 1] * z[2 * j + 1];
-        const float *wm = w;
-        for (Py_ssize_t i = 0; i < M; i++) {
-            const float *p = power + start[i];
-            float acc = 0.0f;
-            for (int32_t j = 0; j < len[i]; j++) acc += wm[j] * p[j];
-            wm += len[i];
-            out[(size_t)(b * M + i) * F + f] = (logf(acc + offset) + shift) * inv_scale;
-        }
-    }
-    Py_END_ALLOW_THREADS free(power);
-    ret = Py_None;
+    const float *x = b[0].buf;
+    float *out = b[1].buf;
+    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(run_lock, WAIT_LOCK);
+    for (Py_ssize_t i = 0; i < batch; i++) eq_mel_run(M, x + i * M->n_in, out + i * per_out);
+    PyThread_release_lock(run_lock);
+    Py_END_ALLOW_THREADS ret = Py_None;
     Py_INCREF(ret);
 done:
-    if (got >= 1) PyBuffer_Release(&sb);
-    if (got >= 2) PyBuffer_Release(&stb);
-    if (got >= 3) PyBuffer_Release(&lnb);
-    if (got >= 4) PyBuffer_Release(&wb);
-    if (got >= 5) PyBuffer_Release(&ob);
+    for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
     return ret;
 }
+
+static PyObject *Mel_get_variant(MelObject *self, void *c) {
+    if (!self->ready) Py_RETURN_NONE;
+    return PyUnicode_FromString(self->M.K->name);
+}
+static PyObject *Mel_get_frames(MelObject *self, void *c) { return PyLong_FromLong(self->ready ? self->M.frames : 0); }
+
+static PyMethodDef Mel_methods[] = {
+    {"run", (PyCFunction)(void (*)(void))Mel_run, METH_FASTCALL, "run(x, out): windows of samples -> log-mel"},
+    {NULL},
+};
+
+static PyGetSetDef Mel_getset[] = {
+    {"variant", (getter)Mel_get_variant, NULL, "the SIMD variant", NULL},
+    {"frames", (getter)Mel_get_frames, NULL, "frames per window", NULL},
+    {NULL},
+};
+
+static PyTypeObject MelType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "edgeqmoe.kernels._ckernels.Mel",
+    .tp_basicsize = sizeof(MelObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Mel_init,
+    .tp_dealloc = (destructor)Mel_dealloc,
+    .tp_methods = Mel_methods,
+    .tp_getset = Mel_getset,
+    .tp_doc = "Mel(variant, n_in, up2, he, ho, preemph, n_fft, hop, window, start, length, weights, "
+              "log_offset, shift, inv_scale): the log-mel front end for one window length",
+};
 
 static PyObject *py_cpu_features(PyObject *m, PyObject *unused) { return PyUnicode_FromString(eq_cpu_features()); }
 
@@ -962,9 +1023,6 @@ static PyMethodDef module_methods[] = {
     {"acc", py_acc, METH_VARARGS, "acc(variant, layer, xq, out, batch): int32 accumulators"},
     {"quantize", py_quantize, METH_VARARGS, "quantize(variant, x, binary, q_out, tau=0.05, mode=0) -> (scale, qsum)"},
     {"variants", py_variants, METH_NOARGS, "kernel variants this CPU runs, best first"},
-    {"mel_from_spectrum", py_mel_from_spectrum, METH_VARARGS,
-     "mel_from_spectrum(spec, B, F, K, start, length, weights, log_offset, shift, inv_scale, out): power, "
-     "triangular filters over their non-zero spans, log"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "CPU features detected at run time"},
     {NULL},
 };
@@ -974,7 +1032,7 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_ckernels", "edge
 
 PyMODINIT_FUNC PyInit__ckernels(void) {
     if (PyType_Ready(&LayerType) < 0 || PyType_Ready(&ProgramType) < 0 || PyType_Ready(&MoEType) < 0 ||
-        PyType_Ready(&CnnType) < 0)
+        PyType_Ready(&CnnType) < 0 || PyType_Ready(&MelType) < 0)
         return NULL;
     run_lock = PyThread_allocate_lock();
     if (!run_lock) return PyErr_NoMemory();
@@ -988,6 +1046,8 @@ PyMODINIT_FUNC PyInit__ckernels(void) {
     PyModule_AddObject(m, "MoE", (PyObject *)&MoEType);
     Py_INCREF(&CnnType);
     PyModule_AddObject(m, "Cnn", (PyObject *)&CnnType);
+    Py_INCREF(&MelType);
+    PyModule_AddObject(m, "Mel", (PyObject *)&MelType);
     PyModule_AddIntConstant(m, "CNN_GATE_N", EQ_CNN_GATE_N);
     PyModule_AddIntConstant(m, "ROW_ALIGN", EQ_ROW_ALIGN);
     PyModule_AddIntConstant(m, "ROW_TILE", EQ_ROW_TILE);

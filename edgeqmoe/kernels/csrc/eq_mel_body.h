@@ -57,30 +57,123 @@ static inline MEL_T VF MF(vlog)(VF x) {
     return ef * 0.693147182f + 2.0f * s * p;
 }
 
-/* up2: the even and odd samples of the 2x-upsampled signal from the symmetric phases of
- * its filter, each pair of inputs the same tap meets added first (half the products):
- * ye[j] = he[0] x[j] + sum_{d=1..D} he[d] (x[j-d] + x[j+d]),
- * yo[j] = sum_{d=0..D-1} ho[d] (x[j-d] + x[j+d+1]); four vectors of outputs at a time */
-static MEL_T void MF(fir)(const eq_mel *M) {
-    const float *he = M->ca, *ho = M->cb;
-    const int32_t D = M->taps;
-    for (int32_t j = 0; j < M->n_in; j += 4 * MEL_VW) {
-        const float *x = M->xp + M->lpad + j;
-        VF lo0 = MF(ld)(x), lo1 = MF(ld)(x + MEL_VW), lo2 = MF(ld)(x + 2 * MEL_VW), lo3 = MF(ld)(x + 3 * MEL_VW);
-        const VF c0 = MF(bc)(he[0]);
-        VF e0 = c0 * lo0, e1 = c0 * lo1, e2 = c0 * lo2, e3 = c0 * lo3, o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0};
-        for (int32_t d = 0; d < D; d++) {
-            const float *hi = x + d + 1, *nx = x - d - 1;
-            const VF h0 = MF(ld)(hi), h1 = MF(ld)(hi + MEL_VW), h2 = MF(ld)(hi + 2 * MEL_VW), h3 = MF(ld)(hi + 3 * MEL_VW);
-            const VF b = MF(bc)(ho[d]), a = MF(bc)(he[d + 1]);
-            o0 += b * (lo0 + h0), o1 += b * (lo1 + h1), o2 += b * (lo2 + h2), o3 += b * (lo3 + h3);
-            lo0 = MF(ld)(nx), lo1 = MF(ld)(nx + MEL_VW), lo2 = MF(ld)(nx + 2 * MEL_VW), lo3 = MF(ld)(nx + 3 * MEL_VW);
-            e0 += a * (lo0 + h0), e1 += a * (lo1 + h1), e2 += a * (lo2 + h2), e3 += a * (lo3 + h3);
+/* in-place complex FFT of N2 points (a power of 2) in every lane, input in bit-reversed
+ * order; tw0: the stages' twiddles (eq_mel_init), valid for any N2 up to the table's size */
+static MEL_T void MF(fft)(float *zr, float *zi, int32_t N2, const float *tw0) {
+    /* radix-2 decimation in time, one twiddle (broadcast) for all lanes; two stages per
+     * pass over the lanes' data where two remain (h and 2h: four values at distance h) */
+    int32_t h = 1, off = 0;
+    for (; 4 * h <= N2; off += 6 * h, h <<= 2) {
+        const float *t1 = tw0 + off, *t2 = tw0 + off + 2 * h; /* stage h, stage 2h */
+        for (int32_t g = 0; g < N2; g += 4 * h)
+            for (int32_t j = 0; j < h; j++) {
+                const VF ar = MF(bc)(t1[2 * j]), ai = MF(bc)(t1[2 * j + 1]);
+                const VF br = MF(bc)(t2[2 * j]), bi = MF(bc)(t2[2 * j + 1]);
+                const VF cr = MF(bc)(t2[2 * (j + h)]), ci = MF(bc)(t2[2 * (j + h) + 1]);
+                float *pr = zr + (size_t)(g + j) * MEL_VW, *pi = zi + (size_t)(g + j) * MEL_VW;
+                const size_t s1 = (size_t)h * MEL_VW, s2 = 2 * s1, s3 = 3 * s1;
+                const VF x0r = MF(ld)(pr), x0i = MF(ld)(pi), x1r = MF(ld)(pr + s1), x1i = MF(ld)(pi + s1);
+                const VF x2r = MF(ld)(pr + s2), x2i = MF(ld)(pi + s2), x3r = MF(ld)(pr + s3), x3i = MF(ld)(pi + s3);
+                /* stage h: (x0, x1) and (x2, x3) with twiddle a */
+                const VF u1r = x1r * ar - x1i * ai, u1i = x1r * ai + x1i * ar;
+                const VF u3r = x3r * ar - x3i * ai, u3i = x3r * ai + x3i * ar;
+                const VF y0r = x0r + u1r, y0i = x0i + u1i, y1r = x0r - u1r, y1i = x0i - u1i;
+                const VF y2r = x2r + u3r, y2i = x2i + u3i, y3r = x2r - u3r, y3i = x2i - u3i;
+                /* stage 2h: (y0, y2) with twiddle b, (y1, y3) with twiddle c */
+                const VF v2r = y2r * br - y2i * bi, v2i = y2r * bi + y2i * br;
+                const VF v3r = y3r * cr - y3i * ci, v3i = y3r * ci + y3i * cr;
+                MF(st)(pr, y0r + v2r), MF(st)(pi, y0i + v2i), MF(st)(pr + s2, y0r - v2r), MF(st)(pi + s2, y0i - v2i);
+                MF(st)(pr + s1, y1r + v3r), MF(st)(pi + s1, y1i + v3i);
+                MF(st)(pr + s3, y1r - v3r), MF(st)(pi + s3, y1i - v3i);
+            }
+    }
+    for (; h < N2; off += 2 * h, h <<= 1) { /* one stage left */
+        const float *tw = tw0 + off; /* this stage's h twiddles: cos, -sin of 2 pi j / 2h */
+        for (int32_t g = 0; g < N2; g += 2 * h)
+            for (int32_t j = 0; j < h; j++) {
+                const VF wr = MF(bc)(tw[2 * j]), wi = MF(bc)(tw[2 * j + 1]);
+                float *ar = zr + (size_t)(g + j) * MEL_VW, *ai = zi + (size_t)(g + j) * MEL_VW;
+                float *br = ar + (size_t)h * MEL_VW, *bi = ai + (size_t)h * MEL_VW;
+                const VF xr = MF(ld)(br), xi = MF(ld)(bi), yr = MF(ld)(ar), yi = MF(ld)(ai);
+                const VF tr = xr * wr - xi * wi, ti = xr * wi + xi * wr;
+                MF(st)(ar, yr + tr), MF(st)(ai, yi + ti);
+                MF(st)(br, yr - tr), MF(st)(bi, yi - ti);
+            }
+    }
+}
+
+/* MEL_VW x MEL_VW floats: a[i] (row i) -> a[l] holding element i of every row l, by
+ * log2(MEL_VW) rounds of interleaving row i with row i + MEL_VW / 2 */
+static inline MEL_T void MF(transpose)(VF *a) {
+    const VI lo = MEL_ZIP_LO, hi = MEL_ZIP_HI;
+    VF b[MEL_VW];
+    for (int32_t round = 1; round < MEL_VW; round <<= 1) {
+        for (int32_t i = 0; i < MEL_VW / 2; i++) {
+            b[2 * i] = __builtin_shuffle(a[i], a[i + MEL_VW / 2], lo);
+            b[2 * i + 1] = __builtin_shuffle(a[i], a[i + MEL_VW / 2], hi);
         }
-        MF(st)(M->ye + j, e0), MF(st)(M->ye + j + MEL_VW, e1), MF(st)(M->ye + j + 2 * MEL_VW, e2);
-        MF(st)(M->ye + j + 3 * MEL_VW, e3);
-        MF(st)(M->yo + j, o0), MF(st)(M->yo + j + MEL_VW, o1), MF(st)(M->yo + j + 2 * MEL_VW, o2);
-        MF(st)(M->yo + j + 3 * MEL_VW, o3);
+        memcpy(a, b, sizeof b);
+    }
+}
+
+/* up2: the even (ye) and odd (yo) samples of the 2x-upsampled signal, by overlap-save FFT
+ * convolution with the two phases of the filter: blocks of EQ_MEL_UP_N inputs, one per
+ * lane, give EQ_MEL_UP_N - 2D outputs each. A real FFT of the block (a complex FFT of half
+ * its size), the products with both phases' spectra (eq_mel_init), and one complex inverse
+ * FFT for both phases at once: ye + i yo, computed as the forward FFT with real and
+ * imaginary parts swapped on the way in and out. */
+static MEL_T void MF(upsample)(const eq_mel *M) {
+    const int32_t D = M->taps, NB = EQ_MEL_UP_N, NU = NB / 2, L = NB - 2 * D;
+    float *ur = M->ur, *ui = M->ui, *vr = M->vr, *vi = M->vi;
+    for (int32_t b0 = 0; b0 < M->nblk; b0 += MEL_VW) {
+        const float *src[MEL_VW];
+        for (int32_t l = 0; l < MEL_VW; l++) {
+            const int32_t b = b0 + l < M->nblk ? b0 + l : M->nblk - 1;
+            src[l] = M->xp + M->lpad + b * L - D;
+        }
+        for (int32_t m0 = 0; m0 < NB; m0 += MEL_VW) { /* z[n] = xb[2n] + i xb[2n + 1], bit-reversed */
+            VF a[MEL_VW];
+            for (int32_t l = 0; l < MEL_VW; l++) a[l] = MF(ld)(src[l] + m0);
+            MF(transpose)(a);
+            for (int32_t i = 0; i < MEL_VW; i += 2) {
+                const int32_t r = M->ubrev[(m0 + i) / 2] >> 1; /* 8-bit reversal from the 9-bit table */
+                MF(st)(ur + (size_t)r * MEL_VW, a[i]), MF(st)(ui + (size_t)r * MEL_VW, a[i + 1]);
+            }
+        }
+        MF(fft)(ur, ui, NU, M->tw);
+        for (int32_t k = 0; k <= NU; k++) {
+            const int32_t m = (NU - k) & (NU - 1), kk = k & (NU - 1);
+            const VF zrk = MF(ld)(ur + (size_t)kk * MEL_VW), zik = MF(ld)(ui + (size_t)kk * MEL_VW);
+            const VF zrm = MF(ld)(ur + (size_t)m * MEL_VW), zim = MF(ld)(ui + (size_t)m * MEL_VW);
+            const VF c = MF(bc)(M->uc[k]), s = MF(bc)(M->us[k]);
+            const VF fer = zrk + zrm, fei = zik - zim, for_ = zik + zim, foi = zrm - zrk;
+            const VF xr = fer + for_ * c + foi * s, xi = fei + foi * c - for_ * s; /* 2 X[k] */
+            const VF ger = MF(bc)(M->gs[4 * k]), gei = MF(bc)(M->gs[4 * k + 1]);
+            const VF gor = MF(bc)(M->gs[4 * k + 2]), goi = MF(bc)(M->gs[4 * k + 3]);
+            const VF yer = xr * ger - xi * gei, yei = xr * gei + xi * ger;
+            const VF yor = xr * gor - xi * goi, yoi = xr * goi + xi * gor;
+            /* Z[k] = Ye[k] + i Yo[k], and Z[NB - k] from the conjugates; stored swapped */
+            const size_t r = (size_t)M->ubrev[k] * MEL_VW;
+            MF(st)(vr + r, yei + yor), MF(st)(vi + r, yer - yoi);
+            if (k > 0 && k < NU) {
+                const size_t r2 = (size_t)M->ubrev[NB - k] * MEL_VW;
+                MF(st)(vr + r2, yor - yei), MF(st)(vi + r2, yer + yoi);
+            }
+        }
+        MF(fft)(vr, vi, NB, M->tw);
+        for (int32_t i0 = 0; i0 < L; i0 += MEL_VW) { /* ye = vi, yo = vr at D + i, back to rows */
+            VF a[MEL_VW], c[MEL_VW];
+            for (int32_t t = 0; t < MEL_VW; t++) {
+                a[t] = MF(ld)(vi + (size_t)(D + i0 + t) * MEL_VW);
+                c[t] = MF(ld)(vr + (size_t)(D + i0 + t) * MEL_VW);
+            }
+            MF(transpose)(a);
+            MF(transpose)(c);
+            for (int32_t l = 0; l < MEL_VW && b0 + l < M->nblk; l++) {
+                MF(st)(M->ye + (size_t)(b0 + l) * L + i0, a[l]);
+                MF(st)(M->yo + (size_t)(b0 + l) * L + i0, c[l]);
+            }
+        }
     }
 }
 
@@ -113,21 +206,13 @@ static MEL_T void MF(batch)(const eq_mel *M, int32_t f0, float *out) {
         base[l] = f * M->hop + (M->n_fft - W) / 2;
     }
     /* frames into the lanes, in bit-reversed order: z[n] = s[2n] + i s[2n + 1]. MEL_VW
-     * samples of each of the MEL_VW frames, transposed in registers (log2(MEL_VW) rounds of
-     * interleaving row i with row i + MEL_VW / 2), so that each vector holds one sample of
-     * every frame */
-    const VI lo = MEL_ZIP_LO, hi = MEL_ZIP_HI;
+     * samples of each of the MEL_VW frames, transposed in registers, so that each vector
+     * holds one sample of every frame */
     int32_t t = 0;
     for (; t + MEL_VW <= W; t += MEL_VW) {
-        VF a[MEL_VW], b[MEL_VW];
+        VF a[MEL_VW];
         for (int32_t l = 0; l < MEL_VW; l++) a[l] = MF(ld)(M->yp + base[l] + t);
-        for (int32_t round = 1; round < MEL_VW; round <<= 1) {
-            for (int32_t i = 0; i < MEL_VW / 2; i++) {
-                b[2 * i] = __builtin_shuffle(a[i], a[i + MEL_VW / 2], lo);
-                b[2 * i + 1] = __builtin_shuffle(a[i], a[i + MEL_VW / 2], hi);
-            }
-            memcpy(a, b, sizeof a);
-        }
+        MF(transpose)(a);
         for (int32_t i = 0; i < MEL_VW; i += 2) {
             const int32_t r = M->brev[(t + i) / 2];
             MF(st)(zr + (size_t)r * MEL_VW, a[i] * M->window[t + i]);
@@ -143,46 +228,7 @@ static MEL_T void MF(batch)(const eq_mel *M, int32_t f0, float *out) {
             r[l] = u < W ? y[0] * w0 : 0.0f, q[l] = u + 1 < W ? y[1] * w1 : 0.0f;
         }
     }
-    /* radix-2 decimation in time, one twiddle (broadcast) for all lanes; two stages per
-     * pass over the lanes' data where two remain (h and 2h: four values at distance h) */
-    int32_t h = 1, off = 0;
-    for (; 4 * h <= N2; off += 6 * h, h <<= 2) {
-        const float *t1 = M->tw + off, *t2 = M->tw + off + 2 * h; /* stage h, stage 2h */
-        for (int32_t g = 0; g < N2; g += 4 * h)
-            for (int32_t j = 0; j < h; j++) {
-                const VF ar = MF(bc)(t1[2 * j]), ai = MF(bc)(t1[2 * j + 1]);
-                const VF br = MF(bc)(t2[2 * j]), bi = MF(bc)(t2[2 * j + 1]);
-                const VF cr = MF(bc)(t2[2 * (j + h)]), ci = MF(bc)(t2[2 * (j + h) + 1]);
-                float *pr = zr + (size_t)(g + j) * MEL_VW, *pi = zi + (size_t)(g + j) * MEL_VW;
-                const size_t s1 = (size_t)h * MEL_VW, s2 = 2 * s1, s3 = 3 * s1;
-                const VF x0r = MF(ld)(pr), x0i = MF(ld)(pi), x1r = MF(ld)(pr + s1), x1i = MF(ld)(pi + s1);
-                const VF x2r = MF(ld)(pr + s2), x2i = MF(ld)(pi + s2), x3r = MF(ld)(pr + s3), x3i = MF(ld)(pi + s3);
-                /* stage h: (x0, x1) and (x2, x3) with twiddle a */
-                const VF u1r = x1r * ar - x1i * ai, u1i = x1r * ai + x1i * ar;
-                const VF u3r = x3r * ar - x3i * ai, u3i = x3r * ai + x3i * ar;
-                const VF y0r = x0r + u1r, y0i = x0i + u1i, y1r = x0r - u1r, y1i = x0i - u1i;
-                const VF y2r = x2r + u3r, y2i = x2i + u3i, y3r = x2r - u3r, y3i = x2i - u3i;
-                /* stage 2h: (y0, y2) with twiddle b, (y1, y3) with twiddle c */
-                const VF v2r = y2r * br - y2i * bi, v2i = y2r * bi + y2i * br;
-                const VF v3r = y3r * cr - y3i * ci, v3i = y3r * ci + y3i * cr;
-                MF(st)(pr, y0r + v2r), MF(st)(pi, y0i + v2i), MF(st)(pr + s2, y0r - v2r), MF(st)(pi + s2, y0i - v2i);
-                MF(st)(pr + s1, y1r + v3r), MF(st)(pi + s1, y1i + v3i);
-                MF(st)(pr + s3, y1r - v3r), MF(st)(pi + s3, y1i - v3i);
-            }
-    }
-    for (; h < N2; off += 2 * h, h <<= 1) { /* one stage left */
-        const float *tw = M->tw + off; /* this stage's h twiddles: cos, -sin of 2 pi j / 2h */
-        for (int32_t g = 0; g < N2; g += 2 * h)
-            for (int32_t j = 0; j < h; j++) {
-                const VF wr = MF(bc)(tw[2 * j]), wi = MF(bc)(tw[2 * j + 1]);
-                float *ar = zr + (size_t)(g + j) * MEL_VW, *ai = zi + (size_t)(g + j) * MEL_VW;
-                float *br = ar + (size_t)h * MEL_VW, *bi = ai + (size_t)h * MEL_VW;
-                const VF xr = MF(ld)(br), xi = MF(ld)(bi), yr = MF(ld)(ar), yi = MF(ld)(ai);
-                const VF tr = xr * wr - xi * wi, ti = xr * wi + xi * wr;
-                MF(st)(ar, yr + tr), MF(st)(ai, yi + ti);
-                MF(st)(br, yr - tr), MF(st)(bi, yi - ti);
-            }
-    }
+    MF(fft)(zr, zi, N2, M->tw);
     /* the real FFT's bins from the complex one, then the power */
     for (int32_t k = 0; k < M->n_bins; k++) {
         const int32_t m = (N2 - k) & (N2 - 1), kk = k & (N2 - 1);
@@ -238,7 +284,7 @@ static MEL_T void MF(signal)(const eq_mel *M, const float *x) {
 static MEL_T void MF(run)(const eq_mel *M, const float *x, float *out) {
     MF(signal)(M, x);
     if (M->up2) {
-        MF(fir)(M);
+        MF(upsample)(M);
         MF(interleave)(M);
     }
     for (int32_t f0 = 0; f0 < M->frames; f0 += MEL_VW) MF(batch)(M, f0, out);

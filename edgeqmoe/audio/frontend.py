@@ -160,8 +160,9 @@ def log_mel(wave: np.ndarray, spec: MelSpec = MN04_MEL, sr: int | None = None, v
 
     In C (``_ckernels.Mel``, eq_mel.h), one pass per window: at half the spec's rate (16 kHz
     for mn04) the 2x upsampling (``upsampler_taps``, applied by overlap-save FFT convolution,
-    both phases in one inverse FFT) and the pre-emphasis; at the spec's rate the pre-emphasis; then reflection padding, the windowed frames, a real FFT batched across
-    frames in SIMD lanes, the power, each triangular filter over its non-zero bins, the log.
+    both phases in one inverse FFT) and the pre-emphasis; at the spec's rate the pre-emphasis;
+    then reflection padding, the windowed frames, a real FFT batched across frames in SIMD
+    lanes, the power, each triangular filter over its non-zero bins, the log.
     Any other rate is resampled to the spec's rate first (soxr 'HQ'). Non-finite samples are
     read as 0. ``variant``: "auto" (the best this CPU runs), "avx512", "avx2" or "generic".
     """

@@ -142,6 +142,7 @@ class MqttLink:
         self._level: Optional[str] = None
         self._announce = False
         self._closing = False
+        self._close_by = 0.0
         self._outage: Optional[dict] = None  # since when and how often the broker could not be reached
         self.set_classes(classes)
         self.client = self._client(settings)
@@ -269,7 +270,11 @@ class MqttLink:
         while True:
             self.wake.wait(0.5)
             self.wake.clear()
-            if self._closing and not self.connected.is_set():
+            # closing while the first connection is still being made (a short run on a file):
+            # wait for it, up to close()'s deadline, so that what was queued is delivered;
+            # during an outage there is nothing to wait for
+            if self._closing and not self.connected.is_set() and (
+                    self._outage is not None or time.monotonic() >= self._close_by):
                 return
             if not self.connected.is_set():
                 continue
@@ -325,6 +330,7 @@ class MqttLink:
     def close(self, timeout: float = 3.0) -> None:
         """Send what is waiting (for up to ``timeout``), say offline, disconnect."""
         deadline = time.monotonic() + timeout
+        self._close_by = deadline
         self._closing = True
         self.wake.set()
         self._sender.join(max(0.0, deadline - time.monotonic()))

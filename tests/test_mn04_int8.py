@@ -1,8 +1,10 @@
 """The integer mn04 (edgeqmoe/embed/mn04_int8.py, the C engine in eq_cnn*.c): every
 kernel variant this CPU runs equals the numpy reference of the integer arithmetic bit
 for bit on real windows, and the integer network stays close to fp32."""
+import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,8 +145,21 @@ def test_the_bundle_is_made_once_checked_and_named_when_damaged(tmp_path, monkey
     # the numpy reference (built from the weights, not the bundle) agrees with the bundle's engine
     assert np.array_equal(M.MN04Int8Embedder(weights=MODELS, kernel="ref").forward_mel(mel)[1],
                           second.forward_mel(mel)[1])
-    path = tmp_path / "other.safetensors"
+    # a safetensors file that safetensors itself reads, every tensor 64-byte aligned in it,
+    # loaded as read-only views of the file memory-mapped
+    from safetensors import safe_open
+
+    raw = open(first.model_path, "rb").read()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    header.pop("__metadata__")
+    assert len(header) > 100 and all((8 + n + d["data_offsets"][0]) % 64 == 0 for k, d in header.items()
+                                     if not k.startswith("__pad."))
     ops, gate = M.load_bundle(first.model_path, sha256_of(WEIGHTS), M.calibration_sha256())
+    with safe_open(first.model_path, framework="numpy") as f:
+        assert np.array_equal(f.get_tensor("op1.w"), ops[1]["w"]) and np.array_equal(f.get_tensor("gate"), gate)
+    assert isinstance(ops[1]["w"].base, np.memmap) and not ops[1]["w"].flags.writeable
+    path = tmp_path / "other.safetensors"
     M.save_bundle(ops, gate, path, "0" * 64, M.calibration_sha256())
     with pytest.raises(WeightsError, match="other weights.*delete it"):
         M.load_bundle(path, sha256_of(WEIGHTS), M.calibration_sha256())
@@ -154,6 +169,12 @@ def test_the_bundle_is_made_once_checked_and_named_when_damaged(tmp_path, monkey
     with pytest.raises(WeightsError, match=r"cannot be read.*delete it") as e:
         M.MN04Int8Embedder(weights=MODELS, kernel="generic")
     assert first.model_path in str(e.value)
+    # a bundle of an older version beside it goes when the bundle is made anew
+    older = Path(first.model_path.replace(f"-v{M.BUNDLE_VERSION}.", "-v1."))
+    older.write_bytes(b"old")
+    Path(first.model_path).unlink()
+    M.MN04Int8Embedder(weights=MODELS, kernel="generic")
+    assert Path(first.model_path).is_file() and not older.exists()
 
 
 def test_weights_convert_writes_the_int8_bundle(tmp_path, monkeypatch):

@@ -448,7 +448,7 @@ class Engine:
 # ---------------------------------------------------------------------------------------------
 # the embedder bundle
 
-BUNDLE_VERSION = "1"
+BUNDLE_VERSION = "2"  # 2: every tensor 64-byte aligned, read memory-mapped
 _INTS = ("src", "dst", "res", "cin", "cout", "k", "stride", "act")
 
 
@@ -484,18 +484,62 @@ def build_ops(weights_path) -> Tuple[List[dict], np.ndarray]:
     return engine_ops(q), q["gate"]
 
 
-def save_bundle(ops: List[dict], gate: np.ndarray, path: Path, source_sha256: str, calib_sha256: str) -> None:
-    """Write the operations as a safetensors file (a temporary name, fsync, rename)."""
-    from safetensors.numpy import save
+ALIGN = 64
+_ST_DTYPES = {"I8": np.int8, "U8": np.uint8, "I16": np.int16, "I32": np.int32, "F32": np.float32}
+_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
 
-    tensors = {"gate": np.ascontiguousarray(gate)}
+
+def _aligned_safetensors(tensors: List[Tuple[str, np.ndarray]], metadata: Dict[str, str]) -> bytes:
+    """A safetensors file in which every tensor starts at a multiple of ALIGN bytes: the
+    header is padded with spaces, and since the format allows no holes between tensors,
+    each gap is a padding tensor of its own (``__pad.N``, uint8), which readers skip."""
+    header: Dict[str, object] = {"__metadata__": metadata}
+    chunks, off = [], 0
+    for name, a in tensors:
+        if off % ALIGN:
+            gap = ALIGN - off % ALIGN
+            header[f"__pad.{len(chunks)}"] = {"dtype": "U8", "shape": [gap], "data_offsets": [off, off + gap]}
+            chunks.append(bytes(gap))
+            off += gap
+        a = np.ascontiguousarray(a)
+        header[name] = {"dtype": _ST_NAMES[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + a.nbytes]}
+        chunks.append(a.tobytes())
+        off += a.nbytes
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-(8 + len(h)) % ALIGN)
+    return len(h).to_bytes(8, "little") + h + b"".join(chunks)
+
+
+def _map_safetensors(path: Path) -> Tuple[Dict[str, str], Dict[str, np.ndarray]]:
+    """The metadata and tensors of a safetensors file, the tensors as read-only views of
+    the file memory-mapped (nothing copied; pages are read when used)."""
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    n = int.from_bytes(mm[:8].tobytes(), "little")
+    if not 2 <= n <= len(mm) - 8:
+        raise ValueError(f"header of {n} bytes in a file of {len(mm)}")
+    header = json.loads(mm[8:8 + n].tobytes())
+    base, meta, arrays = 8 + n, header.pop("__metadata__", {}) or {}, {}
+    for name, d in header.items():
+        lo, hi = d["data_offsets"]
+        if not 0 <= lo <= hi <= len(mm) - base:
+            raise ValueError(f"tensor {name} ends at byte {base + hi} of a file of {len(mm)}")
+        if name.startswith("__pad."):
+            continue
+        arrays[name] = mm[base + lo:base + hi].view(_ST_DTYPES[d["dtype"]]).reshape(d["shape"])
+    return meta, arrays
+
+
+def save_bundle(ops: List[dict], gate: np.ndarray, path: Path, source_sha256: str, calib_sha256: str) -> None:
+    """Write the operations as a safetensors file, every tensor 64-byte aligned (a
+    temporary name, fsync, rename); older versions of the same bundle are removed."""
+    tensors = [("gate", gate)]
     layout = []
     for i, op in enumerate(ops):
         layout.append({k: (v if isinstance(v, str) else int(v)) for k, v in op.items() if not isinstance(v, np.ndarray)})
-        tensors.update({f"op{i}.{k}": v for k, v in op.items() if isinstance(v, np.ndarray)})
-    data = save(tensors, metadata={"format": "edgeqmoe mn04 int8 engine operations", "version": BUNDLE_VERSION,
-                                   "source_sha256": source_sha256, "calibration_sha256": calib_sha256,
-                                   "ops": json.dumps(layout)})
+        tensors += [(f"op{i}.{k}", v) for k, v in op.items() if isinstance(v, np.ndarray)]
+    data = _aligned_safetensors(tensors, {"format": "edgeqmoe mn04 int8 engine operations",
+                                          "version": BUNDLE_VERSION, "source_sha256": source_sha256,
+                                          "calibration_sha256": calib_sha256, "ops": json.dumps(layout)})
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -507,27 +551,29 @@ def save_bundle(ops: List[dict], gate: np.ndarray, path: Path, source_sha256: st
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    stem = path.name.rsplit("-v", 1)[0]
+    for old in path.parent.glob(f"{stem}-v*.safetensors"):
+        if old != path:
+            old.unlink(missing_ok=True)
 
 
 def load_bundle(path: Path, source_sha256: str, calib_sha256: str) -> Tuple[List[dict], np.ndarray]:
-    """The operations of a bundle made from these weights and this calibration; a file
-    that cannot be read, or was made from others, is a WeightsError that says what to do."""
-    from safetensors import safe_open
-
+    """The operations of a bundle made from these weights and this calibration, their
+    arrays memory-mapped from the file; a file that cannot be read, or was made from
+    others, is a WeightsError that says what to do."""
     from .weights import WeightsError
 
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-            if meta.get("source_sha256") != source_sha256 or meta.get("calibration_sha256") != calib_sha256:
-                raise WeightsError(f"{path} was converted from other weights or another calibration; delete it and "
-                                   "start again to convert anew.")
-            ops = json.loads(meta["ops"])
-            for i, op in enumerate(ops):
-                for key in f.keys():
-                    if key.startswith(f"op{i}."):
-                        op[key[len(f"op{i}."):]] = f.get_tensor(key)
-            gate = f.get_tensor("gate")
+        meta, arrays = _map_safetensors(path)
+        if meta.get("source_sha256") != source_sha256 or meta.get("calibration_sha256") != calib_sha256:
+            raise WeightsError(f"{path} was converted from other weights or another calibration; delete it and "
+                               "start again to convert anew.")
+        ops = json.loads(meta["ops"])
+        for key, a in arrays.items():
+            if key.startswith("op"):
+                i, name = key[2:].split(".", 1)
+                ops[int(i)][name] = a
+        gate = arrays["gate"]
     except WeightsError:
         raise
     except Exception as e:  # a damaged file: say where; it is rebuilt once removed

@@ -189,3 +189,23 @@ def test_weights_convert_writes_the_int8_bundle(tmp_path, monkeypatch):
     assert res.exit_code == 0 and out.stat().st_size > 500_000 and "int8: wrote" in res.output, res.output
     res = CliRunner().invoke(app, ["weights", "convert", "--out", str(out)])
     assert res.exit_code == 2 and "--to int8 or --to onnx" in res.output
+
+
+def test_calibration_tool_runs_and_measures_fewer_pointwise_bits():
+    """A tiny run of tools/calibrate_mn04.py with the shipped calibration: 8-bit and 4-bit
+    pointwise weights against fp32 (4 bits costs accuracy: docs/int8.md has the full run)."""
+    import re
+    import subprocess
+
+    need(WEIGHTS, "mn04 weights")
+    need(US8K, "UrbanSound8K clips")
+    means = {}
+    for bits in (8, 4):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "calibrate_mn04.py"), "--data", US8K,
+                            "--weights", MODELS, "--calibrate", "none", "--every", "300", "--threads", "1",
+                            "--pointwise-bits", str(bits)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        m = re.search(rf"pointwise weights {bits} bits\) against fp32 on (\d+) windows.*cosine mean ([\d.]+)", r.stdout)
+        assert m and int(m.group(1)) >= 20, r.stdout
+        means[bits] = float(m.group(2))
+    assert means[8] > 0.99 and means[4] < means[8], means

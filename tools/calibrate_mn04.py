@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--test", choices=("all", "odd", "even", "none"), default="all", help="clips to measure on")
     ap.add_argument("--every", type=int, default=1, help="every Nth clip of those (a quick run: 50)")
     ap.add_argument("--out", default=None, help="write the calibration here (safetensors)")
+    ap.add_argument("--pointwise-bits", type=int, default=8, choices=(8, 4),
+                    help="measure the network with its pointwise weights in this many bits (4: what 4-bit would cost)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     apply_threads(args.threads)
@@ -91,11 +93,11 @@ def main() -> None:
         return
     test = mels_of(pick(ds.clips, args.test), args.every)
     ref_e, ref_l = MN04OnnxEmbedder(weights=str(weights)).forward_mel(test)
-    engine = M.Engine.of(M.quantize(net, calib), resolve_variant("simd") if resolve_variant("simd") != "ref" else "generic")
+    engine = M.Engine.of(M.quantize(net, calib, args.pointwise_bits), resolve_variant("simd") if resolve_variant("simd") != "ref" else "generic")
     e, lg = engine.forward_mel(test)
     cos = (e * ref_e).sum(1) / np.linalg.norm(e, axis=1) / np.maximum(np.linalg.norm(ref_e, axis=1), 1e-12)
     top1 = float((lg.argmax(1) == ref_l.argmax(1)).mean())
-    print(f"integer mn04 ({engine.variant}) against fp32 on {len(test)} windows of the {args.test} clips: "
+    print(f"integer mn04 ({engine.variant}, pointwise weights {args.pointwise_bits} bits) against fp32 on {len(test)} windows of the {args.test} clips: "
           f"embedding cosine mean {cos.mean():.5f} min {cos.min():.5f}, AudioSet top-1 agreement {100 * top1:.1f}%")
     print(f"{time.time() - t0:.0f} s")
 

@@ -75,7 +75,7 @@ static void dw_pack_generic(const int8_t *w, const int32_t *zero, int32_t c, int
 static void dw_acc_generic(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
                            int32_t *acc, int32_t accs) {
     const int8_t *w = packed;
-    const int32_t k = op->k, s = op->stride, pad = (k - 1) / 2, C = op->cout;
+    const int32_t k = op->k, s = op->stride, pad = op->pad, C = op->cout;
     for (int32_t ox = 0; ox < op->w_out; ox++) {
         int32_t *a = acc + (size_t)ox * accs;
         for (int32_t c = 0; c < C; c++) a[c] = 0;
@@ -151,6 +151,13 @@ static void dense(eq_cnn *E, const eq_cnn_op *op, const float *x, float *y) {
 
 /* ---------------------------------------------------------------- the engine */
 
+/* how many of n outputs (stride s, padding p, k taps, over n_in inputs) have all their taps inside */
+static int32_t interior(int32_t n, int32_t n_in, int32_t s, int32_t p, int32_t k) {
+    int32_t m = 0;
+    for (int32_t o = 0; o < n; o++) m += o * s - p >= 0 && o * s - p + k <= n_in;
+    return m;
+}
+
 int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int nops, const int32_t *gate,
                 int32_t n_mels, int32_t frames) {
     memset(E, 0, sizeof *E);
@@ -181,6 +188,11 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
                 op->h_out = (op->h_in + 2 * p - op->k) / op->stride + 1;
                 op->w_out = (op->w_in + 2 * p - op->k) / op->stride + 1;
                 if (op->h_out < 1 || op->w_out < 1) goto shape;
+                op->pad = p;
+                if (p > 0 && 5 * interior(op->h_out, op->h_in, op->stride, p, op->k) *
+                                     interior(op->w_out, op->w_in, op->stride, p, op->k) <
+                                 4 * op->h_out * op->w_out) /* under 80% interior: pad the map */
+                    packed += up64((size_t)(op->h_in + 2 * p) * (op->w_in + 2 * p) * eq_cnn_c4(op->cin) + 64);
             } else {
                 op->h_out = op->h_in, op->w_out = op->w_in;
             }
@@ -269,6 +281,19 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
         } else if (op->kind == EQ_CNN_DW) {
             op->packed = m, K->dw_pack(op->w, op->zero, op->cout, op->k, m);
             m += up64(K->dw_bytes(op->cout, op->k));
+            const int32_t p = op->pad;
+            if (p > 0 && 5 * interior(op->h_out, op->h_in, op->stride, p, op->k) *
+                                 interior(op->w_out, op->w_in, op->stride, p, op->k) <
+                             4 * op->h_out * op->w_out) {
+                /* the border (and every pixel until the first copy) holds the zero points:
+                 * (x - zero) = 0 there, the sums the kernels would have skipped */
+                const int32_t cs = eq_cnn_c4(op->cin), hp = op->h_in + 2 * p, wp = op->w_in + 2 * p;
+                op->padded = m;
+                for (int32_t q = 0; q < hp * wp; q++)
+                    for (int32_t c = 0; c < op->cin; c++) m[(size_t)q * cs + c] = (uint8_t)op->zero[c];
+                m += up64((size_t)hp * wp * cs + 64);
+                op->h_in = hp, op->w_in = wp, op->pad = 0;
+            }
         }
     }
     for (int b = 0; b < EQ_CNN_MAXBUF; b++) E->buf[b] = (uint8_t *)m, m += up64(bsize[b] + 64);
@@ -322,12 +347,19 @@ void eq_cnn_run(eq_cnn *E, const float *mel, float *emb, float *out) {
         }
         case EQ_CNN_DW: {
             const int32_t cs = eq_cnn_c4(op->cout), accs = (op->cout + 15) & ~15;
+            const uint8_t *x = E->buf[op->src];
+            if (op->padded) { /* the map into its border of zero points */
+                const int32_t p = (op->k - 1) / 2, h = op->h_in - 2 * p, w = op->w_in - 2 * p;
+                for (int32_t y = 0; y < h; y++)
+                    memcpy(op->padded + ((size_t)(y + p) * op->w_in + p) * cs, x + (size_t)y * w * cs, (size_t)w * cs);
+                x = op->padded;
+            }
             for (int32_t y = 0; y < op->h_out; y++) {
                 if (E->K->dw_row) {
-                    E->K->dw_row(op->packed, op, E->buf[op->src], cs, y, E->buf[op->dst] + (size_t)y * op->w_out * cs);
+                    E->K->dw_row(op->packed, op, x, cs, y, E->buf[op->dst] + (size_t)y * op->w_out * cs);
                     continue;
                 }
-                E->K->dw_acc(op->packed, op, E->buf[op->src], cs, y, E->acc, accs);
+                E->K->dw_acc(op->packed, op, x, cs, y, E->acc, accs);
                 E->K->epilogue(&op->epi, E->acc, accs, op->w_out, op->cout, NULL, 0,
                                 E->buf[op->dst] + (size_t)y * op->w_out * cs, cs);
             }

@@ -37,8 +37,12 @@ typedef struct eq_cnn_epi {
 typedef struct eq_cnn_op {
     int kind, src, dst, res; /* map buffers (res: the residual's, or -1) */
     int32_t cin, cout, k, stride;
-    /* shapes, filled in by eq_cnn_init */
-    int32_t h_in, w_in, h_out, w_out;
+    /* shapes, filled in by eq_cnn_init. DW: h_in, w_in and pad are what the kernels see:
+     * the map with its padding left to them (pad = (k - 1) / 2), or, for maps where few
+     * output pixels have all their taps inside, the engine's copy of the map in a border
+     * of zero points (padded; pad = 0), so that every pixel takes the interior path */
+    int32_t h_in, w_in, h_out, w_out, pad;
+    uint8_t *padded;  /* DW: that copy (the engine's memory), or NULL */
     const int8_t *w;  /* PW: cout x cin; DW: (k*k) x cout (tap-major); DENSE: cout x cin */
     const float *fw;  /* STEM: cout x 9; SE: w1 (cout x cin) then w2 (cin x cout) */
     const float *fb;  /* SE: b1 (cout) then b2 (cin); DENSE: bias; STEM: bias */

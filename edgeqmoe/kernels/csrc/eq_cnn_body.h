@@ -188,7 +188,7 @@ EQ_INL void se_body(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t
  * compiler unrolls their taps. */
 #define EQ_CNN_DW_ROW(PX, packed, op, x, xs, oy, out)                                                         \
     do {                                                                                                      \
-        const int32_t k_ = (op)->k, s_ = (op)->stride, pad_ = (k_ - 1) / 2, C_ = (op)->cout;                 \
+        const int32_t k_ = (op)->k, s_ = (op)->stride, pad_ = (op)->pad, C_ = (op)->cout;                     \
         const int32_t cs_ = eq_cnn_c4(C_), row_ = (op)->w_in * (xs);                                          \
         const int32_t *zp_ = (const int32_t *)(packed), *w_ = zp_ + ((C_ + 15) & ~15);                       \
         int32_t ty0_, ty1_;                                                                                   \

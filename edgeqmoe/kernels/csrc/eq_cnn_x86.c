@@ -397,7 +397,7 @@ T512 static inline __attribute__((always_inline)) void dw_px4_c8_512(const int16
 /* a depthwise output row and its requantisation in one pass */
 T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
                             uint8_t *out) {
-    const int32_t k = op->k, s = op->stride, pad = (k - 1) / 2, C = op->cout, c16 = up16(C), cs = eq_cnn_c4(C);
+    const int32_t k = op->k, s = op->stride, pad = op->pad, C = op->cout, c16 = up16(C), cs = eq_cnn_c4(C);
     const int32_t *zp = packed, *w = zp + c16, row = op->w_in * xs;
     const int16_t *pairs_w = (const int16_t *)((const uint8_t *)packed + eq_cnn_dw_bytes_wide(C, k));
     int32_t ty0, ty1;

@@ -317,25 +317,21 @@ T512 static void pw_row_512(const void *packed, int32_t n, int32_t k, const uint
     }
 }
 
-/* one output pixel's depthwise sums over taps [ty0, ty1) x [tx0, tx1), requantised;
- * inlined with constant bounds for the interior, where the loops unroll */
-T512 static inline __attribute__((always_inline)) void dw_px_512(const int32_t *zp, const int32_t *w, const uint8_t *base,
-                                                                  int32_t C, int32_t xs, int32_t row, int32_t k,
-                                                                  int32_t ty0, int32_t ty1, int32_t tx0, int32_t tx1,
-                                                                  const eq_cnn_epi *e, uint8_t *o) {
-    const int32_t c16 = up16(C);
-    for (int32_t c = 0; c < c16; c += 16) {
-        const __m512i z = _mm512_loadu_si512((const void *)(zp + c));
-        __m512i a = _mm512_setzero_si512();
-        for (int32_t ty = ty0; ty < ty1; ty++)
-            for (int32_t tx = tx0; tx < tx1; tx++) {
-                const __m128i b = _mm_loadu_si128((const __m128i *)(base + (size_t)ty * row + (size_t)tx * xs + c));
-                const __m512i v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(b), z);
-                a = _mm512_add_epi32(a, _mm512_madd_epi16(v, _mm512_loadu_si512((const void *)(w + (size_t)(ty * k + tx) * c16 + c))));
-            }
-        const epi512 P = epi_load_512(e, c, 0);
-        epi_apply_512(&P, a, NULL, tail16(C - c), o + c);
-    }
+/* one output pixel's depthwise sums of channels c..c+15 over taps [ty0, ty1) x [tx0, tx1)
+ * (the wide layout: zero points zp, then the taps' weights as int32) */
+T512 static inline __attribute__((always_inline)) __m512i dw_acc16_512(const int32_t *zp, const int32_t *w,
+                                                                        const uint8_t *base, int32_t c, int32_t c16,
+                                                                        int32_t xs, int32_t row, int32_t k, int32_t ty0,
+                                                                        int32_t ty1, int32_t tx0, int32_t tx1) {
+    const __m512i z = _mm512_loadu_si512((const void *)(zp + c));
+    __m512i a = _mm512_setzero_si512();
+    for (int32_t ty = ty0; ty < ty1; ty++)
+        for (int32_t tx = tx0; tx < tx1; tx++) {
+            const __m128i b = _mm_loadu_si128((const __m128i *)(base + (size_t)ty * row + (size_t)tx * xs + c));
+            const __m512i v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(b), z);
+            a = _mm512_add_epi32(a, _mm512_madd_epi16(v, _mm512_loadu_si512((const void *)(w + (size_t)(ty * k + tx) * c16 + c))));
+        }
+    return a;
 }
 
 /* the k x k taps of one block in the pair layout of dw_pack_512 (pk: the block's zero
@@ -366,23 +362,6 @@ T512 static inline __attribute__((always_inline)) void tap_pairs_512(const int16
 #define PAIRS_IDX0 _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23)
 #define PAIRS_IDX1 _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31)
 
-/* an interior pixel (all k x k taps inside), channels in blocks of 32, requantised */
-T512 static inline __attribute__((always_inline)) void dw_px_pairs_512(const int16_t *pk, const uint8_t *base, int32_t C,
-                                                                        int32_t xs, int32_t row, int32_t k,
-                                                                        const eq_cnn_epi *e, uint8_t *o) {
-    const size_t block = 32 + (size_t)64 * ((k * k + 1) / 2); /* int16 per block of the pair layout */
-    for (int32_t c = 0; c < C; c += 32, pk += block) {
-        __m512i lo, hi;
-        tap_pairs_512(pk, base + c, row, xs, k, &lo, &hi);
-        const epi512 P0 = epi_load_512(e, c, 0);
-        epi_apply_512(&P0, _mm512_permutex2var_epi32(lo, PAIRS_IDX0, hi), NULL, tail16(C - c), o + c);
-        if (C - c > 16) {
-            const epi512 P1 = epi_load_512(e, c + 16, 0);
-            epi_apply_512(&P1, _mm512_permutex2var_epi32(lo, PAIRS_IDX1, hi), NULL, tail16(C - c - 16), o + c + 16);
-        }
-    }
-}
-
 /* four neighbouring interior pixels of an 8-channel map (stride 1), one per 16-byte
  * lane (dw_pack_512 repeats an 8-channel map's weights in every lane), put back as two
  * vectors of two pixels each; pair: the 8 channels' parameters twice */
@@ -394,7 +373,8 @@ T512 static inline __attribute__((always_inline)) void dw_px4_c8_512(const int16
     epi_apply_512(pair, _mm512_permutex2var_epi32(lo, PAIRS_IDX1, hi), NULL, 0xffff, o + 16);
 }
 
-/* a depthwise output row and its requantisation in one pass */
+/* a depthwise output row and its requantisation in one pass: per block of 32 channels
+ * (the pair layout's), its requantisation parameters loaded once for the whole row */
 T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
                             uint8_t *out) {
     const int32_t k = op->k, s = op->stride, pad = op->pad, C = op->cout, c16 = up16(C), cs = eq_cnn_c4(C);
@@ -402,27 +382,57 @@ T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8
     const int16_t *pairs_w = (const int16_t *)((const uint8_t *)packed + eq_cnn_dw_bytes_wide(C, k));
     int32_t ty0, ty1;
     eq_cnn_tap_range(oy, s, pad, k, op->h_in, &ty0, &ty1);
-    const int full_y = ty0 == 0 && ty1 == k, pairs = C == 8 && s == 1;
-    const epi512 pair = epi_twice_512(epi_load_512(&op->epi, 0, 0)); /* used when pairs */
-    for (int32_t ox = 0; ox < op->w_out; ox++) {
-        int32_t tx0, tx1;
-        eq_cnn_tap_range(ox, s, pad, k, op->w_in, &tx0, &tx1);
-        const uint8_t *base = x + ((ptrdiff_t)(oy * s - pad) * op->w_in + (ox * s - pad)) * xs;
-        uint8_t *o = out + (size_t)ox * cs;
-        if (pairs && full_y && tx0 == 0 && ox + 3 < op->w_out && (ox + 3) * s - pad + k <= op->w_in) {
-            if (k == 3)
-                dw_px4_c8_512(pairs_w, base, row, 3, &pair, o);
-            else
-                dw_px4_c8_512(pairs_w, base, row, k, &pair, o);
-            ox += 3;
-            continue;
+    const int full_y = ty0 == 0 && ty1 == k;
+    const uint8_t *row0 = x + (ptrdiff_t)(oy * s - pad) * op->w_in * xs;
+    if (C == 8 && s == 1) { /* 8 channels: four interior pixels a vector where they fit */
+        const epi512 P = epi_load_512(&op->epi, 0, 0), pair = epi_twice_512(P);
+        for (int32_t ox = 0; ox < op->w_out; ox++) {
+            int32_t tx0, tx1;
+            eq_cnn_tap_range(ox, s, pad, k, op->w_in, &tx0, &tx1);
+            const uint8_t *base = row0 + (ptrdiff_t)(ox * s - pad) * xs;
+            uint8_t *o = out + (size_t)ox * cs;
+            if (full_y && tx0 == 0 && ox + 3 < op->w_out && (ox + 3) * s - pad + k <= op->w_in) {
+                if (k == 3)
+                    dw_px4_c8_512(pairs_w, base, row, 3, &pair, o);
+                else
+                    dw_px4_c8_512(pairs_w, base, row, k, &pair, o);
+                ox += 3;
+            } else if (full_y && tx0 == 0 && tx1 == k && (k == 3 || k == 5)) {
+                __m512i lo, hi;
+                tap_pairs_512(pairs_w, base, row, xs, k, &lo, &hi);
+                epi_apply_512(&P, _mm512_permutex2var_epi32(lo, PAIRS_IDX0, hi), NULL, 0xff, o);
+            } else {
+                epi_apply_512(&P, dw_acc16_512(zp, w, base, 0, c16, xs, row, k, ty0, ty1, tx0, tx1), NULL, 0xff, o);
+            }
         }
-        if (full_y && tx0 == 0 && tx1 == k && k == 3)
-            dw_px_pairs_512(pairs_w, base, C, xs, row, 3, &op->epi, o);
-        else if (full_y && tx0 == 0 && tx1 == k && k == 5)
-            dw_px_pairs_512(pairs_w, base, C, xs, row, 5, &op->epi, o);
-        else
-            dw_px_512(zp, w, base, C, xs, row, k, ty0, ty1, tx0, tx1, &op->epi, o);
+        return;
+    }
+    const size_t block = 32 + (size_t)64 * ((k * k + 1) / 2); /* int16 per block of the pair layout */
+    for (int32_t c = 0; c < C; c += 32) {
+        const int16_t *pk = pairs_w + (size_t)(c / 32) * block;
+        const int two = C - c > 16;
+        const epi512 P0 = epi_load_512(&op->epi, c, 0), P1 = epi_load_512(&op->epi, two ? c + 16 : c, 0);
+        const __mmask16 m0 = tail16(C - c), m1 = two ? tail16(C - c - 16) : 0;
+        for (int32_t ox = 0; ox < op->w_out; ox++) {
+            int32_t tx0, tx1;
+            eq_cnn_tap_range(ox, s, pad, k, op->w_in, &tx0, &tx1);
+            const uint8_t *base = row0 + (ptrdiff_t)(ox * s - pad) * xs;
+            uint8_t *o = out + (size_t)ox * cs + c;
+            if (full_y && tx0 == 0 && tx1 == k && (k == 3 || k == 5)) {
+                __m512i lo, hi;
+                if (k == 3)
+                    tap_pairs_512(pk, base + c, row, xs, 3, &lo, &hi);
+                else
+                    tap_pairs_512(pk, base + c, row, xs, 5, &lo, &hi);
+                epi_apply_512(&P0, _mm512_permutex2var_epi32(lo, PAIRS_IDX0, hi), NULL, m0, o);
+                if (two) epi_apply_512(&P1, _mm512_permutex2var_epi32(lo, PAIRS_IDX1, hi), NULL, m1, o + 16);
+            } else {
+                epi_apply_512(&P0, dw_acc16_512(zp, w, base, c, c16, xs, row, k, ty0, ty1, tx0, tx1), NULL, m0, o);
+                if (two)
+                    epi_apply_512(&P1, dw_acc16_512(zp, w, base, c + 16, c16, xs, row, k, ty0, ty1, tx0, tx1), NULL,
+                                  m1, o + 16);
+            }
+        }
     }
 }
 

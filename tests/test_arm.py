@@ -14,11 +14,21 @@ SOURCES = [os.path.join(HERE, "kernels_selftest.c")] + [
 IN_CI = os.environ.get("CI") == "true"
 
 
-def build(cc, out, extra):
+def build(cc, out, extra, sources=SOURCES):
     # no fused multiply-adds, as setup.py builds the module: the float parts must round alike
-    cmd = [cc, "-O2", "-std=gnu11", "-ffp-contract=off", "-I", CSRC, *extra, *SOURCES, "-o", out, "-lm"]
+    cmd = [cc, "-O2", "-std=gnu11", "-ffp-contract=off", "-I", CSRC, *extra, *sources, "-o", out, "-lm"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
+
+
+def arm_toolchain():
+    """(cross compiler, qemu-aarch64); a skip where they are missing (a failure in CI)."""
+    cc, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
+    if not (cc and qemu):
+        if IN_CI:
+            pytest.fail("CI must install gcc-aarch64-linux-gnu and qemu-user (see .ci/run)")
+        pytest.skip("gcc-aarch64-linux-gnu / qemu-user not installed")
+    return cc, qemu
 
 
 def test_selftest_native(tmp_path):
@@ -31,11 +41,7 @@ def test_selftest_native(tmp_path):
 
 @pytest.mark.parametrize("cpu,variants", [("max", ["dotprod", "neon"]), ("cortex-a53", ["neon"])])
 def test_selftest_aarch64_under_qemu(tmp_path, cpu, variants):
-    cc, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
-    if not (cc and qemu):
-        if IN_CI:
-            pytest.fail("CI must install gcc-aarch64-linux-gnu and qemu-user (see .ci/run)")
-        pytest.skip("gcc-aarch64-linux-gnu / qemu-user not installed")
+    cc, qemu = arm_toolchain()
     exe = str(tmp_path / "selftest-aarch64")
     build(cc, exe, ["-static", "-march=armv8-a"])
     res = subprocess.run([qemu, "-cpu", cpu, exe], capture_output=True, text=True, timeout=300)
@@ -77,11 +83,7 @@ def _mel_check(tmp_path, run, exe, variant):
     assert np.abs(got - want).max() < 3e-4, (variant, float(np.abs(got - want).max()))
 
 
-def _mel_build(cc, out, extra):
-    cmd = [cc, "-O2", "-std=gnu11", "-I", CSRC, *extra, os.path.join(HERE, "mel_selftest.c"),
-           os.path.join(CSRC, "eq_mel.c"), "-o", out, "-lm"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
+MEL_SOURCES = [os.path.join(HERE, "mel_selftest.c"), os.path.join(CSRC, "eq_mel.c")]
 
 
 def test_front_end_native_and_aarch64_under_qemu(tmp_path):
@@ -90,14 +92,10 @@ def test_front_end_native_and_aarch64_under_qemu(tmp_path):
     from edgeqmoe.audio.frontend import available_variants
 
     exe = str(tmp_path / "mel")
-    _mel_build(shutil.which("cc") or "gcc", exe, [])
+    build(shutil.which("cc") or "gcc", exe, [], MEL_SOURCES)
     for v in available_variants():
         _mel_check(tmp_path, [], exe, v)
-    cc, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
-    if not (cc and qemu):
-        if IN_CI:
-            pytest.fail("CI must install gcc-aarch64-linux-gnu and qemu-user (see .ci/run)")
-        pytest.skip("gcc-aarch64-linux-gnu / qemu-user not installed")
+    cc, qemu = arm_toolchain()
     arm = str(tmp_path / "mel-aarch64")
-    _mel_build(cc, arm, ["-static", "-march=armv8-a"])
+    build(cc, arm, ["-static", "-march=armv8-a"], MEL_SOURCES)
     _mel_check(tmp_path, [qemu, "-cpu", "cortex-a53"], arm, "generic")

@@ -1,4 +1,4 @@
-"""Log-mel front ends in numpy (no torch), with filterbanks computed once and cached.
+"""Log-mel front ends (in C, eq_mel.h; no torch, no scipy), with filterbanks computed once and cached.
 
 ``MN04_MEL`` is the exact input the AudioSet-pretrained mn04 weights expect (see the
 project's model notes): 32 kHz mono float32; pre-emphasis y[n] = x[n] - 0.97 x[n-1]

@@ -64,6 +64,35 @@ static void dw_pack_512(const int8_t *w, const int32_t *zero, int32_t c, int32_t
     }
 }
 
+/* the stem's channel rows (qrow) into output row oy of the channels-last map; 8 channels:
+ * 8 rows of 16 bytes -> 16 pixels of 8 channels at a time, a transpose by unpacking */
+T2 static inline __attribute__((always_inline)) void stem_rows_out_2(const eq_cnn_op *op, const uint8_t *qrow,
+                                                                      int32_t oy, uint8_t *out) {
+    if (op->cout != 8) {
+        stem_interleave(op, qrow, oy, out);
+        return;
+    }
+    const int32_t Wp = stem_wp(op);
+    uint8_t *o = out + (size_t)oy * op->w_out * 8;
+    int32_t x0 = 0;
+    for (; x0 + 16 <= op->w_out; x0 += 16) {
+        __m128i r[8], t[8], u[4], v[4];
+        for (int c = 0; c < 8; c++) r[c] = _mm_loadu_si128((const __m128i *)(qrow + (size_t)c * Wp + x0));
+        for (int c = 0; c < 8; c += 2)
+            t[c] = _mm_unpacklo_epi8(r[c], r[c + 1]), t[c + 1] = _mm_unpackhi_epi8(r[c], r[c + 1]);
+        u[0] = _mm_unpacklo_epi16(t[0], t[2]), u[1] = _mm_unpackhi_epi16(t[0], t[2]);
+        u[2] = _mm_unpacklo_epi16(t[1], t[3]), u[3] = _mm_unpackhi_epi16(t[1], t[3]);
+        v[0] = _mm_unpacklo_epi16(t[4], t[6]), v[1] = _mm_unpackhi_epi16(t[4], t[6]);
+        v[2] = _mm_unpacklo_epi16(t[5], t[7]), v[3] = _mm_unpackhi_epi16(t[5], t[7]);
+        for (int j = 0; j < 4; j++) {
+            _mm_storeu_si128((__m128i *)(o + (size_t)(x0 + 4 * j) * 8), _mm_unpacklo_epi32(u[j], v[j]));
+            _mm_storeu_si128((__m128i *)(o + (size_t)(x0 + 4 * j + 2) * 8), _mm_unpackhi_epi32(u[j], v[j]));
+        }
+    }
+    for (; x0 < op->w_out; x0++)
+        for (int c = 0; c < 8; c++) o[(size_t)x0 * 8 + c] = qrow[(size_t)c * Wp + x0];
+}
+
 /* the shared stem with its channel rows in AVX-512: 16 outputs of a row at a time, the
  * same operations in the same order as stem_channel (rows are padded: no remainder) */
 T512 static void stem_512(const eq_cnn_op *op, const float *mel, uint8_t *out, float *scratch) {
@@ -92,35 +121,44 @@ T512 static void stem_512(const eq_cnn_op *op, const float *mel, uint8_t *out, f
                 _mm_storeu_si128((__m128i *)(qrow + (size_t)c * Wp + x0), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(y)));
             }
         }
-        if (op->cout == 8) { /* 8 rows of 16 bytes -> 16 pixels of 8 channels: a transpose by unpacking */
-            uint8_t *o = out + (size_t)oy * op->w_out * 8;
-            int32_t x0 = 0;
-            for (; x0 + 16 <= op->w_out; x0 += 16) {
-                __m128i r[8], t[8], u[4], v[4];
-                for (int c = 0; c < 8; c++) r[c] = _mm_loadu_si128((const __m128i *)(qrow + (size_t)c * Wp + x0));
-                for (int c = 0; c < 8; c += 2)
-                    t[c] = _mm_unpacklo_epi8(r[c], r[c + 1]), t[c + 1] = _mm_unpackhi_epi8(r[c], r[c + 1]);
-                u[0] = _mm_unpacklo_epi16(t[0], t[2]), u[1] = _mm_unpackhi_epi16(t[0], t[2]);
-                u[2] = _mm_unpacklo_epi16(t[1], t[3]), u[3] = _mm_unpackhi_epi16(t[1], t[3]);
-                v[0] = _mm_unpacklo_epi16(t[4], t[6]), v[1] = _mm_unpackhi_epi16(t[4], t[6]);
-                v[2] = _mm_unpacklo_epi16(t[5], t[7]), v[3] = _mm_unpackhi_epi16(t[5], t[7]);
-                for (int j = 0; j < 4; j++) {
-                    _mm_storeu_si128((__m128i *)(o + (size_t)(x0 + 4 * j) * 8), _mm_unpacklo_epi32(u[j], v[j]));
-                    _mm_storeu_si128((__m128i *)(o + (size_t)(x0 + 4 * j + 2) * 8), _mm_unpackhi_epi32(u[j], v[j]));
-                }
-            }
-            for (; x0 < op->w_out; x0++)
-                for (int c = 0; c < 8; c++) o[(size_t)x0 * 8 + c] = qrow[(size_t)c * Wp + x0];
-        } else {
-            stem_interleave(op, qrow, oy, out);
-        }
+        stem_rows_out_2(op, qrow, oy, out);
     }
 }
 T512 static void se_512(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t *sums, uint8_t *x) {
     se_body(op, gate, fs, sums, x);
 }
+/* the shared stem with its channel rows in AVX2: 8 outputs of a row at a time, the same
+ * operations in the same order as stem_channel (rows are padded: no remainder) */
 T2 static void stem_2(const eq_cnn_op *op, const float *mel, uint8_t *out, float *scratch) {
-    stem_body(op, mel, out, scratch);
+    const float *split = stem_split(op, mel, scratch), *v[9];
+    uint8_t *qrow = stem_qrow(op, scratch);
+    const int32_t Wp = stem_wp(op);
+    const __m256 zero = _mm256_setzero_ps(), three = _mm256_set1_ps(3.0f), six = _mm256_set1_ps(6.0f),
+                 sixth = _mm256_set1_ps((float)(1.0 / 6.0)), lo = _mm256_set1_ps(-512.0f), hi = _mm256_set1_ps(512.0f),
+                 magic = _mm256_set1_ps(MAGIC), top = _mm256_set1_ps(255.0f);
+    for (int32_t oy = 0; oy < op->h_out; oy++) {
+        stem_taps(op, split, oy, v);
+        for (int32_t c = 0; c < op->cout; c++) {
+            __m256 w[9];
+            for (int t = 0; t < 9; t++) w[t] = _mm256_set1_ps(op->fw[c * 9 + t]);
+            const __m256 b = _mm256_set1_ps(op->fb[c]), inv = _mm256_set1_ps(op->epi.out_inv[c]),
+                         z = _mm256_set1_ps((float)op->epi.out_zero[c]);
+            for (int32_t x0 = 0; x0 < op->w_out; x0 += 8) {
+                __m256 a = zero;
+#pragma GCC unroll 9
+                for (int t = 0; t < 9; t++) a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_loadu_ps(v[t] + x0), w[t]));
+                __m256 f = _mm256_add_ps(a, b);
+                f = _mm256_mul_ps(_mm256_mul_ps(f, _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(f, three), zero), six)), sixth);
+                __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(f, inv), lo), hi);
+                y = _mm256_add_ps(_mm256_sub_ps(_mm256_add_ps(y, magic), magic), z);
+                y = _mm256_min_ps(_mm256_max_ps(y, zero), top); /* 0..255: the packs below are exact */
+                const __m256i q = _mm256_cvttps_epi32(y);
+                const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+                _mm_storel_epi64((__m128i *)(qrow + (size_t)c * Wp + x0), _mm_packus_epi16(w16, w16));
+            }
+        }
+        stem_rows_out_2(op, qrow, oy, out);
+    }
 }
 T2 static void se_2(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t *sums, uint8_t *x) {
     se_body(op, gate, fs, sums, x);

@@ -569,11 +569,44 @@ T2 static void pw_acc_2(const void *packed, int32_t n, int32_t k, const uint8_t 
     }
 }
 
-/* pw_acc_2 and the requantisation in one pass: 4 pixels x 8 outputs in registers */
+#define PW2_KMAX 1024 /* inputs of a pointwise convolution that pw_row_2 widens on the stack */
+
+/* tile4_2 on inputs already widened: pairs[j * kp + q] = the two inputs of pair q of pixel
+ * j as two int16 (one broadcast load each, where tile4_2 assembles them from two bytes) */
+T2 static inline __attribute__((always_inline)) void tile4_pairs_2(const int16_t *w, int32_t n8, int32_t kp, int32_t o,
+                                                                    const int32_t *pairs, int32_t np, __m256i *a) {
+    for (int j = 0; j < PW2_TILE; j++) a[j] = _mm256_setzero_si256();
+    for (int32_t q = 0; q < kp; q++) {
+        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + ((size_t)q * n8 + o) * 2));
+        for (int j = 0; j < np; j++)
+            a[j] = _mm256_add_epi32(a[j], _mm256_madd_epi16(_mm256_set1_epi32(pairs[(size_t)j * kp + q]), wv));
+    }
+}
+
+/* pw_acc_2 and the requantisation in one pass: 4 pixels x 8 outputs in registers; each
+ * tile of 4 pixels widened to int16 once, then every block of 8 outputs */
 T2 static void pw_row_2(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
                         const eq_cnn_epi *e, const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
     const int32_t n8 = (n + 7) & ~7, kp = eq_cnn_c4(k) / 2;
     const int16_t *w = packed;
+    if (k <= PW2_KMAX) {
+        int32_t pairs[PW2_TILE * (PW2_KMAX / 2 + 8)] __attribute__((aligned(32)));
+        for (int32_t p = 0; p < npix; p += PW2_TILE) {
+            const int32_t np = npix - p < PW2_TILE ? npix - p : PW2_TILE;
+            for (int j = 0; j < np; j++) /* 16 inputs a step (reads past the pixel land in the map's slack) */
+                for (int32_t c = 0; c < 2 * kp; c += 16)
+                    _mm256_storeu_si256((__m256i *)((int16_t *)(pairs + (size_t)j * kp) + c),
+                                        _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(x + (size_t)(p + j) * xs + c))));
+            for (int32_t o = 0; o < n8; o += 8) {
+                const epi256 P = epi_load_2(e, o, res != NULL);
+                __m256i a[PW2_TILE];
+                tile4_pairs_2(w, n8, kp, o, pairs, np, a);
+                for (int j = 0; j < np; j++)
+                    epi_apply_2(&P, a[j], res ? res + (size_t)(p + j) * rs + o : NULL, n - o, out + (size_t)(p + j) * os + o);
+            }
+        }
+        return;
+    }
     for (int32_t o = 0; o < n8; o += 8) {
         const epi256 P = epi_load_2(e, o, res != NULL);
         for (int32_t p = 0; p < npix; p += PW2_TILE) {

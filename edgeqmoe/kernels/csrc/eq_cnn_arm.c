@@ -137,16 +137,60 @@ static void pw_acc_neon(const void *packed, int32_t n, int32_t k, const uint8_t 
         }
 }
 
-/* pw_acc_neon and the requantisation in one pass */
+#define PWN_TILE 4
+/* one input (lane i of each pixel's widened inputs xv) times its 8 weights, into the tile */
+#define PWN_LANE(i)                                                                           \
+    do {                                                                                      \
+        const int16x8_t wv = vld1q_s16(w + (size_t)(c + (i)) * n8 + o);                       \
+        for (int j = 0; j < np; j++) {                                                        \
+            lo[j] = vmlal_laneq_s16(lo[j], vget_low_s16(wv), xv[j], (i));                     \
+            hi[j] = vmlal_high_laneq_s16(hi[j], wv, xv[j], (i));                              \
+        }                                                                                     \
+    } while (0)
+
+/* outputs o..o+7 of np <= PWN_TILE pixels (rows xs bytes apart): each weight load serves
+ * every pixel of the tile, and 8 inputs of a pixel are widened once and used lane by lane */
+static inline __attribute__((always_inline)) void tile4_neon(const int16_t *w, int32_t n8, int32_t k, int32_t o,
+                                                              const uint8_t *xp, int32_t xs, int32_t np,
+                                                              int32x4_t *lo, int32x4_t *hi) {
+    for (int j = 0; j < PWN_TILE; j++) lo[j] = vdupq_n_s32(0), hi[j] = vdupq_n_s32(0);
+    int32_t c = 0;
+    for (; c + 8 <= k; c += 8) {
+        int16x8_t xv[PWN_TILE];
+        for (int j = 0; j < np; j++) xv[j] = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(xp + (size_t)j * xs + c)));
+        PWN_LANE(0);
+        PWN_LANE(1);
+        PWN_LANE(2);
+        PWN_LANE(3);
+        PWN_LANE(4);
+        PWN_LANE(5);
+        PWN_LANE(6);
+        PWN_LANE(7);
+    }
+    for (; c < k; c++) {
+        const int16x8_t wv = vld1q_s16(w + (size_t)c * n8 + o);
+        for (int j = 0; j < np; j++) {
+            const int16x4_t x1 = vdup_n_s16((int16_t)xp[(size_t)j * xs + c]);
+            lo[j] = vmlal_s16(lo[j], vget_low_s16(wv), x1);
+            hi[j] = vmlal_s16(hi[j], vget_high_s16(wv), x1);
+        }
+    }
+}
+
+/* pw_acc_neon and the requantisation in one pass: tiles of 4 pixels x 8 outputs */
 static void pw_row_neon(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
                         const eq_cnn_epi *e, const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
     const int32_t n8 = (n + 7) & ~7;
+    const int16_t *w = packed;
     for (int32_t o = 0; o < n8; o += 8) {
         const epi8 P = epi_load_neon(e, o, res != NULL);
-        for (int32_t p = 0; p < npix; p++) {
-            int32x4_t lo, hi;
-            px8_neon(packed, n8, k, o, x + (size_t)p * xs, &lo, &hi);
-            epi_apply_neon(&P, lo, hi, res ? res + (size_t)p * rs + o : NULL, n - o, out + (size_t)p * os + o);
+        for (int32_t p = 0; p < npix; p += PWN_TILE) {
+            const int32_t np = npix - p < PWN_TILE ? npix - p : PWN_TILE;
+            int32x4_t lo[PWN_TILE], hi[PWN_TILE];
+            tile4_neon(w, n8, k, o, x + (size_t)p * xs, xs, np, lo, hi);
+            for (int j = 0; j < np; j++)
+                epi_apply_neon(&P, lo[j], hi[j], res ? res + (size_t)(p + j) * rs + o : NULL, n - o,
+                               out + (size_t)(p + j) * os + o);
         }
     }
 }

@@ -184,7 +184,7 @@ static int check_cnn(const char *name, int *checks) {
         free(mel), free(e1), free(e2);
     }
     /* a whole small network: stem, a residual block with squeeze-excitation, a strided
-     * block, pooling, two dense layers */
+     * block, a 40-input pointwise layer, pooling, two dense layers */
     eq_cnn_op ops[16];
     int n = 0;
     ops[n++] = conv_op(EQ_CNN_STEM, -1, 0, -1, 1, 8, 3, 2, EQ_CNN_ACT_HS);
@@ -200,9 +200,10 @@ static int check_cnn(const char *name, int *checks) {
     ops[n++] = conv_op(EQ_CNN_DW, 1, 0, -1, 8, 8, 3, 2, EQ_CNN_ACT_HS);
     ops[n++] = conv_op(EQ_CNN_DW, 0, 1, -1, 8, 8, 3, 1, EQ_CNN_ACT_RELU); /* 8 channels, stride 1: pixel pairs */
     ops[n++] = conv_op(EQ_CNN_PW, 1, 2, -1, 8, 40, 1, 1, EQ_CNN_ACT_HS);
+    ops[n++] = conv_op(EQ_CNN_PW, 2, 1, -1, 40, 40, 1, 1, EQ_CNN_ACT_HS); /* 40 inputs: whole groups and a rest */
     eq_cnn_op pool, d1, d2;
     memset(&pool, 0, sizeof pool);
-    pool.kind = EQ_CNN_POOL, pool.src = 2, pool.cin = pool.cout = 40;
+    pool.kind = EQ_CNN_POOL, pool.src = 1, pool.cin = pool.cout = 40;
     pool.scale = fill_f(40, 0.01f, 0.1f), pool.zero = fill_i(40, 0, 40);
     ops[n++] = pool;
     memset(&d1, 0, sizeof d1);

@@ -244,7 +244,52 @@ TDOT static void pw_acc_dot(const void *packed, int32_t n, int32_t k, const uint
         }
 }
 
-/* pw_acc_dot and the requantisation in one pass: 16 outputs of a pixel in registers */
+/* one group of 4 inputs (lane L of each pixel's 16 flipped inputs xv) times its weights
+ * for 16 outputs, into the tile */
+#define PWD_LANE(L)                                                                           \
+    do {                                                                                      \
+        const int8_t *wq = w + ((size_t)(q + (L)) * n16 + o) * 4;                            \
+        const int8x16_t w0 = vld1q_s8(wq), w1 = vld1q_s8(wq + 16), w2 = vld1q_s8(wq + 32),   \
+                        w3 = vld1q_s8(wq + 48);                                              \
+        for (int j = 0; j < np; j++) {                                                        \
+            a[j][0] = vdotq_laneq_s32(a[j][0], w0, xv[j], (L));                                \
+            a[j][1] = vdotq_laneq_s32(a[j][1], w1, xv[j], (L));                                \
+            a[j][2] = vdotq_laneq_s32(a[j][2], w2, xv[j], (L));                                \
+            a[j][3] = vdotq_laneq_s32(a[j][3], w3, xv[j], (L));                                \
+        }                                                                                     \
+    } while (0)
+
+/* outputs o..o+15 of np <= PWN_TILE pixels: each weight load serves every pixel of the
+ * tile, and 16 inputs of a pixel are loaded and flipped once, their groups of 4 used by
+ * lane (sdot by element) */
+TDOT static inline __attribute__((always_inline)) void tile4_dot(const int8_t *w, const int32_t *sum, int32_t n16,
+                                                                  int32_t kq, int32_t o, const uint8_t *xp, int32_t xs,
+                                                                  int32_t np, int32x4_t a[PWN_TILE][4]) {
+    const uint8x16_t flip = vdupq_n_u8(0x80);
+    for (int j = 0; j < PWN_TILE; j++)
+        for (int i = 0; i < 4; i++) a[j][i] = vshlq_n_s32(vld1q_s32(sum + o + 4 * i), 7); /* 128 x sum */
+    int32_t q = 0;
+    for (; q + 4 <= kq; q += 4) {
+        int8x16_t xv[PWN_TILE];
+        for (int j = 0; j < np; j++)
+            xv[j] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(xp + (size_t)j * xs + 4 * q), flip));
+        PWD_LANE(0);
+        PWD_LANE(1);
+        PWD_LANE(2);
+        PWD_LANE(3);
+    }
+    for (; q < kq; q++) {
+        const int8_t *wq = w + ((size_t)q * n16 + o) * 4;
+        for (int j = 0; j < np; j++) {
+            uint32_t f;
+            memcpy(&f, xp + (size_t)j * xs + 4 * q, 4);
+            const int8x16_t x1 = vreinterpretq_s8_u8(veorq_u8(vreinterpretq_u8_u32(vdupq_n_u32(f)), flip));
+            for (int i = 0; i < 4; i++) a[j][i] = vdotq_s32(a[j][i], vld1q_s8(wq + 16 * i), x1);
+        }
+    }
+}
+
+/* pw_acc_dot and the requantisation in one pass: tiles of 4 pixels x 16 outputs in registers */
 TDOT static void pw_row_dot(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
                             const eq_cnn_epi *e, const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
     const int32_t n16 = up16(n), kq = eq_cnn_c4(k) / 4;
@@ -252,13 +297,16 @@ TDOT static void pw_row_dot(const void *packed, int32_t n, int32_t k, const uint
     const int32_t *sum = (const int32_t *)(w + (size_t)n16 * eq_cnn_c4(k));
     for (int32_t o = 0; o < n16; o += 16) {
         const epi8 P0 = epi_load_neon(e, o, res != NULL), P1 = epi_load_neon(e, o + 8, res != NULL);
-        for (int32_t p = 0; p < npix; p++) {
-            int32x4_t a[4];
-            px16_dot(w, sum, n16, kq, o, x + (size_t)p * xs, a);
-            const uint8_t *r = res ? res + (size_t)p * rs + o : NULL;
-            uint8_t *op = out + (size_t)p * os + o;
-            epi_apply_neon(&P0, a[0], a[1], r, n - o, op);
-            if (n - o > 8) epi_apply_neon(&P1, a[2], a[3], r ? r + 8 : NULL, n - o - 8, op + 8);
+        for (int32_t p = 0; p < npix; p += PWN_TILE) {
+            const int32_t np = npix - p < PWN_TILE ? npix - p : PWN_TILE;
+            int32x4_t a[PWN_TILE][4];
+            tile4_dot(w, sum, n16, kq, o, x + (size_t)p * xs, xs, np, a);
+            for (int j = 0; j < np; j++) {
+                const uint8_t *r = res ? res + (size_t)(p + j) * rs + o : NULL;
+                uint8_t *op = out + (size_t)(p + j) * os + o;
+                epi_apply_neon(&P0, a[j][0], a[j][1], r, n - o, op);
+                if (n - o > 8) epi_apply_neon(&P1, a[j][2], a[j][3], r ? r + 8 : NULL, n - o - 8, op + 8);
+            }
         }
     }
 }

@@ -187,7 +187,10 @@ static void pw_row_neon(const void *packed, int32_t n, int32_t k, const uint8_t 
         for (int32_t p = 0; p < npix; p += PWN_TILE) {
             const int32_t np = npix - p < PWN_TILE ? npix - p : PWN_TILE;
             int32x4_t lo[PWN_TILE], hi[PWN_TILE];
-            tile4_neon(w, n8, k, o, x + (size_t)p * xs, xs, np, lo, hi);
+            if (np == PWN_TILE) /* a constant count: the pixel loops unroll without tests */
+                tile4_neon(w, n8, k, o, x + (size_t)p * xs, xs, PWN_TILE, lo, hi);
+            else
+                tile4_neon(w, n8, k, o, x + (size_t)p * xs, xs, np, lo, hi);
             for (int j = 0; j < np; j++)
                 epi_apply_neon(&P, lo[j], hi[j], res ? res + (size_t)(p + j) * rs + o : NULL, n - o,
                                out + (size_t)(p + j) * os + o);
@@ -300,7 +303,10 @@ TDOT static void pw_row_dot(const void *packed, int32_t n, int32_t k, const uint
         for (int32_t p = 0; p < npix; p += PWN_TILE) {
             const int32_t np = npix - p < PWN_TILE ? npix - p : PWN_TILE;
             int32x4_t a[PWN_TILE][4];
-            tile4_dot(w, sum, n16, kq, o, x + (size_t)p * xs, xs, np, a);
+            if (np == PWN_TILE)
+                tile4_dot(w, sum, n16, kq, o, x + (size_t)p * xs, xs, PWN_TILE, a);
+            else
+                tile4_dot(w, sum, n16, kq, o, x + (size_t)p * xs, xs, np, a);
             for (int j = 0; j < np; j++) {
                 const uint8_t *r = res ? res + (size_t)(p + j) * rs + o : NULL;
                 uint8_t *op = out + (size_t)(p + j) * os + o;

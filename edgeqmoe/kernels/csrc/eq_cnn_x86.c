@@ -600,7 +600,10 @@ T2 static void pw_row_2(const void *packed, int32_t n, int32_t k, const uint8_t 
             for (int32_t o = 0; o < n8; o += 8) {
                 const epi256 P = epi_load_2(e, o, res != NULL);
                 __m256i a[PW2_TILE];
-                tile4_pairs_2(w, n8, kp, o, pairs, np, a);
+                if (np == PW2_TILE) /* a constant count: the pixel loop unrolls without tests */
+                    tile4_pairs_2(w, n8, kp, o, pairs, PW2_TILE, a);
+                else
+                    tile4_pairs_2(w, n8, kp, o, pairs, np, a);
                 for (int j = 0; j < np; j++)
                     epi_apply_2(&P, a[j], res ? res + (size_t)(p + j) * rs + o : NULL, n - o, out + (size_t)(p + j) * os + o);
             }

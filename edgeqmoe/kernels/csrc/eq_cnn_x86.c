@@ -64,6 +64,34 @@ static void dw_pack_512(const int8_t *w, const int32_t *zero, int32_t c, int32_t
     }
 }
 
+/* AVX2 depthwise weights: the madd layout (for pixels at the borders), then for interior
+ * pixels the taps in pairs: per block of 16 channels, its zero points as 16 int16, then
+ * per pair of taps (t, t + 1; the last one alone, with zeros) two vectors of 16 int16 in
+ * the order vpunpcklwd / vpunpckhwd give the inputs within each 128-bit lane (channels
+ * 0-3 and 8-11, then 4-7 and 12-15), so that one vpmaddwd adds two taps of 8 channels */
+static size_t dw_bytes_2(int32_t c, int32_t k) {
+    return eq_cnn_dw_bytes_wide(c, k) + (size_t)((c + 15) / 16) * (32 + (size_t)((k * k + 1) / 2) * 64);
+}
+
+static void dw_pack_2(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, void *out) {
+    dw_pack_madd(w, zero, c, k, out);
+    int16_t *p = (int16_t *)((uint8_t *)out + eq_cnn_dw_bytes_wide(c, k));
+    const int32_t kk = k * k;
+#define W_AT(t, ch) ((t) < kk && (ch) < c ? (int16_t)w[(size_t)(t) * c + (ch)] : (int16_t)0)
+    for (int32_t b = 0; b < (c + 15) / 16; b++) {
+        for (int32_t j = 0; j < 16; j++) p[j] = 16 * b + j < c ? (int16_t)zero[16 * b + j] : 0;
+        p += 16;
+        for (int32_t t = 0; t < kk; t += 2, p += 32)
+            for (int32_t lane = 0; lane < 2; lane++)
+                for (int32_t i = 0; i < 4; i++) {
+                    const int32_t lo = 16 * b + 8 * lane + i, hi = lo + 4;
+                    p[8 * lane + 2 * i] = W_AT(t, lo), p[8 * lane + 2 * i + 1] = W_AT(t + 1, lo);
+                    p[16 + 8 * lane + 2 * i] = W_AT(t, hi), p[16 + 8 * lane + 2 * i + 1] = W_AT(t + 1, hi);
+                }
+    }
+#undef W_AT
+}
+
 /* the stem's channel rows (qrow) into output row oy of the channels-last map; 8 channels:
  * 8 rows of 16 bytes -> 16 pixels of 8 channels at a time, a transpose by unpacking */
 T2 static inline __attribute__((always_inline)) void stem_rows_out_2(const eq_cnn_op *op, const uint8_t *qrow,
@@ -622,33 +650,87 @@ T2 static void pw_row_2(const void *packed, int32_t n, int32_t k, const uint8_t 
     }
 }
 
-/* one output pixel's depthwise sums over taps [ty0, ty1) x [tx0, tx1), requantised */
-T2 static inline __attribute__((always_inline)) void dw_px_2(const int32_t *zp, const int32_t *w, const uint8_t *base,
-                                                              int32_t C, int32_t xs, int32_t row, int32_t k,
-                                                              int32_t ty0, int32_t ty1, int32_t tx0, int32_t tx1,
-                                                              const eq_cnn_epi *e, uint8_t *o) {
-    const int32_t c16 = up16(C);
-    for (int32_t c = 0; c < C; c += 8) {
-        const __m256i z = _mm256_loadu_si256((const __m256i *)(zp + c));
-        __m256i a = _mm256_setzero_si256();
-        for (int32_t ty = ty0; ty < ty1; ty++)
-            for (int32_t tx = tx0; tx < tx1; tx++) {
-                const __m128i b = _mm_loadl_epi64((const __m128i *)(base + (size_t)ty * row + (size_t)tx * xs + c));
-                const __m256i v = _mm256_sub_epi32(_mm256_cvtepu8_epi32(b), z);
-                a = _mm256_add_epi32(a, _mm256_madd_epi16(v, _mm256_loadu_si256((const __m256i *)(w + (size_t)(ty * k + tx) * c16 + c))));
+/* the k x k taps of one block of 16 channels in the pair layout of dw_pack_2 (pk: the
+ * block's zero points, then its pairs of taps), two taps per vpmaddwd on (x - zero) as
+ * int16; sums of channels 0-3, 8-11 in lo and 4-7, 12-15 in hi */
+T2 static inline __attribute__((always_inline)) void tap_pairs_2(const int16_t *pk, const uint8_t *base, int32_t row,
+                                                                  int32_t xs, int32_t k, __m256i *lo, __m256i *hi) {
+    const int32_t kk = k * k;
+    const __m256i z = _mm256_load_si256((const __m256i *)pk);
+    pk += 16;
+    __m256i l = _mm256_setzero_si256(), h = _mm256_setzero_si256();
+    for (int32_t t = 0; t < kk; t += 2, pk += 32) {
+        const uint8_t *pa = base + (size_t)(t / k) * row + (size_t)(t % k) * xs;
+        const __m256i xa = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)pa)), z);
+        __m256i xb = _mm256_setzero_si256();
+        if (t + 1 < kk) {
+            const uint8_t *pb = base + (size_t)((t + 1) / k) * row + (size_t)((t + 1) % k) * xs;
+            xb = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)pb)), z);
+        }
+        l = _mm256_add_epi32(l, _mm256_madd_epi16(_mm256_unpacklo_epi16(xa, xb), _mm256_load_si256((const __m256i *)pk)));
+        h = _mm256_add_epi32(h, _mm256_madd_epi16(_mm256_unpackhi_epi16(xa, xb), _mm256_load_si256((const __m256i *)(pk + 16))));
+    }
+    *lo = l, *hi = h;
+}
+
+/* depthwise sums of channels c..c+7 of one output pixel over taps [ty0, ty1) x [tx0, tx1)
+ * in the madd layout (pixels at the borders) */
+T2 static inline __attribute__((always_inline)) __m256i dw_acc8_2(const int32_t *zp, const int32_t *w,
+                                                                   const uint8_t *base, int32_t c, int32_t c16,
+                                                                   int32_t xs, int32_t row, int32_t k, int32_t ty0,
+                                                                   int32_t ty1, int32_t tx0, int32_t tx1) {
+    const __m256i z = _mm256_loadu_si256((const __m256i *)(zp + c));
+    __m256i a = _mm256_setzero_si256();
+    for (int32_t ty = ty0; ty < ty1; ty++)
+        for (int32_t tx = tx0; tx < tx1; tx++) {
+            const __m128i b = _mm_loadl_epi64((const __m128i *)(base + (size_t)ty * row + (size_t)tx * xs + c));
+            const __m256i v = _mm256_sub_epi32(_mm256_cvtepu8_epi32(b), z);
+            a = _mm256_add_epi32(a, _mm256_madd_epi16(v, _mm256_loadu_si256((const __m256i *)(w + (size_t)(ty * k + tx) * c16 + c))));
+        }
+    return a;
+}
+
+/* a depthwise output row and its requantisation in one pass: per block of 16 channels,
+ * its requantisation parameters loaded once for the row; interior pixels two taps per
+ * vpmaddwd (the pair layout), pixels at the borders one tap per vpmaddwd */
+T2 static void dw_row_2(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
+                        uint8_t *out) {
+    const int32_t k = op->k, s = op->stride, pad = op->pad, C = op->cout, c16 = up16(C), cs = eq_cnn_c4(C);
+    const int32_t *zp = packed, *w = zp + c16, row = op->w_in * xs;
+    const int16_t *pairs_w = (const int16_t *)((const uint8_t *)packed + eq_cnn_dw_bytes_wide(C, k));
+    const size_t block = 16 + (size_t)32 * ((k * k + 1) / 2); /* int16 per block of the pair layout */
+    int32_t ty0, ty1;
+    eq_cnn_tap_range(oy, s, pad, k, op->h_in, &ty0, &ty1);
+    const int full_y = ty0 == 0 && ty1 == k;
+    const uint8_t *row0 = x + (ptrdiff_t)(oy * s - pad) * op->w_in * xs;
+    for (int32_t c = 0; c < C; c += 16) {
+        const int16_t *pk = pairs_w + (size_t)(c / 16) * block;
+        const int two = C - c > 8;
+        const epi256 P0 = epi_load_2(&op->epi, c, 0), P1 = epi_load_2(&op->epi, two ? c + 8 : c, 0);
+        for (int32_t ox = 0; ox < op->w_out; ox++) {
+            int32_t tx0, tx1;
+            eq_cnn_tap_range(ox, s, pad, k, op->w_in, &tx0, &tx1);
+            const uint8_t *base = row0 + (ptrdiff_t)(ox * s - pad) * xs;
+            uint8_t *o = out + (size_t)ox * cs + c;
+            if (full_y && tx0 == 0 && tx1 == k && (k == 3 || k == 5)) {
+                __m256i lo, hi;
+                if (k == 3)
+                    tap_pairs_2(pk, base + c, row, xs, 3, &lo, &hi);
+                else
+                    tap_pairs_2(pk, base + c, row, xs, 5, &lo, &hi);
+                epi_apply_2(&P0, _mm256_permute2x128_si256(lo, hi, 0x20), NULL, C - c, o);
+                if (two) epi_apply_2(&P1, _mm256_permute2x128_si256(lo, hi, 0x31), NULL, C - c - 8, o + 8);
+            } else {
+                epi_apply_2(&P0, dw_acc8_2(zp, w, base, c, c16, xs, row, k, ty0, ty1, tx0, tx1), NULL, C - c, o);
+                if (two)
+                    epi_apply_2(&P1, dw_acc8_2(zp, w, base, c + 8, c16, xs, row, k, ty0, ty1, tx0, tx1), NULL,
+                                C - c - 8, o + 8);
             }
-        const epi256 P = epi_load_2(e, c, 0);
-        epi_apply_2(&P, a, NULL, C - c, o + c);
+        }
     }
 }
 
-/* a depthwise output row and its requantisation in one pass; interior pixels with k known */
-T2 static void dw_row_2(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
-                        uint8_t *out) {
-    EQ_CNN_DW_ROW(dw_px_2, packed, op, x, xs, oy, out);
-}
-
-const eq_cnn_kernels eq_cnn_avx2 = {"avx2", pw_bytes_2, pw_pack_2, pw_acc_2, eq_cnn_dw_bytes_wide, dw_pack_madd,
+const eq_cnn_kernels eq_cnn_avx2 = {"avx2", pw_bytes_2, pw_pack_2, pw_acc_2, dw_bytes_2, dw_pack_2,
                                     NULL, NULL, stem_2, se_2, pw_row_2, dw_row_2};
 
 #endif

@@ -216,7 +216,8 @@ def profiles_show(name: str):
     p = _profile_or_fail(name)
     d = to_dict(p)
     d["model"].pop("_base", None)
-    d.pop("source_file", None)
+    for internal in ("source_file", "source_mtime"):
+        d.pop(internal, None)
     # a valid profile as it is (profiles validate accepts it); where things come from in comments
     typer.echo(f"# profile {p.name!r} from {p.source_file}\n# model.bundle resolves to {p.model.bundle_path()}")
     typer.echo(yaml.safe_dump(d, sort_keys=False))

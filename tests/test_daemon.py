@@ -11,6 +11,7 @@ import pytest
 from edgeqmoe.daemon.profiles import SHIPPED_BUNDLES, load_profile
 from edgeqmoe.daemon.run import Daemon
 from edgeqmoe.daemon.sinks import log_files, read_jsonl
+from edgeqmoe.settings import SettingsError
 
 from conftest import US8K, one_clip_per_class
 
@@ -198,6 +199,36 @@ def test_no_microphone(tmp_path):
     r = cli(["run", "--profile", str(prof), "--source", "mic"], env=env, timeout=60)
     assert r.returncode == 2, r.stderr
     assert "no microphone" in r.stderr and "edgeqmoe devices" in r.stderr and "--source file:" in r.stderr
+
+
+def test_a_profile_edit_made_while_the_daemon_starts_is_not_missed(tmp_path, us8k):
+    """The profile is edited after it was read but before the window loop begins (the
+    daemon still starting: building its model, connecting to a broker): the loop still
+    sees the edit and reloads."""
+    from edgeqmoe.daemon.run import LoopState
+
+    prof = write_profile(tmp_path)
+    p = load_profile(str(prof))
+    assert p.source_mtime == os.stat(prof).st_mtime
+    prof.write_text(prof.read_text().replace("version: 1", "version: 1\ndecision:\n  threshold: 0.3"))
+    os.utime(prof, (time.time() + 5, time.time() + 5))
+    assert LoopState(p).prof_mtime != os.stat(prof).st_mtime  # so the first check reloads
+    logs = tmp_path / "logs"
+    d = Daemon(p, source=f"dir:{os.path.join(US8K, 'fold1')}", realtime=True, log_dir=str(logs))
+    t = threading.Thread(target=d.run)
+    t.start()
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and not any(e["event"] == "reload" for e in daemon_events(logs)):
+            time.sleep(0.1)
+        assert any(e["event"] == "reload" for e in daemon_events(logs))
+        assert d.profile.decision.threshold == 0.3
+    finally:
+        d.stop()
+        t.join(timeout=10)
+    with pytest.raises(SettingsError, match="source_mtime"):
+        prof.write_text(prof.read_text() + "source_mtime: 1.0\n")
+        load_profile(str(prof))
 
 
 def test_profile_reload_applies_valid_edits_and_rejects_bad_ones(tmp_path, us8k):

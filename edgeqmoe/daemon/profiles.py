@@ -267,6 +267,7 @@ class Profile:
                                            doc="AudioSet classes reported beside the model's classes, by group name: "
                                                "a list of classes, or {labels: [...], threshold: p} (mn04 only)")
     source_file: str = field("", doc="(internal) where the profile was read from")
+    source_mtime: float = field(0.0, doc="(internal) the file's modification time just before it was read")
 
     def validate(self):
         if self.device and not DEVICE_NAME.fullmatch(self.device):
@@ -320,6 +321,10 @@ def find_profile(name_or_path: str) -> Path:
 def load_profile(name_or_path: str, overrides: Optional[dict] = None) -> Profile:
     """Find, read and validate a profile; ``overrides`` (nested dict) win over the file."""
     path = find_profile(name_or_path)
+    try:  # before reading: an edit made while (or after) it is read shows as a later time
+        mtime = os.stat(path).st_mtime
+    except OSError:
+        mtime = 0.0
     data = load_yaml(path)
     if not isinstance(data, dict):
         raise SettingsError(str(path), "", "a profile is a mapping of settings")
@@ -330,8 +335,9 @@ def load_profile(name_or_path: str, overrides: Optional[dict] = None) -> Profile
         else:
             data[k] = v
     model = dict(data.get("model") or {})
-    if "_base" in model or "source_file" in data:
-        raise SettingsError(str(path), "model._base" if "_base" in model else "source_file",
+    internal = [k for k in ("source_file", "source_mtime") if k in data]
+    if "_base" in model or internal:
+        raise SettingsError(str(path), "model._base" if "_base" in model else internal[0],
                             "internal setting; remove it")
     model["_base"] = str(path.parent)
     data["model"] = model
@@ -342,7 +348,7 @@ def load_profile(name_or_path: str, overrides: Optional[dict] = None) -> Profile
                             "variable named by mqtt.password_env (default EDGEQMOE_MQTT_PASSWORD)")
     if isinstance(data.get("listen"), dict):
         data["listen"] = {k: _listen_group(k, v) for k, v in data["listen"].items()}
-    data["source_file"] = str(path)
+    data["source_file"], data["source_mtime"] = str(path), float(mtime)
     data.setdefault("name", path.stem)
     return build(Profile, data, str(path))
 

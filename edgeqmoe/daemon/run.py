@@ -171,7 +171,9 @@ class LoopState:
         self.set_window(profile)
         self.stats = _Stats()
         self.last_stats = self.last_file_check = time.monotonic()
-        self.prof_mtime = _mtime(profile.source_file)
+        # the file's time when the profile was read, not now: an edit made since (while the
+        # daemon was starting) is still seen as one
+        self.prof_mtime = profile.source_mtime or _mtime(profile.source_file)
         self.audio_pos = 0  # samples consumed since the stream (re)started
         self.warmed = False
         self.file_i, self.file_start = -1, 0  # file sources: the file being read, its first sample
@@ -567,6 +569,7 @@ class Daemon:
             self._reload.clear()
             if self._try_reload():
                 st.set_window(self.profile)
+                st.prof_mtime = self.profile.source_mtime or st.prof_mtime
 
     def _try_reload(self) -> bool:
         """Load the profile file again; any failure keeps the running settings and says why."""

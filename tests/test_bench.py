@@ -92,6 +92,10 @@ def test_bench_latency_tiny(tmp_path, monkeypatch, us8k):
     row = res["rows"][0]
     assert row["profile"] == "stable" and row["fallback"] and row["n"] == 20 and not row["torch_imported"]
     assert set(row["stages_ms"]) == {"embed", "head", "decision", "total"}
+    # modelled energy per window: its median CPU time x the machine class's watts per core
+    w = float(row["energy_model"].split(" x ")[1].split(" W/core")[0])
+    assert row["energy_mj_p50"] == pytest.approx(row["cpu_ms"]["p50"] * w, rel=1e-3, abs=1e-4)
+    assert "mJ per window" in r.stdout and "modelled: cpu-time x" in r.stdout
 
 
 def test_bench_models_tiny(tmp_path):

@@ -62,12 +62,13 @@ def bench_profile(name: str, paths: List[str], n: int, window: Optional[float] =
     gc.freeze()
     gc.disable()
     stages = {k: [] for k in ("embed", "head", "decision", "total")}
-    embs = []
+    cpu_ms, embs = [], []
     try:
         for w in _windows(paths, sr, p.audio.window, p.audio.hop, n):
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             rec = pipe.process(w, 0.0, 0.0)
             total = (time.perf_counter() - t0) * 1e3
+            cpu_ms.append((time.thread_time() - c0) * 1e3)
             for k in ("embed", "head", "decision"):
                 stages[k].append(rec["stages_ms"][k])
             stages["total"].append(total)
@@ -75,12 +76,21 @@ def bench_profile(name: str, paths: List[str], n: int, window: Optional[float] =
     finally:
         gc.enable()
     embs = np.stack(embs)
+    # the daemon's own energy model for a window: its CPU time x watts per busy core of
+    # this machine's class (daemon/power.py); modelled, never measured
+    from ..daemon.power import POWER_MODEL_W_PER_CORE, detect_device_class
+
+    cls = detect_device_class()
+    w_core = POWER_MODEL_W_PER_CORE[cls]
+    energy = {"cpu_ms": percentiles(cpu_ms), "energy_mj_p50": round(float(np.median(cpu_ms)) * w_core, 4),
+              "energy_model": f"cpu-time x {w_core} W/core ({cls})"}
     return {"profile": p.name, "bundle": pipe.built.bundle, "fallback": bool(pipe.built.fallback),
             "embedder": pipe.embedder.info.id, "model": pipe.model.kind, "experts": list(pipe.model.experts),
             "window_s": p.audio.window, "n": len(embs),
             "stages_ms": {k: percentiles((v)) for k, v in stages.items()},
             "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
-            "torch_imported": "torch" in sys.modules, "threads": threads, "_embeddings": embs, "_pipeline": pipe}
+            "torch_imported": "torch" in sys.modules, "threads": threads, **energy, "_embeddings": embs,
+            "_pipeline": pipe}
 
 
 def routing_stability(pipe, embeddings: np.ndarray, repeats: int = 5) -> Optional[Dict]:
@@ -181,6 +191,8 @@ def format_table(res: Dict) -> str:
         for k, s in r["stages_ms"].items():
             lines.append(f"  {k:9} p50 {s['p50']:8.3f}  p95 {s['p95']:8.3f}  p99 {s['p99']:8.3f}  max {s['max']:8.3f}"
                          f"  std {s['std']:7.3f} ms")
+        lines.append(f"  energy    {r['energy_mj_p50']:.4f} mJ per window at the median CPU time "
+                     f"({r['cpu_ms']['p50']:.3f} ms), modelled: {r['energy_model']}")
     s = res.get("stability")
     if s:
         lines += ["", f"stable head latency ({'/'.join(s['experts'])}, top-{s['top_k']}), {s['n_each']} windows each, "

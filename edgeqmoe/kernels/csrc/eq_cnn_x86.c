@@ -30,66 +30,56 @@ static void dw_pack_madd(const int8_t *w, const int32_t *zero, int32_t c, int32_
     for (int32_t i = 0; i < up16(c) * k * k; i++) o[i] = (int32_t)(uint16_t)(int16_t)o[i];
 }
 
-/* AVX-512 depthwise weights: the madd layout above (for pixels at the borders), then for
- * interior pixels the taps in pairs: per block of 32 channels, its zero points as 32
+/* The pair layout of the x86 depthwise kernels, for interior pixels: per block of 8 x lanes
+ * channels (lanes: 128-bit lanes per vector, 4 for AVX-512, 2 for AVX2), its zero points as
  * int16, then per pair of taps (t, t + 1; the last one alone, with zeros) two vectors of
- * 32 int16 in the order vpunpcklwd / vpunpckhwd give the inputs, so that one vpdpwssd
- * adds two taps of 16 channels */
-static size_t dw_bytes_512(int32_t c, int32_t k) {
-    return eq_cnn_dw_bytes_wide(c, k) + (size_t)((c + 31) / 32) * (64 + (size_t)((k * k + 1) / 2) * 128);
+ * 8 x lanes int16 in the order vpunpcklwd / vpunpckhwd give the inputs within each 128-bit
+ * lane (channels 0-3 of every lane, then 4-7), so that one vpdpwssd (AVX-512) or vpmaddwd
+ * (AVX2) adds two taps of a vector's worth of channels */
+static size_t dw_pairs_bytes(int32_t c, int32_t k, int32_t lanes) {
+    const int32_t cb = 8 * lanes;
+    return (size_t)((c + cb - 1) / cb) * 2 * cb * (1 + (size_t)2 * ((k * k + 1) / 2));
 }
 
-static void dw_pack_512(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, void *out) {
-    dw_pack_madd(w, zero, c, k, out);
-    int16_t *p = (int16_t *)((uint8_t *)out + eq_cnn_dw_bytes_wide(c, k));
-    const int32_t kk = k * k;
+static void dw_pack_pairs(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, int32_t lanes, int16_t *p) {
+    const int32_t kk = k * k, cb = 8 * lanes;
 #define W_AT(t, ch) ((t) < kk && (ch) < c ? (int16_t)w[(size_t)(t) * c + (ch)] : (int16_t)0)
-    for (int32_t b = 0; b < (c + 31) / 32; b++) {
-        for (int32_t j = 0; j < 32; j++) p[j] = 32 * b + j < c ? (int16_t)zero[32 * b + j] : 0;
-        p += 32;
-        for (int32_t t = 0; t < kk; t += 2, p += 64)
-            for (int32_t lane = 0; lane < 4; lane++)
+    for (int32_t b = 0; b < (c + cb - 1) / cb; b++) {
+        for (int32_t j = 0; j < cb; j++) p[j] = cb * b + j < c ? (int16_t)zero[cb * b + j] : 0;
+        p += cb;
+        for (int32_t t = 0; t < kk; t += 2, p += 2 * cb)
+            for (int32_t lane = 0; lane < lanes; lane++)
                 for (int32_t i = 0; i < 4; i++) {
-                    const int32_t lo = 32 * b + 8 * lane + i, hi = lo + 4;
+                    const int32_t lo = cb * b + 8 * lane + i, hi = lo + 4;
                     p[8 * lane + 2 * i] = W_AT(t, lo), p[8 * lane + 2 * i + 1] = W_AT(t + 1, lo);
-                    p[32 + 8 * lane + 2 * i] = W_AT(t, hi), p[32 + 8 * lane + 2 * i + 1] = W_AT(t + 1, hi);
+                    p[cb + 8 * lane + 2 * i] = W_AT(t, hi), p[cb + 8 * lane + 2 * i + 1] = W_AT(t + 1, hi);
                 }
     }
 #undef W_AT
+}
+
+/* AVX-512 depthwise weights: the madd layout above (pixels at the borders), then the pair
+ * layout in blocks of 32 channels */
+static size_t dw_bytes_512(int32_t c, int32_t k) { return eq_cnn_dw_bytes_wide(c, k) + dw_pairs_bytes(c, k, 4); }
+
+static void dw_pack_512(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, void *out) {
+    dw_pack_madd(w, zero, c, k, out);
+    int16_t *q = (int16_t *)((uint8_t *)out + eq_cnn_dw_bytes_wide(c, k));
+    dw_pack_pairs(w, zero, c, k, 4, q);
     if (c == 8) { /* 8 channels: every 16-byte lane repeats lane 0, one pixel per lane (dw_px4_c8_512) */
-        int16_t *q = (int16_t *)((uint8_t *)out + eq_cnn_dw_bytes_wide(c, k));
-        const int32_t vectors = 1 + 2 * ((kk + 1) / 2); /* the zero points, then two per pair of taps */
+        const int32_t vectors = 1 + 2 * ((k * k + 1) / 2); /* the zero points, then two per pair of taps */
         for (int32_t v = 0; v < vectors; v++)
             for (int32_t lane = 1; lane < 4; lane++) memcpy(q + 32 * v + 8 * lane, q + 32 * v, 16);
     }
 }
 
-/* AVX2 depthwise weights: the madd layout (for pixels at the borders), then for interior
- * pixels the taps in pairs: per block of 16 channels, its zero points as 16 int16, then
- * per pair of taps (t, t + 1; the last one alone, with zeros) two vectors of 16 int16 in
- * the order vpunpcklwd / vpunpckhwd give the inputs within each 128-bit lane (channels
- * 0-3 and 8-11, then 4-7 and 12-15), so that one vpmaddwd adds two taps of 8 channels */
-static size_t dw_bytes_2(int32_t c, int32_t k) {
-    return eq_cnn_dw_bytes_wide(c, k) + (size_t)((c + 15) / 16) * (32 + (size_t)((k * k + 1) / 2) * 64);
-}
+/* AVX2 depthwise weights: the madd layout (pixels at the borders), then the pair layout in
+ * blocks of 16 channels */
+static size_t dw_bytes_2(int32_t c, int32_t k) { return eq_cnn_dw_bytes_wide(c, k) + dw_pairs_bytes(c, k, 2); }
 
 static void dw_pack_2(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, void *out) {
     dw_pack_madd(w, zero, c, k, out);
-    int16_t *p = (int16_t *)((uint8_t *)out + eq_cnn_dw_bytes_wide(c, k));
-    const int32_t kk = k * k;
-#define W_AT(t, ch) ((t) < kk && (ch) < c ? (int16_t)w[(size_t)(t) * c + (ch)] : (int16_t)0)
-    for (int32_t b = 0; b < (c + 15) / 16; b++) {
-        for (int32_t j = 0; j < 16; j++) p[j] = 16 * b + j < c ? (int16_t)zero[16 * b + j] : 0;
-        p += 16;
-        for (int32_t t = 0; t < kk; t += 2, p += 32)
-            for (int32_t lane = 0; lane < 2; lane++)
-                for (int32_t i = 0; i < 4; i++) {
-                    const int32_t lo = 16 * b + 8 * lane + i, hi = lo + 4;
-                    p[8 * lane + 2 * i] = W_AT(t, lo), p[8 * lane + 2 * i + 1] = W_AT(t + 1, lo);
-                    p[16 + 8 * lane + 2 * i] = W_AT(t, hi), p[16 + 8 * lane + 2 * i + 1] = W_AT(t + 1, hi);
-                }
-    }
-#undef W_AT
+    dw_pack_pairs(w, zero, c, k, 2, (int16_t *)((uint8_t *)out + eq_cnn_dw_bytes_wide(c, k)));
 }
 
 /* the stem's channel rows (qrow) into output row oy of the channels-last map; 8 channels:

@@ -82,7 +82,8 @@ def bench_profile(name: str, paths: List[str], n: int, window: Optional[float] =
 
     cls = detect_device_class()
     w_core = POWER_MODEL_W_PER_CORE[cls]
-    energy = {"cpu_ms": percentiles(cpu_ms), "energy_mj_p50": round(float(np.median(cpu_ms)) * w_core, 4),
+    cpu = percentiles(cpu_ms)
+    energy = {"cpu_ms": cpu, "energy_mj_p50": round(cpu["p50"] * w_core, 4),
               "energy_model": f"cpu-time x {w_core} W/core ({cls})"}
     return {"profile": p.name, "bundle": pipe.built.bundle, "fallback": bool(pipe.built.fallback),
             "embedder": pipe.embedder.info.id, "model": pipe.model.kind, "experts": list(pipe.model.experts),

@@ -111,7 +111,7 @@ int eq_mel_init(eq_mel *M, const eq_mel_kernels *K, int32_t n_in, int32_t up2, i
     const int32_t ny = up2 ? M->nblk * UL + 64 : up64(n_in), nx = up2 ? M->lpad + M->nblk * UL + EQ_MEL_UP_N + 64 : 0;
     const int32_t ub = up2 ? EQ_MEL_UP_N : 0;
     /* float counts of every array, in arena order, each rounded up to 64 bytes */
-    const int32_t sizes[] = {M->taps + 1, M->taps, win, n_mels, n_mels, total, nx, ny, ny,
+    const int32_t sizes[] = {win, n_mels, n_mels, total, nx, ny, ny,
                              len + n_fft, N2 * MEL_MAX_LANES, N2 * MEL_MAX_LANES, n_bins * MEL_MAX_LANES,
                              2 * TWN, n_bins, n_bins, N2,
                              ub / 2 * MEL_MAX_LANES, ub / 2 * MEL_MAX_LANES, ub * MEL_MAX_LANES, ub * MEL_MAX_LANES,
@@ -124,7 +124,7 @@ int eq_mel_init(eq_mel *M, const eq_mel_kernels *K, int32_t n_in, int32_t up2, i
     }
     memset(M->arena, 0, bytes);
     float *p = M->arena;
-    void **slots[] = {(void **)&M->ca, (void **)&M->cb, (void **)&M->window, (void **)&M->start, (void **)&M->length,
+    void **slots[] = {(void **)&M->window, (void **)&M->start, (void **)&M->length,
                       (void **)&M->weights, (void **)&M->xp, (void **)&M->ye, (void **)&M->yo, (void **)&M->yp,
                       (void **)&M->zr, (void **)&M->zi, (void **)&M->pw, (void **)&M->tw, (void **)&M->rc,
                       (void **)&M->rs, (void **)&M->brev, (void **)&M->ur, (void **)&M->ui, (void **)&M->vr,
@@ -132,10 +132,6 @@ int eq_mel_init(eq_mel *M, const eq_mel_kernels *K, int32_t n_in, int32_t up2, i
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         *slots[i] = p;
         p += up64(sizes[i] + 16);
-    }
-    if (up2) {
-        memcpy(M->ca, ca, sizeof(float) * (size_t)(taps + 1));
-        memcpy(M->cb, cb, sizeof(float) * (size_t)taps);
     }
     memcpy(M->window, window, sizeof(float) * (size_t)win);
     memcpy(M->start, start, sizeof(int32_t) * (size_t)n_mels);

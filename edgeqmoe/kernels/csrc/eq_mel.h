@@ -32,7 +32,6 @@ typedef struct eq_mel {
     int32_t n_fft, win, hop, n_mels, frames, n_bins, len;  /* len: pre-emphasised samples */
     float preemph, log_offset, shift, inv_scale;
     /* all in one 64-byte aligned arena */
-    float *ca, *cb;             /* up2: he[0..D], ho[0..D-1] (frontend.py, upsampler_taps) */
     float *window;              /* win */
     int32_t *start, *length;    /* each filter's first bin and count */
     float *weights;             /* all filters' non-zero weights */
@@ -58,8 +57,10 @@ typedef struct eq_mel_kernels {
 /* the best variant this CPU runs, or the one named ("avx512", "avx2", "generic"); NULL if not available */
 const eq_mel_kernels *eq_mel_find(const char *name);
 
-/* returns 0, -1 (bad sizes), -2 (no memory). Arrays are copied; up2: ca holds taps + 1
- * values (he), cb taps (ho); taps (D) a multiple of 8, 2D < EQ_MEL_UP_N. */
+/* returns 0, -1 (bad sizes), -2 (no memory). Arrays are copied; up2: ca holds the even
+ * phase's half he[0..D] (taps = D), cb the odd phase's ho[0..D-1] (frontend.py,
+ * upsampler_taps), read only here, into the phases' spectra; D a multiple of 8,
+ * 2D < EQ_MEL_UP_N. */
 int eq_mel_init(eq_mel *M, const eq_mel_kernels *K, int32_t n_in, int32_t up2, int32_t taps,
                 const float *ca, const float *cb, float preemph, int32_t n_fft, int32_t win, int32_t hop,
                 const float *window, int32_t n_mels, const int32_t *start, const int32_t *length,

@@ -116,6 +116,33 @@ static inline MEL_T void MF(transpose)(VF *a) {
     }
 }
 
+/* MEL_VW rows of samples (row l at src[l] + t, t a multiple of MEL_VW) into the lanes of
+ * a complex FFT's input in bit-reversed order: z[n] = s[2n] + i s[2n + 1] for the MEL_VW
+ * samples from t on, times the window w (NULL: none); brev >> shift is the reversal */
+static inline MEL_T void MF(rows_to_lanes)(const float *const *src, int32_t t, const float *w, const int32_t *brev,
+                                           int32_t shift, float *zr, float *zi) {
+    VF a[MEL_VW];
+    for (int32_t l = 0; l < MEL_VW; l++) a[l] = MF(ld)(src[l] + t);
+    MF(transpose)(a);
+    for (int32_t i = 0; i < MEL_VW; i += 2) {
+        const size_t r = (size_t)(brev[(t + i) / 2] >> shift) * MEL_VW;
+        MF(st)(zr + r, w ? a[i] * w[t + i] : a[i]), MF(st)(zi + r, w ? a[i + 1] * w[t + i + 1] : a[i + 1]);
+    }
+}
+
+/* bin k (0 <= k <= N2) of the real FFT of 2 N2 samples from the complex FFT z of N2 points
+ * of their even + i odd samples, times 2: X = (Z[k] + conj Z[N2-k]) + e^{-i pi k / N2}
+ * (Z[k] - conj Z[N2-k]) / i; c, s: cos and sin of pi k / N2 */
+static inline MEL_T void MF(real_bin)(const float *zr, const float *zi, int32_t N2, int32_t k, float c1, float s1,
+                                      VF *xr, VF *xi) {
+    const int32_t m = (N2 - k) & (N2 - 1), kk = k & (N2 - 1);
+    const VF zrk = MF(ld)(zr + (size_t)kk * MEL_VW), zik = MF(ld)(zi + (size_t)kk * MEL_VW);
+    const VF zrm = MF(ld)(zr + (size_t)m * MEL_VW), zim = MF(ld)(zi + (size_t)m * MEL_VW);
+    const VF c = MF(bc)(c1), s = MF(bc)(s1);
+    const VF fer = zrk + zrm, fei = zik - zim, for_ = zik + zim, foi = zrm - zrk;
+    *xr = fer + for_ * c + foi * s, *xi = fei + foi * c - for_ * s;
+}
+
 /* up2: the even (ye) and odd (yo) samples of the 2x-upsampled signal, by overlap-save FFT
  * convolution with the two phases of the filter: blocks of EQ_MEL_UP_N inputs, one per
  * lane, give EQ_MEL_UP_N - 2D outputs each. A real FFT of the block (a complex FFT of half
@@ -131,23 +158,12 @@ static MEL_T void MF(upsample)(const eq_mel *M) {
             const int32_t b = b0 + l < M->nblk ? b0 + l : M->nblk - 1;
             src[l] = M->xp + M->lpad + b * L - D;
         }
-        for (int32_t m0 = 0; m0 < NB; m0 += MEL_VW) { /* z[n] = xb[2n] + i xb[2n + 1], bit-reversed */
-            VF a[MEL_VW];
-            for (int32_t l = 0; l < MEL_VW; l++) a[l] = MF(ld)(src[l] + m0);
-            MF(transpose)(a);
-            for (int32_t i = 0; i < MEL_VW; i += 2) {
-                const int32_t r = M->ubrev[(m0 + i) / 2] >> 1; /* 8-bit reversal from the 9-bit table */
-                MF(st)(ur + (size_t)r * MEL_VW, a[i]), MF(st)(ui + (size_t)r * MEL_VW, a[i + 1]);
-            }
-        }
+        for (int32_t m0 = 0; m0 < NB; m0 += MEL_VW) /* the 9-bit reversal table shifted: 8 bits */
+            MF(rows_to_lanes)(src, m0, NULL, M->ubrev, 1, ur, ui);
         MF(fft)(ur, ui, NU, M->tw);
         for (int32_t k = 0; k <= NU; k++) {
-            const int32_t m = (NU - k) & (NU - 1), kk = k & (NU - 1);
-            const VF zrk = MF(ld)(ur + (size_t)kk * MEL_VW), zik = MF(ld)(ui + (size_t)kk * MEL_VW);
-            const VF zrm = MF(ld)(ur + (size_t)m * MEL_VW), zim = MF(ld)(ui + (size_t)m * MEL_VW);
-            const VF c = MF(bc)(M->uc[k]), s = MF(bc)(M->us[k]);
-            const VF fer = zrk + zrm, fei = zik - zim, for_ = zik + zim, foi = zrm - zrk;
-            const VF xr = fer + for_ * c + foi * s, xi = fei + foi * c - for_ * s; /* 2 X[k] */
+            VF xr, xi; /* 2 X[k] */
+            MF(real_bin)(ur, ui, NU, k, M->uc[k], M->us[k], &xr, &xi);
             const VF ger = MF(bc)(M->gs[4 * k]), gei = MF(bc)(M->gs[4 * k + 1]);
             const VF gor = MF(bc)(M->gs[4 * k + 2]), goi = MF(bc)(M->gs[4 * k + 3]);
             const VF yer = xr * ger - xi * gei, yei = xr * gei + xi * ger;
@@ -200,43 +216,26 @@ static MEL_T void MF(interleave)(const eq_mel *M) {
 static MEL_T void MF(batch)(const eq_mel *M, int32_t f0, float *out) {
     const int32_t N2 = M->n_fft / 2, W = M->win;
     float *zr = M->zr, *zi = M->zi;
-    int32_t base[MEL_VW];
+    const float *src[MEL_VW]; /* each lane's frame: the win samples under its window */
     for (int32_t l = 0; l < MEL_VW; l++) {
         const int32_t f = f0 + l < M->frames ? f0 + l : M->frames - 1;
-        base[l] = f * M->hop + (M->n_fft - W) / 2;
+        src[l] = M->yp + f * M->hop + (M->n_fft - W) / 2;
     }
-    /* frames into the lanes, in bit-reversed order: z[n] = s[2n] + i s[2n + 1]. MEL_VW
-     * samples of each of the MEL_VW frames, transposed in registers, so that each vector
-     * holds one sample of every frame */
+    /* frames into the lanes, in bit-reversed order, MEL_VW samples of each at a time
+     * transposed in registers, so that each vector holds one sample of every frame */
     int32_t t = 0;
-    for (; t + MEL_VW <= W; t += MEL_VW) {
-        VF a[MEL_VW];
-        for (int32_t l = 0; l < MEL_VW; l++) a[l] = MF(ld)(M->yp + base[l] + t);
-        MF(transpose)(a);
-        for (int32_t i = 0; i < MEL_VW; i += 2) {
-            const int32_t r = M->brev[(t + i) / 2];
-            MF(st)(zr + (size_t)r * MEL_VW, a[i] * M->window[t + i]);
-            MF(st)(zi + (size_t)r * MEL_VW, a[i + 1] * M->window[t + i + 1]);
-        }
-    }
+    for (; t + MEL_VW <= W; t += MEL_VW) MF(rows_to_lanes)(src, t, M->window, M->brev, 0, zr, zi);
     for (int32_t n = t / 2; n < N2; n++) { /* the rest of the window, then zeros */
         float *r = zr + (size_t)M->brev[n] * MEL_VW, *q = zi + (size_t)M->brev[n] * MEL_VW;
         const int32_t u = 2 * n;
         const float w0 = u < W ? M->window[u] : 0.0f, w1 = u + 1 < W ? M->window[u + 1] : 0.0f;
-        for (int32_t l = 0; l < MEL_VW; l++) {
-            const float *y = M->yp + base[l] + u;
-            r[l] = u < W ? y[0] * w0 : 0.0f, q[l] = u + 1 < W ? y[1] * w1 : 0.0f;
-        }
+        for (int32_t l = 0; l < MEL_VW; l++)
+            r[l] = u < W ? src[l][u] * w0 : 0.0f, q[l] = u + 1 < W ? src[l][u + 1] * w1 : 0.0f;
     }
     MF(fft)(zr, zi, N2, M->tw);
-    /* the real FFT's bins from the complex one, then the power */
-    for (int32_t k = 0; k < M->n_bins; k++) {
-        const int32_t m = (N2 - k) & (N2 - 1), kk = k & (N2 - 1);
-        const VF zrk = MF(ld)(zr + (size_t)kk * MEL_VW), zik = MF(ld)(zi + (size_t)kk * MEL_VW);
-        const VF zrm = MF(ld)(zr + (size_t)m * MEL_VW), zim = MF(ld)(zi + (size_t)m * MEL_VW);
-        const VF c = MF(bc)(M->rc[k]), s = MF(bc)(M->rs[k]);
-        const VF fer = zrk + zrm, fei = zik - zim, for_ = zik + zim, foi = zrm - zrk;
-        const VF xr = fer + for_ * c + foi * s, xi = fei + foi * c - for_ * s;
+    for (int32_t k = 0; k < M->n_bins; k++) { /* the real FFT's bins, their power */
+        VF xr, xi; /* 2 X[k] */
+        MF(real_bin)(zr, zi, N2, k, M->rc[k], M->rs[k], &xr, &xi);
         MF(st)(M->pw + (size_t)k * MEL_VW, (xr * xr + xi * xi) * 0.25f);
     }
     /* the filters, the log */

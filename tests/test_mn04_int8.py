@@ -97,8 +97,9 @@ def test_bad_operation_lists_are_refused_with_what_is_wrong(int8_net):
 
 def test_the_daemon_runs_on_the_integer_embedder(tmp_path):
     """The stable profile runs mn04 on the integer kernels (`model.embedder_runtime:
-    int8`): it hears the dog bark, says so in its start record, and loads neither torch
-    nor ONNX Runtime."""
+    int8`): it hears the dog bark, says so in its start record, and loads none of the
+    heavy libraries it does not need: neither torch nor ONNX Runtime, nor scipy or librosa,
+    nor pydantic (typer from 0.29 imports it at every start, +13.6 MB resident) or ssl."""
     import subprocess
 
     from edgeqmoe.daemon.sinks import read_jsonl
@@ -108,7 +109,7 @@ def test_the_daemon_runs_on_the_integer_embedder(tmp_path):
     clip = os.path.join(US8K, "fold1", "101415-3-0-2.flac")
     code = ("import sys\nfrom edgeqmoe.cli import app\n"
             "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
-            "print('loaded:', sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))\nsys.exit(code)\n")
+            "print('loaded:', sorted(m for m in ('torch', 'onnxruntime', 'scipy', 'librosa', 'pydantic', 'ssl') if m in sys.modules))\nsys.exit(code)\n")
     env = {**os.environ, "EDGEQMOE_WEIGHTS_DIR": MODELS, "EDGEQMOE_CACHE_DIR": str(tmp_path / "cache")}
     for run in (1, 2):  # the first start converts the weights once, the second loads the bundle
         logs = tmp_path / f"logs{run}"

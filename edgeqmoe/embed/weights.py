@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -98,6 +97,8 @@ def resolve(spec: WeightsSpec, explicit: Optional[str] = None) -> Path:
 
 def fetch(spec: WeightsSpec, dest_dir: Optional[str] = None, timeout: float = 60.0) -> Path:
     """Download ``spec`` into ``dest_dir`` (default: the cache), verifying sha256."""
+    from urllib.request import urlopen  # here, not at the top: with it the daemon holds ssl (+2 MB)
+
     dest = Path(dest_dir).expanduser() if dest_dir else cache_dir()
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / spec.filename
@@ -107,7 +108,7 @@ def fetch(spec: WeightsSpec, dest_dir: Optional[str] = None, timeout: float = 60
     try:
         h = hashlib.sha256()
         try:
-            with urllib.request.urlopen(spec.url, timeout=timeout) as r, os.fdopen(fd, "wb") as f:
+            with urlopen(spec.url, timeout=timeout) as r, os.fdopen(fd, "wb") as f:
                 for block in iter(lambda: r.read(1 << 20), b""):
                     h.update(block)
                     f.write(block)

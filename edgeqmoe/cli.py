@@ -571,7 +571,7 @@ def bench_latency(
     profile: Optional[List[str]] = typer.Option(None, "--profile", "-p", help="Profiles to time (repeat); default all."),
     data: str = typer.Option(..., "--data", help="Audio to replay: a dataset (CSV or folder) or a folder of files."),
     windows: int = typer.Option(2000, min=10, help="Windows per profile."),
-    window: Optional[float] = typer.Option(None, help="Window length in seconds (default: each profile's)."),
+    window: Optional[float] = typer.Option(None, help="Window length in seconds (default: each profile's; its hop keeps its share of the window)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Also write the results as JSON."),
 ):
     """Per-window latency of each profile's pipeline, and stable vs uniform routing."""

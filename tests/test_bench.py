@@ -95,7 +95,11 @@ def test_bench_latency_tiny(tmp_path, monkeypatch, us8k):
     # modelled energy per window: its median CPU time x the machine class's watts per core
     w = float(row["energy_model"].split(" x ")[1].split(" W/core")[0])
     assert row["energy_mj_p50"] == pytest.approx(row["cpu_ms"]["p50"] * w, rel=1e-3, abs=1e-4)
-    assert "mJ per window" in r.stdout and "modelled: cpu-time x" in r.stdout
+    # and per hour of listening: one window every hop
+    assert row["hop_s"] == 1.0
+    assert row["energy_j_per_hour"] == pytest.approx(row["energy_mj_p50"] * 3600 / row["hop_s"] / 1e3, rel=2e-3)
+    assert "mJ per window" in r.stdout and "J per hour of listening (3600 windows)" in r.stdout
+    assert "modelled: cpu-time x" in r.stdout
 
 
 def test_bench_models_tiny(tmp_path):

@@ -50,8 +50,9 @@ def bench_profile(name: str, paths: List[str], n: int, window: Optional[float] =
     from ..daemon.pipeline import Pipeline
     from ..daemon.profiles import load_profile
 
-    overrides = {"audio": {"window": window, "hop": window / 2}} if window else None
-    p = load_profile(name, overrides)
+    p = load_profile(name)
+    if window:  # another window length, each profile keeping its own hop as a share of its window
+        p = load_profile(name, {"audio": {"window": window, "hop": window * p.audio.hop / p.audio.window}})
     pipe = Pipeline.from_profile(p)
     threads = apply_threads(p.runtime.threads)  # as the daemon does: its threads, BLAS included
     sr = p.audio.sample_rate
@@ -84,10 +85,12 @@ def bench_profile(name: str, paths: List[str], n: int, window: Optional[float] =
     w_core = POWER_MODEL_W_PER_CORE[cls]
     cpu = percentiles(cpu_ms)
     energy = {"cpu_ms": cpu, "energy_mj_p50": round(cpu["p50"] * w_core, 4),
+              # listening for an hour: one window every hop, at the median window's energy
+              "energy_j_per_hour": round(cpu["p50"] * w_core * 3600 / p.audio.hop / 1e3, 3),
               "energy_model": f"cpu-time x {w_core} W/core ({cls})"}
     return {"profile": p.name, "bundle": pipe.built.bundle, "fallback": bool(pipe.built.fallback),
             "embedder": pipe.embedder.info.id, "model": pipe.model.kind, "experts": list(pipe.model.experts),
-            "window_s": p.audio.window, "n": len(embs),
+            "window_s": p.audio.window, "hop_s": p.audio.hop, "n": len(embs),
             "stages_ms": {k: percentiles((v)) for k, v in stages.items()},
             "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
             "torch_imported": "torch" in sys.modules, "threads": threads, **energy, "_embeddings": embs,
@@ -187,13 +190,14 @@ def format_table(res: Dict) -> str:
     lines = [f"machine: {describe(res['machine'])}", ""]
     for r in res["rows"]:
         lines.append(f"{r['profile']} ({r['model']} {'/'.join(r['experts'])}, {r['embedder']}, {r['window_s']:g} s "
-                     f"windows, n={r['n']}, threads {r['threads']}, RSS {r['rss_mb']} MB, torch imported: {r['torch_imported']}"
+                     f"windows every {r['hop_s']:g} s, n={r['n']}, threads {r['threads']}, RSS {r['rss_mb']} MB, torch imported: {r['torch_imported']}"
                      + (", FALLBACK bundle" if r["fallback"] else "") + ")")
         for k, s in r["stages_ms"].items():
             lines.append(f"  {k:9} p50 {s['p50']:8.3f}  p95 {s['p95']:8.3f}  p99 {s['p99']:8.3f}  max {s['max']:8.3f}"
                          f"  std {s['std']:7.3f} ms")
         lines.append(f"  energy    {r['energy_mj_p50']:.4f} mJ per window at the median CPU time "
-                     f"({r['cpu_ms']['p50']:.3f} ms), modelled: {r['energy_model']}")
+                     f"({r['cpu_ms']['p50']:.3f} ms), {r['energy_j_per_hour']:.3f} J per hour of listening "
+                     f"({3600 / r['hop_s']:.0f} windows), modelled: {r['energy_model']}")
     s = res.get("stability")
     if s:
         lines += ["", f"stable head latency ({'/'.join(s['experts'])}, top-{s['top_k']}), {s['n_each']} windows each, "

@@ -16,12 +16,14 @@ from edgeqmoe.inspect.logs import compare, summary
 CLASSES = ["dog", "siren", "rain"]
 
 
-def write_known_log(folder, n=100, head_ms=lambda i: 0.5, t0=1_800_000_000.0, decided_every=2, clean=True):
+def write_known_log(folder, n=100, head_ms=lambda i: 0.5, t0=1_800_000_000.0, decided_every=2, clean=True,
+                    hop_s=1.0):
     """A log with known content: n windows, one a second."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "daemon.jsonl"), "w") as f:
         f.write(json.dumps({"v": 1, "type": "daemon", "event": "start", "t_wall": t0, "classes": CLASSES,
-                            "experts": ["bitnet", "q4"], "window_schema": {"energy_method": "modelled"}}) + "\n")
+                            "experts": ["bitnet", "q4"], "window_schema": {"energy_method": "modelled"},
+                            "hop_s": hop_s}) + "\n")
         if clean:
             f.write(json.dumps({"v": 1, "type": "daemon", "event": "stop", "t_wall": t0 + n + 1, "windows": n,
                                 "dropped_samples": 7}) + "\n")
@@ -55,6 +57,36 @@ def test_summary_numbers_of_a_known_log(tmp_path):
     assert s["capture_lag_ms"]["max"] == 9.0 and s["energy_per_inference_mj"]["mean"] == 2.0
     assert s["energy_method"] == ["modelled"] and s["power_method"] == ["modelled"]
     assert s["bad_lines"] == 0 and s["unknown_records"] == 0
+    # per hour of listening: 2 mJ a window, a window a hop (1 s): 7.2 J
+    assert s["energy_per_hour_j"] == 7.2 and s["listened_s"] == 100 and s["energy_total_mj"] == 200
+
+
+def test_energy_per_hour_follows_each_devices_hop(tmp_path):
+    """A window stands for one hop of audio: the hop of its run (start) or of the reload
+    before it; in a fleet each device's own."""
+    write_known_log(tmp_path / "a", hop_s=2.0)
+    assert summary(tmp_path / "a")["energy_per_hour_j"] == 3.6
+    # a reload halfway that halves the hop: 50 windows of 2 s, 50 of 1 s
+    with open(tmp_path / "a" / "daemon.jsonl", "a") as f:
+        f.write(json.dumps({"v": 1, "type": "daemon", "event": "reload", "t_wall": 1_800_000_000.0 + 50.5,
+                            "hop_s": 1.0}) + "\n")
+    s = summary(tmp_path / "a")
+    assert s["listened_s"] == 150 and s["energy_per_hour_j"] == 4.8
+    # a fleet: device b (hop 1) started after a, which is still at hop 2 for its windows
+    write_known_log(tmp_path / "c", hop_s=2.0, t0=1_800_000_000.0)
+    write_known_log(tmp_path / "b", hop_s=1.0, t0=1_800_000_010.0)
+    for name, dev in (("c", "dev-c"), ("b", "dev-b")):
+        p = tmp_path / name / "daemon.jsonl"
+        p.write_text("".join(json.dumps({**json.loads(line), "device": dev}) + "\n" for line in p.read_text().splitlines()))
+    fleet = summary([tmp_path / "c", tmp_path / "b"])
+    assert fleet["devices"]["dev-c"]["energy_per_hour_j"] == 3.6 and fleet["devices"]["dev-b"]["energy_per_hour_j"] == 7.2
+    assert fleet["listened_s"] == 300 and fleet["energy_per_hour_j"] == 4.8
+    text = CliRunner().invoke(app, ["logs", "summary", str(tmp_path / "c")]).output
+    assert "energy per hour of listening: 3.600 J" in text
+    # no hop recorded (an older log): no figure, no line
+    write_known_log(tmp_path / "old", hop_s=None)
+    assert summary(tmp_path / "old")["energy_per_hour_j"] is None
+    assert "per hour" not in CliRunner().invoke(app, ["logs", "summary", str(tmp_path / "old")]).output
 
 
 def test_summary_time_filter(tmp_path):

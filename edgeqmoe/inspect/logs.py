@@ -7,9 +7,10 @@ records of unknown type instead of failing (``edgeqmoe.daemon.sinks.read_jsonl``
 
 from __future__ import annotations
 
+import bisect
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -251,6 +252,10 @@ def summary(folder, since=None, until=None) -> Dict:
                    [r for _, L in loaded for r in _runs(L)], _merge_clips([clips_of(L, f) for f, L in loaded]))
     out["devices"] = devices
     out["restarts"] = sum(d["restarts"] for d in devices.values())
+    # each device's hops apply to its own windows: the fleet's energy per hour from theirs
+    for k in ("energy_total_mj", "listened_s"):
+        out[k] = round(sum(d[k] for d in devices.values()), 3)
+    out["energy_per_hour_j"] = _per_hour_j(out["energy_total_mj"], out["listened_s"])
     return out
 
 
@@ -261,6 +266,31 @@ def _merge_clips(parts: List[Dict]) -> Dict:
             withheld[k] = withheld.get(k, 0) + v
     return {"count": sum(c["count"] for c in parts), "bytes": sum(c["bytes"] for c in parts), "withheld": withheld,
             "files": [f for c in parts for f in c["files"]]}
+
+
+def _energy_listened(ws: List[Dict], ds: List[Dict]) -> Tuple[float, float]:
+    """The windows' energy in mJ (quiet ones included) and the seconds of audio they stand
+    for, one hop each (the hop of the start or reload before them; one device's records)."""
+    hops = sorted((d["t_wall"], d["hop_s"]) for d in ds
+                  if d.get("event") in ("start", "reload") and _is_num(d.get("hop_s")) and d["hop_s"] > 0
+                  and _is_num(d.get("t_wall")))
+    if not hops:
+        return 0.0, 0.0
+    times = [t for t, _ in hops]
+    mj = seconds = 0.0
+    for w in ws:
+        e, t = w.get("energy_mj"), w.get("t_wall")
+        if e is None or not _is_num(t):
+            continue
+        i = bisect.bisect_right(times, t) - 1
+        if i < 0:
+            continue
+        mj, seconds = mj + e, seconds + hops[i][1]
+    return mj, seconds
+
+
+def _per_hour_j(mj: float, seconds: float) -> Optional[float]:
+    return round(mj / seconds * 3600 / 1e3, 4) if seconds else None
 
 
 def _summary(folder: str, L: Dict, runs: List[Dict], clips: Dict) -> Dict:
@@ -288,6 +318,7 @@ def _summary(folder: str, L: Dict, runs: List[Dict], clips: Dict) -> Dict:
     stages = {k: percentiles([w["stages_ms"][k] for w in ran if k in w.get("stages_ms", {})]) for k in STAGES}
     lag = [w["capture_lag_ms"] for w in ws if w.get("capture_lag_ms") is not None]
     energy = [w["energy_mj"] for w in ws if w.get("energy_mj") is not None]
+    listened = _energy_listened(ws, ds)
     methods = sorted({w.get("energy_method") for w in ws if w.get("energy_method")})
     power_methods = sorted({s.get("power_method") for s in st if s.get("power_method")})
     dropped = max([d["dropped_samples"] for d in stops if _is_num(d.get("dropped_samples"))] +
@@ -304,7 +335,9 @@ def _summary(folder: str, L: Dict, runs: List[Dict], clips: Dict) -> Dict:
         "undecided": sum(1 for w in ws if w.get("decision") is None),
         "latency_ms": stages, "jitter_ms": {k: v.get("std") for k, v in stages.items() if v},
         "capture_lag_ms": percentiles(lag), "dropped_samples": int(dropped),
-        "energy_per_inference_mj": percentiles(energy), "energy_method": methods, "power_method": power_methods,
+        "energy_per_inference_mj": percentiles(energy), "energy_per_hour_j": _per_hour_j(*listened),
+        "energy_total_mj": round(listened[0], 3), "listened_s": round(listened[1], 3),
+        "energy_method": methods, "power_method": power_methods,
         "power_w": percentiles([s["power_w"] for s in st if s.get("power_w") is not None]),
         "co2_ug_per_inference": (round(co2_ug(float(np.mean(energy)), _grid(starts)), 5)
                                  if energy else None),
@@ -389,6 +422,9 @@ def format_summary(s: Dict) -> str:
         lines.append(f"energy per inference: mean {e['mean']:.3f} mJ, p99 {e['p99']:.3f} mJ "
                      f"({'/'.join(s['energy_method'])}), {s['co2_ug_per_inference']:.4f} ug CO2 at "
                      f"{s['grid_gco2_per_kwh']:g} g/kWh; power {'/'.join(s['power_method']) or 'n/a'}")
+        if s.get("energy_per_hour_j") is not None:
+            lines.append(f"energy per hour of listening: {s['energy_per_hour_j']:.3f} J (each window's energy over "
+                         "the audio it stands for, one hop)")
     c = s.get("clips")
     if c and (c["count"] or c["withheld"]):
         lines.append(f"clips: {c['count']} kept ({c['bytes'] / 1e6:.2f} MB), withheld: "

@@ -748,8 +748,9 @@ def test_terminal_says_what_listens_prints_events_and_pipes_json(tmp_path, us8k)
                  str(tmp_path / "l"), "--device", "test-box"])
     assert r.returncode == 0, r.stderr
     lines = r.stderr.splitlines()
-    assert lines[0].startswith("edgeqmoe: test-box listening to 1 file(s) (as fast as possible); profile p, model "
-                               "balanced-weightfree.eqm") and f"logs in {tmp_path / 'l'}" in lines[0]
+    assert lines[0].startswith("edgeqmoe: test-box listening to 1 file(s) (as fast as possible); profile p (2 s "
+                               "windows, a decision every 1 s), model balanced-weightfree.eqm")
+    assert f"logs in {tmp_path / 'l'}" in lines[0]
     told = [x for x in lines if " in 101415-3-0-2.flac at " in x]
     events = list(read_jsonl(tmp_path / "l" / "events.jsonl"))
     assert events and len(told) == len(events) and told[0].split()[1] == events[0]["class"]

@@ -401,7 +401,8 @@ class Daemon:
         if self.clips is not None:
             extras.append(f"clips in {self.clips.folder}{' (none where speech is heard)' if p.clips.privacy else ''}")
         desc = src.describe() if hasattr(src, "describe") else self.source_spec
-        self.echo(f"edgeqmoe: {self.device} listening to {desc}; profile {p.name}, model {Path(f['bundle']).name} "
+        self.echo(f"edgeqmoe: {self.device} listening to {desc}; profile {p.name} ({p.audio.window:g} s windows, "
+                  f"a decision every {p.audio.hop:g} s), model {Path(f['bundle']).name} "
                   f"({f['model']}, kernel {f['kernel']}), embedder {f['embedder']['id']} ({f['embedder']['runtime']}), "
                   f"{'; '.join(extras)}; "
                   f"logs in {self.log_dir}")

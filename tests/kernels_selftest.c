@@ -184,7 +184,8 @@ static int check_cnn(const char *name, int *checks) {
         free(mel), free(e1), free(e2);
     }
     /* a whole small network: stem, a residual block with squeeze-excitation, a strided
-     * block, a 40-input pointwise layer, pooling, two dense layers */
+     * block, a 40-input pointwise layer, two pointwise layers with 16-bit codes, pooling,
+     * two dense layers */
     eq_cnn_op ops[16];
     int n = 0;
     ops[n++] = conv_op(EQ_CNN_STEM, -1, 0, -1, 1, 8, 3, 2, EQ_CNN_ACT_HS);
@@ -197,9 +198,11 @@ static int check_cnn(const char *name, int *checks) {
     se.scale = fill_f(20, 0.01f, 0.1f), se.zero = fill_i(20, 0, 40);
     ops[n++] = se;
     ops[n++] = conv_op(EQ_CNN_PW, 2, 1, 0, 20, 8, 1, 1, EQ_CNN_ACT_NONE);
+    ops[n - 1].w_lo = fill_b(8 * 20); /* 16-bit codes (high and low parts), with a residual */
     ops[n++] = conv_op(EQ_CNN_DW, 1, 0, -1, 8, 8, 3, 2, EQ_CNN_ACT_HS);
     ops[n++] = conv_op(EQ_CNN_DW, 0, 1, -1, 8, 8, 3, 1, EQ_CNN_ACT_RELU); /* 8 channels, stride 1: pixel pairs */
     ops[n++] = conv_op(EQ_CNN_PW, 1, 2, -1, 8, 40, 1, 1, EQ_CNN_ACT_HS);
+    ops[n - 1].w_lo = fill_b(40 * 8); /* 16-bit codes, 40 outputs: whole vectors and a tail */
     ops[n++] = conv_op(EQ_CNN_PW, 2, 1, -1, 40, 40, 1, 1, EQ_CNN_ACT_HS); /* 40 inputs: whole groups and a rest */
     eq_cnn_op pool, d1, d2;
     memset(&pool, 0, sizeof pool);

@@ -151,7 +151,7 @@ def test_bench_embedders_times_mn04_on_each_runtime(tmp_path, weights_dir):
         assert r["median_ms"] > 0 and r["p99_ms"] >= r["median_ms"] and r["n"] == 3 and r["window_s"] == 1.0
     assert rows[("mn04/onnxruntime", "whole")]["impl"] == "mn04/onnxruntime-fp32"
     assert rows[("mn04/torch", "network")]["runtime"] == "torch-fp32"
-    assert rows[("mn04/int8", "network")]["impl"] == "mn04/int8" and rows[("mn04/int8", "whole")]["version"] == "1-int8"
+    assert rows[("mn04/int8", "network")]["impl"] == "mn04/int8" and rows[("mn04/int8", "whole")]["version"] == "2-int8"
     for who in ("mn04/int8 whole", "mn04/int8 network", "mn04/onnxruntime network"):
         assert re.search(who + r": [0-9.]+x (faster|slower) than mn04/torch", res.output), res.output
     assert re.search(r"mn04/int8 network: [0-9.]+x (faster|slower) than mn04/onnxruntime", res.output)

@@ -120,7 +120,7 @@ def test_the_daemon_runs_on_the_integer_embedder(tmp_path):
         assert ("for the integer kernels (once)" in r.stderr) == (run == 1), r.stderr
         daemon = list(read_jsonl(logs / "daemon.jsonl"))
         start = next(d for d in daemon if d["event"] == "start")
-        assert start["embedder"]["runtime"] == "int8" and start["embedder"]["version"] == "1-int8"
+        assert start["embedder"]["runtime"] == "int8" and start["embedder"]["version"] == "2-int8"
         assert any(d["event"] == "embedder_converted" for d in daemon) == (run == 1)
         assert [e["class"] for e in read_jsonl(logs / "events.jsonl")] == ["dog_bark"]
     assert len(list((tmp_path / "cache" / "embedders").glob("mn04-int8-*.safetensors"))) == 1
@@ -206,7 +206,7 @@ def test_calibration_tool_runs_and_measures_fewer_pointwise_bits():
                             "--weights", MODELS, "--calibrate", "none", "--every", "300", "--threads", "1",
                             "--pointwise-bits", str(bits)], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
-        m = re.search(rf"pointwise weights {bits} bits\) against fp32 on (\d+) windows.*cosine mean ([\d.]+)", r.stdout)
+        m = re.search(rf"pointwise weights {bits} bits, 16 bits in [^)]*\) against fp32 on (\d+) windows.*cosine mean ([\d.]+)", r.stdout)
         assert m and int(m.group(1)) >= 20, r.stdout
         means[bits] = float(m.group(2))
     assert means[8] > 0.99 and means[4] < means[8], means

@@ -97,7 +97,8 @@ def main() -> None:
     e, lg = engine.forward_mel(test)
     cos = (e * ref_e).sum(1) / np.linalg.norm(e, axis=1) / np.maximum(np.linalg.norm(ref_e, axis=1), 1e-12)
     top1 = float((lg.argmax(1) == ref_l.argmax(1)).mean())
-    print(f"integer mn04 ({engine.variant}, pointwise weights {args.pointwise_bits} bits) against fp32 on {len(test)} windows of the {args.test} clips: "
+    print(f"integer mn04 ({engine.variant}, pointwise weights {args.pointwise_bits} bits, "
+          f"16 bits in {', '.join(M.WIDE_LAYERS)}) against fp32 on {len(test)} windows of the {args.test} clips: "
           f"embedding cosine mean {cos.mean():.5f} min {cos.min():.5f}, AudioSet top-1 agreement {100 * top1:.1f}%")
     print(f"{time.time() - t0:.0f} s")
 

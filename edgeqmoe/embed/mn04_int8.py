@@ -207,10 +207,11 @@ def _qparams(lo: np.ndarray, hi: np.ndarray):
 
 
 def _quant_rows(w: np.ndarray, bits: int = 8):
-    """Codes per output row (axis 0), symmetric, in int8: (codes, scales). 8 bits: max-abs
-    scale. Fewer bits: per row the clipping (1.0 to 0.5 of max-abs) with the least squared
-    error."""
-    qmax = 2 ** (bits - 1) - 1
+    """Codes per output row (axis 0), symmetric: (codes, scales). 8 bits: int8 codes, max-abs
+    scale. 16 bits: int16 codes up to 127 x 256 (so that the engine splits each into an int8
+    high and low part), max-abs scale. Fewer than 8: per row the clipping (1.0 to 0.5 of
+    max-abs) with the least squared error, in int8."""
+    qmax = 127 * 256 if bits == 16 else 2 ** (bits - 1) - 1
     W = w.reshape(w.shape[0], -1).astype(np.float64)
     amax = np.abs(W).max(axis=1)
     best_q = best_s = best_err = None
@@ -223,22 +224,31 @@ def _quant_rows(w: np.ndarray, bits: int = 8):
         else:
             m = err < best_err
             best_q[m], best_s[m], best_err[m] = q[m], scale[m], err[m]
-    return best_q.astype(np.int8).reshape(w.shape), best_s
+    return best_q.astype(np.int16 if bits == 16 else np.int8).reshape(w.shape), best_s
 
 
-def quantize(net: dict, calib: Dict[str, np.ndarray], pointwise_bits: int = 8) -> dict:
+# Pointwise layers whose weights get 16-bit codes (their inputs and outputs stay uint8): the
+# projections of blocks 1-6, where the input scales folded into each row differ most; with
+# int8 codes there they set the embedding's worst case (cosine min over the shared clips'
+# 8,592 windows 0.973 -> 0.984; docs/int8.md), for 1.2 M of the 12.3 M multiply-accumulates
+WIDE_LAYERS = ("b1.project", "b2.project", "b3.project", "b4.project", "b5.project", "b6.project")
+
+
+def quantize(net: dict, calib: Dict[str, np.ndarray], pointwise_bits: int = 8,
+             wide: Tuple[str, ...] = WIDE_LAYERS) -> dict:
     """The float network and its calibration -> the integer network (what the C engine runs).
-    ``pointwise_bits`` < 8 restricts the pointwise weights' codes to that many bits (still
-    stored as int8): how much accuracy 4-bit pointwise weights would cost (docs/int8.md)."""
+    Pointwise layers named in ``wide`` get 16-bit weight codes. ``pointwise_bits`` < 8
+    restricts the other pointwise weights' codes to that many bits (still stored as int8):
+    how much accuracy 4-bit pointwise weights would cost (docs/int8.md)."""
 
     def tensor(name):
         s, z = _qparams(calib[f"{name}.min"], calib[f"{name}.max"])
         return {"scale": s, "zero": z, "mean": calib[f"{name}.mean"].astype(np.float64)}
 
-    def pointwise(wb, src, dst, act):
+    def pointwise(wb, src, dst, act, name=""):
         w, b = wb
         wf = w * src["scale"][None, :]  # acts on codes minus zero
-        wq, sw = _quant_rows(wf, pointwise_bits)
+        wq, sw = _quant_rows(wf, 16 if name in wide else pointwise_bits)
         eff = wq * sw[:, None] / src["scale"][None, :]  # what the int8 weights do to real inputs
         b = b - (eff - w) @ src["mean"]
         corr = -(wq.astype(np.int64) @ src["zero"])
@@ -254,7 +264,7 @@ def quantize(net: dict, calib: Dict[str, np.ndarray], pointwise_bits: int = 8) -
         cur, qb = t, {"k": blk["k"], "stride": blk["stride"], "act": blk["act"]}
         if "expand" in blk:
             e = tensor(f"b{i}.expand")
-            qb["expand"], cur = pointwise(blk["expand"], t, e, blk["act"]), e
+            qb["expand"], cur = pointwise(blk["expand"], t, e, blk["act"], f"b{i}.expand"), e
         d = tensor(f"b{i}.dw")
         w, b = blk["dw"]
         wq, sw_raw = _quant_rows(w)
@@ -270,7 +280,7 @@ def quantize(net: dict, calib: Dict[str, np.ndarray], pointwise_bits: int = 8) -
                         "in_scale": d["scale"].astype(F32), "in_zero": d["zero"]}
             proj_in = {"scale": d["scale"], "zero": d["zero"], "mean": calib[f"b{i}.gated.mean"].astype(np.float64)}
         o = tensor(f"b{i}.out")
-        qb["project"] = pointwise(blk["project"], proj_in, o, None)
+        qb["project"] = pointwise(blk["project"], proj_in, o, None, f"b{i}.project")
         if blk["residual"]:
             qb["residual"] = {"scale": t["scale"].astype(F32), "zero": t["zero"]}
         blocks.append(qb)
@@ -379,6 +389,9 @@ def engine_ops(q: dict) -> List[dict]:
     def pw(L, src, dst, res=None):
         op = {"kind": "pw", "src": src, "dst": dst, "cin": L["w"].shape[1], "cout": L["w"].shape[0],
               "w": arr(L["w"], np.int8), "corr": arr(L["corr"], i32), **epi(L)}
+        if L["w"].dtype == np.int16:  # 16-bit codes as an int8 high part (w) and low part (w_lo): 256 hi + lo
+            hi = np.floor_divide(L["w"].astype(i32) + 128, 256)
+            op.update(w=arr(hi, np.int8), w_lo=arr(L["w"].astype(i32) - 256 * hi, np.int8))
         if res is not None:
             op.update(res=res[0], res_scale=arr(res[1]["scale"], f32), res_zero=arr(res[1]["zero"], i32))
         return op
@@ -462,7 +475,7 @@ class Engine:
 # ---------------------------------------------------------------------------------------------
 # the embedder bundle
 
-BUNDLE_VERSION = "2"  # 2: every tensor 64-byte aligned, read memory-mapped
+BUNDLE_VERSION = "3"  # 2: every tensor 64-byte aligned, read memory-mapped; 3: 16-bit codes in blocks 1-6
 _INTS = ("src", "dst", "res", "cin", "cout", "k", "stride", "act")
 
 
@@ -619,7 +632,7 @@ class MN04Int8Embedder(MelEmbedder):
     Runtime. ``kernel`` is the profile's kernel choice: a C variant, or ``ref`` for the
     numpy reference (slow; for checks)."""
 
-    info = EmbedderInfo(id="mn04", version="1-int8", sample_rate=MN04_MEL.sample_rate, dim=EMBED_DIM)
+    info = EmbedderInfo(id="mn04", version="2-int8", sample_rate=MN04_MEL.sample_rate, dim=EMBED_DIM)
     mel_spec = MN04_MEL
     runtime = "int8"
 

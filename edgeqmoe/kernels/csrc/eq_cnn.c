@@ -170,6 +170,7 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
     /* shapes: what each buffer holds after each step */
     int32_t bh[EQ_CNN_MAXBUF] = {0}, bw[EQ_CNN_MAXBUF] = {0}, bc[EQ_CNN_MAXBUF] = {0};
     size_t bsize[EQ_CNN_MAXBUF] = {0}, acc_n = 64, packed = 0;
+    int wide = 0; /* a pointwise layer with 16-bit codes: a second set of accumulators */
     int32_t vec = 0, vec_max = 64, se_max = 64, pooled = 0;
     for (int i = 0; i < nops; i++) {
         eq_cnn_op *op = &E->ops[i];
@@ -227,10 +228,13 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
         if (op->kind == EQ_CNN_DENSE) packed += up64(K->pw_bytes(op->cout, op->cin)) + up64((size_t)4 * op->cout);
         if (op->kind == EQ_CNN_SE) packed += up64((size_t)4 * 2 * op->cin * op->cout);
         if (op->kind == EQ_CNN_PW) packed += up64(K->pw_bytes(op->cout, op->cin));
+        if (op->w_lo && (op->kind != EQ_CNN_PW || op->cin > 256 || !K->pw_acc || !K->epilogue))
+            goto shape; /* 256 x 255 x 127 x cin stays below 2^31 */
+        if (op->w_lo && !K->pw_pack16) packed += up64(K->pw_bytes(op->cout, op->cin)), wide = 1;
         if (op->kind == EQ_CNN_DW) packed += up64(K->dw_bytes(op->cout, op->k));
     }
     if (!pooled) goto shape;
-    size_t total = packed + up64(acc_n * 4) + 2 * up64((size_t)vec_max * 4) + up64((size_t)se_max * 4) +
+    size_t total = packed + (size_t)(1 + wide) * up64(acc_n * 4) + 2 * up64((size_t)vec_max * 4) + up64((size_t)se_max * 4) +
                    up64((size_t)(vec_max > se_max ? vec_max : se_max) * 4) + up64((size_t)vec_max * 4);
     for (int b = 0; b < EQ_CNN_MAXBUF; b++) total += up64(bsize[b] + 64); /* + slack for whole-vector loads */
     if (posix_memalign(&E->mem, 64, total)) {
@@ -275,9 +279,16 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
                     t2[(size_t)j * C + c] = op->fw[(size_t)S * C + (size_t)c * S + j]; /* w2: C x S */
                 }
             op->packed = m, m += up64((size_t)4 * 2 * C * S);
+        } else if (op->kind == EQ_CNN_PW && op->w_lo && K->pw_pack16) { /* one 16-bit layer, as any other */
+            op->packed = m, K->pw_pack16(op->w, op->w_lo, op->cout, op->cin, m);
+            m += up64(K->pw_bytes(op->cout, op->cin));
         } else if (op->kind == EQ_CNN_PW) {
             op->packed = m, K->pw_pack(op->w, op->cout, op->cin, m);
             m += up64(K->pw_bytes(op->cout, op->cin));
+            if (op->w_lo) {
+                op->packed_lo = m, K->pw_pack(op->w_lo, op->cout, op->cin, m);
+                m += up64(K->pw_bytes(op->cout, op->cin));
+            }
         } else if (op->kind == EQ_CNN_DW) {
             op->packed = m, K->dw_pack(op->w, op->zero, op->cout, op->k, m);
             m += up64(K->dw_bytes(op->cout, op->k));
@@ -298,6 +309,7 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
     }
     for (int b = 0; b < EQ_CNN_MAXBUF; b++) E->buf[b] = (uint8_t *)m, m += up64(bsize[b] + 64);
     E->acc = (int32_t *)m, m += up64(acc_n * 4);
+    if (wide) E->acc2 = (int32_t *)m, m += up64(acc_n * 4);
     E->vec[0] = (float *)m, m += up64((size_t)vec_max * 4);
     E->vec[1] = (float *)m, m += up64((size_t)vec_max * 4);
     E->fscratch = (float *)m, m += up64((size_t)se_max * 4);
@@ -331,12 +343,21 @@ void eq_cnn_run(eq_cnn *E, const float *mel, float *emb, float *out) {
              * requantisation is fused (long runs of pixels fill the kernels' tiles), else in
              * chunks of a row, as many as the accumulators hold */
             const int32_t xs = eq_cnn_c4(op->cin), os = eq_cnn_c4(op->cout), accs = (op->cout + 15) & ~15;
-            const int32_t npix = op->h_out * op->w_out, chunk = E->K->pw_row ? npix : op->w_out;
+            const int32_t npix = op->h_out * op->w_out;
+            const int32_t chunk = (op->packed_lo ? E->K->pw_row_wide != NULL : E->K->pw_row != NULL) ? npix : op->w_out;
             for (int32_t p = 0; p < npix; p += chunk) {
                 const int32_t n = npix - p < chunk ? npix - p : chunk;
                 const uint8_t *x = E->buf[op->src] + (size_t)p * xs, *r = op->res >= 0 ? E->buf[op->res] + (size_t)p * os : NULL;
                 uint8_t *o = E->buf[op->dst] + (size_t)p * os;
-                if (E->K->pw_row) {
+                if (op->packed_lo && E->K->pw_row_wide) {
+                    E->K->pw_row_wide(op->packed, op->packed_lo, op->cout, op->cin, x, xs, n, &op->epi, r, os, o, os);
+                } else if (op->packed_lo) { /* 16-bit codes: 256 x the high sums + the low sums, then the requantisation */
+                    int32_t *restrict a = E->acc, *restrict a2 = E->acc2;
+                    E->K->pw_acc(op->packed, op->cout, op->cin, x, xs, n, a, accs);
+                    E->K->pw_acc(op->packed_lo, op->cout, op->cin, x, xs, n, a2, accs);
+                    for (int32_t j = 0; j < n * accs; j++) a[j] = a[j] * 256 + a2[j];
+                    E->K->epilogue(&op->epi, a, accs, n, op->cout, r, os, o, os);
+                } else if (E->K->pw_row) {
                     E->K->pw_row(op->packed, op->cout, op->cin, x, xs, n, &op->epi, r, os, o, os);
                 } else {
                     E->K->pw_acc(op->packed, op->cout, op->cin, x, xs, n, E->acc, accs);

@@ -44,6 +44,11 @@ typedef struct eq_cnn_op {
     int32_t h_in, w_in, h_out, w_out, pad;
     uint8_t *padded;  /* DW: that copy (the engine's memory), or NULL */
     const int8_t *w;  /* PW: cout x cin; DW: (k*k) x cout (tap-major); DENSE: cout x cin */
+    /* PW, optional: the low part of 16-bit weight codes whose high part is w: the layer's
+     * sums are 256 x (sums on w) + (sums on w_lo), the variant's accumulators run twice,
+     * then its epilogue (NULL: int8 codes, w alone) */
+    const int8_t *w_lo;
+    void *packed_lo;
     const float *fw;  /* STEM: cout x 9; SE: w1 (cout x cin) then w2 (cin x cout) */
     const float *fb;  /* SE: b1 (cout) then b2 (cin); DENSE: bias; STEM: bias */
     const float *scale; /* SE, POOL: input scales; DENSE: w_scale */
@@ -67,8 +72,8 @@ typedef struct eq_cnn_kernels {
      * w[tap][c] * (x[iy][ix][c] - zero[c]); NULL where dw_row is given */
     void (*dw_acc)(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
                    int32_t *acc, int32_t accs);
-    /* the requantisation of npix pixels after pw_acc or dw_acc (eq_cnn_epilogue); NULL
-     * where pw_row and dw_row are given */
+    /* the requantisation of npix pixels after pw_acc or dw_acc (eq_cnn_epilogue's
+     * arithmetic); the SIMD variants give theirs for 16-bit pointwise layers */
     void (*epilogue)(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
                      const uint8_t *res, int32_t rs, uint8_t *out, int32_t os);
     /* the float stem (scratch: see stem_body) and squeeze-excitation in place (fs: 2 cin
@@ -80,6 +85,13 @@ typedef struct eq_cnn_kernels {
     void (*pw_row)(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
                    const eq_cnn_epi *e, const uint8_t *res, int32_t rs, uint8_t *out, int32_t os);
     void (*dw_row)(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy, uint8_t *out);
+    /* 16-bit codes (PW ops with w_lo), optional, in this order of preference: pw_pack16
+     * packs them (256 hi + lo) into the layout pw_acc and pw_row read, where that layout
+     * is 16-bit anyway; pw_row_wide runs both int8 parts, the sums on the high part shifted
+     * 8 bits and the low part's added in registers; else pw_acc twice, then the epilogue */
+    void (*pw_row_wide)(const void *hi, const void *lo, int32_t n, int32_t k, const uint8_t *x, int32_t xs,
+                        int32_t npix, const eq_cnn_epi *e, const uint8_t *res, int32_t rs, uint8_t *out, int32_t os);
+    void (*pw_pack16)(const int8_t *hi, const int8_t *lo, int32_t n, int32_t k, void *out);
 } eq_cnn_kernels;
 
 extern const eq_cnn_kernels eq_cnn_generic;
@@ -101,7 +113,7 @@ typedef struct eq_cnn {
     int32_t n_mels, frames, emb_dim, out_dim;
     const int32_t *gate; /* EQ_CNN_GATE_N gates, 32768 = 1 */
     uint8_t *buf[EQ_CNN_MAXBUF];
-    int32_t *acc;
+    int32_t *acc, *acc2; /* acc2: the low parts' sums of 16-bit pointwise layers (NULL: none) */
     float *vec[2], *fscratch;
     int32_t *isum, *iq;
     void *mem;

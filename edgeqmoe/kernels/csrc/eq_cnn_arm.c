@@ -198,9 +198,34 @@ static void pw_row_neon(const void *packed, int32_t n, int32_t k, const uint8_t 
     }
 }
 
+/* the requantisation of npix pixels of accumulators (16-bit pointwise layers), 8
+ * channels at a time */
+static void epilogue_neon(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
+                          const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
+    for (int32_t o = 0; o < n; o += 8) {
+        const epi8 P = epi_load_neon(e, o, res != NULL);
+        for (int32_t p = 0; p < npix; p++) {
+            const int32_t *a = acc + (size_t)p * accs + o;
+            epi_apply_neon(&P, vld1q_s32(a), vld1q_s32(a + 4), res ? res + (size_t)p * rs + o : NULL, n - o,
+                           out + (size_t)p * os + o);
+        }
+    }
+}
+
+/* 16-bit codes into pw_pack_neon's layout (int16 already; vmlal sums in int32) */
+static void pw_pack16_neon(const int8_t *hi, const int8_t *lo, int32_t n, int32_t k, void *out) {
+    const int32_t n8 = (n + 7) & ~7;
+    int16_t *o = out;
+    memset(o, 0, pw_bytes_neon(n, k));
+    for (int32_t r = 0; r < n; r++)
+        for (int32_t c = 0; c < k; c++)
+            o[(size_t)c * n8 + r] = (int16_t)(256 * hi[(size_t)r * k + c] + lo[(size_t)r * k + c]);
+}
+
 const eq_cnn_kernels eq_cnn_neon = {"neon", pw_bytes_neon, pw_pack_neon, pw_acc_neon,
-                                    eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, NULL, NULL,
-                                    eq_cnn_stem_generic, eq_cnn_se_generic, pw_row_neon, dw_row_neon};
+                                    eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, NULL, epilogue_neon,
+                                    eq_cnn_stem_generic, eq_cnn_se_generic, pw_row_neon, dw_row_neon, NULL,
+                                    pw_pack16_neon};
 
 /* ==================================================================== NEON + sdot */
 
@@ -318,7 +343,7 @@ TDOT static void pw_row_dot(const void *packed, int32_t n, int32_t k, const uint
 }
 
 const eq_cnn_kernels eq_cnn_dotprod = {"dotprod", pw_bytes_dot, pw_pack_dot, pw_acc_dot,
-                                       eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, NULL, NULL,
+                                       eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, NULL, epilogue_neon,
                                        eq_cnn_stem_generic, eq_cnn_se_generic, pw_row_dot, dw_row_neon};
 
 #endif

@@ -492,9 +492,51 @@ T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8
     }
 }
 
+/* the requantisation of npix pixels of accumulators (16-bit pointwise layers, whose sums
+ * come in two parts): 16 channels at a time, the parameters loaded once per 16 */
+T512 static void epilogue_512(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
+                              const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
+    for (int32_t o = 0; o < n; o += 16) {
+        const __mmask16 m = tail16(n - o);
+        const epi512 P = epi_load_512(e, o, res != NULL);
+        for (int32_t p = 0; p < npix; p++)
+            epi_apply_512(&P, _mm512_loadu_si512((const void *)(acc + (size_t)p * accs + o)),
+                          res ? res + (size_t)p * rs + o : NULL, m, out + (size_t)p * os + o);
+    }
+}
+
+/* pw_row_512 for 16-bit codes: each tile's sums on the high part, shifted 8 bits, plus its
+ * sums on the low part, requantised without leaving the registers */
+T512 static void pw_row_wide_512(const void *hi, const void *lo, int32_t n, int32_t k, const uint8_t *x, int32_t xs,
+                                 int32_t npix, const eq_cnn_epi *e, const uint8_t *res, int32_t rs, uint8_t *out,
+                                 int32_t os) {
+    const int32_t n16 = up16(n), kq = eq_cnn_c4(k) / 4;
+    const int8_t *wh = hi, *wl = lo;
+    for (int32_t o = 0; o < n16; o += 16) {
+        const __mmask16 m = tail16(n - o);
+        const epi512 P = epi_load_512(e, o, res != NULL);
+        int32_t p = 0;
+        for (; p + PW_TILE <= npix; p += PW_TILE) {
+            __m512i a[PW_TILE], b[PW_TILE];
+            tile8_512(wh, n16, kq, o, x + (size_t)p * xs, xs, a);
+            tile8_512(wl, n16, kq, o, x + (size_t)p * xs, xs, b);
+#pragma GCC unroll 8
+            for (int j = 0; j < PW_TILE; j++)
+                epi_apply_512(&P, _mm512_add_epi32(_mm512_slli_epi32(a[j], 8), b[j]),
+                              res ? res + (size_t)(p + j) * rs + o : NULL, m, out + (size_t)(p + j) * os + o);
+        }
+        for (; p < npix; p++) {
+            const uint8_t *xp = x + (size_t)p * xs;
+            const __m512i a0 = _mm512_add_epi32(_mm512_slli_epi32(px16_512(wh, n16, kq, o, xp), 8),
+                                                px16_512(wl, n16, kq, o, xp));
+            epi_apply_512(&P, a0, res ? res + (size_t)p * rs + o : NULL, m, out + (size_t)p * os + o);
+        }
+    }
+}
+
 const eq_cnn_kernels eq_cnn_avx512 = {"avx512", pw_bytes_512, pw_pack_512, pw_acc_512,
-                                      dw_bytes_512, dw_pack_512, NULL, NULL,
-                                      stem_512, se_512, pw_row_512, dw_row_512};
+                                      dw_bytes_512, dw_pack_512, NULL, epilogue_512,
+                                      stem_512, se_512, pw_row_512, dw_row_512, pw_row_wide_512, NULL};
 
 /* ==================================================================== AVX2 */
 
@@ -720,7 +762,30 @@ T2 static void dw_row_2(const void *packed, const eq_cnn_op *op, const uint8_t *
     }
 }
 
+/* the requantisation of npix pixels of accumulators (16-bit pointwise layers), 8
+ * channels at a time */
+T2 static void epilogue_2(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
+                          const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
+    for (int32_t o = 0; o < n; o += 8) {
+        const epi256 P = epi_load_2(e, o, res != NULL);
+        for (int32_t p = 0; p < npix; p++)
+            epi_apply_2(&P, _mm256_loadu_si256((const __m256i *)(acc + (size_t)p * accs + o)),
+                        res ? res + (size_t)p * rs + o : NULL, n - o, out + (size_t)p * os + o);
+    }
+}
+
+/* 16-bit codes into pw_pack_2's layout (int16 already): the products stay within vpmaddwd's
+ * int32 pairs (2 x 255 x 32512) */
+static void pw_pack16_2(const int8_t *hi, const int8_t *lo, int32_t n, int32_t k, void *out) {
+    const int32_t n8 = (n + 7) & ~7;
+    int16_t *o = out;
+    memset(o, 0, pw_bytes_2(n, k));
+    for (int32_t r = 0; r < n; r++)
+        for (int32_t c = 0; c < k; c++)
+            o[((size_t)(c / 2) * n8 + r) * 2 + c % 2] = (int16_t)(256 * hi[(size_t)r * k + c] + lo[(size_t)r * k + c]);
+}
+
 const eq_cnn_kernels eq_cnn_avx2 = {"avx2", pw_bytes_2, pw_pack_2, pw_acc_2, dw_bytes_2, dw_pack_2,
-                                    NULL, NULL, stem_2, se_2, pw_row_2, dw_row_2};
+                                    NULL, epilogue_2, stem_2, se_2, pw_row_2, dw_row_2, NULL, pw_pack16_2};
 
 #endif

@@ -764,6 +764,7 @@ static int Cnn_init(CnnObject *self, PyObject *args, PyObject *kw) {
             break;
         case EQ_CNN_PW:
             ARR("w", 'b', co * ci, 0, o->w);
+            ARR("w_lo", 'b', co * ci, 1, o->w_lo);
             ARR("corr", 'i', co, 0, e->corr);
             ARR("res_scale", 'f', co, 1, e->res_scale);
             ARR("res_zero", 'i', co, e->res_scale == NULL, e->res_zero);

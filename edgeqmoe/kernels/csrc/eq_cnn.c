@@ -27,6 +27,15 @@ void eq_cnn_epilogue(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int3
 
 /* ---------------------------------------------------------------- shared by the SIMD variants */
 
+void eq_cnn_pw_pack16(const int8_t *hi, const int8_t *lo, int32_t n, int32_t k, int32_t g, size_t bytes, void *out) {
+    const int32_t n8 = (n + 7) & ~7;
+    int16_t *o = out;
+    memset(o, 0, bytes);
+    for (int32_t r = 0; r < n; r++)
+        for (int32_t c = 0; c < k; c++)
+            o[((size_t)(c / g) * n8 + r) * g + c % g] = (int16_t)(256 * hi[(size_t)r * k + c] + lo[(size_t)r * k + c]);
+}
+
 size_t eq_cnn_dw_bytes_wide(int32_t c, int32_t k) { return (size_t)4 * ((c + 15) & ~15) * (k * k + 1); }
 
 void eq_cnn_dw_pack_wide(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, void *out) {

@@ -135,6 +135,9 @@ void eq_cnn_se_generic(const eq_cnn_op *op, const int32_t *gate, float *fs, int3
  * read as whole vectors by the SIMD twins: the engine keeps copies padded to 16 */
 void eq_cnn_epilogue(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
                      const uint8_t *res, int32_t rs, uint8_t *out, int32_t os);
+/* 16-bit pointwise codes (256 hi + lo) into an int16 layout of rows rounded to 8: groups
+ * of g inputs of each output together, [k / g][n rounded to 8][g] (AVX2: g = 2, NEON: 1) */
+void eq_cnn_pw_pack16(const int8_t *hi, const int8_t *lo, int32_t n, int32_t k, int32_t g, size_t bytes, void *out);
 /* depthwise weights as int32, tap-major, channels padded to 16, after the input's zero
  * points (16-padded too), so that SIMD variants read whole vectors */
 size_t eq_cnn_dw_bytes_wide(int32_t c, int32_t k);

@@ -214,12 +214,7 @@ static void epilogue_neon(const eq_cnn_epi *e, const int32_t *acc, int32_t accs,
 
 /* 16-bit codes into pw_pack_neon's layout (int16 already; vmlal sums in int32) */
 static void pw_pack16_neon(const int8_t *hi, const int8_t *lo, int32_t n, int32_t k, void *out) {
-    const int32_t n8 = (n + 7) & ~7;
-    int16_t *o = out;
-    memset(o, 0, pw_bytes_neon(n, k));
-    for (int32_t r = 0; r < n; r++)
-        for (int32_t c = 0; c < k; c++)
-            o[(size_t)c * n8 + r] = (int16_t)(256 * hi[(size_t)r * k + c] + lo[(size_t)r * k + c]);
+    eq_cnn_pw_pack16(hi, lo, n, k, 1, pw_bytes_neon(n, k), out);
 }
 
 const eq_cnn_kernels eq_cnn_neon = {"neon", pw_bytes_neon, pw_pack_neon, pw_acc_neon,

@@ -777,12 +777,7 @@ T2 static void epilogue_2(const eq_cnn_epi *e, const int32_t *acc, int32_t accs,
 /* 16-bit codes into pw_pack_2's layout (int16 already): the products stay within vpmaddwd's
  * int32 pairs (2 x 255 x 32512) */
 static void pw_pack16_2(const int8_t *hi, const int8_t *lo, int32_t n, int32_t k, void *out) {
-    const int32_t n8 = (n + 7) & ~7;
-    int16_t *o = out;
-    memset(o, 0, pw_bytes_2(n, k));
-    for (int32_t r = 0; r < n; r++)
-        for (int32_t c = 0; c < k; c++)
-            o[((size_t)(c / 2) * n8 + r) * 2 + c % 2] = (int16_t)(256 * hi[(size_t)r * k + c] + lo[(size_t)r * k + c]);
+    eq_cnn_pw_pack16(hi, lo, n, k, 2, pw_bytes_2(n, k), out);
 }
 
 const eq_cnn_kernels eq_cnn_avx2 = {"avx2", pw_bytes_2, pw_pack_2, pw_acc_2, dw_bytes_2, dw_pack_2,

@@ -45,10 +45,10 @@ typedef struct eq_cnn_op {
     uint8_t *padded;  /* DW: that copy (the engine's memory), or NULL */
     const int8_t *w;  /* PW: cout x cin; DW: (k*k) x cout (tap-major); DENSE: cout x cin */
     /* PW, optional: the low part of 16-bit weight codes whose high part is w: the layer's
-     * sums are 256 x (sums on w) + (sums on w_lo), the variant's accumulators run twice,
-     * then its epilogue (NULL: int8 codes, w alone) */
+     * sums are 256 x (sums on w) + (sums on w_lo) (NULL: int8 codes, w alone). How each
+     * variant runs them: pw_pack16 / pw_row_wide / pw_acc twice (eq_cnn_kernels) */
     const int8_t *w_lo;
-    void *packed_lo;
+    void *packed_lo; /* the low part packed, where the variant runs the two parts (else NULL) */
     const float *fw;  /* STEM: cout x 9; SE: w1 (cout x cin) then w2 (cin x cout) */
     const float *fb;  /* SE: b1 (cout) then b2 (cin); DENSE: bias; STEM: bias */
     const float *scale; /* SE, POOL: input scales; DENSE: w_scale */

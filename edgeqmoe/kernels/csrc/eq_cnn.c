@@ -167,6 +167,15 @@ static int32_t interior(int32_t n, int32_t n_in, int32_t s, int32_t p, int32_t k
     return m;
 }
 
+/* a depthwise map (shapes known, not yet padded) that the engine copies into a border of
+ * zero points: under 80% of its output pixels have all their taps inside */
+static int pads_map(const eq_cnn_op *op) {
+    const int32_t p = op->pad;
+    return p > 0 && 5 * interior(op->h_out, op->h_in, op->stride, p, op->k) *
+                            interior(op->w_out, op->w_in, op->stride, p, op->k) <
+                        4 * op->h_out * op->w_out;
+}
+
 int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int nops, const int32_t *gate,
                 int32_t n_mels, int32_t frames) {
     memset(E, 0, sizeof *E);
@@ -179,7 +188,7 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
     /* shapes: what each buffer holds after each step */
     int32_t bh[EQ_CNN_MAXBUF] = {0}, bw[EQ_CNN_MAXBUF] = {0}, bc[EQ_CNN_MAXBUF] = {0};
     size_t bsize[EQ_CNN_MAXBUF] = {0}, acc_n = 64, packed = 0;
-    int wide = 0; /* a pointwise layer with 16-bit codes: a second set of accumulators */
+    int wide = 0; /* a pointwise layer with 16-bit codes run in two passes: a second set of accumulators */
     int32_t vec = 0, vec_max = 64, se_max = 64, pooled = 0;
     for (int i = 0; i < nops; i++) {
         eq_cnn_op *op = &E->ops[i];
@@ -199,10 +208,7 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
                 op->w_out = (op->w_in + 2 * p - op->k) / op->stride + 1;
                 if (op->h_out < 1 || op->w_out < 1) goto shape;
                 op->pad = p;
-                if (p > 0 && 5 * interior(op->h_out, op->h_in, op->stride, p, op->k) *
-                                     interior(op->w_out, op->w_in, op->stride, p, op->k) <
-                                 4 * op->h_out * op->w_out) /* under 80% interior: pad the map */
-                    packed += up64((size_t)(op->h_in + 2 * p) * (op->w_in + 2 * p) * eq_cnn_c4(op->cin) + 64);
+                if (pads_map(op)) packed += up64((size_t)(op->h_in + 2 * p) * (op->w_in + 2 * p) * eq_cnn_c4(op->cin) + 64);
             } else {
                 op->h_out = op->h_in, op->w_out = op->w_in;
             }
@@ -239,7 +245,10 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
         if (op->kind == EQ_CNN_PW) packed += up64(K->pw_bytes(op->cout, op->cin));
         if (op->w_lo && (op->kind != EQ_CNN_PW || op->cin > 256 || !K->pw_acc || !K->epilogue))
             goto shape; /* 256 x 255 x 127 x cin stays below 2^31 */
-        if (op->w_lo && !K->pw_pack16) packed += up64(K->pw_bytes(op->cout, op->cin)), wide = 1;
+        if (op->w_lo && !K->pw_pack16) { /* the low part packed apart; its own sums unless fused */
+            packed += up64(K->pw_bytes(op->cout, op->cin));
+            wide |= K->pw_row_wide == NULL;
+        }
         if (op->kind == EQ_CNN_DW) packed += up64(K->dw_bytes(op->cout, op->k));
     }
     if (!pooled) goto shape;
@@ -301,10 +310,8 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
         } else if (op->kind == EQ_CNN_DW) {
             op->packed = m, K->dw_pack(op->w, op->zero, op->cout, op->k, m);
             m += up64(K->dw_bytes(op->cout, op->k));
-            const int32_t p = op->pad;
-            if (p > 0 && 5 * interior(op->h_out, op->h_in, op->stride, p, op->k) *
-                                 interior(op->w_out, op->w_in, op->stride, p, op->k) <
-                             4 * op->h_out * op->w_out) {
+            if (pads_map(op)) {
+                const int32_t p = op->pad;
                 /* the border (and every pixel until the first copy) holds the zero points:
                  * (x - zero) = 0 there, the sums the kernels would have skipped */
                 const int32_t cs = eq_cnn_c4(op->cin), hp = op->h_in + 2 * p, wp = op->w_in + 2 * p;

@@ -62,6 +62,26 @@ def test_every_variant_equals_the_integer_reference(int8_net, real_mels):
     assert len(eng._by_frames) == M.Engine.MAX_ENGINES
 
 
+
+def test_saturated_squeeze_excitation_gates_agree(int8_net, real_mels):
+    """Gates of exactly one (2^15, which the SIMD kernels cannot hold in 16 bits) and of
+    zero: real windows never reach them, so some channels' excitation biases are pushed
+    to the table's ends."""
+    import copy
+
+    from edgeqmoe.embed import mn04_int8 as M
+
+    q = copy.deepcopy(int8_net[1])
+    for qb in q["blocks"]:
+        if "se" in qb:
+            b2 = qb["se"]["b2"]
+            b2[0::3], b2[1::3] = 100.0, -100.0
+    mel = real_mels[:3]
+    ref_e, ref_l = M.int_forward(q, mel)
+    for variant in available_variants():
+        e, lg = M.Engine.of(q, variant).forward_mel(mel)
+        assert np.array_equal(e, ref_e) and np.array_equal(lg, ref_l), variant
+
 def test_the_integer_network_stays_close_to_fp32(int8_net, real_mels):
     from edgeqmoe.embed import mn04_int8 as M
 

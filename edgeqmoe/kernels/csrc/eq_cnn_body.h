@@ -154,13 +154,12 @@ EQ_INL void float_layer(const float *restrict wt, const float *restrict b, const
     for (int32_t o = 0; o < n; o++) y[o] = y[o] + b[o];
 }
 
-/* squeeze-excitation in place on x: fs holds 2 cin + cout floats, sums cin int32 */
-EQ_INL void se_body(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t *sums, uint8_t *x) {
-    const int32_t C = op->cin, S = op->cout, npix = op->h_in * op->w_in, cs = eq_cnn_c4(C);
+/* squeeze-excitation's gates (Q15, 0..2^15) from its channel sums: g holds the cin sums
+ * and is overwritten by the gates; fs holds 2 cin + cout floats */
+EQ_INL void se_gates(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t *g) {
+    const int32_t C = op->cin, S = op->cout;
     float *m = fs, *h = m + C, *z = h + S;
-    int32_t *g = sums;
-    channel_sums(x, npix, C, g);
-    channel_means(g, npix, C, op->scale, op->zero, m);
+    channel_means(g, op->h_in * op->w_in, C, op->scale, op->zero, m);
     const float *w1t = op->packed, *w2t = w1t + (size_t)S * C; /* transposed copies */
     float_layer(w1t, op->fb, m, S, C, h);
     for (int32_t j = 0; j < S; j++) h[j] = h[j] > 0.0f ? h[j] : 0.0f;
@@ -171,7 +170,14 @@ EQ_INL void se_body(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t
         y = y < -lim ? -lim : (y > lim ? lim : y);
         g[c] = gate[(int32_t)((y + MAGIC) - MAGIC) + EQ_CNN_GATE_RANGE * EQ_CNN_GATE_STEPS];
     }
-    const int32_t *restrict zero = op->zero, *restrict gg = g;
+}
+
+/* squeeze-excitation in place on x: fs holds 2 cin + cout floats, sums cin int32 */
+EQ_INL void se_body(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t *sums, uint8_t *x) {
+    const int32_t C = op->cin, npix = op->h_in * op->w_in, cs = eq_cnn_c4(C);
+    channel_sums(x, npix, C, sums);
+    se_gates(op, gate, fs, sums);
+    const int32_t *restrict zero = op->zero, *restrict gg = sums;
     for (int32_t p = 0; p < npix; p++) {
         uint8_t *restrict xp = x + (size_t)p * cs;
         for (int32_t c = 0; c < C; c++) {

@@ -142,8 +142,46 @@ T512 static void stem_512(const eq_cnn_op *op, const float *mel, uint8_t *out, f
         stem_rows_out_2(op, qrow, oy, out);
     }
 }
+static inline __mmask32 tail32(int32_t left) { return left >= 32 ? 0xffffffffu : (__mmask32)((1u << left) - 1); }
+
+/* squeeze-excitation, 32 channels at a time: the channel sums in 16-bit lanes (flushed to
+ * 32 bits every 256 pixels, before 255 x 257 could wrap), the gates as se_gates, then
+ * zero + (x - zero) x gate in vpmulhrsw, which rounds exactly as the reference's
+ * (d g + 2^14) >> 15. A gate of one (2^15) has no int16: it becomes 2^15 - 1, which gives
+ * the same d for every |d| <= 255 ((2^14 - d) / 2^15 stays within [0, 1)) */
 T512 static void se_512(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t *sums, uint8_t *x) {
-    se_body(op, gate, fs, sums, x);
+    const int32_t C = op->cin, npix = op->h_in * op->w_in, cs = eq_cnn_c4(C);
+    for (int32_t c = 0; c < C; c += 32) {
+        const __mmask32 m = tail32(C - c);
+        __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+        for (int32_t p0 = 0; p0 < npix; p0 += 256) {
+            const int32_t p1 = npix - p0 < 256 ? npix : p0 + 256;
+            __m512i s = _mm512_setzero_si512();
+            for (int32_t p = p0; p < p1; p++)
+                s = _mm512_add_epi16(s, _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, x + (size_t)p * cs + c)));
+            lo = _mm512_add_epi32(lo, _mm512_cvtepu16_epi32(_mm512_castsi512_si256(s)));
+            hi = _mm512_add_epi32(hi, _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(s, 1)));
+        }
+        _mm512_mask_storeu_epi32(sums + c, (__mmask16)m, lo);
+        _mm512_mask_storeu_epi32(sums + c + 16, (__mmask16)(m >> 16), hi);
+    }
+    se_gates(op, gate, fs, sums);
+    const __m512i top = _mm512_set1_epi32((1 << 15) - 1);
+    for (int32_t c = 0; c < C; c += 32) {
+        const __mmask32 m = tail32(C - c);
+        const __mmask16 m0 = (__mmask16)m, m1 = (__mmask16)(m >> 16);
+#define EQ_I16X32(a, b) _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(a)), _mm512_cvtepi32_epi16(b), 1)
+        const __m512i g = EQ_I16X32(_mm512_min_epi32(_mm512_maskz_loadu_epi32(m0, sums + c), top),
+                                    _mm512_min_epi32(_mm512_maskz_loadu_epi32(m1, sums + c + 16), top));
+        const __m512i z = EQ_I16X32(_mm512_maskz_loadu_epi32(m0, op->zero + c),
+                                    _mm512_maskz_loadu_epi32(m1, op->zero + c + 16));
+#undef EQ_I16X32
+        for (int32_t p = 0; p < npix; p++) {
+            uint8_t *xp = x + (size_t)p * cs + c;
+            const __m512i d = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, xp)), z);
+            _mm256_mask_storeu_epi8(xp, m, _mm512_cvtepi16_epi8(_mm512_add_epi16(_mm512_mulhrs_epi16(d, g), z)));
+        }
+    }
 }
 /* the shared stem with its channel rows in AVX2: 8 outputs of a row at a time, the same
  * operations in the same order as stem_channel (rows are padded: no remainder) */

@@ -58,15 +58,54 @@ static void dw_pack_pairs(const int8_t *w, const int32_t *zero, int32_t c, int32
 #undef W_AT
 }
 
-/* AVX-512 depthwise weights: the madd layout above (pixels at the borders), then the pair
- * layout in blocks of 32 channels */
-static size_t dw_bytes_512(int32_t c, int32_t k) { return eq_cnn_dw_bytes_wide(c, k) + dw_pairs_bytes(c, k, 4); }
+/* The quad layout of the AVX-512 depthwise kernel for interior pixels (tap_quads_512): per
+ * block of 32 channels, the sums' starting values -zero x (the channel's weights summed),
+ * so that the kernel multiplies the uint8 inputs themselves; then per group of four taps
+ * (the last group filled with zero weights) four vectors of 32 bytes, one per accumulator
+ * j: its 128-bit lane L, int32 i is channel 16 L + 4 j + i, whose four bytes are the
+ * group's four weights: the order in which vpunpck{l,h}bw then vpunpck{l,h}wd interleave
+ * four taps' rows of 32 channels. Starting values in the same order. */
+static size_t dw_quads_bytes(int32_t c, int32_t k) {
+    return (size_t)((c + 31) / 32) * 128 * (1 + (size_t)((k * k + 3) / 4));
+}
+
+static void dw_pack_quads(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, uint8_t *p) {
+    const int32_t kk = k * k;
+    for (int32_t b = 0; b < (c + 31) / 32; b++) {
+        int32_t *start = (int32_t *)p;
+        for (int32_t j = 0; j < 4; j++)
+            for (int32_t i = 0; i < 8; i++) { /* i: 4 L + the int32 within the lane */
+                const int32_t ch = 32 * b + 16 * (i / 4) + 4 * j + i % 4;
+                int32_t sum = 0;
+                for (int32_t t = 0; t < kk && ch < c; t++) sum += w[(size_t)t * c + ch];
+                start[8 * j + i] = ch < c ? -zero[ch] * sum : 0;
+            }
+        p += 128;
+        for (int32_t t0 = 0; t0 < kk; t0 += 4, p += 128)
+            for (int32_t j = 0; j < 4; j++)
+                for (int32_t i = 0; i < 8; i++)
+                    for (int32_t u = 0; u < 4; u++) {
+                        const int32_t ch = 32 * b + 16 * (i / 4) + 4 * j + i % 4, t = t0 + u;
+                        p[32 * j + 4 * i + u] = (uint8_t)(t < kk && ch < c ? w[(size_t)t * c + ch] : 0);
+                    }
+    }
+}
+
+/* AVX-512 depthwise weights: the madd layout above (pixels at the borders), for 8 channels
+ * the pair layout (dw_px4_c8_512, stride 1), then the quad layout (where they start:
+ * dw_quads_at) */
+static size_t dw_quads_at(int32_t c, int32_t k) {
+    return eq_cnn_dw_bytes_wide(c, k) + (c == 8 ? dw_pairs_bytes(c, k, 4) : 0);
+}
+
+static size_t dw_bytes_512(int32_t c, int32_t k) { return dw_quads_at(c, k) + dw_quads_bytes(c, k); }
 
 static void dw_pack_512(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, void *out) {
     dw_pack_madd(w, zero, c, k, out);
-    int16_t *q = (int16_t *)((uint8_t *)out + eq_cnn_dw_bytes_wide(c, k));
-    dw_pack_pairs(w, zero, c, k, 4, q);
-    if (c == 8) { /* 8 channels: every 16-byte lane repeats lane 0, one pixel per lane (dw_px4_c8_512) */
+    dw_pack_quads(w, zero, c, k, (uint8_t *)out + dw_quads_at(c, k));
+    if (c == 8) {
+        int16_t *q = (int16_t *)((uint8_t *)out + eq_cnn_dw_bytes_wide(c, k));
+        dw_pack_pairs(w, zero, c, k, 4, q); /* every 16-byte lane repeats lane 0: one pixel per lane */
         const int32_t vectors = 1 + 2 * ((k * k + 1) / 2); /* the zero points, then two per pair of taps */
         for (int32_t v = 0; v < vectors; v++)
             for (int32_t lane = 1; lane < 4; lane++) memcpy(q + 32 * v + 8 * lane, q + 32 * v, 16);
@@ -459,6 +498,35 @@ T512 static inline __attribute__((always_inline)) void tap_pairs_512(const int16
 /* four neighbouring interior pixels of an 8-channel map (stride 1), one per 16-byte
  * lane (dw_pack_512 repeats an 8-channel map's weights in every lane), put back as two
  * vectors of two pixels each; pair: the 8 channels' parameters twice */
+/* the k x k taps of 32 channels at base in the quad layout (dw_pack_quads): four taps of
+ * uint8 inputs per vpdpbusd, the sums starting from the zero points' share; channels 0-15
+ * in *lo, 16-31 in *hi. Every tap is read: pixels inside the map, or a padded map. */
+T512 static inline __attribute__((always_inline)) void tap_quads_512(const uint8_t *pk, const uint8_t *base,
+                                                                      int32_t row, int32_t xs, int32_t k, __m512i *lo,
+                                                                      __m512i *hi) {
+    const int32_t kk = k * k;
+    __m256i a[4];
+    for (int j = 0; j < 4; j++) a[j] = _mm256_loadu_si256((const __m256i *)(pk + 32 * j));
+    pk += 128;
+    for (int32_t t = 0; t < kk; t += 4, pk += 128) {
+        __m256i v[4];
+        for (int32_t u = 0; u < 4; u++)
+            v[u] = t + u < kk ? _mm256_loadu_si256((const __m256i *)(base + (size_t)((t + u) / k) * row +
+                                                                      (size_t)((t + u) % k) * xs))
+                              : _mm256_setzero_si256();
+        const __m256i ab0 = _mm256_unpacklo_epi8(v[0], v[1]), ab1 = _mm256_unpackhi_epi8(v[0], v[1]);
+        const __m256i cd0 = _mm256_unpacklo_epi8(v[2], v[3]), cd1 = _mm256_unpackhi_epi8(v[2], v[3]);
+        a[0] = _mm256_dpbusd_epi32(a[0], _mm256_unpacklo_epi16(ab0, cd0), _mm256_loadu_si256((const __m256i *)pk));
+        a[1] = _mm256_dpbusd_epi32(a[1], _mm256_unpackhi_epi16(ab0, cd0), _mm256_loadu_si256((const __m256i *)(pk + 32)));
+        a[2] = _mm256_dpbusd_epi32(a[2], _mm256_unpacklo_epi16(ab1, cd1), _mm256_loadu_si256((const __m256i *)(pk + 64)));
+        a[3] = _mm256_dpbusd_epi32(a[3], _mm256_unpackhi_epi16(ab1, cd1), _mm256_loadu_si256((const __m256i *)(pk + 96)));
+    }
+    const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(a[0]), a[1], 1);
+    const __m512i y = _mm512_inserti64x4(_mm512_castsi256_si512(a[2]), a[3], 1);
+    *lo = _mm512_shuffle_i32x4(x, y, _MM_SHUFFLE(2, 0, 2, 0)); /* lane 0 of each accumulator */
+    *hi = _mm512_shuffle_i32x4(x, y, _MM_SHUFFLE(3, 1, 3, 1));
+}
+
 T512 static inline __attribute__((always_inline)) void dw_px4_c8_512(const int16_t *pk, const uint8_t *base, int32_t row,
                                                                       int32_t k, const epi512 *pair, uint8_t *o) {
     __m512i lo, hi;
@@ -501,9 +569,10 @@ T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8
         }
         return;
     }
-    const size_t block = 32 + (size_t)64 * ((k * k + 1) / 2); /* int16 per block of the pair layout */
+    const size_t block = (size_t)128 * (1 + (k * k + 3) / 4); /* bytes per block of the quad layout */
+    const uint8_t *quads = (const uint8_t *)packed + dw_quads_at(C, k);
     for (int32_t c = 0; c < C; c += 32) {
-        const int16_t *pk = pairs_w + (size_t)(c / 32) * block;
+        const uint8_t *pk = quads + (size_t)(c / 32) * block;
         const int two = C - c > 16;
         const epi512 P0 = epi_load_512(&op->epi, c, 0), P1 = epi_load_512(&op->epi, two ? c + 16 : c, 0);
         const __mmask16 m0 = tail16(C - c), m1 = two ? tail16(C - c - 16) : 0;
@@ -515,11 +584,11 @@ T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8
             if (full_y && tx0 == 0 && tx1 == k && (k == 3 || k == 5)) {
                 __m512i lo, hi;
                 if (k == 3)
-                    tap_pairs_512(pk, base + c, row, xs, 3, &lo, &hi);
+                    tap_quads_512(pk, base + c, row, xs, 3, &lo, &hi);
                 else
-                    tap_pairs_512(pk, base + c, row, xs, 5, &lo, &hi);
-                epi_apply_512(&P0, _mm512_permutex2var_epi32(lo, PAIRS_IDX0, hi), NULL, m0, o);
-                if (two) epi_apply_512(&P1, _mm512_permutex2var_epi32(lo, PAIRS_IDX1, hi), NULL, m1, o + 16);
+                    tap_quads_512(pk, base + c, row, xs, 5, &lo, &hi);
+                epi_apply_512(&P0, lo, NULL, m0, o);
+                if (two) epi_apply_512(&P1, hi, NULL, m1, o + 16);
             } else {
                 epi_apply_512(&P0, dw_acc16_512(zp, w, base, c, c16, xs, row, k, ty0, ty1, tx0, tx1), NULL, m0, o);
                 if (two)

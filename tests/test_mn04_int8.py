@@ -63,10 +63,11 @@ def test_every_variant_equals_the_integer_reference(int8_net, real_mels):
 
 
 
-def test_saturated_squeeze_excitation_gates_agree(int8_net, real_mels):
+def test_saturated_gates_and_maps_agree(int8_net, real_mels):
     """Gates of exactly one (2^15, which the SIMD kernels cannot hold in 16 bits) and of
-    zero: real windows never reach them, so some channels' excitation biases are pushed
-    to the table's ends."""
+    zero, and maps clamped at both ends of their codes: real windows never reach them, so
+    some channels' excitation biases are pushed to the table's ends and some windows are
+    far louder than any clip."""
     import copy
 
     from edgeqmoe.embed import mn04_int8 as M
@@ -76,7 +77,7 @@ def test_saturated_squeeze_excitation_gates_agree(int8_net, real_mels):
         if "se" in qb:
             b2 = qb["se"]["b2"]
             b2[0::3], b2[1::3] = 100.0, -100.0
-    mel = real_mels[:3]
+    mel = np.concatenate([real_mels[:3], 40 * real_mels[3:5], -40 * real_mels[5:6]])  # and maps far past their range
     ref_e, ref_l = M.int_forward(q, mel)
     for variant in available_variants():
         e, lg = M.Engine.of(q, variant).forward_mel(mel)

@@ -282,11 +282,12 @@ T512 static inline __attribute__((always_inline)) epi512 epi_load_512(const eq_c
 
 /* the generic requantisation of 16 channels of one pixel (or 8 of two), in the same
  * operations and order, to int32 codes not below 0 (a saturating store caps them at 255);
- * rv: the residual's bytes at these channels when P->res */
+ * acc: the sums with the correction already in them (the pointwise kernels start their
+ * sums from P->corr; depthwise layers have none); rv: the residual's bytes at these
+ * channels when P->res */
 T512 static inline __attribute__((always_inline)) __m512i epi_codes_512(const epi512 *P, __m512i acc, __m128i rv) {
     const __m512 zero = _mm512_setzero_ps();
-    const __m512i s = _mm512_add_epi32(acc, P->corr);
-    __m512 f = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(s), P->w_scale), P->bias);
+    __m512 f = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), P->w_scale), P->bias);
     if (P->res) {
         const __m512i r = _mm512_cvtepu8_epi32(rv);
         f = _mm512_add_ps(f, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(r, P->res_zero)), P->res_scale));
@@ -296,8 +297,11 @@ T512 static inline __attribute__((always_inline)) __m512i epi_codes_512(const ep
         const __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(f, _mm512_set1_ps(3.0f)), zero), _mm512_set1_ps(6.0f));
         f = _mm512_mul_ps(_mm512_mul_ps(f, t), _mm512_set1_ps((float)(1.0 / 6.0)));
     }
-    __m512 y = _mm512_mul_ps(f, P->out_inv);
-    y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(-512.0f)), _mm512_set1_ps(512.0f));
+    /* the reference clamps to [-512, 512] before rounding; below -512 every code is 0 all
+     * the same (the zero point is at most 255 and the max below makes it 0), so only the
+     * top is clamped, with 512 first so that a NaN stays one (and becomes 0, as in the
+     * reference) */
+    const __m512 y = _mm512_min_ps(_mm512_set1_ps(512.0f), _mm512_mul_ps(f, P->out_inv));
     /* rounding to nearest even in the conversion itself: what (y + MAGIC) - MAGIC gives
      * for |y| <= 512; then below 0 -> 0 */
     return _mm512_max_epi32(_mm512_add_epi32(_mm512_cvt_roundps_epi32(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
@@ -350,8 +354,9 @@ static void pw_pack_512(const int8_t *w, int32_t n, int32_t k, void *out) {
 #define PW_TILE 8
 /* outputs o..o+15 of PW_TILE pixels (rows xs bytes apart) */
 T512 static inline __attribute__((always_inline)) void tile8_512(const int8_t *w, int32_t n16, int32_t kq, int32_t o,
-                                                                  const uint8_t *xp, int32_t xs, __m512i *a) {
-    for (int j = 0; j < PW_TILE; j++) a[j] = _mm512_setzero_si512();
+                                                                  const uint8_t *xp, int32_t xs, __m512i start,
+                                                                  __m512i *a) {
+    for (int j = 0; j < PW_TILE; j++) a[j] = start;
     for (int32_t q = 0; q < kq; q++) {
         const __m512i wv = _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4));
 #pragma GCC unroll 8
@@ -362,8 +367,8 @@ T512 static inline __attribute__((always_inline)) void tile8_512(const int8_t *w
 
 /* outputs o..o+15 of one pixel */
 T512 static inline __attribute__((always_inline)) __m512i px16_512(const int8_t *w, int32_t n16, int32_t kq, int32_t o,
-                                                                    const uint8_t *xp) {
-    __m512i a = _mm512_setzero_si512();
+                                                                    const uint8_t *xp, __m512i start) {
+    __m512i a = start;
     for (int32_t q = 0; q < kq; q++)
         a = _mm512_dpbusd_epi32(a, _mm512_set1_epi32(load4(xp + 4 * q)),
                                 _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4)));
@@ -386,18 +391,18 @@ T512 static void pw_acc_512(const void *packed, int32_t n, int32_t k, const uint
             }
             for (int j = 0; j < 4; j++) _mm512_storeu_si512((void *)(acc + o + 16 * j), a[j]);
         }
-        for (; o < n16; o += 16) _mm512_storeu_si512((void *)(acc + o), px16_512(w, n16, kq, o, x));
+        for (; o < n16; o += 16) _mm512_storeu_si512((void *)(acc + o), px16_512(w, n16, kq, o, x, _mm512_setzero_si512()));
         return;
     }
     for (int32_t o = 0; o < n16; o += 16) {
         int32_t p = 0;
         for (; p + PW_TILE <= npix; p += PW_TILE) {
             __m512i a[PW_TILE];
-            tile8_512(w, n16, kq, o, x + (size_t)p * xs, xs, a);
+            tile8_512(w, n16, kq, o, x + (size_t)p * xs, xs, _mm512_setzero_si512(), a);
             for (int j = 0; j < PW_TILE; j++) _mm512_storeu_si512((void *)(acc + (size_t)(p + j) * accs + o), a[j]);
         }
         for (; p < npix; p++) {
-            const __m512i a0 = px16_512(w, n16, kq, o, x + (size_t)p * xs);
+            const __m512i a0 = px16_512(w, n16, kq, o, x + (size_t)p * xs, _mm512_setzero_si512());
             _mm512_storeu_si512((void *)(acc + (size_t)p * accs + o), a0);
         }
     }
@@ -417,7 +422,7 @@ T512 static void pw_row_512(const void *packed, int32_t n, int32_t k, const uint
             const epi512 P2 = epi_twice_512(P);
             for (; p + 2 * PW_TILE <= npix; p += 2 * PW_TILE) {
                 __m512i a[PW_TILE];
-                for (int j = 0; j < PW_TILE; j++) a[j] = _mm512_setzero_si512();
+                for (int j = 0; j < PW_TILE; j++) a[j] = P2.corr;
                 const uint8_t *xp = x + (size_t)p * xs;
                 for (int32_t q = 0; q < kq; q++) {
                     const __m512i wv = _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4));
@@ -438,13 +443,13 @@ T512 static void pw_row_512(const void *packed, int32_t n, int32_t k, const uint
         }
         for (; p + PW_TILE <= npix; p += PW_TILE) {
             __m512i a[PW_TILE];
-            tile8_512(w, n16, kq, o, x + (size_t)p * xs, xs, a);
+            tile8_512(w, n16, kq, o, x + (size_t)p * xs, xs, P.corr, a);
 #pragma GCC unroll 8
             for (int j = 0; j < PW_TILE; j++)
                 epi_apply_512(&P, a[j], res ? res + (size_t)(p + j) * rs + o : NULL, m, out + (size_t)(p + j) * os + o);
         }
         for (; p < npix; p++) {
-            const __m512i a0 = px16_512(w, n16, kq, o, x + (size_t)p * xs);
+            const __m512i a0 = px16_512(w, n16, kq, o, x + (size_t)p * xs, P.corr);
             epi_apply_512(&P, a0, res ? res + (size_t)p * rs + o : NULL, m, out + (size_t)p * os + o);
         }
     }
@@ -607,7 +612,7 @@ T512 static void epilogue_512(const eq_cnn_epi *e, const int32_t *acc, int32_t a
         const __mmask16 m = tail16(n - o);
         const epi512 P = epi_load_512(e, o, res != NULL);
         for (int32_t p = 0; p < npix; p++)
-            epi_apply_512(&P, _mm512_loadu_si512((const void *)(acc + (size_t)p * accs + o)),
+            epi_apply_512(&P, _mm512_add_epi32(_mm512_loadu_si512((const void *)(acc + (size_t)p * accs + o)), P.corr),
                           res ? res + (size_t)p * rs + o : NULL, m, out + (size_t)p * os + o);
     }
 }
@@ -625,8 +630,8 @@ T512 static void pw_row_wide_512(const void *hi, const void *lo, int32_t n, int3
         int32_t p = 0;
         for (; p + PW_TILE <= npix; p += PW_TILE) {
             __m512i a[PW_TILE], b[PW_TILE];
-            tile8_512(wh, n16, kq, o, x + (size_t)p * xs, xs, a);
-            tile8_512(wl, n16, kq, o, x + (size_t)p * xs, xs, b);
+            tile8_512(wh, n16, kq, o, x + (size_t)p * xs, xs, _mm512_setzero_si512(), a);
+            tile8_512(wl, n16, kq, o, x + (size_t)p * xs, xs, P.corr, b);
 #pragma GCC unroll 8
             for (int j = 0; j < PW_TILE; j++)
                 epi_apply_512(&P, _mm512_add_epi32(_mm512_slli_epi32(a[j], 8), b[j]),
@@ -634,8 +639,8 @@ T512 static void pw_row_wide_512(const void *hi, const void *lo, int32_t n, int3
         }
         for (; p < npix; p++) {
             const uint8_t *xp = x + (size_t)p * xs;
-            const __m512i a0 = _mm512_add_epi32(_mm512_slli_epi32(px16_512(wh, n16, kq, o, xp), 8),
-                                                px16_512(wl, n16, kq, o, xp));
+            const __m512i a0 = _mm512_add_epi32(_mm512_slli_epi32(px16_512(wh, n16, kq, o, xp, _mm512_setzero_si512()), 8),
+                                                px16_512(wl, n16, kq, o, xp, P.corr));
             epi_apply_512(&P, a0, res ? res + (size_t)p * rs + o : NULL, m, out + (size_t)p * os + o);
         }
     }

@@ -150,6 +150,18 @@ T2 static inline __attribute__((always_inline)) void stem_rows_out_2(const eq_cn
         for (int c = 0; c < 8; c++) o[(size_t)x0 * 8 + c] = qrow[(size_t)c * Wp + x0];
 }
 
+/* requant (eq_cnn_body.h) of 16 values y = f x out_inv, to int32 codes not below 0 (a
+ * saturating store caps them at 255). The reference clamps y to [-512, 512] and rounds
+ * by (y + MAGIC) - MAGIC, to nearest even; the conversion rounds so itself. Below -512
+ * every code is 0 all the same (the zero point is at most 255, and the max makes it 0),
+ * so only the top is clamped, with 512 first so that a NaN stays one (and becomes 0, as
+ * in the reference) */
+T512 static inline __attribute__((always_inline)) __m512i codes_512(__m512 y, __m512i zero) {
+    y = _mm512_min_ps(_mm512_set1_ps(512.0f), y);
+    return _mm512_max_epi32(_mm512_add_epi32(_mm512_cvt_roundps_epi32(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                                             zero), _mm512_setzero_si512());
+}
+
 /* the shared stem with its channel rows in AVX-512: 16 outputs of a row at a time, the
  * same operations in the same order as stem_channel (rows are padded: no remainder) */
 T512 static void stem_512(const eq_cnn_op *op, const float *mel, uint8_t *out, float *scratch) {
@@ -157,25 +169,21 @@ T512 static void stem_512(const eq_cnn_op *op, const float *mel, uint8_t *out, f
     uint8_t *qrow = stem_qrow(op, scratch);
     const int32_t Wp = stem_wp(op);
     const __m512 zero = _mm512_setzero_ps(), three = _mm512_set1_ps(3.0f), six = _mm512_set1_ps(6.0f),
-                 sixth = _mm512_set1_ps((float)(1.0 / 6.0)), lo = _mm512_set1_ps(-512.0f), hi = _mm512_set1_ps(512.0f),
-                 magic = _mm512_set1_ps(MAGIC), top = _mm512_set1_ps(255.0f);
+                 sixth = _mm512_set1_ps((float)(1.0 / 6.0));
     for (int32_t oy = 0; oy < op->h_out; oy++) {
         stem_taps(op, split, oy, v);
         for (int32_t c = 0; c < op->cout; c++) {
             __m512 w[9];
             for (int t = 0; t < 9; t++) w[t] = _mm512_set1_ps(op->fw[c * 9 + t]);
-            const __m512 b = _mm512_set1_ps(op->fb[c]), inv = _mm512_set1_ps(op->epi.out_inv[c]),
-                         z = _mm512_set1_ps((float)op->epi.out_zero[c]);
+            const __m512 b = _mm512_set1_ps(op->fb[c]), inv = _mm512_set1_ps(op->epi.out_inv[c]);
+            const __m512i z = _mm512_set1_epi32(op->epi.out_zero[c]);
             for (int32_t x0 = 0; x0 < op->w_out; x0 += 16) {
                 __m512 a = zero;
 #pragma GCC unroll 9
                 for (int t = 0; t < 9; t++) a = _mm512_add_ps(a, _mm512_mul_ps(_mm512_loadu_ps(v[t] + x0), w[t]));
                 __m512 f = _mm512_add_ps(a, b);
                 f = _mm512_mul_ps(_mm512_mul_ps(f, _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(f, three), zero), six)), sixth);
-                __m512 y = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(f, inv), lo), hi);
-                y = _mm512_add_ps(_mm512_sub_ps(_mm512_add_ps(y, magic), magic), z);
-                y = _mm512_min_ps(_mm512_max_ps(y, zero), top);
-                _mm_storeu_si128((__m128i *)(qrow + (size_t)c * Wp + x0), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(y)));
+                _mm_storeu_si128((__m128i *)(qrow + (size_t)c * Wp + x0), _mm512_cvtusepi32_epi8(codes_512(_mm512_mul_ps(f, inv), z)));
             }
         }
         stem_rows_out_2(op, qrow, oy, out);
@@ -297,15 +305,7 @@ T512 static inline __attribute__((always_inline)) __m512i epi_codes_512(const ep
         const __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(f, _mm512_set1_ps(3.0f)), zero), _mm512_set1_ps(6.0f));
         f = _mm512_mul_ps(_mm512_mul_ps(f, t), _mm512_set1_ps((float)(1.0 / 6.0)));
     }
-    /* the reference clamps to [-512, 512] before rounding; below -512 every code is 0 all
-     * the same (the zero point is at most 255 and the max below makes it 0), so only the
-     * top is clamped, with 512 first so that a NaN stays one (and becomes 0, as in the
-     * reference) */
-    const __m512 y = _mm512_min_ps(_mm512_set1_ps(512.0f), _mm512_mul_ps(f, P->out_inv));
-    /* rounding to nearest even in the conversion itself: what (y + MAGIC) - MAGIC gives
-     * for |y| <= 512; then below 0 -> 0 */
-    return _mm512_max_epi32(_mm512_add_epi32(_mm512_cvt_roundps_epi32(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
-                                             P->out_zero), _mm512_setzero_si512());
+    return codes_512(_mm512_mul_ps(f, P->out_inv), P->out_zero);
 }
 
 /* 16 channels (mask m) of one pixel: r its residual at these channels, o its output */

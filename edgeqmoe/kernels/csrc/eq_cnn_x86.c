@@ -408,6 +408,23 @@ T512 static void pw_acc_512(const void *packed, int32_t n, int32_t k, const uint
     }
 }
 
+/* tile8_512 for a last tile of 8 outputs (whose weights pw_pack_512 repeats in lanes
+ * 8-15): 2 x PW_TILE pixels, two a vector (pixel 2 j in lanes 0-7 of a[j], 2 j + 1 in 8-15) */
+T512 static inline __attribute__((always_inline)) void tile8x2_512(const int8_t *w, int32_t n16, int32_t kq, int32_t o,
+                                                                    const uint8_t *xp, int32_t xs, __m512i start,
+                                                                    __m512i *a) {
+    for (int j = 0; j < PW_TILE; j++) a[j] = start;
+    for (int32_t q = 0; q < kq; q++) {
+        const __m512i wv = _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4));
+#pragma GCC unroll 8
+        for (int j = 0; j < PW_TILE; j++) {
+            const __m256i x0 = _mm256_set1_epi32(load4(xp + (size_t)(2 * j) * xs + 4 * q));
+            const __m256i x1 = _mm256_set1_epi32(load4(xp + (size_t)(2 * j + 1) * xs + 4 * q));
+            a[j] = _mm512_dpbusd_epi32(a[j], _mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1), wv);
+        }
+    }
+}
+
 /* pw_acc_512 and the requantisation in one pass: the accumulators of 8 pixels x 16
  * outputs never leave their registers */
 T512 static void pw_row_512(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
@@ -422,17 +439,7 @@ T512 static void pw_row_512(const void *packed, int32_t n, int32_t k, const uint
             const epi512 P2 = epi_twice_512(P);
             for (; p + 2 * PW_TILE <= npix; p += 2 * PW_TILE) {
                 __m512i a[PW_TILE];
-                for (int j = 0; j < PW_TILE; j++) a[j] = P2.corr;
-                const uint8_t *xp = x + (size_t)p * xs;
-                for (int32_t q = 0; q < kq; q++) {
-                    const __m512i wv = _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4));
-#pragma GCC unroll 8
-                    for (int j = 0; j < PW_TILE; j++) {
-                        const __m256i x0 = _mm256_set1_epi32(load4(xp + (size_t)(2 * j) * xs + 4 * q));
-                        const __m256i x1 = _mm256_set1_epi32(load4(xp + (size_t)(2 * j + 1) * xs + 4 * q));
-                        a[j] = _mm512_dpbusd_epi32(a[j], _mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1), wv);
-                    }
-                }
+                tile8x2_512(w, n16, kq, o, x + (size_t)p * xs, xs, P2.corr, a);
 #pragma GCC unroll 8
                 for (int j = 0; j < PW_TILE; j++) {
                     const size_t p0 = (size_t)p + 2 * j;
@@ -628,6 +635,21 @@ T512 static void pw_row_wide_512(const void *hi, const void *lo, int32_t n, int3
         const __mmask16 m = tail16(n - o);
         const epi512 P = epi_load_512(e, o, res != NULL);
         int32_t p = 0;
+        if (n - o == 8) { /* two pixels a vector, as in pw_row_512 */
+            const epi512 P2 = epi_twice_512(P);
+            for (; p + 2 * PW_TILE <= npix; p += 2 * PW_TILE) {
+                __m512i a[PW_TILE], b[PW_TILE];
+                tile8x2_512(wh, n16, kq, o, x + (size_t)p * xs, xs, _mm512_setzero_si512(), a);
+                tile8x2_512(wl, n16, kq, o, x + (size_t)p * xs, xs, P2.corr, b);
+#pragma GCC unroll 8
+                for (int j = 0; j < PW_TILE; j++) {
+                    const size_t p0 = (size_t)p + 2 * j;
+                    epi_apply2_512(&P2, _mm512_add_epi32(_mm512_slli_epi32(a[j], 8), b[j]),
+                                   res ? res + p0 * rs + o : NULL, res ? res + (p0 + 1) * rs + o : NULL,
+                                   out + p0 * os + o, out + (p0 + 1) * os + o);
+                }
+            }
+        }
         for (; p + PW_TILE <= npix; p += PW_TILE) {
             __m512i a[PW_TILE], b[PW_TILE];
             tile8_512(wh, n16, kq, o, x + (size_t)p * xs, xs, _mm512_setzero_si512(), a);

@@ -230,6 +230,16 @@ T512 static void se_512(const eq_cnn_op *op, const int32_t *gate, float *fs, int
         }
     }
 }
+/* requant (eq_cnn_body.h) of 8 values y = f x out_inv to 8 codes (the low 8 bytes), as
+ * codes_512 does it: rounding to nearest even in the conversion (the MXCSR default),
+ * only the top clamped; below -512 the saturating packs make every code 0, and the clamp
+ * keeps codes under 32768, which the second pack would read as negative */
+T2 static inline __attribute__((always_inline)) __m128i codes_2(__m256 y, __m256i zero) {
+    const __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_min_ps(_mm256_set1_ps(512.0f), y)), zero);
+    const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    return _mm_packus_epi16(w16, w16);
+}
+
 /* the shared stem with its channel rows in AVX2: 8 outputs of a row at a time, the same
  * operations in the same order as stem_channel (rows are padded: no remainder) */
 T2 static void stem_2(const eq_cnn_op *op, const float *mel, uint8_t *out, float *scratch) {
@@ -237,34 +247,73 @@ T2 static void stem_2(const eq_cnn_op *op, const float *mel, uint8_t *out, float
     uint8_t *qrow = stem_qrow(op, scratch);
     const int32_t Wp = stem_wp(op);
     const __m256 zero = _mm256_setzero_ps(), three = _mm256_set1_ps(3.0f), six = _mm256_set1_ps(6.0f),
-                 sixth = _mm256_set1_ps((float)(1.0 / 6.0)), lo = _mm256_set1_ps(-512.0f), hi = _mm256_set1_ps(512.0f),
-                 magic = _mm256_set1_ps(MAGIC), top = _mm256_set1_ps(255.0f);
+                 sixth = _mm256_set1_ps((float)(1.0 / 6.0));
     for (int32_t oy = 0; oy < op->h_out; oy++) {
         stem_taps(op, split, oy, v);
         for (int32_t c = 0; c < op->cout; c++) {
             __m256 w[9];
             for (int t = 0; t < 9; t++) w[t] = _mm256_set1_ps(op->fw[c * 9 + t]);
-            const __m256 b = _mm256_set1_ps(op->fb[c]), inv = _mm256_set1_ps(op->epi.out_inv[c]),
-                         z = _mm256_set1_ps((float)op->epi.out_zero[c]);
+            const __m256 b = _mm256_set1_ps(op->fb[c]), inv = _mm256_set1_ps(op->epi.out_inv[c]);
+            const __m256i z = _mm256_set1_epi32(op->epi.out_zero[c]);
             for (int32_t x0 = 0; x0 < op->w_out; x0 += 8) {
                 __m256 a = zero;
 #pragma GCC unroll 9
                 for (int t = 0; t < 9; t++) a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_loadu_ps(v[t] + x0), w[t]));
                 __m256 f = _mm256_add_ps(a, b);
                 f = _mm256_mul_ps(_mm256_mul_ps(f, _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(f, three), zero), six)), sixth);
-                __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(f, inv), lo), hi);
-                y = _mm256_add_ps(_mm256_sub_ps(_mm256_add_ps(y, magic), magic), z);
-                y = _mm256_min_ps(_mm256_max_ps(y, zero), top); /* 0..255: the packs below are exact */
-                const __m256i q = _mm256_cvttps_epi32(y);
-                const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-                _mm_storel_epi64((__m128i *)(qrow + (size_t)c * Wp + x0), _mm_packus_epi16(w16, w16));
+                _mm_storel_epi64((__m128i *)(qrow + (size_t)c * Wp + x0), codes_2(_mm256_mul_ps(f, inv), z));
             }
         }
         stem_rows_out_2(op, qrow, oy, out);
     }
 }
+/* squeeze-excitation as se_512, 16 channels at a time (no byte masks in AVX2: where the
+ * channels are not a multiple of 8, the generic body) */
 T2 static void se_2(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t *sums, uint8_t *x) {
-    se_body(op, gate, fs, sums, x);
+    const int32_t C = op->cin, npix = op->h_in * op->w_in, cs = eq_cnn_c4(C);
+    if (C % 8) {
+        se_body(op, gate, fs, sums, x);
+        return;
+    }
+    for (int32_t c = 0; c < C; c += 16) {
+        const int two = C - c > 8; /* else 8 channels: the upper 8 lanes read the next pixel's and are dropped */
+        __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+        for (int32_t p0 = 0; p0 < npix; p0 += 256) {
+            const int32_t p1 = npix - p0 < 256 ? npix : p0 + 256;
+            __m256i s = _mm256_setzero_si256();
+            for (int32_t p = p0; p < p1; p++) {
+                const uint8_t *xp = x + (size_t)p * cs + c;
+                s = _mm256_add_epi16(s, _mm256_cvtepu8_epi16(two ? _mm_loadu_si128((const __m128i *)xp)
+                                                                 : _mm_loadl_epi64((const __m128i *)xp)));
+            }
+            lo = _mm256_add_epi32(lo, _mm256_cvtepu16_epi32(_mm256_castsi256_si128(s)));
+            hi = _mm256_add_epi32(hi, _mm256_cvtepu16_epi32(_mm256_extracti128_si256(s, 1)));
+        }
+        _mm256_storeu_si256((__m256i *)(sums + c), lo);
+        if (two) _mm256_storeu_si256((__m256i *)(sums + c + 8), hi);
+    }
+    se_gates(op, gate, fs, sums);
+    const __m256i top = _mm256_set1_epi32((1 << 15) - 1);
+    for (int32_t c = 0; c < C; c += 16) {
+        const int two = C - c > 8;
+        const __m256i g0 = _mm256_min_epi32(_mm256_loadu_si256((const __m256i *)(sums + c)), top);
+        const __m256i g1 = two ? _mm256_min_epi32(_mm256_loadu_si256((const __m256i *)(sums + c + 8)), top) : g0;
+        const __m256i z0 = _mm256_loadu_si256((const __m256i *)(op->zero + c));
+        const __m256i z1 = two ? _mm256_loadu_si256((const __m256i *)(op->zero + c + 8)) : z0;
+        /* int32 -> int16 in channel order (packs works within 128-bit lanes) */
+        const __m256i g = _mm256_permute4x64_epi64(_mm256_packs_epi32(g0, g1), 0xd8);
+        const __m256i z = _mm256_permute4x64_epi64(_mm256_packs_epi32(z0, z1), 0xd8);
+        for (int32_t p = 0; p < npix; p++) {
+            uint8_t *xp = x + (size_t)p * cs + c;
+            const __m256i v = _mm256_cvtepu8_epi16(two ? _mm_loadu_si128((const __m128i *)xp) : _mm_loadl_epi64((const __m128i *)xp));
+            const __m256i y = _mm256_add_epi16(_mm256_mulhrs_epi16(_mm256_sub_epi16(v, z), g), z);
+            const __m128i b = _mm_packus_epi16(_mm256_castsi256_si128(y), _mm256_extracti128_si256(y, 1));
+            if (two)
+                _mm_storeu_si128((__m128i *)xp, b);
+            else
+                _mm_storel_epi64((__m128i *)xp, b);
+        }
+    }
 }
 
 /* ==================================================================== AVX-512 VNNI */
@@ -706,12 +755,13 @@ T2 static inline __attribute__((always_inline)) epi256 epi_load_2(const eq_cnn_e
 }
 
 /* the generic requantisation of 8 channels (the first n of them stored) of one pixel, in
- * the same operations and order; r: that pixel's residual at these channels (8 bytes are
- * read: the maps have slack), o: its output */
+ * the same operations and order; acc: the sums with the correction in them (as for
+ * epi_codes_512); r: that pixel's residual at these channels (8 bytes are read: the maps
+ * have slack), o: its output */
 T2 static inline __attribute__((always_inline)) void epi_apply_2(const epi256 *P, __m256i acc, const uint8_t *r,
                                                                   int32_t n, uint8_t *o) {
     const __m256 zero = _mm256_setzero_ps();
-    __m256 f = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc, P->corr)), P->w_scale), P->bias);
+    __m256 f = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), P->w_scale), P->bias);
     if (P->res) {
         const __m256i rv = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)r));
         f = _mm256_add_ps(f, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(rv, P->res_zero)), P->res_scale));
@@ -721,12 +771,7 @@ T2 static inline __attribute__((always_inline)) void epi_apply_2(const epi256 *P
         const __m256 t = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(f, _mm256_set1_ps(3.0f)), zero), _mm256_set1_ps(6.0f));
         f = _mm256_mul_ps(_mm256_mul_ps(f, t), _mm256_set1_ps((float)(1.0 / 6.0)));
     }
-    __m256 y = _mm256_mul_ps(f, P->out_inv);
-    y = _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(-512.0f)), _mm256_set1_ps(512.0f));
-    /* rounding to nearest even in the conversion (MXCSR default): (y + MAGIC) - MAGIC */
-    const __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(y), P->out_zero);
-    const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-    const __m128i b8 = _mm_packus_epi16(w16, w16); /* both packs saturate: 0..255 */
+    const __m128i b8 = codes_2(_mm256_mul_ps(f, P->out_inv), P->out_zero);
     if (n >= 8)
         _mm_storel_epi64((__m128i *)o, b8);
     else {
@@ -739,8 +784,9 @@ T2 static inline __attribute__((always_inline)) void epi_apply_2(const epi256 *P
 #define PW2_TILE 4
 /* outputs o..o+7 of np <= PW2_TILE pixels (rows xs bytes apart) */
 T2 static inline __attribute__((always_inline)) void tile4_2(const int16_t *w, int32_t n8, int32_t kp, int32_t o,
-                                                              const uint8_t *xp, int32_t xs, int32_t np, __m256i *a) {
-    for (int j = 0; j < PW2_TILE; j++) a[j] = _mm256_setzero_si256();
+                                                              const uint8_t *xp, int32_t xs, int32_t np, __m256i start,
+                                                              __m256i *a) {
+    for (int j = 0; j < PW2_TILE; j++) a[j] = start;
     for (int32_t q = 0; q < kp; q++) {
         const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + ((size_t)q * n8 + o) * 2));
         for (int j = 0; j < np; j++) {
@@ -757,7 +803,7 @@ T2 static void pw_acc_2(const void *packed, int32_t n, int32_t k, const uint8_t 
         const int32_t np = npix - p < PW2_TILE ? npix - p : PW2_TILE;
         for (int32_t o = 0; o < n8; o += 8) {
             __m256i a[PW2_TILE];
-            tile4_2(w, n8, kp, o, x + (size_t)p * xs, xs, np, a);
+            tile4_2(w, n8, kp, o, x + (size_t)p * xs, xs, np, _mm256_setzero_si256(), a);
             for (int j = 0; j < np; j++) _mm256_storeu_si256((__m256i *)(acc + (size_t)(p + j) * accs + o), a[j]);
         }
     }
@@ -768,8 +814,9 @@ T2 static void pw_acc_2(const void *packed, int32_t n, int32_t k, const uint8_t 
 /* tile4_2 on inputs already widened: pairs[j * kp + q] = the two inputs of pair q of pixel
  * j as two int16 (one broadcast load each, where tile4_2 assembles them from two bytes) */
 T2 static inline __attribute__((always_inline)) void tile4_pairs_2(const int16_t *w, int32_t n8, int32_t kp, int32_t o,
-                                                                    const int32_t *pairs, int32_t np, __m256i *a) {
-    for (int j = 0; j < PW2_TILE; j++) a[j] = _mm256_setzero_si256();
+                                                                    const int32_t *pairs, int32_t np, __m256i start,
+                                                                    __m256i *a) {
+    for (int j = 0; j < PW2_TILE; j++) a[j] = start;
     for (int32_t q = 0; q < kp; q++) {
         const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + ((size_t)q * n8 + o) * 2));
         for (int j = 0; j < np; j++)
@@ -795,9 +842,9 @@ T2 static void pw_row_2(const void *packed, int32_t n, int32_t k, const uint8_t 
                 const epi256 P = epi_load_2(e, o, res != NULL);
                 __m256i a[PW2_TILE];
                 if (np == PW2_TILE) /* a constant count: the pixel loop unrolls without tests */
-                    tile4_pairs_2(w, n8, kp, o, pairs, PW2_TILE, a);
+                    tile4_pairs_2(w, n8, kp, o, pairs, PW2_TILE, P.corr, a);
                 else
-                    tile4_pairs_2(w, n8, kp, o, pairs, np, a);
+                    tile4_pairs_2(w, n8, kp, o, pairs, np, P.corr, a);
                 for (int j = 0; j < np; j++)
                     epi_apply_2(&P, a[j], res ? res + (size_t)(p + j) * rs + o : NULL, n - o, out + (size_t)(p + j) * os + o);
             }
@@ -809,7 +856,7 @@ T2 static void pw_row_2(const void *packed, int32_t n, int32_t k, const uint8_t 
         for (int32_t p = 0; p < npix; p += PW2_TILE) {
             const int32_t np = npix - p < PW2_TILE ? npix - p : PW2_TILE;
             __m256i a[PW2_TILE];
-            tile4_2(w, n8, kp, o, x + (size_t)p * xs, xs, np, a);
+            tile4_2(w, n8, kp, o, x + (size_t)p * xs, xs, np, P.corr, a);
             for (int j = 0; j < np; j++)
                 epi_apply_2(&P, a[j], res ? res + (size_t)(p + j) * rs + o : NULL, n - o, out + (size_t)(p + j) * os + o);
         }
@@ -903,7 +950,7 @@ T2 static void epilogue_2(const eq_cnn_epi *e, const int32_t *acc, int32_t accs,
     for (int32_t o = 0; o < n; o += 8) {
         const epi256 P = epi_load_2(e, o, res != NULL);
         for (int32_t p = 0; p < npix; p++)
-            epi_apply_2(&P, _mm256_loadu_si256((const __m256i *)(acc + (size_t)p * accs + o)),
+            epi_apply_2(&P, _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(acc + (size_t)p * accs + o)), P.corr),
                         res ? res + (size_t)p * rs + o : NULL, n - o, out + (size_t)p * os + o);
     }
 }

@@ -184,8 +184,8 @@ static int check_cnn(const char *name, int *checks) {
         free(mel), free(e1), free(e2);
     }
     /* a whole small network: stem, a residual block with squeeze-excitation, a strided
-     * block, a 40-input pointwise layer, two pointwise layers with 16-bit codes, pooling,
-     * two dense layers */
+     * block, a 40-input pointwise layer, two pointwise layers with 16-bit codes, a second
+     * squeeze-excitation (40 channels), pooling, two dense layers */
     eq_cnn_op ops[16];
     int n = 0;
     ops[n++] = conv_op(EQ_CNN_STEM, -1, 0, -1, 1, 8, 3, 2, EQ_CNN_ACT_HS);
@@ -203,6 +203,11 @@ static int check_cnn(const char *name, int *checks) {
     ops[n++] = conv_op(EQ_CNN_DW, 0, 1, -1, 8, 8, 3, 1, EQ_CNN_ACT_RELU); /* 8 channels, stride 1: pixel pairs */
     ops[n++] = conv_op(EQ_CNN_PW, 1, 2, -1, 8, 40, 1, 1, EQ_CNN_ACT_HS);
     ops[n - 1].w_lo = fill_b(40 * 8); /* 16-bit codes, 40 outputs: whole vectors and a tail */
+    eq_cnn_op se40 = se; /* 40 channels: whole vectors and a tail of 8 */
+    se40.src = 2, se40.cin = 40, se40.cout = 10;
+    se40.fw = fill_f(2 * 40 * 10, -0.5f, 0.5f), se40.fb = fill_f(50, -0.5f, 0.5f);
+    se40.scale = fill_f(40, 0.01f, 0.1f), se40.zero = fill_i(40, 0, 40);
+    ops[n++] = se40;
     ops[n++] = conv_op(EQ_CNN_PW, 2, 1, -1, 40, 40, 1, 1, EQ_CNN_ACT_HS); /* 40 inputs: whole groups and a rest */
     eq_cnn_op pool, d1, d2;
     memset(&pool, 0, sizeof pool);

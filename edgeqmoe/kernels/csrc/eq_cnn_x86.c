@@ -401,20 +401,26 @@ static void pw_pack_512(const int8_t *w, int32_t n, int32_t k, void *out) {
 }
 
 #define PW_TILE 8
-/* outputs o..o+15 of PW_TILE pixels (rows xs bytes apart) */
+/* outputs o..o+15 of PW_TILE pixels (rows xs bytes apart), the sums starting from start;
+ * pairs (a constant where inlined): a last tile of 8 outputs, whose weights pw_pack_512
+ * repeats in lanes 8-15, over 2 x PW_TILE pixels, two a vector (pixel 2 j in lanes 0-7 of
+ * a[j], 2 j + 1 in 8-15) */
 T512 static inline __attribute__((always_inline)) void tile8_512(const int8_t *w, int32_t n16, int32_t kq, int32_t o,
                                                                   const uint8_t *xp, int32_t xs, __m512i start,
-                                                                  __m512i *a) {
+                                                                  int pairs, __m512i *a) {
     for (int j = 0; j < PW_TILE; j++) a[j] = start;
     for (int32_t q = 0; q < kq; q++) {
         const __m512i wv = _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4));
 #pragma GCC unroll 8
-        for (int j = 0; j < PW_TILE; j++)
-            a[j] = _mm512_dpbusd_epi32(a[j], _mm512_set1_epi32(load4(xp + (size_t)j * xs + 4 * q)), wv);
+        for (int j = 0; j < PW_TILE; j++) {
+            const __m512i xv =
+                pairs ? _mm512_inserti64x4(_mm512_set1_epi32(load4(xp + (size_t)(2 * j) * xs + 4 * q)),
+                                           _mm256_set1_epi32(load4(xp + (size_t)(2 * j + 1) * xs + 4 * q)), 1)
+                      : _mm512_set1_epi32(load4(xp + (size_t)j * xs + 4 * q));
+            a[j] = _mm512_dpbusd_epi32(a[j], xv, wv);
+        }
     }
 }
-
-/* outputs o..o+15 of one pixel */
 T512 static inline __attribute__((always_inline)) __m512i px16_512(const int8_t *w, int32_t n16, int32_t kq, int32_t o,
                                                                     const uint8_t *xp, __m512i start) {
     __m512i a = start;
@@ -447,29 +453,12 @@ T512 static void pw_acc_512(const void *packed, int32_t n, int32_t k, const uint
         int32_t p = 0;
         for (; p + PW_TILE <= npix; p += PW_TILE) {
             __m512i a[PW_TILE];
-            tile8_512(w, n16, kq, o, x + (size_t)p * xs, xs, _mm512_setzero_si512(), a);
+            tile8_512(w, n16, kq, o, x + (size_t)p * xs, xs, _mm512_setzero_si512(), 0, a);
             for (int j = 0; j < PW_TILE; j++) _mm512_storeu_si512((void *)(acc + (size_t)(p + j) * accs + o), a[j]);
         }
         for (; p < npix; p++) {
             const __m512i a0 = px16_512(w, n16, kq, o, x + (size_t)p * xs, _mm512_setzero_si512());
             _mm512_storeu_si512((void *)(acc + (size_t)p * accs + o), a0);
-        }
-    }
-}
-
-/* tile8_512 for a last tile of 8 outputs (whose weights pw_pack_512 repeats in lanes
- * 8-15): 2 x PW_TILE pixels, two a vector (pixel 2 j in lanes 0-7 of a[j], 2 j + 1 in 8-15) */
-T512 static inline __attribute__((always_inline)) void tile8x2_512(const int8_t *w, int32_t n16, int32_t kq, int32_t o,
-                                                                    const uint8_t *xp, int32_t xs, __m512i start,
-                                                                    __m512i *a) {
-    for (int j = 0; j < PW_TILE; j++) a[j] = start;
-    for (int32_t q = 0; q < kq; q++) {
-        const __m512i wv = _mm512_load_si512((const void *)(w + ((size_t)q * n16 + o) * 4));
-#pragma GCC unroll 8
-        for (int j = 0; j < PW_TILE; j++) {
-            const __m256i x0 = _mm256_set1_epi32(load4(xp + (size_t)(2 * j) * xs + 4 * q));
-            const __m256i x1 = _mm256_set1_epi32(load4(xp + (size_t)(2 * j + 1) * xs + 4 * q));
-            a[j] = _mm512_dpbusd_epi32(a[j], _mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1), wv);
         }
     }
 }
@@ -488,7 +477,7 @@ T512 static void pw_row_512(const void *packed, int32_t n, int32_t k, const uint
             const epi512 P2 = epi_twice_512(P);
             for (; p + 2 * PW_TILE <= npix; p += 2 * PW_TILE) {
                 __m512i a[PW_TILE];
-                tile8x2_512(w, n16, kq, o, x + (size_t)p * xs, xs, P2.corr, a);
+                tile8_512(w, n16, kq, o, x + (size_t)p * xs, xs, P2.corr, 1, a);
 #pragma GCC unroll 8
                 for (int j = 0; j < PW_TILE; j++) {
                     const size_t p0 = (size_t)p + 2 * j;
@@ -499,7 +488,7 @@ T512 static void pw_row_512(const void *packed, int32_t n, int32_t k, const uint
         }
         for (; p + PW_TILE <= npix; p += PW_TILE) {
             __m512i a[PW_TILE];
-            tile8_512(w, n16, kq, o, x + (size_t)p * xs, xs, P.corr, a);
+            tile8_512(w, n16, kq, o, x + (size_t)p * xs, xs, P.corr, 0, a);
 #pragma GCC unroll 8
             for (int j = 0; j < PW_TILE; j++)
                 epi_apply_512(&P, a[j], res ? res + (size_t)(p + j) * rs + o : NULL, m, out + (size_t)(p + j) * os + o);
@@ -688,8 +677,8 @@ T512 static void pw_row_wide_512(const void *hi, const void *lo, int32_t n, int3
             const epi512 P2 = epi_twice_512(P);
             for (; p + 2 * PW_TILE <= npix; p += 2 * PW_TILE) {
                 __m512i a[PW_TILE], b[PW_TILE];
-                tile8x2_512(wh, n16, kq, o, x + (size_t)p * xs, xs, _mm512_setzero_si512(), a);
-                tile8x2_512(wl, n16, kq, o, x + (size_t)p * xs, xs, P2.corr, b);
+                tile8_512(wh, n16, kq, o, x + (size_t)p * xs, xs, _mm512_setzero_si512(), 1, a);
+                tile8_512(wl, n16, kq, o, x + (size_t)p * xs, xs, P2.corr, 1, b);
 #pragma GCC unroll 8
                 for (int j = 0; j < PW_TILE; j++) {
                     const size_t p0 = (size_t)p + 2 * j;
@@ -701,8 +690,8 @@ T512 static void pw_row_wide_512(const void *hi, const void *lo, int32_t n, int3
         }
         for (; p + PW_TILE <= npix; p += PW_TILE) {
             __m512i a[PW_TILE], b[PW_TILE];
-            tile8_512(wh, n16, kq, o, x + (size_t)p * xs, xs, _mm512_setzero_si512(), a);
-            tile8_512(wl, n16, kq, o, x + (size_t)p * xs, xs, P.corr, b);
+            tile8_512(wh, n16, kq, o, x + (size_t)p * xs, xs, _mm512_setzero_si512(), 0, a);
+            tile8_512(wl, n16, kq, o, x + (size_t)p * xs, xs, P.corr, 0, b);
 #pragma GCC unroll 8
             for (int j = 0; j < PW_TILE; j++)
                 epi_apply_512(&P, _mm512_add_epi32(_mm512_slli_epi32(a[j], 8), b[j]),

@@ -58,7 +58,9 @@ static inline __attribute__((always_inline)) void epi_apply_neon(const epi8 *P, 
             const float32x4_t t = vminq_f32(vmaxq_f32(vaddq_f32(f, vdupq_n_f32(3.0f)), zero), vdupq_n_f32(6.0f));
             f = vmulq_f32(vmulq_f32(f, t), vdupq_n_f32((float)(1.0 / 6.0)));
         }
-        const float32x4_t y = vminq_f32(vmaxq_f32(vmulq_f32(f, P->out_inv[h]), vdupq_n_f32(-512.0f)), vdupq_n_f32(512.0f));
+        /* clamped at the top only (as codes_512 does): below -512 the narrowing makes every
+         * code 0 all the same; above, the conversion's saturation plus the zero point would wrap */
+        const float32x4_t y = vminq_f32(vmulq_f32(f, P->out_inv[h]), vdupq_n_f32(512.0f));
         q[h] = vaddq_s32(vcvtnq_s32_f32(y), P->out_zero[h]);
     }
     const uint8x8_t b = vqmovn_u16(vcombine_u16(vqmovun_s32(q[0]), vqmovun_s32(q[1])));
@@ -212,6 +214,41 @@ static void epilogue_neon(const eq_cnn_epi *e, const int32_t *acc, int32_t accs,
     }
 }
 
+/* squeeze-excitation, 8 channels at a time (the generic body where the channels are not
+ * a multiple of 8): the channel sums in 16-bit lanes (flushed to 32 bits every 256
+ * pixels), the gates as se_gates, then zero + (x - zero) x gate by vqrdmulh, whose
+ * (2 d g + 2^15) >> 16 is the reference's (d g + 2^14) >> 15; a gate of one (2^15) becomes
+ * 2^15 - 1, which gives the same d for every |d| <= 255 (as in se_512) */
+static void se_neon(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_t *sums, uint8_t *x) {
+    const int32_t C = op->cin, npix = op->h_in * op->w_in, cs = eq_cnn_c4(C);
+    if (C % 8) {
+        eq_cnn_se_generic(op, gate, fs, sums, x);
+        return;
+    }
+    for (int32_t c = 0; c < C; c += 8) {
+        uint32x4_t lo = vdupq_n_u32(0), hi = vdupq_n_u32(0);
+        for (int32_t p0 = 0; p0 < npix; p0 += 256) {
+            const int32_t p1 = npix - p0 < 256 ? npix : p0 + 256;
+            uint16x8_t s = vdupq_n_u16(0);
+            for (int32_t p = p0; p < p1; p++) s = vaddw_u8(s, vld1_u8(x + (size_t)p * cs + c));
+            lo = vaddw_u16(lo, vget_low_u16(s)), hi = vaddw_u16(hi, vget_high_u16(s));
+        }
+        vst1q_s32(sums + c, vreinterpretq_s32_u32(lo)), vst1q_s32(sums + c + 4, vreinterpretq_s32_u32(hi));
+    }
+    se_gates(op, gate, fs, sums);
+    const int32x4_t top = vdupq_n_s32((1 << 15) - 1);
+    for (int32_t c = 0; c < C; c += 8) {
+        const int16x8_t g = vcombine_s16(vmovn_s32(vminq_s32(vld1q_s32(sums + c), top)),
+                                         vmovn_s32(vminq_s32(vld1q_s32(sums + c + 4), top)));
+        const int16x8_t z = vcombine_s16(vmovn_s32(vld1q_s32(op->zero + c)), vmovn_s32(vld1q_s32(op->zero + c + 4)));
+        for (int32_t p = 0; p < npix; p++) {
+            uint8_t *xp = x + (size_t)p * cs + c;
+            const int16x8_t d = vsubq_s16(vreinterpretq_s16_u16(vmovl_u8(vld1_u8(xp))), z);
+            vst1_u8(xp, vqmovun_s16(vaddq_s16(vqrdmulhq_s16(d, g), z)));
+        }
+    }
+}
+
 /* 16-bit codes into pw_pack_neon's layout (int16 already; vmlal sums in int32) */
 static void pw_pack16_neon(const int8_t *hi, const int8_t *lo, int32_t n, int32_t k, void *out) {
     eq_cnn_pw_pack16(hi, lo, n, k, 1, pw_bytes_neon(n, k), out);
@@ -219,7 +256,7 @@ static void pw_pack16_neon(const int8_t *hi, const int8_t *lo, int32_t n, int32_
 
 const eq_cnn_kernels eq_cnn_neon = {"neon", pw_bytes_neon, pw_pack_neon, pw_acc_neon,
                                     eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, NULL, epilogue_neon,
-                                    eq_cnn_stem_generic, eq_cnn_se_generic, pw_row_neon, dw_row_neon, NULL,
+                                    eq_cnn_stem_generic, se_neon, pw_row_neon, dw_row_neon, NULL,
                                     pw_pack16_neon};
 
 /* ==================================================================== NEON + sdot */
@@ -339,6 +376,6 @@ TDOT static void pw_row_dot(const void *packed, int32_t n, int32_t k, const uint
 
 const eq_cnn_kernels eq_cnn_dotprod = {"dotprod", pw_bytes_dot, pw_pack_dot, pw_acc_dot,
                                        eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, NULL, epilogue_neon,
-                                       eq_cnn_stem_generic, eq_cnn_se_generic, pw_row_dot, dw_row_neon};
+                                       eq_cnn_stem_generic, se_neon, pw_row_dot, dw_row_neon, NULL, NULL};
 
 #endif

@@ -104,7 +104,7 @@ static void dw_acc_generic(const void *packed, const eq_cnn_op *op, const uint8_
 
 const eq_cnn_kernels eq_cnn_generic = {"generic", pw_bytes_generic, pw_pack_generic, pw_acc_generic,
                                        dw_bytes_generic, dw_pack_generic, dw_acc_generic,
-                                       eq_cnn_epilogue, eq_cnn_stem_generic, eq_cnn_se_generic, NULL, NULL};
+                                       eq_cnn_epilogue, eq_cnn_stem_generic, eq_cnn_se_generic, NULL, NULL, NULL, NULL};
 
 const eq_cnn_kernels *eq_cnn_find(const char *name) {
     const eq_kernels *heads[16];

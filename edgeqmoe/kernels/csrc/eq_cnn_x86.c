@@ -30,19 +30,18 @@ static void dw_pack_madd(const int8_t *w, const int32_t *zero, int32_t c, int32_
     for (int32_t i = 0; i < up16(c) * k * k; i++) o[i] = (int32_t)(uint16_t)(int16_t)o[i];
 }
 
-/* The pair layout of the x86 depthwise kernels, for interior pixels: per block of 8 x lanes
- * channels (lanes: 128-bit lanes per vector, 4 for AVX-512, 2 for AVX2), its zero points as
- * int16, then per pair of taps (t, t + 1; the last one alone, with zeros) two vectors of
- * 8 x lanes int16 in the order vpunpcklwd / vpunpckhwd give the inputs within each 128-bit
- * lane (channels 0-3 of every lane, then 4-7), so that one vpdpwssd (AVX-512) or vpmaddwd
- * (AVX2) adds two taps of a vector's worth of channels */
-static size_t dw_pairs_bytes(int32_t c, int32_t k, int32_t lanes) {
-    const int32_t cb = 8 * lanes;
+/* The pair layout of the AVX2 depthwise kernel, for interior pixels: per block of 16
+ * channels, its zero points as int16, then per pair of taps (t, t + 1; the last one alone,
+ * with zeros) two vectors of 16 int16 in the order vpunpcklwd / vpunpckhwd give the inputs
+ * within each 128-bit lane (channels 0-3 of both lanes, then 4-7), so that one vpmaddwd
+ * adds two taps of a vector's worth of channels */
+static size_t dw_pairs_bytes(int32_t c, int32_t k) {
+    const int32_t lanes = 2, cb = 8 * lanes;
     return (size_t)((c + cb - 1) / cb) * 2 * cb * (1 + (size_t)2 * ((k * k + 1) / 2));
 }
 
-static void dw_pack_pairs(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, int32_t lanes, int16_t *p) {
-    const int32_t kk = k * k, cb = 8 * lanes;
+static void dw_pack_pairs(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, int16_t *p) {
+    const int32_t kk = k * k, lanes = 2, cb = 8 * lanes;
 #define W_AT(t, ch) ((t) < kk && (ch) < c ? (int16_t)w[(size_t)(t) * c + (ch)] : (int16_t)0)
     for (int32_t b = 0; b < (c + cb - 1) / cb; b++) {
         for (int32_t j = 0; j < cb; j++) p[j] = cb * b + j < c ? (int16_t)zero[cb * b + j] : 0;
@@ -91,34 +90,34 @@ static void dw_pack_quads(const int8_t *w, const int32_t *zero, int32_t c, int32
     }
 }
 
-/* AVX-512 depthwise weights: the madd layout above (pixels at the borders), for 8 channels
- * the pair layout (dw_px4_c8_512, stride 1), then the quad layout (where they start:
- * dw_quads_at) */
-static size_t dw_quads_at(int32_t c, int32_t k) {
-    return eq_cnn_dw_bytes_wide(c, k) + (c == 8 ? dw_pairs_bytes(c, k, 4) : 0);
-}
-
-static size_t dw_bytes_512(int32_t c, int32_t k) { return dw_quads_at(c, k) + dw_quads_bytes(c, k); }
+/* AVX-512 depthwise weights: the madd layout above (pixels at the borders), then the quad
+ * layout. An 8-channel map's block of 32 holds four neighbouring pixels (dw_px4_c8_512), so
+ * its channels' weights and zero points repeat across the block. */
+static size_t dw_bytes_512(int32_t c, int32_t k) { return eq_cnn_dw_bytes_wide(c, k) + dw_quads_bytes(c, k); }
 
 static void dw_pack_512(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, void *out) {
     dw_pack_madd(w, zero, c, k, out);
-    dw_pack_quads(w, zero, c, k, (uint8_t *)out + dw_quads_at(c, k));
-    if (c == 8) {
-        int16_t *q = (int16_t *)((uint8_t *)out + eq_cnn_dw_bytes_wide(c, k));
-        dw_pack_pairs(w, zero, c, k, 4, q); /* every 16-byte lane repeats lane 0: one pixel per lane */
-        const int32_t vectors = 1 + 2 * ((k * k + 1) / 2); /* the zero points, then two per pair of taps */
-        for (int32_t v = 0; v < vectors; v++)
-            for (int32_t lane = 1; lane < 4; lane++) memcpy(q + 32 * v + 8 * lane, q + 32 * v, 16);
+    uint8_t *q = (uint8_t *)out + eq_cnn_dw_bytes_wide(c, k);
+    if (c != 8) {
+        dw_pack_quads(w, zero, c, k, q);
+        return;
     }
+    int8_t w32[7 * 7 * 32]; /* k <= 7 (the engine refuses more) */
+    int32_t z32[32];
+    for (int32_t j = 0; j < 32; j++) {
+        z32[j] = zero[j % 8];
+        for (int32_t t = 0; t < k * k; t++) w32[t * 32 + j] = w[t * 8 + j % 8];
+    }
+    dw_pack_quads(w32, z32, 32, k, q);
 }
 
 /* AVX2 depthwise weights: the madd layout (pixels at the borders), then the pair layout in
  * blocks of 16 channels */
-static size_t dw_bytes_2(int32_t c, int32_t k) { return eq_cnn_dw_bytes_wide(c, k) + dw_pairs_bytes(c, k, 2); }
+static size_t dw_bytes_2(int32_t c, int32_t k) { return eq_cnn_dw_bytes_wide(c, k) + dw_pairs_bytes(c, k); }
 
 static void dw_pack_2(const int8_t *w, const int32_t *zero, int32_t c, int32_t k, void *out) {
     dw_pack_madd(w, zero, c, k, out);
-    dw_pack_pairs(w, zero, c, k, 2, (int16_t *)((uint8_t *)out + eq_cnn_dw_bytes_wide(c, k)));
+    dw_pack_pairs(w, zero, c, k, (int16_t *)((uint8_t *)out + eq_cnn_dw_bytes_wide(c, k)));
 }
 
 /* the stem's channel rows (qrow) into output row oy of the channels-last map; 8 channels:
@@ -517,37 +516,6 @@ T512 static inline __attribute__((always_inline)) __m512i dw_acc16_512(const int
     return a;
 }
 
-/* the k x k taps of one block in the pair layout of dw_pack_512 (pk: the block's zero
- * points, then its pairs of taps), two taps per vpdpwssd on (x - zero) as int16: 32
- * lanes of int16 at base + tap offset, their sums in lo (vpunpcklwd order) and hi */
-T512 static inline __attribute__((always_inline)) void tap_pairs_512(const int16_t *pk, const uint8_t *base,
-                                                                      int32_t row, int32_t xs, int32_t k, __m512i *lo,
-                                                                      __m512i *hi) {
-    const int32_t kk = k * k;
-    const __m512i z = _mm512_load_si512((const void *)pk);
-    pk += 32;
-    __m512i l = _mm512_setzero_si512(), h = _mm512_setzero_si512();
-    for (int32_t t = 0; t < kk; t += 2, pk += 64) {
-        const uint8_t *pa = base + (size_t)(t / k) * row + (size_t)(t % k) * xs;
-        const __m512i xa = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)pa)), z);
-        __m512i xb = _mm512_setzero_si512();
-        if (t + 1 < kk) {
-            const uint8_t *pb = base + (size_t)((t + 1) / k) * row + (size_t)((t + 1) % k) * xs;
-            xb = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)pb)), z);
-        }
-        l = _mm512_dpwssd_epi32(l, _mm512_unpacklo_epi16(xa, xb), _mm512_load_si512((const void *)pk));
-        h = _mm512_dpwssd_epi32(h, _mm512_unpackhi_epi16(xa, xb), _mm512_load_si512((const void *)(pk + 32)));
-    }
-    *lo = l, *hi = h;
-}
-
-/* lanes 0-15 (idx0) and 16-31 (idx1) of 32 sums from vpunpck{l,h}wd order, in order */
-#define PAIRS_IDX0 _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23)
-#define PAIRS_IDX1 _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31)
-
-/* four neighbouring interior pixels of an 8-channel map (stride 1), one per 16-byte
- * lane (dw_pack_512 repeats an 8-channel map's weights in every lane), put back as two
- * vectors of two pixels each; pair: the 8 channels' parameters twice */
 /* the k x k taps of 32 channels at base in the quad layout (dw_pack_quads): four taps of
  * uint8 inputs per vpdpbusd, the sums starting from the zero points' share; channels 0-15
  * in *lo, 16-31 in *hi. Every tap is read: pixels inside the map, or a padded map. */
@@ -577,21 +545,24 @@ T512 static inline __attribute__((always_inline)) void tap_quads_512(const uint8
     *hi = _mm512_shuffle_i32x4(x, y, _MM_SHUFFLE(3, 1, 3, 1));
 }
 
-T512 static inline __attribute__((always_inline)) void dw_px4_c8_512(const int16_t *pk, const uint8_t *base, int32_t row,
+/* four neighbouring interior pixels of an 8-channel map (stride 1): the 32 bytes of a tap
+ * row hold all four (dw_pack_512 repeats the weights across the block); pixels 0-1 come
+ * back in lo, 2-3 in hi; pair: the 8 channels' parameters twice */
+T512 static inline __attribute__((always_inline)) void dw_px4_c8_512(const uint8_t *pk, const uint8_t *base, int32_t row,
                                                                       int32_t k, const epi512 *pair, uint8_t *o) {
     __m512i lo, hi;
-    tap_pairs_512(pk, base, row, 8, k, &lo, &hi);
-    epi_apply_512(pair, _mm512_permutex2var_epi32(lo, PAIRS_IDX0, hi), NULL, 0xffff, o);
-    epi_apply_512(pair, _mm512_permutex2var_epi32(lo, PAIRS_IDX1, hi), NULL, 0xffff, o + 16);
+    tap_quads_512(pk, base, row, 8, k, &lo, &hi);
+    epi_apply_512(pair, lo, NULL, 0xffff, o);
+    epi_apply_512(pair, hi, NULL, 0xffff, o + 16);
 }
 
 /* a depthwise output row and its requantisation in one pass: per block of 32 channels
- * (the pair layout's), its requantisation parameters loaded once for the whole row */
+ * (the quad layout's), its requantisation parameters loaded once for the whole row */
 T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
                             uint8_t *out) {
     const int32_t k = op->k, s = op->stride, pad = op->pad, C = op->cout, c16 = up16(C), cs = eq_cnn_c4(C);
     const int32_t *zp = packed, *w = zp + c16, row = op->w_in * xs;
-    const int16_t *pairs_w = (const int16_t *)((const uint8_t *)packed + eq_cnn_dw_bytes_wide(C, k));
+    const uint8_t *quads = (const uint8_t *)packed + eq_cnn_dw_bytes_wide(C, k);
     int32_t ty0, ty1;
     eq_cnn_tap_range(oy, s, pad, k, op->h_in, &ty0, &ty1);
     const int full_y = ty0 == 0 && ty1 == k;
@@ -605,14 +576,14 @@ T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8
             uint8_t *o = out + (size_t)ox * cs;
             if (full_y && tx0 == 0 && ox + 3 < op->w_out && (ox + 3) * s - pad + k <= op->w_in) {
                 if (k == 3)
-                    dw_px4_c8_512(pairs_w, base, row, 3, &pair, o);
+                    dw_px4_c8_512(quads, base, row, 3, &pair, o);
                 else
-                    dw_px4_c8_512(pairs_w, base, row, k, &pair, o);
+                    dw_px4_c8_512(quads, base, row, k, &pair, o);
                 ox += 3;
-            } else if (full_y && tx0 == 0 && tx1 == k && (k == 3 || k == 5)) {
+            } else if (full_y && tx0 == 0 && tx1 == k && (k == 3 || k == 5)) { /* one pixel: lanes 0-7 */
                 __m512i lo, hi;
-                tap_pairs_512(pairs_w, base, row, xs, k, &lo, &hi);
-                epi_apply_512(&P, _mm512_permutex2var_epi32(lo, PAIRS_IDX0, hi), NULL, 0xff, o);
+                tap_quads_512(quads, base, row, xs, k, &lo, &hi);
+                epi_apply_512(&P, lo, NULL, 0xff, o);
             } else {
                 epi_apply_512(&P, dw_acc16_512(zp, w, base, 0, c16, xs, row, k, ty0, ty1, tx0, tx1), NULL, 0xff, o);
             }
@@ -620,7 +591,6 @@ T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8
         return;
     }
     const size_t block = (size_t)128 * (1 + (k * k + 3) / 4); /* bytes per block of the quad layout */
-    const uint8_t *quads = (const uint8_t *)packed + dw_quads_at(C, k);
     for (int32_t c = 0; c < C; c += 32) {
         const uint8_t *pk = quads + (size_t)(c / 32) * block;
         const int two = C - c > 16;

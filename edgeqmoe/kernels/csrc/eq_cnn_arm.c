@@ -349,21 +349,37 @@ TDOT static inline __attribute__((always_inline)) void tile4_dot(const int8_t *w
     }
 }
 
-/* pw_acc_dot and the requantisation in one pass: tiles of 4 pixels x 16 outputs in registers */
-TDOT static void pw_row_dot(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
-                            const eq_cnn_epi *e, const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
+/* pw_acc_dot and the requantisation in one pass: tiles of 4 pixels x 16 outputs in
+ * registers. wl: for 16-bit codes, the low parts (w the high ones, each in pw_pack_dot's
+ * layout with its own sums): both parts' tiles, the high sums shifted 8 bits and the low
+ * ones added before the requantisation, as pw_row_wide_512 does; NULL for int8 codes */
+TDOT static inline __attribute__((always_inline)) void pw_rows_dot(const int8_t *w, const int8_t *wl, int32_t n,
+                                                                    int32_t k, const uint8_t *x, int32_t xs,
+                                                                    int32_t npix, const eq_cnn_epi *e,
+                                                                    const uint8_t *res, int32_t rs, uint8_t *out,
+                                                                    int32_t os) {
     const int32_t n16 = up16(n), kq = eq_cnn_c4(k) / 4;
-    const int8_t *w = packed;
     const int32_t *sum = (const int32_t *)(w + (size_t)n16 * eq_cnn_c4(k));
+    const int32_t *sum_l = wl ? (const int32_t *)(wl + (size_t)n16 * eq_cnn_c4(k)) : NULL;
     for (int32_t o = 0; o < n16; o += 16) {
         const epi8 P0 = epi_load_neon(e, o, res != NULL), P1 = epi_load_neon(e, o + 8, res != NULL);
         for (int32_t p = 0; p < npix; p += PWN_TILE) {
             const int32_t np = npix - p < PWN_TILE ? npix - p : PWN_TILE;
+            const uint8_t *xp = x + (size_t)p * xs;
             int32x4_t a[PWN_TILE][4];
             if (np == PWN_TILE)
-                tile4_dot(w, sum, n16, kq, o, x + (size_t)p * xs, xs, PWN_TILE, a);
+                tile4_dot(w, sum, n16, kq, o, xp, xs, PWN_TILE, a);
             else
-                tile4_dot(w, sum, n16, kq, o, x + (size_t)p * xs, xs, np, a);
+                tile4_dot(w, sum, n16, kq, o, xp, xs, np, a);
+            if (wl) {
+                int32x4_t b[PWN_TILE][4];
+                if (np == PWN_TILE)
+                    tile4_dot(wl, sum_l, n16, kq, o, xp, xs, PWN_TILE, b);
+                else
+                    tile4_dot(wl, sum_l, n16, kq, o, xp, xs, np, b);
+                for (int j = 0; j < np; j++)
+                    for (int i = 0; i < 4; i++) a[j][i] = vaddq_s32(vshlq_n_s32(a[j][i], 8), b[j][i]);
+            }
             for (int j = 0; j < np; j++) {
                 const uint8_t *r = res ? res + (size_t)(p + j) * rs + o : NULL;
                 uint8_t *op = out + (size_t)(p + j) * os + o;
@@ -374,8 +390,19 @@ TDOT static void pw_row_dot(const void *packed, int32_t n, int32_t k, const uint
     }
 }
 
+TDOT static void pw_row_dot(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
+                            const eq_cnn_epi *e, const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
+    pw_rows_dot(packed, NULL, n, k, x, xs, npix, e, res, rs, out, os);
+}
+
+TDOT static void pw_row_wide_dot(const void *hi, const void *lo, int32_t n, int32_t k, const uint8_t *x, int32_t xs,
+                                 int32_t npix, const eq_cnn_epi *e, const uint8_t *res, int32_t rs, uint8_t *out,
+                                 int32_t os) {
+    pw_rows_dot(hi, lo, n, k, x, xs, npix, e, res, rs, out, os);
+}
+
 const eq_cnn_kernels eq_cnn_dotprod = {"dotprod", pw_bytes_dot, pw_pack_dot, pw_acc_dot,
                                        eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, NULL, epilogue_neon,
-                                       eq_cnn_stem_generic, se_neon, pw_row_dot, dw_row_neon, NULL, NULL};
+                                       eq_cnn_stem_generic, se_neon, pw_row_dot, dw_row_neon, pw_row_wide_dot, NULL};
 
 #endif

@@ -420,6 +420,8 @@ T512 static inline __attribute__((always_inline)) void tile8_512(const int8_t *w
         }
     }
 }
+
+/* outputs o..o+15 of one pixel, the sums starting from start */
 T512 static inline __attribute__((always_inline)) __m512i px16_512(const int8_t *w, int32_t n16, int32_t kq, int32_t o,
                                                                     const uint8_t *xp, __m512i start) {
     __m512i a = start;

@@ -73,6 +73,16 @@ def test_shipped_bundles_exist():
     assert total < 8 * 2**20
 
 
+def test_every_shipped_profile_runs_its_bundle_on_the_window_it_was_trained_on():
+    from edgeqmoe.daemon.profiles import load_profile
+    from edgeqmoe.model.bundle import load_bundle
+
+    for name in ("latency-critical", "balanced", "accuracy", "energy", "stable", "home"):
+        p = load_profile(name)
+        trained = load_bundle(p.model.bundle_path()).meta["window"]["window_s"]
+        assert trained == p.audio.window, (name, trained, p.audio.window)
+
+
 def test_fast_and_realtime_give_identical_predictions(tmp_path, clip):
     prof = write_profile(tmp_path)
     out = {}

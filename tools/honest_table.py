@@ -82,13 +82,13 @@ def main() -> None:
     from edgeqmoe.train.metrics import clip_scores
     from edgeqmoe.train.run import embed_if_needed
     from edgeqmoe.train.trainer import predict_proba, train_one
-    from train_defaults import PROFILES
+    from train_defaults import PROFILES, profile_window
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=os.path.join(os.path.dirname(ROOT), "shared", "data", "us8k16k"))
     ap.add_argument("--cache", default=os.path.join(ROOT, "cache"))
     ap.add_argument("--weights", default=os.environ.get("EDGEQMOE_WEIGHTS_DIR"))
-    ap.add_argument("--window", type=float, default=2.0)
+    ap.add_argument("--window", type=float, default=2.0, help="for a bundle without a profile of its own")
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--write", default=None)
     ap.add_argument("--test-runtime", default=None, choices=("int8",),
@@ -99,19 +99,20 @@ def main() -> None:
     for name, (embedder, model, _why) in PROFILES.items():
         if a.only and name not in a.only:
             continue
+        window = profile_window(name, a.window)  # the window the shipped bundle was trained on
         cfg = config_from_dict({"name": name, "model": model, "cv": "folds", "out": os.path.join(ROOT, "runs", "honest"),
                                 "data": {"dataset": a.data, "embedder": embedder, "cache": a.cache,
-                                         "window": a.window, "hop": a.window / 2, "weights": a.weights}})
-        cache = cache_of.get(embedder) or embed_if_needed(cfg, log=lambda *x: None)
-        cache_of[embedder] = cache
+                                         "window": window, "hop": window / 2, "weights": a.weights}})
+        cache = cache_of.get((embedder, window)) or embed_if_needed(cfg, log=lambda *x: None)
+        cache_of[(embedder, window)] = cache
         d = load_data(cache)
         d_test = None
         if a.test_runtime and embedder == "mn04":
-            d_test = load_data(runtime_cache(a.data, a.weights, a.cache, a.window, a.test_runtime))
+            d_test = load_data(runtime_cache(a.data, a.weights, a.cache, window, a.test_runtime))
             if not (np.array_equal(d_test.y, d.y) and np.array_equal(d_test.clip, d.clip)):
                 raise SystemExit(f"the {a.test_runtime} embeddings are not in the order of the fp32 ones")
-        if embedder == "mn04" and "mn04" not in target:
-            target["mn04"] = audioset_target(a.data, a.weights, a.window, a.window / 2, len(d.y))
+        if embedder == "mn04" and window not in target:
+            target[window] = audioset_target(a.data, a.weights, window, window / 2, len(d.y))
         folds = []
         for fold, tr, te in splits(d, "folds", cfg.train.seed):
             dtr, dte = d.subset(tr), d.subset(te)
@@ -131,7 +132,7 @@ def main() -> None:
             for who, p in (("model", p_model), ("lr", p_lr)):
                 row[who] = clip_scores(p, dte.y, dte.clip, d.n_classes)["weighted_f1"]
                 if embedder == "mn04":
-                    prob, thr = target["mn04"]
+                    prob, thr = target[window]
                     keep = prob[te] >= thr
                     with_rule = clip_scores(p, dte.y, dte.clip, d.n_classes, keep)
                     row[f"{who}_rule"] = with_rule["weighted_f1"]
@@ -144,7 +145,7 @@ def main() -> None:
                   + (f"; with the open-set rule model {row['model_rule']:.4f}, LR {row['lr_rule']:.4f} "
                      f"({100 * row['windows_other']:.1f}% of windows other, {row['clips_lost']} clips with none left)"
                      if "model_rule" in row else ""), flush=True)
-        rows.append((name, embedder, folds))
+        rows.append((name, embedder, folds, window))
     lines = [BEGIN, "## Honest protocol against logistic regression, with and without the open-set rule", "",
              f"Made by `tools/honest_table.py` in {(time.time() - t0) / 60:.1f} min on "
              f"{describe(machine_info())}. Weighted F1 per clip, folds 1 / 2 / 3 held out in turn and their mean; "
@@ -152,9 +153,11 @@ def main() -> None:
              "same training folds. With the rule: windows that the open-set rule calls 'other' are left out of "
              "their clip; a clip with none left is a miss. This is a fresh run of the configs that made the shipped "
              "bundles (embeddings from ONNX Runtime); the figures in each card above come from the run that made "
-             "the bundle, and the two differ by run-to-run variation of training.", "",
-             "| profile | model | LR | model, open-set rule | LR, open-set rule | windows 'other' | clips with none left |",
-             "|---|---|---|---|---|---:|---:|"]
+             "the bundle, and the two differ by run-to-run variation of training. Each profile on its own window "
+             "(the window its bundle is trained on and the daemon runs), the LR on the same windows.", "",
+             "| profile | window | model | LR | model, open-set rule | LR, open-set rule | windows 'other' | "
+             "clips with none left |",
+             "|---|---:|---|---|---|---|---:|---:|"]
 
     def cell(folds, k):
         if k not in folds[0]:
@@ -162,19 +165,20 @@ def main() -> None:
         v = [f[k] for f in folds]
         return " / ".join(f"{x:.3f}" for x in v) + f", **{np.mean(v):.4f}**"
 
-    for name, _embedder, folds in rows:
+    for name, _embedder, folds, window in rows:
         other = (f"{100 * np.mean([f['windows_other'] for f in folds]):.1f}%" if "windows_other" in folds[0] else "-")
         lost = str(sum(f["clips_lost"] for f in folds)) if "clips_lost" in folds[0] else "-"
-        lines.append(f"| {name} | {cell(folds, 'model')} | {cell(folds, 'lr')} | {cell(folds, 'model_rule')} | "
+        lines.append(f"| {name} | {window:g} s | {cell(folds, 'model')} | {cell(folds, 'lr')} | "
+                     f"{cell(folds, 'model_rule')} | "
                      f"{cell(folds, 'lr_rule')} | {other} | {lost} |")
     if a.test_runtime:
         lines += ["", f"Held-out folds embedded by mn04 on the {a.test_runtime} runtime (models and LR trained on fp32 "
                       "embeddings, as the shipped bundles are):", "",
-                  "| profile | model, fp32 | model, " + a.test_runtime + " | LR, fp32 | LR, " + a.test_runtime + " |",
-                  "|---|---|---|---|---|"]
-        for name, _embedder, folds in rows:
+                  "| profile | window | model, fp32 | model, " + a.test_runtime + " | LR, fp32 | LR, " + a.test_runtime + " |",
+                  "|---|---:|---|---|---|---|"]
+        for name, _embedder, folds, window in rows:
             if "model_q" in folds[0]:
-                lines.append(f"| {name} | {cell(folds, 'model')} | {cell(folds, 'model_q')} | {cell(folds, 'lr')} | "
+                lines.append(f"| {name} | {window:g} s | {cell(folds, 'model')} | {cell(folds, 'model_q')} | {cell(folds, 'lr')} | "
                              f"{cell(folds, 'lr_q')} |")
     lines.append(END)
     table = "\n".join(lines)

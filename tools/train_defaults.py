@@ -36,6 +36,18 @@ PROFILES = {
 }
 
 
+def profile_window(name: str, default: float) -> float:
+    """The window a bundle is trained on: its profile's (profiles/NAME.yaml), which the
+    daemon runs it with; ``default`` for a bundle without a profile of its own (the
+    weight-free fallback). The training windows overlap by half whatever the profile's hop."""
+    path = os.path.join(ROOT, "profiles", f"{name}.yaml")
+    if not os.path.exists(path):
+        return default
+    from edgeqmoe.daemon.profiles import load_profile
+
+    return load_profile(path).audio.window
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=os.path.join(os.path.dirname(ROOT), "shared", "data", "us8k16k"))
@@ -68,13 +80,20 @@ def main():
                         f"{', '.join(f'{x:.3f}' for x in per)} |\n")
             f.write(f"\nThe profiles use {window:g} s windows (the best mean above); the daemon emits a decision "
                     f"every hop (half a window).\n")
+            own = {n: profile_window(n, window) for n in PROFILES if profile_window(n, window) != window}
+            if own:
+                f.write("Profiles that set another window in their YAML, with their bundles trained on it: "
+                        + ", ".join(f"{n} {w:g} s" for n, w in own.items())
+                        + " (latency-critical: half the work per window; MODEL_CARDS.md has its score, "
+                          "docs/open-set.md what the shorter window costs in the open set).\n")
     report = {}
     for name, (embedder, model, why) in PROFILES.items():
         if a.only and name not in a.only:
             continue
+        w = profile_window(name, window)
         cfg = config_from_dict({"name": name, "model": model, "cv": "folds", "out": a.runs,
                                 "data": {"dataset": a.data, "embedder": embedder, "cache": a.cache,
-                                         "window": window, "hop": window / 2}})
+                                         "window": w, "hop": w / 2}})
         s = run_training(cfg, log=print)
         dest = os.path.join(ROOT, "edgeqmoe", "bundles", f"{name}.eqm")
         shutil.copyfile(s["bundle"], dest)
@@ -85,8 +104,13 @@ def main():
               flush=True)
     cards_path = os.path.join(ROOT, "edgeqmoe", "bundles", "MODEL_CARDS.md")
     cards = {name: card.replace("# Model card:", "##") for name, card in report.items()}
-    if a.only and os.path.exists(cards_path):  # keep the cards of the bundles not trained again
-        old = open(cards_path).read().split("\n## ")[1:]
+    old_text, table = (open(cards_path).read() if os.path.exists(cards_path) else ""), ""
+    begin, end = "<!-- honest-table: begin -->", "<!-- honest-table: end -->"
+    if begin in old_text and end in old_text:  # tools/honest_table.py's table stays, at the end (run it again)
+        i, j = old_text.index(begin), old_text.index(end) + len(end)
+        table, old_text = old_text[i:j] + "\n", old_text[:i] + old_text[j:]
+    if a.only and old_text:  # keep the cards of the bundles not trained again
+        old = old_text.split("\n## ")[1:]
         for sec in old:
             name = sec.split()[0]
             cards.setdefault(name, "## " + sec.rstrip("\n") + "\n")
@@ -96,6 +120,7 @@ def main():
         for name in PROFILES:
             if name in cards:
                 f.write(cards[name].rstrip("\n") + "\n\n")
+        f.write(table)
     print(f"done in {time.time() - t0:.0f} s")
 
 

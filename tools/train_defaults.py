@@ -5,7 +5,8 @@ plus a weight-free balanced bundle, on all the shared UrbanSound8K clips.
 
 First measures honest accuracy (the dataset's folds) of a q4 head against the window
 length (1, 2 and 4 s) and writes it to docs/windows.md; the profiles' window comes
-from that table. Then, per profile, runs the honest protocol (scores for the model
+from that table, except where a profile's YAML sets its own (latency-critical: 1 s),
+which its bundle is then trained on. Then, per profile, runs the honest protocol (scores for the model
 card) and trains the final bundle on all clips. Each model follows the paper's
 deployment recommendation for its case (Sec. 5.3-5.4).
 """

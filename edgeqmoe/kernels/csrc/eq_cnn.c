@@ -243,7 +243,8 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
         if (op->kind == EQ_CNN_DENSE) packed += up64(K->pw_bytes(op->cout, op->cin)) + up64((size_t)4 * op->cout);
         if (op->kind == EQ_CNN_SE) packed += up64((size_t)4 * 2 * op->cin * op->cout);
         if (op->kind == EQ_CNN_PW) packed += up64(K->pw_bytes(op->cout, op->cin));
-        if (op->w_lo && (op->kind != EQ_CNN_PW || op->cin > 256 || !K->pw_acc || !K->epilogue))
+        if (op->w_lo && (op->kind != EQ_CNN_PW || op->cin > 256 ||
+                         !(K->pw_pack16 || K->pw_row_wide || (K->pw_acc && K->epilogue))))
             goto shape; /* 256 x 255 x 127 x cin stays below 2^31 */
         if (op->w_lo && !K->pw_pack16) { /* the low part packed apart; its own sums unless fused */
             packed += up64(K->pw_bytes(op->cout, op->cin));

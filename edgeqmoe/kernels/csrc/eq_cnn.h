@@ -72,8 +72,9 @@ typedef struct eq_cnn_kernels {
      * w[tap][c] * (x[iy][ix][c] - zero[c]); NULL where dw_row is given */
     void (*dw_acc)(const void *packed, const eq_cnn_op *op, const uint8_t *x, int32_t xs, int32_t oy,
                    int32_t *acc, int32_t accs);
-    /* the requantisation of npix pixels after pw_acc or dw_acc (eq_cnn_epilogue's
-     * arithmetic); the SIMD variants give theirs for 16-bit pointwise layers */
+    /* the requantisation of npix pixels after pw_acc or dw_acc (eq_cnn_epilogue); NULL
+     * where pw_row and dw_row are given and 16-bit pointwise layers are packed or fused
+     * (pw_pack16, pw_row_wide) */
     void (*epilogue)(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
                      const uint8_t *res, int32_t rs, uint8_t *out, int32_t os);
     /* the float stem (scratch: see stem_body) and squeeze-excitation in place (fs: 2 cin
@@ -88,7 +89,8 @@ typedef struct eq_cnn_kernels {
     /* 16-bit codes (PW ops with w_lo), optional, in this order of preference: pw_pack16
      * packs them (256 hi + lo) into the layout pw_acc and pw_row read, where that layout
      * is 16-bit anyway; pw_row_wide runs both int8 parts, the sums on the high part shifted
-     * 8 bits and the low part's added in registers; else pw_acc twice, then the epilogue */
+     * 8 bits and the low part's added in registers; else (the generic twin) pw_acc twice,
+     * then the epilogue */
     void (*pw_row_wide)(const void *hi, const void *lo, int32_t n, int32_t k, const uint8_t *x, int32_t xs,
                         int32_t npix, const eq_cnn_epi *e, const uint8_t *res, int32_t rs, uint8_t *out, int32_t os);
     void (*pw_pack16)(const int8_t *hi, const int8_t *lo, int32_t n, int32_t k, void *out);

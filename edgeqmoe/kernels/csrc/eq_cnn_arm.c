@@ -200,20 +200,6 @@ static void pw_row_neon(const void *packed, int32_t n, int32_t k, const uint8_t 
     }
 }
 
-/* the requantisation of npix pixels of accumulators (16-bit pointwise layers), 8
- * channels at a time */
-static void epilogue_neon(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
-                          const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
-    for (int32_t o = 0; o < n; o += 8) {
-        const epi8 P = epi_load_neon(e, o, res != NULL);
-        for (int32_t p = 0; p < npix; p++) {
-            const int32_t *a = acc + (size_t)p * accs + o;
-            epi_apply_neon(&P, vld1q_s32(a), vld1q_s32(a + 4), res ? res + (size_t)p * rs + o : NULL, n - o,
-                           out + (size_t)p * os + o);
-        }
-    }
-}
-
 /* squeeze-excitation, 8 channels at a time (the generic body where the channels are not
  * a multiple of 8): the channel sums in 16-bit lanes (flushed to 32 bits every 256
  * pixels), the gates as se_gates, then zero + (x - zero) x gate by vqrdmulh, whose
@@ -255,7 +241,7 @@ static void pw_pack16_neon(const int8_t *hi, const int8_t *lo, int32_t n, int32_
 }
 
 const eq_cnn_kernels eq_cnn_neon = {"neon", pw_bytes_neon, pw_pack_neon, pw_acc_neon,
-                                    eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, NULL, epilogue_neon,
+                                    eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, NULL, NULL,
                                     eq_cnn_stem_generic, se_neon, pw_row_neon, dw_row_neon, NULL,
                                     pw_pack16_neon};
 
@@ -402,7 +388,7 @@ TDOT static void pw_row_wide_dot(const void *hi, const void *lo, int32_t n, int3
 }
 
 const eq_cnn_kernels eq_cnn_dotprod = {"dotprod", pw_bytes_dot, pw_pack_dot, pw_acc_dot,
-                                       eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, NULL, epilogue_neon,
+                                       eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, NULL, NULL,
                                        eq_cnn_stem_generic, se_neon, pw_row_dot, dw_row_neon, pw_row_wide_dot, NULL};
 
 #endif

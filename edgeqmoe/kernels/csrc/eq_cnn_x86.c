@@ -621,19 +621,6 @@ T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8
     }
 }
 
-/* the requantisation of npix pixels of accumulators (16-bit pointwise layers, whose sums
- * come in two parts): 16 channels at a time, the parameters loaded once per 16 */
-T512 static void epilogue_512(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
-                              const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
-    for (int32_t o = 0; o < n; o += 16) {
-        const __mmask16 m = tail16(n - o);
-        const epi512 P = epi_load_512(e, o, res != NULL);
-        for (int32_t p = 0; p < npix; p++)
-            epi_apply_512(&P, _mm512_add_epi32(_mm512_loadu_si512((const void *)(acc + (size_t)p * accs + o)), P.corr),
-                          res ? res + (size_t)p * rs + o : NULL, m, out + (size_t)p * os + o);
-    }
-}
-
 /* pw_row_512 for 16-bit codes: each tile's sums on the high part, shifted 8 bits, plus its
  * sums on the low part, requantised without leaving the registers */
 T512 static void pw_row_wide_512(const void *hi, const void *lo, int32_t n, int32_t k, const uint8_t *x, int32_t xs,
@@ -679,7 +666,7 @@ T512 static void pw_row_wide_512(const void *hi, const void *lo, int32_t n, int3
 }
 
 const eq_cnn_kernels eq_cnn_avx512 = {"avx512", pw_bytes_512, pw_pack_512, pw_acc_512,
-                                      dw_bytes_512, dw_pack_512, NULL, epilogue_512,
+                                      dw_bytes_512, dw_pack_512, NULL, NULL,
                                       stem_512, se_512, pw_row_512, dw_row_512, pw_row_wide_512, NULL};
 
 /* ==================================================================== AVX2 */
@@ -904,18 +891,6 @@ T2 static void dw_row_2(const void *packed, const eq_cnn_op *op, const uint8_t *
     }
 }
 
-/* the requantisation of npix pixels of accumulators (16-bit pointwise layers), 8
- * channels at a time */
-T2 static void epilogue_2(const eq_cnn_epi *e, const int32_t *acc, int32_t accs, int32_t npix, int32_t n,
-                          const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
-    for (int32_t o = 0; o < n; o += 8) {
-        const epi256 P = epi_load_2(e, o, res != NULL);
-        for (int32_t p = 0; p < npix; p++)
-            epi_apply_2(&P, _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(acc + (size_t)p * accs + o)), P.corr),
-                        res ? res + (size_t)p * rs + o : NULL, n - o, out + (size_t)p * os + o);
-    }
-}
-
 /* 16-bit codes into pw_pack_2's layout (int16 already): the products stay within vpmaddwd's
  * int32 pairs (2 x 255 x 32512) */
 static void pw_pack16_2(const int8_t *hi, const int8_t *lo, int32_t n, int32_t k, void *out) {
@@ -923,6 +898,6 @@ static void pw_pack16_2(const int8_t *hi, const int8_t *lo, int32_t n, int32_t k
 }
 
 const eq_cnn_kernels eq_cnn_avx2 = {"avx2", pw_bytes_2, pw_pack_2, pw_acc_2, dw_bytes_2, dw_pack_2,
-                                    NULL, epilogue_2, stem_2, se_2, pw_row_2, dw_row_2, NULL, pw_pack16_2};
+                                    NULL, NULL, stem_2, se_2, pw_row_2, dw_row_2, NULL, pw_pack16_2};
 
 #endif

@@ -464,12 +464,32 @@ T512 static void pw_acc_512(const void *packed, int32_t n, int32_t k, const uint
     }
 }
 
+/* tile8_512 on int8 codes (wl NULL) or on 16-bit ones, w their high parts and wl their
+ * low parts (both in pw_pack_512's layout): 256 x the high sums + the low sums; the sums
+ * start from start either way */
+T512 static inline __attribute__((always_inline)) void tile8_codes_512(const int8_t *w, const int8_t *wl, int32_t n16,
+                                                                        int32_t kq, int32_t o, const uint8_t *xp,
+                                                                        int32_t xs, __m512i start, int pairs,
+                                                                        __m512i *a) {
+    if (!wl) {
+        tile8_512(w, n16, kq, o, xp, xs, start, pairs, a);
+        return;
+    }
+    __m512i b[PW_TILE];
+    tile8_512(w, n16, kq, o, xp, xs, _mm512_setzero_si512(), pairs, a);
+    tile8_512(wl, n16, kq, o, xp, xs, start, pairs, b);
+    for (int j = 0; j < PW_TILE; j++) a[j] = _mm512_add_epi32(_mm512_slli_epi32(a[j], 8), b[j]);
+}
+
 /* pw_acc_512 and the requantisation in one pass: the accumulators of 8 pixels x 16
- * outputs never leave their registers */
-T512 static void pw_row_512(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
-                            const eq_cnn_epi *e, const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
+ * outputs never leave their registers. wl: NULL for int8 codes, else the low parts of
+ * 16-bit ones (tile8_codes_512) */
+T512 static inline __attribute__((always_inline)) void pw_rows_512(const int8_t *w, const int8_t *wl, int32_t n,
+                                                                    int32_t k, const uint8_t *x, int32_t xs,
+                                                                    int32_t npix, const eq_cnn_epi *e,
+                                                                    const uint8_t *res, int32_t rs, uint8_t *out,
+                                                                    int32_t os) {
     const int32_t n16 = up16(n), kq = eq_cnn_c4(k) / 4;
-    const int8_t *w = packed;
     for (int32_t o = 0; o < n16; o += 16) {
         const __mmask16 m = tail16(n - o);
         const epi512 P = epi_load_512(e, o, res != NULL);
@@ -478,7 +498,7 @@ T512 static void pw_row_512(const void *packed, int32_t n, int32_t k, const uint
             const epi512 P2 = epi_twice_512(P);
             for (; p + 2 * PW_TILE <= npix; p += 2 * PW_TILE) {
                 __m512i a[PW_TILE];
-                tile8_512(w, n16, kq, o, x + (size_t)p * xs, xs, P2.corr, 1, a);
+                tile8_codes_512(w, wl, n16, kq, o, x + (size_t)p * xs, xs, P2.corr, 1, a);
 #pragma GCC unroll 8
                 for (int j = 0; j < PW_TILE; j++) {
                     const size_t p0 = (size_t)p + 2 * j;
@@ -489,16 +509,23 @@ T512 static void pw_row_512(const void *packed, int32_t n, int32_t k, const uint
         }
         for (; p + PW_TILE <= npix; p += PW_TILE) {
             __m512i a[PW_TILE];
-            tile8_512(w, n16, kq, o, x + (size_t)p * xs, xs, P.corr, 0, a);
+            tile8_codes_512(w, wl, n16, kq, o, x + (size_t)p * xs, xs, P.corr, 0, a);
 #pragma GCC unroll 8
             for (int j = 0; j < PW_TILE; j++)
                 epi_apply_512(&P, a[j], res ? res + (size_t)(p + j) * rs + o : NULL, m, out + (size_t)(p + j) * os + o);
         }
         for (; p < npix; p++) {
-            const __m512i a0 = px16_512(w, n16, kq, o, x + (size_t)p * xs, P.corr);
+            const uint8_t *xp = x + (size_t)p * xs;
+            __m512i a0 = px16_512(w, n16, kq, o, xp, wl ? _mm512_setzero_si512() : P.corr);
+            if (wl) a0 = _mm512_add_epi32(_mm512_slli_epi32(a0, 8), px16_512(wl, n16, kq, o, xp, P.corr));
             epi_apply_512(&P, a0, res ? res + (size_t)p * rs + o : NULL, m, out + (size_t)p * os + o);
         }
     }
+}
+
+T512 static void pw_row_512(const void *packed, int32_t n, int32_t k, const uint8_t *x, int32_t xs, int32_t npix,
+                            const eq_cnn_epi *e, const uint8_t *res, int32_t rs, uint8_t *out, int32_t os) {
+    pw_rows_512(packed, NULL, n, k, x, xs, npix, e, res, rs, out, os);
 }
 
 /* one output pixel's depthwise sums of channels c..c+15 over taps [ty0, ty1) x [tx0, tx1)
@@ -621,48 +648,11 @@ T512 static void dw_row_512(const void *packed, const eq_cnn_op *op, const uint8
     }
 }
 
-/* pw_row_512 for 16-bit codes: each tile's sums on the high part, shifted 8 bits, plus its
- * sums on the low part, requantised without leaving the registers */
+/* pw_row_512 for 16-bit codes: the high and low parts' sums combined in registers */
 T512 static void pw_row_wide_512(const void *hi, const void *lo, int32_t n, int32_t k, const uint8_t *x, int32_t xs,
                                  int32_t npix, const eq_cnn_epi *e, const uint8_t *res, int32_t rs, uint8_t *out,
                                  int32_t os) {
-    const int32_t n16 = up16(n), kq = eq_cnn_c4(k) / 4;
-    const int8_t *wh = hi, *wl = lo;
-    for (int32_t o = 0; o < n16; o += 16) {
-        const __mmask16 m = tail16(n - o);
-        const epi512 P = epi_load_512(e, o, res != NULL);
-        int32_t p = 0;
-        if (n - o == 8) { /* two pixels a vector, as in pw_row_512 */
-            const epi512 P2 = epi_twice_512(P);
-            for (; p + 2 * PW_TILE <= npix; p += 2 * PW_TILE) {
-                __m512i a[PW_TILE], b[PW_TILE];
-                tile8_512(wh, n16, kq, o, x + (size_t)p * xs, xs, _mm512_setzero_si512(), 1, a);
-                tile8_512(wl, n16, kq, o, x + (size_t)p * xs, xs, P2.corr, 1, b);
-#pragma GCC unroll 8
-                for (int j = 0; j < PW_TILE; j++) {
-                    const size_t p0 = (size_t)p + 2 * j;
-                    epi_apply2_512(&P2, _mm512_add_epi32(_mm512_slli_epi32(a[j], 8), b[j]),
-                                   res ? res + p0 * rs + o : NULL, res ? res + (p0 + 1) * rs + o : NULL,
-                                   out + p0 * os + o, out + (p0 + 1) * os + o);
-                }
-            }
-        }
-        for (; p + PW_TILE <= npix; p += PW_TILE) {
-            __m512i a[PW_TILE], b[PW_TILE];
-            tile8_512(wh, n16, kq, o, x + (size_t)p * xs, xs, _mm512_setzero_si512(), 0, a);
-            tile8_512(wl, n16, kq, o, x + (size_t)p * xs, xs, P.corr, 0, b);
-#pragma GCC unroll 8
-            for (int j = 0; j < PW_TILE; j++)
-                epi_apply_512(&P, _mm512_add_epi32(_mm512_slli_epi32(a[j], 8), b[j]),
-                              res ? res + (size_t)(p + j) * rs + o : NULL, m, out + (size_t)(p + j) * os + o);
-        }
-        for (; p < npix; p++) {
-            const uint8_t *xp = x + (size_t)p * xs;
-            const __m512i a0 = _mm512_add_epi32(_mm512_slli_epi32(px16_512(wh, n16, kq, o, xp, _mm512_setzero_si512()), 8),
-                                                px16_512(wl, n16, kq, o, xp, P.corr));
-            epi_apply_512(&P, a0, res ? res + (size_t)p * rs + o : NULL, m, out + (size_t)p * os + o);
-        }
-    }
+    pw_rows_512(hi, lo, n, k, x, xs, npix, e, res, rs, out, os);
 }
 
 const eq_cnn_kernels eq_cnn_avx512 = {"avx512", pw_bytes_512, pw_pack_512, pw_acc_512,

@@ -326,13 +326,18 @@ def _first_scale(meta, header):
     (lambda m, h: m["graph"]["steps"][0].update(out=10**9), "is not a layer"),
     (lambda m, h: m["graph"]["steps"][0].pop("w"), "lacks 'w'"),
     (lambda m, h: m["graph"]["steps"].insert(1, "relu"), "step 1: not a mapping"),
+    # a seed ensemble (balanced)
+    (lambda m, h: m["graph"].update(members=[]), "non-empty list of members"),
+    (lambda m, h: m["graph"]["members"][2]["steps"][-1].pop("scale"), "member 2: step 6: lacks 'scale'"),
+    (lambda m, h: m["graph"]["members"][1]["steps"][0].update(**{"in": 100}), "member 1: step 0: takes 100 inputs"),
 ])
 def test_malformed_bundle_fields_are_clear_errors(tmp_path, edit, message):
     from edgeqmoe.daemon.profiles import SHIPPED_BUNDLES
     from edgeqmoe.model import BundleError
     from edgeqmoe.model.moe import load_model
 
-    bad = edit_bundle(SHIPPED_BUNDLES / "balanced.eqm", tmp_path / "bad.eqm", edit_meta=edit)
+    src = "balanced.eqm" if "member" in message or "takes 100" in message else "latency-critical.eqm"
+    bad = edit_bundle(SHIPPED_BUNDLES / src, tmp_path / "bad.eqm", edit_meta=edit)
     with pytest.raises(BundleError, match=message):
         load_model(str(bad))
 
@@ -343,7 +348,7 @@ def test_non_finite_scales_are_refused_at_load(tmp_path, value):
     from edgeqmoe.model import BundleError, load_bundle
 
     b = load_bundle(SHIPPED_BUNDLES / "balanced.eqm")
-    name = b.meta["graph"]["steps"][0]["scale"]
+    name = b.meta["graph"]["members"][-1]["steps"][0]["scale"]
     bad = edit_bundle(SHIPPED_BUNDLES / "balanced.eqm", tmp_path / "bad.eqm", edit_tensor=(name, value))
     with pytest.raises(BundleError, match="NaN or infinite"):
         load_bundle(bad)

@@ -156,12 +156,15 @@ def test_config_errors():
         config_from_dict({"model": {"experts": ["bitnet", "q3"]}})
     with pytest.raises(SettingsError, match="train.patience: 0 is outside"):
         config_from_dict({"train": {"patience": 0}})
+    with pytest.raises(SettingsError, match="model.seeds: a seed ensemble is of heads"):
+        config_from_dict({"model": {"kind": "moe", "seeds": 3}})
     c = config_from_dict({"model": {"kind": "moe", "experts": ["bitnet", 4, 8, 16]}})
     assert c.model.expert_kinds == ("bitnet", "q4", "q8", "q16")
     assert c.resolved_train()["lr"] == 1e-3 and config_from_dict({}).resolved_train()["lr"] == 5.79e-4
 
 
 @pytest.mark.parametrize("model", [{"kind": "head", "expert": "q4"}, {"kind": "head", "expert": "popcount-ptq"},
+                                   {"kind": "head", "expert": "q4", "seeds": 3},
                                    {"kind": "moe", "experts": ["bitnet", "q8-ptq", "q16"], "curiosity": True}])
 def test_train_export_agree(tmp_path, cache, model):
     from edgeqmoe.train.run import run_training
@@ -183,6 +186,17 @@ def test_train_export_agree(tmp_path, cache, model):
     np.testing.assert_array_equal(p1.proba, p2.proba)
     if model["kind"] == "moe":
         assert p1.experts.shape == (50, 2) and p1.uncertainty is not None
+    if model.get("seeds", 1) > 1:  # the ensemble is the mean of its members, one window at a time too
+        from edgeqmoe.model.runtime import softmax
+
+        assert m.kind == "ensemble" and len(m.heads) == model["seeds"] and "seed ensemble of 3" in \
+            (out / "model_card.md").read_text()
+        xn = m._norm(d.X[:50])
+        members = np.stack([softmax(h.forward(xn)) for h in m.heads])
+        assert np.abs(members[0] - members[1]).max() > 1e-3  # the seeds made different members
+        np.testing.assert_allclose(p1.proba, members.mean(0), atol=1e-6)
+        one = np.concatenate([m.predict(d.X[i:i + 1]).proba for i in range(50)])
+        np.testing.assert_allclose(one, p1.proba, atol=1e-6)
 
 
 def test_train_cli(tmp_path, cache):

@@ -81,7 +81,7 @@ def main() -> None:
     from edgeqmoe.train.data import load_data, splits, val_split
     from edgeqmoe.train.metrics import clip_scores
     from edgeqmoe.train.run import embed_if_needed
-    from edgeqmoe.train.trainer import predict_proba, train_one
+    from edgeqmoe.train.trainer import predict_proba, train_model
     from train_defaults import PROFILES, profile_window
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -117,7 +117,7 @@ def main() -> None:
         for fold, tr, te in splits(d, "folds", cfg.train.seed):
             dtr, dte = d.subset(tr), d.subset(te)
             tr_i, va_i = val_split(dtr, cfg.train.val_fraction, cfg.train.seed, by="group")
-            t = train_one(cfg, dtr.subset(tr_i), dtr.subset(va_i), cfg.train.seed)
+            t = train_model(cfg, dtr.subset(tr_i), dtr.subset(va_i), cfg.train.seed)
             p_model = predict_proba(t.model, ((dte.X - t.mean) / t.std).astype(np.float32))
             mean, std = dtr.X.mean(0), dtr.X.std(0) + 1e-6
             lr = LogisticRegression(max_iter=5000).fit((dtr.X - mean) / std, dtr.y)

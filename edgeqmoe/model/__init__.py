@@ -5,11 +5,11 @@ Nothing here imports torch; the daemon runs heads with numpy and the C kernels.
 """
 
 from .bundle import BUNDLE_FORMAT_VERSION, Bundle, BundleError, load_bundle, save_bundle
-from .moe import HeadModel, MoEModel, load_model
+from .moe import EnsembleModel, HeadModel, MoEModel, load_model
 from .runtime import Head, LayerNorm, PackedLinear, ReLU, check_embedder, save_head, softmax
 
 __all__ = [
     "BUNDLE_FORMAT_VERSION", "Bundle", "BundleError", "load_bundle", "save_bundle",
-    "Head", "HeadModel", "LayerNorm", "MoEModel", "PackedLinear", "ReLU", "check_embedder", "load_model",
+    "EnsembleModel", "Head", "HeadModel", "LayerNorm", "MoEModel", "PackedLinear", "ReLU", "check_embedder", "load_model",
     "save_head", "softmax",
 ]

@@ -1,6 +1,8 @@
 """Torch-free models behind one interface: ``predict(x) -> Prediction``.
 
-``HeadModel`` wraps a single packed head. ``MoEModel`` runs a mixture of packed
+``HeadModel`` wraps a single packed head. ``EnsembleModel`` runs a seed ensemble of
+heads (``edgeqmoe.train.models.Ensemble``): every member on the same normalised input,
+their class probabilities averaged. ``MoEModel`` runs a mixture of packed
 experts exactly as ``edgeqmoe.train.models.MoE`` computes it in eval mode:
 
 1. router first layer (+ ReLU) once; its output times each of the S fixed dropout
@@ -71,6 +73,39 @@ class HeadModel(InputNorm):
 
     def predict(self, x: np.ndarray) -> Prediction:
         return Prediction(softmax(self.logits(x)))
+
+
+class EnsembleModel(InputNorm):
+    kind = "ensemble"
+
+    def __init__(self, heads: List[Head], mean, std, classes, embedder, meta):
+        self.heads, self.classes, self.embedder, self.meta = list(heads), list(classes), dict(embedder), meta
+        self.in_features = self.heads[0].in_features
+        self._set_norm(mean, std)
+        self.experts = [meta["graph"].get("kind", "head")] * len(self.heads)
+        self._buf = np.zeros((len(self.heads), len(self.classes)), np.float32)  # one window's member logits
+        self._lock = threading.Lock()
+
+    @property
+    def variant(self) -> str:
+        return self.heads[0].variant
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        """Mean of the members' class probabilities, (B, classes)."""
+        x = self._norm(x)
+        if x.shape[0] == 1:  # the daemon: each member writes its row of one preallocated buffer
+            with self._lock:
+                for i, h in enumerate(self.heads):
+                    h.run_into(x, self._buf[i:i + 1])
+                return softmax(self._buf).mean(0, keepdims=True)
+        return np.mean([softmax(h._run(x)) for h in self.heads], axis=0)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Log of the mean probabilities: a softmax of it gives them back."""
+        return np.log(np.maximum(self.proba(x), 1e-30))
+
+    def predict(self, x: np.ndarray) -> Prediction:
+        return Prediction(self.proba(x))
 
 
 class MoEModel(InputNorm):
@@ -196,7 +231,10 @@ def load_model(path_or_bundle, kernel: Optional[str] = None, embedder=None, eval
     n_classes = len(b.classes)
 
     def head(step_meta, d_in, d_out, what):
-        steps = steps_from_meta(b, step_meta, d_in)
+        try:
+            steps = steps_from_meta(b, step_meta, d_in)
+        except BundleError as e:  # say which expert, member or router part
+            raise BundleError(b.path, e.problem if what == "the head" else f"{what}: {e.problem}") from None
         if d_out is not None and out_features(steps) != d_out:
             raise BundleError(b.path, f"{what} gives {out_features(steps)} outputs; the bundle has "
                                       f"{d_out} {'classes' if what != 'router' else 'experts'}")
@@ -210,6 +248,11 @@ def load_model(path_or_bundle, kernel: Optional[str] = None, embedder=None, eval
         if g.get("type") == "mlp":
             return HeadModel(head(g["steps"], d_in, n_classes, "the head"), mean, std, b.classes, b.embedder,
                              b.meta)
+        if g.get("type") == "ensemble":
+            if not isinstance(g["members"], list) or not g["members"]:
+                raise BundleError(b.path, "an ensemble needs a non-empty list of members")
+            return EnsembleModel([head(m["steps"], d_in, n_classes, f"member {i}") for i, m in enumerate(g["members"])],
+                                 mean, std, b.classes, b.embedder, b.meta)
         if g.get("type") == "moe":
             if not isinstance(g["experts"], list) or not g["experts"]:
                 raise BundleError(b.path, "a mixture needs a non-empty list of experts")

@@ -36,6 +36,8 @@ class ModelConfig:
     experts: Tuple[Union[str, int], ...] = field(("bitnet", "q4", "q8", "q16"), doc="expert kinds of a MoE")
     hidden: Tuple[int, ...] = field((640, 320))
     dropout: float = field(0.195, range=(0.0, 0.9))
+    seeds: int = field(1, range=(1, 32), doc="heads: a seed ensemble of this many members, trained alike on the same "
+                                             "rows (seeds train.seed, +1, ...), probabilities averaged, one bundle")
     top_k: int = field(2, range=(1, 16))
     temperature: float = field(1.0, range=(1e-3, 100.0))
     curiosity: bool = field(False, doc="MoE-C: Bayesian router and curiosity re-weighting (Eq. 7-8)")
@@ -52,6 +54,8 @@ class ModelConfig:
             if expert_kind(e) not in EXPERT_KINDS:
                 key = "expert" if i == 0 else f"experts[{i - 1}]"
                 return key, f"{e!r} is not an expert kind; choose one of {', '.join(EXPERT_KINDS)}"
+        if self.kind == "moe" and self.seeds != 1:
+            return "seeds", "a seed ensemble is of heads (kind: head); a mixture trains one model, so use seeds: 1"
         return None
 
 

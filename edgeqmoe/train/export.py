@@ -7,7 +7,8 @@ q8 or popcount of the trained float weights. LayerNorms and biases stay float32.
 
 A MoE bundle's graph holds the router (first layer + ReLU, then the rest), the
 experts, the fixed Monte-Carlo dropout masks and the routing parameters; see
-``edgeqmoe.model.moe`` for how it runs.
+``edgeqmoe.model.moe`` for how it runs. A seed ensemble's graph lists its members'
+steps (tensors prefixed ``m<i>.``); the runtime averages their probabilities.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 from ..kernels import get_format
 from ..model.bundle import save_bundle
 from ..model.runtime import LayerNorm, PackedLinear, ReLU, head_tensors
-from .models import Head, MoE
+from .models import Ensemble, Head, MoE
 from .quant import BitLinear, BitNetLinear, PTQLinear
 
 
@@ -55,7 +56,8 @@ def head_steps(head: Head) -> list:
 
 def export_bundle(model: nn.Module, path, classes: List[str], embedder: Dict, mean: np.ndarray, std: np.ndarray,
                   extra: Optional[dict] = None) -> str:
-    """Write ``model`` (a Head, or a MoE; PTQ kinds in their quantized view) to ``path``."""
+    """Write ``model`` (a Head, an Ensemble of heads or a MoE; PTQ kinds in their
+    quantized view) to ``path``."""
     tensors = {"norm.mean": np.asarray(mean, np.float32), "norm.std": np.asarray(std, np.float32)}
     meta = dict(extra or {})
     meta.update({"embedder": embedder, "classes": list(classes), "input_norm": {"mean": "norm.mean", "std": "norm.std"}})
@@ -63,6 +65,13 @@ def export_bundle(model: nn.Module, path, classes: List[str], embedder: Dict, me
         t, steps = head_tensors(head_steps(model))
         tensors.update(t)
         meta["graph"] = {"type": "mlp", "kind": model.kind, "steps": steps}
+    elif isinstance(model, Ensemble):
+        members = []
+        for i, h in enumerate(model.members):
+            t, steps = head_tensors(head_steps(h), prefix=f"m{i}.")
+            tensors.update(t)
+            members.append({"steps": steps})
+        meta["graph"] = {"type": "ensemble", "kind": model.kind, "members": members}
     elif isinstance(model, MoE):
         r = model.router
         t_in, s_in = head_tensors([pack_layer(r.l1), ReLU()], prefix="router.in.")

@@ -17,6 +17,10 @@ which the export check measures like any other.
 A head is Linear -> LayerNorm -> ReLU -> Dropout per hidden layer, then a Linear to
 the classes (hidden [640, 320], dropout 0.195: the paper's 4.2-4.3).
 
+A seed ensemble (``Ensemble``) is N heads of one kind, trained alike on the same
+rows with seeds seed..seed+N-1; its output is the log of the members' mean class
+probabilities, so a softmax of it gives that mean.
+
 MoE (paper 3.3): N experts, a router Linear(d,128)-ReLU-Dropout(0.2)-Linear(128,64)-
 ReLU-Linear(64,N) with Xavier init; routing p = softmax(G(z) / T) (Eq. 5); output
 y = sum over the top-k of p_i E_i(z), p as it is, not renormalised over the top-k
@@ -92,6 +96,22 @@ class Head(nn.Module):
                                    for i, l in enumerate(self.linears)])
         h.out = PTQLinear(self.out, fmt, "unsigned" if self.linears else "sign")
         return h
+
+
+class Ensemble(nn.Module):
+    """Heads of one kind whose class probabilities are averaged (module doc); the
+    members are trained (and PTQ-converted) before they are put together."""
+
+    def __init__(self, members: Sequence[Head]):
+        super().__init__()
+        if not members or len({m.kind for m in members}) != 1:
+            raise ValueError("an ensemble holds one or more heads of one kind")
+        self.members = nn.ModuleList(members)
+        self.kind = members[0].kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.stack([F.softmax(m(x), -1) for m in self.members]).mean(0)
+        return torch.log(p.clamp_min(1e-30))
 
 
 class Router(nn.Module):

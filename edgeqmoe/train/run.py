@@ -27,7 +27,7 @@ from .config import Config
 from .data import Data, load_data, splits, val_split
 from .export import export_bundle
 from .metrics import clip_scores, mean_std, scores
-from .trainer import predict_proba, train_one
+from .trainer import predict_proba, train_model
 
 #: Largest probability difference allowed between a torch model and its bundle on a
 #: window: activation rounding at a float tie and float16 storage of fp32 heads move
@@ -81,7 +81,7 @@ def run_training(cfg: Config, cache: Optional[str] = None, log: Callable = print
         for name, tr, te in splits(d, cfg.cv, cfg.train.seed):
             dtr, dte = d.subset(tr), d.subset(te)
             a, v = val_split(dtr, cfg.train.val_fraction, cfg.train.seed, by="clip" if cfg.cv == "5" else "group")
-            t = train_one(cfg, dtr.subset(a), dtr.subset(v), cfg.train.seed, log)
+            t = train_model(cfg, dtr.subset(a), dtr.subset(v), cfg.train.seed, log)
             proba = predict_proba(t.model, ((dte.X - t.mean) / t.std).astype(np.float32))
             cs = clip_scores(proba, dte.y, dte.clip, d.n_classes)
             ws = scores(dte.y, proba.argmax(1), d.n_classes)
@@ -114,7 +114,7 @@ def run_training(cfg: Config, cache: Optional[str] = None, log: Callable = print
         summary["max_abs_proba_diff"] = max(r["max_abs_proba_diff"] for r in rows)
     if final:
         a, v = val_split(d, cfg.train.val_fraction, cfg.train.seed, by="clip" if cfg.cv == "5" else "group")
-        t = train_one(cfg, d.subset(a), d.subset(v), cfg.train.seed, log)
+        t = train_model(cfg, d.subset(a), d.subset(v), cfg.train.seed, log)
         bp = export_bundle(t.model, out / "model.eqm", d.classes, d.embedder, t.mean, t.std,
                            _bundle_meta(cfg, d, {"scores": {k: summary[k] for k in ("weighted_f1", "accuracy", "macro_f1")
                                                             if k in summary}, "protocol": cfg.cv}))
@@ -136,7 +136,8 @@ def write_card(path, cfg: Config, s: Dict) -> None:
     m = cfg.model
     arch = (f"MoE of {', '.join(m.expert_kinds)} (top-{m.top_k}, T={m.temperature}"
             + (f", curiosity alpha={m.curiosity_alpha}, {m.mc_samples} MC samples" if m.curiosity else "") + ")"
-            if m.kind == "moe" else f"head {m.expert}, hidden {list(m.hidden)}")
+            if m.kind == "moe" else f"head {m.expert}, hidden {list(m.hidden)}"
+            + (f", seed ensemble of {m.seeds} (probabilities averaged)" if m.seeds > 1 else ""))
     lines = [f"# Model card: {cfg.name}", "",
              f"- Model: {arch}; bundle `{os.path.basename(s.get('bundle', ''))}`, {s.get('bundle_bytes', 0):,} bytes.",
              f"- Embedder: {s['embedder'].get('id')} v{s['embedder'].get('version')} ({s['embedder'].get('dim')}-d).",

@@ -5,6 +5,9 @@ in the bundle). Loss: cross-entropy, class-weighted by inverse frequency (the pa
 plus ``load_balance`` times the router's balance term for MoEs. Gradients are clipped
 (max norm 1.0). Early stopping watches clip-level weighted F1 on the validation split
 (recordings held out of the training side) and keeps the best epoch's weights.
+
+``train_model`` is what every caller uses: one model, or with ``model.seeds`` > 1 a
+seed ensemble of heads (each member stopped on its own best validation epoch).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from torch.nn import functional as F
 from .config import Config, expert_kind
 from .data import Data
 from .metrics import clip_scores
-from .models import MoE, Head
+from .models import Ensemble, Head, MoE
 
 
 @dataclass
@@ -113,3 +116,22 @@ def train_one(cfg: Config, train: Data, val: Optional[Data], seed: int = 0, log=
             f"{time.perf_counter() - t0:.1f} s")
     return Trained(quantized_view(model).eval(), mean, std, best_epoch + 1, best,
                    time.perf_counter() - t0, history)
+
+
+def train_model(cfg: Config, train: Data, val: Optional[Data], seed: int = 0, log=None) -> Trained:
+    """The model ``cfg`` describes: ``train_one``, or for ``model.seeds`` = N > 1 an
+    ``Ensemble`` of N heads trained with seeds seed..seed+N-1 on the same rows (so they
+    share the input standardisation)."""
+    n = cfg.model.seeds
+    if n == 1:
+        return train_one(cfg, train, val, seed, log)
+    members = [train_one(cfg, train, val, seed + i, log) for i in range(n)]
+    model = Ensemble([m.model for m in members]).eval()
+    best = -1.0
+    if val is not None and len(val.y):
+        Xva = ((val.X - members[0].mean) / members[0].std).astype(np.float32)
+        best = clip_scores(predict_proba(model, Xva), val.y, val.clip, train.n_classes)["weighted_f1"]
+    if log:
+        log(f"  {cfg.name}: ensemble of {n} (val wF1 {best:.3f})")
+    return Trained(model, members[0].mean, members[0].std, round(float(np.mean([m.epochs for m in members]))), best,
+                   sum(m.seconds for m in members), [h for m in members for h in m.history])

@@ -67,7 +67,8 @@ def clip(us8k):
 
 
 def test_shipped_bundles_exist():
-    for name in ("latency-critical", "balanced", "accuracy", "energy", "stable", "balanced-weightfree"):
+    for name in ("latency-critical", "balanced", "accuracy", "energy", "stable", "balanced-weightfree",
+                 "latency-critical-weightfree"):
         assert (SHIPPED_BUNDLES / f"{name}.eqm").is_file(), name
     total = sum(p.stat().st_size for p in SHIPPED_BUNDLES.glob("*.eqm"))
     assert total < 8 * 2**20
@@ -79,8 +80,9 @@ def test_every_shipped_profile_runs_its_bundle_on_the_window_it_was_trained_on()
 
     for name in ("latency-critical", "balanced", "accuracy", "energy", "stable", "home"):
         p = load_profile(name)
-        trained = load_bundle(p.model.bundle_path()).meta["window"]["window_s"]
-        assert trained == p.audio.window, (name, trained, p.audio.window)
+        for bundle in (p.model.bundle, p.model.fallback_bundle):  # the weight-free fallback too
+            trained = load_bundle(p.model.bundle_path(bundle)).meta["window"]["window_s"]
+            assert trained == p.audio.window, (name, bundle, trained, p.audio.window)
 
 
 def test_fast_and_realtime_give_identical_predictions(tmp_path, clip):
@@ -193,7 +195,20 @@ def test_missing_weights_without_and_with_fallback(tmp_path, clip):
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("edgeqmoe weights fetch mn04") == 1 and "weight-free fallback" in r.stderr
     assert any(e["event"] == "fallback" for e in daemon_events(logs))
+    assert not any(e["event"] == "window_mismatch" for e in daemon_events(logs))  # both on 2 s windows
     assert len(windows(logs)) == 3
+
+
+def test_a_bundle_on_windows_it_was_not_trained_on_is_reported(tmp_path, clip):
+    prof = tmp_path / "short.yaml"
+    prof.write_text(f"version: 1\nmodel: {{bundle: {WEIGHTFREE}}}\naudio: {{window: 1.0, hop: 0.5}}\n")
+    logs = tmp_path / "logs"
+    r = cli(["run", "--profile", str(prof), "--source", f"file:{clip}", "--fast", "--log-dir", str(logs)])
+    assert r.returncode == 0, r.stderr
+    msg = [e["message"] for e in daemon_events(logs) if e["event"] == "window_mismatch"]
+    assert len(msg) == 1 and "trained on 2 s windows and the profile cuts 1 s ones" in msg[0], msg
+    assert "set audio.window: 2" in r.stderr
+    assert len(windows(logs)) == 7  # it still runs: 4 s, 1 s windows every 0.5 s
 
 
 def test_no_microphone(tmp_path):

@@ -35,13 +35,18 @@ PROFILES = {
                "BitNet-Q8/16-PTQ-QMoE-C: the paper's stable real-time pick"),
     "balanced-weightfree": ("logmel-stats", {"kind": "head", "expert": "q4"},
                             "Q4-Base on the weight-free embedder: the fallback without mn04 weights"),
+    "latency-critical-weightfree": ("logmel-stats", {"kind": "head", "expert": "q4"},
+                                    "Q4-Base on the weight-free embedder, on latency-critical's 1 s windows: "
+                                    "that profile's fallback without mn04 weights"),
 }
 
 
 def profile_window(name: str, default: float) -> float:
     """The window a bundle is trained on: its profile's (profiles/NAME.yaml), which the
-    daemon runs it with; ``default`` for a bundle without a profile of its own (the
-    weight-free fallback). The training windows overlap by half whatever the profile's hop."""
+    daemon runs it with (a weight-free fallback NAME-weightfree: NAME's); ``default`` for a
+    bundle without a profile of its own. The training windows overlap by half whatever the profile's hop."""
+    if name.endswith("-weightfree"):  # a fallback: the window of the profile it stands in for
+        name = name[:-len("-weightfree")]
     path = os.path.join(ROOT, "profiles", f"{name}.yaml")
     if not os.path.exists(path):
         return default

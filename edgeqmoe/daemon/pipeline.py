@@ -54,6 +54,17 @@ class Built:
     model: object
     bundle: str
     fallback: Optional[str] = None
+    trained_window: Optional[float] = None  # s: the window the bundle was trained on (its metadata)
+
+    def window_mismatch(self, window: float) -> Optional[str]:
+        """What to tell a user whose profile cuts windows of another length than the
+        bundle was trained on (None when they agree or the bundle does not say)."""
+        t = self.trained_window
+        if not t or abs(t - window) < 1e-6:
+            return None
+        return (f"model bundle {self.bundle} was trained on {t:g} s windows and the profile cuts {window:g} s ones, "
+                f"so its scores do not hold for them; set audio.window: {t:g} or use a bundle trained on "
+                f"{window:g} s windows")
 
 
 def build(profile: Profile, say=None) -> Built:
@@ -69,7 +80,8 @@ def build(profile: Profile, say=None) -> Built:
         model = load_model(b, kernel=profile.model.kernel, embedder=emb.info,
                            evaluate_all=profile.model.evaluate_all_experts,
                            routing=profile.model.routing)
-        return Built(emb, model, path)
+        w = (b.meta.get("window") or {}).get("window_s")
+        return Built(emb, model, path, trained_window=float(w) if isinstance(w, (int, float)) and w > 0 else None)
 
     try:
         return make(profile.model.bundle)

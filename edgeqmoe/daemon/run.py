@@ -307,6 +307,7 @@ class Daemon:
         if self.pipeline.built.fallback:
             self.echo(f"edgeqmoe: {self.pipeline.built.fallback}")
             self.log("fallback", message=self.pipeline.built.fallback)
+        self._check_window()
         if self.pipeline.listen_unavailable:
             self.echo(f"edgeqmoe: {self.pipeline.listen_unavailable}")
         self._warm_up(st)
@@ -357,6 +358,13 @@ class Daemon:
             st.reason = "input failed"
             self.log("source_error", message=src.fatal)
             raise SourceError(src.fatal)
+
+    def _check_window(self) -> None:
+        """Say so when the profile's windows are not those the bundle was trained on."""
+        msg = self.pipeline.built.window_mismatch(self.profile.audio.window)
+        if msg:
+            self.echo(f"edgeqmoe: {msg}")
+            self.log("window_mismatch", message=msg)
 
     def _model_fields(self) -> Dict:
         """What a reader needs to name the windows that follow (start and reload records)."""
@@ -603,6 +611,7 @@ class Daemon:
         if self.mqtt is not None:
             self.mqtt.set_classes(self._reported_classes())
         self.log("reload", profile=new.name, window_s=new.audio.window, hop_s=new.audio.hop, **self._model_fields())
+        self._check_window()
         self.notifier.status(f"{new.name}: reloaded, listening to {self.source_spec}")
         return True
 

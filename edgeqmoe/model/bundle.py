@@ -23,6 +23,8 @@ The metadata key ``edgeqmoe`` holds a JSON document::
            "w": "l0.w", "scale": "l0.scale", "bias": "l0.b"},
           {"op": "layernorm", "gamma": "l0.ln.g", "beta": "l0.ln.b", "eps": 1e-5},
           {"op": "relu"}, ...]},
+        (or {"type": "ensemble", "kind": "q4", "members": [{"steps": [...]}, ...]},
+         or {"type": "moe", ...}: edgeqmoe.model.moe)
       "data_sha256": "...",
       ... free-form provenance (training config, scores) ...
     }

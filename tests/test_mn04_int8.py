@@ -62,7 +62,6 @@ def test_every_variant_equals_the_integer_reference(int8_net, real_mels):
     assert len(eng._by_frames) == M.Engine.MAX_ENGINES
 
 
-
 def test_saturated_gates_and_maps_agree(int8_net, real_mels):
     """Gates of exactly one (2^15, which the SIMD kernels cannot hold in 16 bits) and of
     zero, and maps clamped at both ends of their codes: real windows never reach them, so
@@ -82,6 +81,7 @@ def test_saturated_gates_and_maps_agree(int8_net, real_mels):
     for variant in available_variants():
         e, lg = M.Engine.of(q, variant).forward_mel(mel)
         assert np.array_equal(e, ref_e) and np.array_equal(lg, ref_l), variant
+
 
 def test_the_integer_network_stays_close_to_fp32(int8_net, real_mels):
     from edgeqmoe.embed import mn04_int8 as M

@@ -23,6 +23,9 @@ sys.path.insert(0, ROOT)
 from edgeqmoe.train.config import config_from_dict  # noqa: E402
 from edgeqmoe.train.run import run_training  # noqa: E402
 
+#: where tools/honest_table.py puts its table in MODEL_CARDS.md (kept when the cards are rewritten)
+TABLE_BEGIN, TABLE_END = "<!-- honest-table: begin -->", "<!-- honest-table: end -->"
+
 PROFILES = {
     # profile: (embedder, model settings, why)
     "latency-critical": ("mn04", {"kind": "head", "expert": "q1"}, "Q1-Base: the paper's latency-critical pick"),
@@ -87,7 +90,8 @@ def main():
                         f"{', '.join(f'{x:.3f}' for x in per)} |\n")
             f.write(f"\nThe profiles use {window:g} s windows (the best mean above); the daemon emits a decision "
                     f"every hop (half a window).\n")
-            own = {n: profile_window(n, window) for n in PROFILES if profile_window(n, window) != window}
+            own = {n: w for n in PROFILES if not n.endswith("-weightfree")
+                   for w in [profile_window(n, window)] if w != window}
             if own:
                 f.write("Profiles that set another window in their YAML, with their bundles trained on it: "
                         + ", ".join(f"{n} {w:g} s" for n, w in own.items())
@@ -112,9 +116,8 @@ def main():
     cards_path = os.path.join(ROOT, "edgeqmoe", "bundles", "MODEL_CARDS.md")
     cards = {name: card.replace("# Model card:", "##") for name, card in report.items()}
     old_text, table = (open(cards_path).read() if os.path.exists(cards_path) else ""), ""
-    begin, end = "<!-- honest-table: begin -->", "<!-- honest-table: end -->"
-    if begin in old_text and end in old_text:  # tools/honest_table.py's table stays, at the end (run it again)
-        i, j = old_text.index(begin), old_text.index(end) + len(end)
+    if TABLE_BEGIN in old_text and TABLE_END in old_text:  # tools/honest_table.py's table stays, at the end
+        i, j = old_text.index(TABLE_BEGIN), old_text.index(TABLE_END) + len(TABLE_END)
         table, old_text = old_text[i:j] + "\n", old_text[:i] + old_text[j:]
     if a.only and old_text:  # keep the cards of the bundles not trained again
         old = old_text.split("\n## ")[1:]

@@ -3,6 +3,7 @@ call one function each; the work lives in the packages."""
 
 from __future__ import annotations
 
+import os
 from typing import List, Optional
 
 import typer
@@ -304,9 +305,9 @@ def train_cmd(
     import json as _json
 
     from .settings import SettingsError
-    from .train.config import load_config
 
     try:
+        from .train.config import load_config
         from .train.run import run_training
     except ImportError as e:
         if "torch" not in str(e):
@@ -434,6 +435,11 @@ def weights_convert(path: Optional[str] = typer.Argument(None, help="The mn04 we
     if out and to == "all":
         fail("--out names one file: choose it with --to int8 or --to onnx")
     targets = ["int8", "onnx"] if to == "all" else [to]
+    if path and not out:
+        try:
+            path = _adopt_weights(path)
+        except WeightsError as e:
+            fail(str(e))
     for target in targets:
         if target == "onnx" and not onnxruntime_available():
             if to == "onnx":
@@ -446,6 +452,37 @@ def weights_convert(path: Optional[str] = typer.Argument(None, help="The mn04 we
         except WeightsError as e:
             fail(str(e))
         typer.echo(f"{target}: wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB) in {_time.perf_counter() - t0:.2f} s")
+
+
+def _adopt_weights(path: str) -> str:
+    """Weights a user converts from a place ``run`` does not look (a download folder)
+    are copied (sha256 checked) into the weights cache, where it does: the weights
+    converted are the weights the daemon then uses. Returns the path to convert from."""
+    import os
+    import shutil
+
+    from .embed.weights import MN04_WEIGHTS, WeightsError, cache_dir, resolve
+
+    src = resolve(MN04_WEIGHTS, path)
+    try:
+        found = resolve(MN04_WEIGHTS)
+    except WeightsError:
+        found = None
+    if found is not None:
+        if found.resolve() != src.resolve():
+            typer.echo(f"weights: {src} is the same file as {found} (sha256 checked), which 'edgeqmoe run' uses")
+        return str(found)
+    dest = cache_dir() / MN04_WEIGHTS.filename
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except OSError as e:
+        raise WeightsError(f"cannot copy {src} into {dest.parent} ({e}); set EDGEQMOE_WEIGHTS_DIR to the folder "
+                           f"of {src.name} instead, or model.weights in the profile") from None
+    typer.echo(f"weights: copied {src} into {dest}, where 'edgeqmoe run' finds them")
+    return str(dest)
 
 
 mqtt_app = typer.Typer(no_args_is_help=True, help="The MQTT link of a profile: check it before the daemon uses it.")
@@ -564,6 +601,43 @@ def bench_models(
     if json_path:
         with open(json_path, "w") as f:
             _json.dump(res, f, indent=1)
+
+
+@bench_app.command("listening")
+def bench_listening(
+    profile: Optional[List[str]] = typer.Option(None, "--profile", "-p", help="Profiles (repeat); default all."),
+    data: Optional[str] = typer.Option(None, "--data", help="A folder of target sounds, replayed in real time."),
+    source: Optional[str] = typer.Option(None, "--source", help="Instead of --data: mic or mic:NAME."),
+    short: float = typer.Option(10.0, min=2.0, help="Seconds of the short run (start-up and warm-up)."),
+    long: float = typer.Option(60.0, min=4.0, help="Seconds of the long run."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Also write the results as JSON."),
+):
+    """The daemon's steady-state CPU per second of audio against what its inference takes."""
+    import json as _json
+    import tempfile as _tempfile
+
+    from .bench.listening import format_table, run_bench, target_file
+    from .daemon.profiles import available_profiles
+
+    if long <= short:
+        fail(f"--long ({long:g} s) must be longer than --short ({short:g} s)")
+    if (data is None) == (source is None):
+        fail("give --data FOLDER (target sounds, replayed in real time) or --source mic[:NAME]")
+    names = list(profile) if profile else list(available_profiles())
+    with _tempfile.TemporaryDirectory(prefix="edgeqmoe-listening-") as tmp:
+        if data is not None:
+            try:
+                source = "file:" + target_file(data, long, os.path.join(tmp, "targets.wav"))
+            except (OSError, ValueError) as e:
+                fail(f"--data {data}: {e}")
+        try:
+            result = run_bench(names, source, short, long)
+        except RuntimeError as e:
+            fail(str(e))
+    typer.echo(format_table(result))
+    if json_path:
+        with open(json_path, "w") as f:
+            _json.dump(result, f, indent=1)
 
 
 @bench_app.command("latency")

@@ -9,7 +9,10 @@ key: unknown keys, wrong types and values outside ``choices`` or ``range`` raise
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
+import os
+import stat
 import typing
 from pathlib import Path
 from typing import Any, Dict, Tuple, Type, TypeVar, Union, get_args, get_origin
@@ -235,11 +238,35 @@ class _GuardedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+def read_small_file(path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """Up to ``limit`` + 1 bytes of a regular file the user named (a profile, a password
+    file, a token). Opened without blocking and checked to be a regular file first, so
+    a FIFO, a device or a socket there is an ``OSError`` that says so instead of a read
+    that never returns (deaf to SIGTERM)."""
+    fd = os.open(os.fspath(path), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode) else
+                    "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
+                    "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+            raise OSError(errno.EINVAL, f"it is {kind}, not a regular file")
+        chunks, n = [], 0
+        while n <= limit:
+            b = os.read(fd, limit + 1 - n)
+            if not b:
+                break
+            chunks.append(b)
+            n += len(b)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def load_yaml(path) -> Dict[str, Any]:
     p = Path(path)
     try:
-        with open(p, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
+        raw = read_small_file(p, MAX_FILE_BYTES)
     except FileNotFoundError:
         raise SettingsError(str(p), "", "file not found") from None
     except OSError as e:

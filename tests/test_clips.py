@@ -14,13 +14,12 @@ from edgeqmoe.daemon.profiles import ClipSettings
 from edgeqmoe.daemon.sinks import read_jsonl
 
 from conftest import IN_CI, US8K
+from helpers import run_cli
 
 PY = sys.executable
 SR = 16000
 
 
-def run_cli(args, timeout=300):
-    return subprocess.run([PY, "-m", "edgeqmoe.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_history_spans_across_the_wrap():
@@ -39,24 +38,28 @@ def test_retention_by_count_age_and_size(tmp_path):
     limits each cut the oldest first."""
     folder = tmp_path / "clips"
     folder.mkdir()
+
+    def name(day):  # named as the daemon names its clips: only those are ever deleted
+        return f"2025{day // 28 + 1:02d}{day % 28 + 1:02d}T000000.000Z_dog_bark.flac"
+
     tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR)).astype(np.float32)
     now = time.time()
     for day in range(40):
-        p = folder / f"{day:02d}_dog_bark.flac"
+        p = folder / name(day)
         sf.write(str(p), tone, SR, format="FLAC", subtype="PCM_16")
         os.utime(p, (now - (40 - day) * 86400 + 60, now - (40 - day) * 86400 + 60))
-    one = (folder / "00_dog_bark.flac").stat().st_size
+    one = (folder / name(0)).stat().st_size
 
     def keep(**limits):
         k = ClipKeeper(ClipSettings(enabled=True, **limits), str(tmp_path), SR, lambda *a, **f: None, lambda m: None)
         return sorted(p.name for p in folder.glob("*.flac")), k.deleted
 
     names, deleted = keep(max_count=30)
-    assert deleted == 10 and names[0] == "10_dog_bark.flac" and len(names) == 30
+    assert deleted == 10 and names[0] == name(10) and len(names) == 30
     names, deleted = keep(max_age_days=20)  # day 20 is 20 days old less a minute: kept
-    assert names[0] == "20_dog_bark.flac" and len(names) == 20 and deleted == 10
+    assert names[0] == name(20) and len(names) == 20 and deleted == 10
     names, deleted = keep(max_mb=one * 5.5 / 1e6)
-    assert names == [f"{d}_dog_bark.flac" for d in range(35, 40)] and deleted == 15
+    assert names == [name(d) for d in range(35, 40)] and deleted == 15
     print(f"\nretention: 40 clips of {one} B -> count 30 deleted 10; age 20 days deleted 10 more; "
           f"{one * 5.5 / 1e6:.3f} MB deleted 15 more, 5 left ({sum(p.stat().st_size for p in folder.glob('*.flac'))} B)")
 

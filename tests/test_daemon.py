@@ -14,16 +14,14 @@ from edgeqmoe.daemon.sinks import log_files, read_jsonl
 from edgeqmoe.settings import SettingsError
 
 from conftest import US8K, one_clip_per_class
+from helpers import daemon_records, run_cli
 
 PY = sys.executable
 WEIGHTFREE = "balanced-weightfree.eqm"
 
 
 def cli(args, env=None, timeout=180, **kw):
-    e = dict(os.environ)
-    e.update(env or {})
-    return subprocess.run([PY, "-m", "edgeqmoe.cli", *args], capture_output=True, text=True, timeout=timeout, env=e,
-                          **kw)
+    return run_cli(args, env=env, timeout=timeout, **kw)
 
 
 def write_profile(tmp_path, bundle=WEIGHTFREE, extra="", name="p.yaml", fallback=None):
@@ -57,8 +55,7 @@ def windows(log_dir):
         return []
 
 
-def daemon_events(log_dir):
-    return [r for r in read_jsonl(log_files(log_dir, "daemon"))]
+daemon_events = daemon_records
 
 
 @pytest.fixture

@@ -11,13 +11,11 @@ from edgeqmoe.daemon.sinks import read_jsonl
 from edgeqmoe.settings import SettingsError
 
 from conftest import IN_CI, US8K
+from helpers import run_cli
 
 PY = sys.executable
 
 
-def run_cli(args, env=None, timeout=300):
-    return subprocess.run([PY, "-m", "edgeqmoe.cli", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
 
 
 def run_on_dog_and_speech(tmp_path, profile, weights_dir, lang, text):

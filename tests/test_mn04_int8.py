@@ -189,8 +189,13 @@ def test_the_bundle_is_made_once_checked_and_named_when_damaged(tmp_path, monkey
     with open(first.model_path, "wb") as f:
         f.write(data[: len(data) // 2])
     with pytest.raises(WeightsError, match=r"cannot be read.*delete it") as e:
-        M.MN04Int8Embedder(weights=MODELS, kernel="generic")
+        M.load_bundle(first.model_path, sha256_of(WEIGHTS), M.calibration_sha256())
     assert first.model_path in str(e.value)
+    # the embedder, which has the weights, converts anew and says why
+    said = []
+    third = M.MN04Int8Embedder(weights=MODELS, kernel="generic", say=said.append)
+    assert third.converted and "cannot be read" in said[0] and "anew" in said[0]
+    assert np.array_equal(third.forward_mel(mel)[0], second.forward_mel(mel)[0])
     # a bundle of an older version beside it goes when the bundle is made anew
     older = Path(first.model_path.replace(f"-v{M.BUNDLE_VERSION}.", "-v1."))
     older.write_bytes(b"old")

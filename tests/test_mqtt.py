@@ -17,6 +17,7 @@ import pytest
 from edgeqmoe.daemon.sinks import read_jsonl
 
 from conftest import IN_CI, US8K
+from helpers import run_cli
 
 PY = sys.executable
 MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.path.exists(p)), None)
@@ -167,8 +168,6 @@ class Subscriber:
         self.c.loop_stop()
 
 
-def run_cli(args, timeout=300):
-    return subprocess.run([PY, "-m", "edgeqmoe.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def dog_and_speech(folder):

@@ -17,6 +17,8 @@ import pytest
 from edgeqmoe.daemon.sinks import LogFolderBusy, LogWriter, encode, log_files, read_jsonl
 from edgeqmoe.settings import SettingsError
 
+from helpers import daemon_records, run_cli, wait_for
+
 PY = sys.executable
 
 
@@ -424,8 +426,6 @@ def wav_bytes(rate: int, samples: np.ndarray) -> bytes:
             struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16) + b"data" + struct.pack("<I", len(data)) + data)
 
 
-def run_cli(args, timeout=300):
-    return subprocess.run([PY, "-m", "edgeqmoe.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 WEIGHTFREE_PROFILE = "version: 1\nmodel: {bundle: balanced-weightfree.eqm}\naudio: {window: 2.0, hop: 1.0}\n"
@@ -556,17 +556,7 @@ def test_compare_says_undefined_without_baseline_variance(tmp_path):
 
 # --------------------------------------------------------------------------- the daemon: reload, signals, lock
 
-def _daemon_records(logs):
-    return list(read_jsonl(log_files(logs, "daemon")))
-
-
-def _wait(cond, timeout=60.0):
-    deadline = __import__("time").monotonic() + timeout
-    while __import__("time").monotonic() < deadline:
-        if cond():
-            return True
-        threading.Event().wait(0.05)
-    return cond()
+_daemon_records, _wait = daemon_records, wait_for
 
 
 def test_reload_and_stats_run_while_the_ring_is_never_empty(tmp_path, us8k):
@@ -653,7 +643,9 @@ def test_sighup_while_starting_is_kept_for_later(tmp_path, us8k):
         # the lock appears once the model is built: before warm-up and before the source opens
         assert _wait(lambda: (logs / ".lock").exists() or p.poll() is not None, 120)
         p.send_signal(signal.SIGHUP)
-        assert _wait(lambda: any(r["event"] == "reload" for r in _daemon_records(logs)) or p.poll() is not None)
+        # the file is unchanged: the reload is looked at and said to change nothing
+        assert _wait(lambda: any(r["event"] == "reload_unchanged" for r in _daemon_records(logs))
+                     or p.poll() is not None)
         assert p.poll() is None, p.stderr.read()
         assert _wait(lambda: (logs / "windows.jsonl").exists() and (logs / "windows.jsonl").stat().st_size > 0)
     finally:
@@ -661,7 +653,7 @@ def test_sighup_while_starting_is_kept_for_later(tmp_path, us8k):
         rc = p.wait(timeout=60)
     assert rc == 0
     events = [r["event"] for r in _daemon_records(logs)]
-    assert events[0] == "start" and "reload" in events and events[-1] == "stop"
+    assert events[0] == "start" and "reload_unchanged" in events and events[-1] == "stop"
 
 
 def run_on_silence(tmp_path, extra: str = ""):

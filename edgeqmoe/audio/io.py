@@ -73,6 +73,7 @@ def stream(path, sr: int, block_s: float = STREAM_BLOCK_S) -> Iterator[np.ndarra
                 if not np.isfinite(mono).all():
                     raise AudioReadError(f"{name}: contains NaN or infinite samples after "
                                          f"{seen / f.samplerate:.1f} s")
+                mono = full_scale(mono)
                 seen += len(x)
             else:
                 mono = np.zeros(0, np.float32)
@@ -118,7 +119,15 @@ def decode(data_or_path: Union[str, bytes, os.PathLike], name: str | None = None
     mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
     if not np.isfinite(mono).all():
         raise AudioReadError(f"{name}: contains NaN or infinite samples")
-    return np.ascontiguousarray(mono, dtype=np.float32), int(sr)
+    return np.ascontiguousarray(full_scale(mono), dtype=np.float32), int(sr)
+
+
+def full_scale(x: np.ndarray) -> np.ndarray:
+    """Samples beyond full scale (a float file may hold any finite value) clipped to
+    [-1, 1], as a converter would: levels and features stay finite."""
+    if x.size and float(np.max(np.abs(x))) > 1.0:
+        return np.clip(x, -1.0, 1.0)
+    return x
 
 
 def fix_length(x: np.ndarray, n: int) -> np.ndarray:

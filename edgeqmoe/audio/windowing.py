@@ -84,6 +84,21 @@ class Windower:
                     if self._skip:
                         break
 
+    def missing(self) -> int:
+        """Samples still to be fed before the next window is complete."""
+        return self.window - self._fill + self._skip
+
+    def resized(self, window: int, hop: int) -> "Windower":
+        """A windower of another window and hop that goes on from this one: the next
+        sample fed keeps its absolute index, and the audio buffered (up to one new
+        window of it) is kept, so a change of window neither loses nor repeats audio."""
+        new = Windower(window, hop)
+        pos = self._next_start + self._fill  # absolute index of the next sample to be fed
+        k = min(self._fill, new.window)
+        new._buf[:k] = self._buf[self._fill - k:self._fill]
+        new._fill, new._next_start, new._emitted = k, pos - k, self._emitted
+        return new
+
     def finish_short(self) -> Optional[Tuple[int, np.ndarray]]:
         """At the end of a clip: when it was shorter than one window (nothing yielded
         since the reset), its one window, zero-padded at the end, as ``frame`` gives."""

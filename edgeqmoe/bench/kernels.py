@@ -168,6 +168,14 @@ def run_bench(in_features: int = 1024, out_features: int = 640, hidden=(640, 320
     best = resolve_variant("simd")
     variants = [best] + ([v for v in available_variants() if v != best] if all_variants else [])
     cands: List[Candidate] = []
+    skipped = None
+    if with_torch:
+        try:
+            import torch  # noqa: F401 - only to know whether the torch rows can be timed
+        except ImportError:
+            with_torch = False
+            skipped = ("torch is not installed: no torch rows and no ratios to torch "
+                       "(tools/setup.sh --train or pip install 'edgeqmoe[train]' adds it)")
     if with_torch:
         cands += _torch_candidates(Wl, bl, Ws, bs, x)
     cands += _numpy_candidates(Wl, bl, Ws, bs, x)
@@ -195,11 +203,13 @@ def run_bench(in_features: int = 1024, out_features: int = 640, hidden=(640, 320
         })
     info = machine_info({"threads": threads, "default_variant": best,
                          "head_dims": dims, "rounds": rounds, "per_round": per_round})
-    return {"machine": info, "rows": rows}
+    return {"machine": info, "rows": rows, **({"note": skipped} if skipped else {})}
 
 
 def format_table(result: Dict) -> str:
-    lines = [f"machine: {describe(result['machine'])}", f"threads: {result['machine']['threads']}", ""]
+    lines = [f"machine: {describe(result['machine'])}", f"threads: {result['machine']['threads']}"]
+    lines += [f"note: {result['note']}"] if result.get("note") else []
+    lines.append("")
     hdr = f"{'what':5} {'impl':20} {'variant':8} {'shape':>11} {'median us':>10} {'p99 us':>9} {'x torch fp32':>12} {'x torch int8':>12} {'weights B':>10}"
     lines.append(hdr)
     lines.append("-" * len(hdr))

@@ -16,12 +16,20 @@ withheld clip is never written; the event record says ``clip_withheld`` and why.
 
 File names: ``YYYYmmddTHHMMSS.mmmZ_CLASS.flac``, the wall-clock time of the clip's first
 sample in UTC, so that a folder listing is in time order.
+
+The folder is the daemon's own: retention deletes only files named as it names clips
+(``CLIP_NAME``), never follows a link (a ``clips`` that is a symbolic link is refused
+at start), and a ``.NAME.flac.tmp`` left by a crash is removed at the next start. An
+event's record is written once its clip is on disk (or could not be written, said in
+``clip_withheld``): a record never names a clip that does not exist.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import re
+import stat
 import threading
 import time
 from collections import deque
@@ -33,6 +41,10 @@ import numpy as np
 from .mqtt import slug
 
 CLIP_SUFFIX = ".flac"
+#: the names this module gives clips (and their temporary files): nothing else in the
+#: folder is ever deleted
+CLIP_NAME = re.compile(r"^\d{8}T\d{6}\.\d{3}Z_[A-Za-z0-9_\-]+\.flac$")
+CLIP_TMP = re.compile(r"^\.(\d{8}T\d{6}\.\d{3}Z_[A-Za-z0-9_\-]+\.flac)\.tmp$")
 
 
 class History:
@@ -72,8 +84,11 @@ class History:
 class ClipKeeper:
     """Clips of the daemon's events (module doc)."""
 
-    def __init__(self, settings, log_dir: str, sr: int, say: Callable[..., None], echo: Callable[[str], None]):
-        self.s, self.sr = settings, sr
+    def __init__(self, settings, log_dir: str, sr: int, say: Callable[..., None], echo: Callable[[str], None],
+                 emit: Optional[Callable[[Dict, Dict], None]] = None):
+        """``emit(event, fields)`` receives each event once its clip is decided: written
+        (from the writer thread), withheld or failed; without it ``ready`` returns them all."""
+        self.s, self.sr, self.emit = settings, sr, emit
         self.folder = Path(log_dir) / settings.dir
         self.rel = settings.dir
         self.say, self.echo = say, echo
@@ -83,10 +98,16 @@ class ClipKeeper:
         self.kept = self.withheld = self.failed = self.deleted = 0
         self.q: "queue.Queue" = queue.Queue(maxsize=8)
         self._thread: Optional[threading.Thread] = None
+        if self.folder.is_symlink():
+            raise OSError(f"clips.dir {self.folder} is a symbolic link; the daemon writes and deletes clips only in "
+                          "a folder of its own: remove the link or choose another clips.dir")
         try:
             self.folder.mkdir(mode=0o750, parents=True, exist_ok=True)
         except OSError as e:
             raise OSError(f"clips.dir {self.folder}: cannot create it ({e}); choose another clips.dir") from None
+        if not self.folder.is_dir():
+            raise OSError(f"clips.dir {self.folder} is not a folder; choose another clips.dir")
+        self.stale = self._remove_stale()
         self.trim()
 
     # ------------------------------------------------------------------ the loop's side
@@ -127,7 +148,9 @@ class ClipKeeper:
             if c["audio"] is None:  # forced before any audio of it was read
                 c["audio"], c["b_cut"] = self.history.span(c["a"], self.history.end), self.history.end
             del self.open[key]
-            out.append((c["ev"], self._decide(c)))
+            fields = self._decide(c)
+            if fields is not None:
+                out.append((c["ev"], fields))
         return out
 
     def _decide(self, c: Dict) -> Dict:
@@ -146,13 +169,16 @@ class ClipKeeper:
                 return {"clip_withheld": f"privacy: speech heard (p={speech:.2f})"}
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(c["t_wall"])) + f".{int(c['t_wall'] * 1000) % 1000:03d}Z"
         name = f"{stamp}_{slug(ev['class'])}{CLIP_SUFFIX}"
+        fields = {"clip": f"{self.rel}/{name}", "clip_s": round(len(audio) / self.sr, 2)}
         try:
-            self.q.put_nowait((name, audio))
+            self.q.put_nowait((name, audio, ev, fields))
         except queue.Full:
             self.failed += 1
             return {"clip_withheld": "the clip writer is behind (8 clips waiting); this one was not kept"}
         self._start()
-        return {"clip": f"{self.rel}/{name}", "clip_s": round(len(audio) / self.sr, 2)}
+        if self.emit is None:  # no one to tell later: said now, written soon
+            return fields
+        return None  # emitted by the writer thread once written
 
     # ------------------------------------------------------------------ the writer thread
     def _start(self) -> None:
@@ -165,9 +191,13 @@ class ClipKeeper:
             item = self.q.get()
             if item is None:
                 return
-            self._write(*item)
+            name, audio, ev, fields = item
+            error = self._write(name, audio)
+            if self.emit is not None:
+                self.emit(ev, fields if error is None else {"clip_withheld": f"cannot write the clip: {error}"})
 
-    def _write(self, name: str, audio: np.ndarray) -> None:
+    def _write(self, name: str, audio: np.ndarray) -> Optional[str]:
+        """Write one clip; returns None, or why it could not be written."""
         import soundfile as sf
 
         path = self.folder / name
@@ -185,25 +215,53 @@ class ClipKeeper:
             deleted = self.trim()
             self.say("clip", path=str(path), seconds=round(len(audio) / self.sr, 2), bytes=size,
                      **({"deleted": deleted} if deleted else {}))
-        except (OSError, RuntimeError, ValueError) as e:  # a full disk or a bad folder: said, never fatal
+            return None
+        except Exception as e:  # noqa: BLE001 - a full disk (libsndfile may assert), a bad folder: never fatal
             self.failed += 1
             try:
                 tmp.unlink()
             except OSError:
                 pass
-            self.say("clip_error", path=str(path), message=str(e))
+            why = str(e) or type(e).__name__
+            if isinstance(e, AssertionError) or not isinstance(e, (OSError, RuntimeError, ValueError)):
+                why = f"the FLAC encoder failed ({type(e).__name__}{': ' + str(e) if str(e) else ''}; a full disk?)"
+            self.say("clip_error", path=str(path), message=why)
             if self.failed == 1:
-                self.echo(f"edgeqmoe: cannot write the clip {path}: {e}")
+                self.echo(f"edgeqmoe: cannot write the clip {path}: {why}")
+            return why
+
+    def _ours(self, pattern) -> List[Tuple[os.stat_result, Path]]:
+        """Regular files of the folder named by ``pattern`` (never a link: lstat)."""
+        out = []
+        try:
+            with os.scandir(self.folder) as it:
+                for e in it:
+                    if pattern.match(e.name):
+                        st = e.stat(follow_symlinks=False)
+                        if stat.S_ISREG(st.st_mode):
+                            out.append((st, Path(e.path)))
+        except OSError:
+            pass
+        return out
+
+    def _remove_stale(self) -> int:
+        """Temporary files of clips whose writing a crash or kill interrupted."""
+        n = 0
+        for _, p in self._ours(CLIP_TMP):
+            try:
+                p.unlink()
+                n += 1
+            except OSError:
+                pass
+        if n:
+            self.say("clips_stale_removed", count=n)
+        return n
 
     def trim(self) -> int:
         """Oldest first, until count, age and size are within the settings; returns the
-        number of clips deleted."""
+        number of clips deleted. Only the daemon's own clips count and go (``CLIP_NAME``)."""
         s = self.s
-        try:
-            files = sorted((p.stat().st_mtime, p.stat().st_size, p) for p in self.folder.glob(f"*{CLIP_SUFFIX}")
-                           if p.is_file())
-        except OSError:
-            return 0
+        files = sorted((st.st_mtime, st.st_size, p) for st, p in self._ours(CLIP_NAME))
         total = sum(size for _, size, _ in files)
         now, n, deleted = time.time(), len(files), 0
         for mtime, size, p in files:

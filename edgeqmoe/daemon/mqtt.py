@@ -38,6 +38,10 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
+#: a discovery config larger than this is not one of ours (ours are a few hundred bytes)
+MAX_CONFIG_BYTES = 16 * 1024
+
+
 class MqttError(Exception):
     """MQTT settings that cannot be used (a missing password file, TLS files); the message names them."""
 
@@ -51,12 +55,15 @@ def read_password(settings, source: str = "") -> Optional[str]:
     if settings.username is None:
         return None
     if settings.password_file:
+        from ..settings import read_small_file
+
         try:
-            with open(os.path.expanduser(settings.password_file), encoding="utf-8") as f:
-                return f.readline().rstrip("\r\n")
+            raw = read_small_file(os.path.expanduser(settings.password_file), 4096)
+            return raw.decode("utf-8").splitlines()[0] if raw.strip() else ""
         except (OSError, UnicodeDecodeError) as e:
-            raise MqttError(f"mqtt.password_file {settings.password_file}: cannot read it ({e}); the password for "
-                            f"user {settings.username!r} goes on its first line") from None
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise MqttError(f"mqtt.password_file {settings.password_file}: cannot read it ({why}); the password for "
+                            f"user {settings.username!r} goes on the first line of a regular file") from None
     return os.environ.get(settings.password_env)
 
 
@@ -163,6 +170,7 @@ class MqttLink:
         c.on_disconnect = self._on_disconnect
         c.on_connect_fail = self._on_connect_fail
         c.on_message = self._on_message
+        c.suppress_exceptions = True  # a callback that raises anyway is logged by paho, and its thread lives on
         return c
 
     def start(self) -> "MqttLink":
@@ -255,15 +263,33 @@ class MqttLink:
         self._outage["n"] += 1
 
     def _on_message(self, client, userdata, msg):
-        """A retained discovery config of this device that the classes no longer have: clear it."""
-        if msg.payload and msg.topic not in self._configs:
-            self._put(msg.topic, b"", retain=True)
-            try:  # and its retained state, when it is one of this device's
-                state = json.loads(msg.payload).get("state_topic", "")
-            except (ValueError, AttributeError):
+        """A retained discovery config of this device that the classes no longer have:
+        clear it. Anyone can publish there: whatever the payload, nothing raised here
+        reaches paho's thread (an exception would end it, and with it the link)."""
+        try:
+            if not msg.payload or msg.topic in self._configs:
                 return
-            if isinstance(state, str) and state.startswith(self.topics.base + "/state/"):
+            self._put(msg.topic, b"", retain=True)
+            state = self._state_topic_of(msg.payload)
+            if state is not None:  # and its retained state, when it is one of this device's
                 self._put(state, b"", retain=True)
+        except Exception as e:  # noqa: BLE001 - a hostile or broken message is said, never fatal
+            self.say("mqtt_message_ignored", topic=str(getattr(msg, "topic", ""))[:200],
+                     reason=f"{type(e).__name__}: {str(e)[:200]}")
+
+    def _state_topic_of(self, payload: bytes) -> Optional[str]:
+        """The ``state_topic`` of a discovery config, when it is one of this device's
+        state topics; None for anything else (too large, not JSON, nested too deep)."""
+        if len(payload) > MAX_CONFIG_BYTES:
+            return None
+        try:
+            cfg = json.loads(payload)
+        except (ValueError, RecursionError):
+            return None
+        state = cfg.get("state_topic") if isinstance(cfg, dict) else None
+        if isinstance(state, str) and state.startswith(self.topics.base + "/state/"):
+            return state
+        return None
 
     # ------------------------------------------------------------------ the sender thread
     def _send_loop(self) -> None:

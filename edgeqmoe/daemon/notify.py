@@ -52,5 +52,12 @@ class Notifier:
             self._last_ping = now
             self.send("WATCHDOG=1")
 
+    def next_ping(self, now: float) -> float:
+        """Seconds until the next ping is due (inf outside a systemd watchdog): an idle
+        loop sleeps no longer than this."""
+        if self.ping_every is None:
+            return float("inf")
+        return max(0.0, self._last_ping + self.ping_every - now)
+
     def stopping(self) -> None:
         self.send("STOPPING=1")

@@ -193,6 +193,8 @@ def level_dbfs(window: np.ndarray):
     """(RMS, peak) of a window in dB relative to full scale (-200 for digital silence)."""
     x = np.asarray(window, dtype=np.float32)
     ms = float(np.dot(x, x)) / max(1, x.size)
+    if not np.isfinite(ms):  # beyond float32's range (samples far above full scale): in float64
+        ms = float(np.dot(x.astype(np.float64), x.astype(np.float64))) / max(1, x.size)
     peak = float(np.max(np.abs(x))) if x.size else 0.0
     return (10.0 * np.log10(ms) if ms > 1e-20 else -200.0), (20.0 * np.log10(peak) if peak > 1e-10 else -200.0)
 
@@ -230,12 +232,41 @@ class Pipeline:
             from .profiles import SPEECH_LABELS
 
             speech = np.array([find_label(n) for n in SPEECH_LABELS])
-        left = self.flush_events() if hasattr(self, "decider") else []
+        left = self._carry_into(decider, listener) if hasattr(self, "decider") else []
         self.top_k = min(profile.decision.top_k, len(self.classes))
         self.min_level = profile.decision.min_level_dbfs
         self.decider, self.listener, self.listen_unavailable, self.open_set = decider, listener, unavailable, rule
         self.speech_index = speech
         return left
+
+    def _carry_into(self, decider: "Decider", listener: Optional["Listener"]) -> List[Dict]:
+        """A reload goes on from where the running decisions are: the smoothing history
+        and the open event move to ``decider`` when it decides the same classes, open
+        listen events to the groups of the same name. Returns the events that cannot go
+        on (their class or group is gone): they end here."""
+        left = []
+        old = self.decider
+        if list(old.classes) == list(decider.classes):
+            for p in list(old.hist)[-decider.hist.maxlen:]:
+                decider.hist.append(p)
+            decider.event = old.event
+        elif old.event is not None:
+            left += [e for e in [old.flush()] if e is not None]
+        old.event = None
+        if self.listener is not None:
+            names = listener.names if listener is not None else []
+            for ev in self.listener.open.values():
+                if ev["class"] in names:
+                    listener.open[names.index(ev["class"])] = ev
+                elif ev["windows"] >= self.listener.min_windows:
+                    left.append(ev)
+            self.listener.open = {}
+        return left
+
+    def take_over(self, old: "Pipeline") -> List[Dict]:
+        """A new pipeline (a reload that changed the model) goes on from ``old``'s
+        decisions where it can (``_carry_into``); returns the events that end."""
+        return old._carry_into(self.decider, self.listener)
 
     @classmethod
     def from_profile(cls, profile: Profile, say=None) -> "Pipeline":

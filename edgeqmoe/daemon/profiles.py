@@ -59,6 +59,16 @@ class ModelSettings:
                              "baseline curiosity is compared with)")
     _base: str = field("", doc="(internal) folder of the profile file")
 
+    def validate(self):
+        """The kernel must be one this machine runs: what ``run`` refuses, validate refuses."""
+        from ..kernels import KernelChoiceError, resolve_variant
+
+        try:
+            resolve_variant(self.kernel)
+        except KernelChoiceError as e:
+            return [("kernel", str(e))]
+        return []
+
     def bundle_path(self, name: Optional[str] = None) -> str:
         """Where ``name`` (default: ``bundle``) resolves (module doc); the path may not exist."""
         name = name or self.bundle
@@ -308,7 +318,7 @@ def available_profiles() -> Dict[str, Path]:
 def find_profile(name_or_path: str) -> Path:
     p = Path(name_or_path).expanduser()
     if p.suffix in (".yaml", ".yml") or os.sep in name_or_path:
-        if p.is_file():
+        if p.exists():  # load_yaml says what is wrong with anything but a regular file
             return p
         raise ProfileError(f"profile file {p} not found")
     profiles = available_profiles()

@@ -21,6 +21,7 @@ current window, flush every file and exit 0.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import signal
@@ -174,21 +175,30 @@ class LoopState:
         # the file's time when the profile was read, not now: an edit made since (while the
         # daemon was starting) is still seen as one
         self.prof_mtime = profile.source_mtime or _mtime(profile.source_file)
-        self.audio_pos = 0  # samples consumed since the stream (re)started
+        self.audio_pos = 0  # samples consumed since the start (across reopens of the source)
         self.warmed = False
         self.file_i, self.file_start = -1, 0  # file sources: the file being read, its first sample
         self.level = _Level()  # window levels between two MQTT level messages
+        self.started = time.monotonic()  # when the loop began (--duration of a microphone)
         self.reason = ""  # why the loop ended (the stop record's reason)
 
     def set_window(self, profile: Profile) -> None:
+        """The profile's window and hop; on a reload that changes them the windows go on
+        from the same sample (``Windower.resized``): none lost, none repeated."""
         sr = self.sr
-        self.win_n, self.hop_n = int(round(profile.audio.window * sr)), int(round(profile.audio.hop * sr))
-        self.windower = Windower(self.win_n, self.hop_n)
+        win_n, hop_n = int(round(profile.audio.window * sr)), int(round(profile.audio.hop * sr))
+        old = getattr(self, "windower", None)
+        if old is not None and (win_n, hop_n) == (self.win_n, self.hop_n):
+            return
+        self.win_n, self.hop_n = win_n, hop_n
+        self.windower = old.resized(win_n, hop_n) if old is not None else Windower(win_n, hop_n)
         self.chunk = np.zeros(max(self.hop_n, int(0.1 * sr)), np.float32)
 
 
 #: how often the profile file is looked at for changes (s)
 PROFILE_CHECK_S = 1.0
+#: the shortest and the longest sleep of an idle window loop (s)
+MIN_IDLE_S, MAX_IDLE_S = 0.002, 1.0
 
 
 class Daemon:
@@ -218,6 +228,7 @@ class Daemon:
         self._parsed_source = None
         self._file: Optional[tuple] = None  # file sources: (name, stream second where it starts)
         self._stream_s = 0.0  # stream seconds read so far (event times to wall-clock times)
+        self._unchanged_said = False  # a reload that changed nothing was said (once until a change)
 
     # ------------------------------------------------------------------ setup
     def _make_source(self, ring: RingBuffer):
@@ -254,7 +265,8 @@ class Daemon:
         try:
             self.metrics = start_metrics(p.metrics)
             if p.clips.enabled:
-                self.clips = ClipKeeper(p.clips, self.log_dir, p.audio.sample_rate, self.log, self.echo)
+                self.clips = ClipKeeper(p.clips, self.log_dir, p.audio.sample_rate, self.log, self.echo,
+                                        emit=self._emit_event)
             if p.mqtt.host:
                 self.mqtt = MqttLink(p.mqtt, self.device, p.name, self._reported_classes(), self.log,
                                      self.echo).start()
@@ -344,8 +356,21 @@ class Daemon:
                 sup.close(lost)
                 self._flush_event()
                 continue
-            self._stop.wait(min(0.01, self.profile.audio.block / 2))  # no audio waiting
+            if self.duration is not None and sup.src.kind == "mic" and now - st.started >= self.duration:
+                st.reason = "duration reached"  # a microphone that went silent or away still ends the run
+                return
+            self._stop.wait(self._idle_wait(st, now))  # no audio waiting
         st.reason = "signal"
+
+    def _idle_wait(self, st: LoopState, now: float) -> float:
+        """How long to sleep when no audio is waiting: until the audio that completes
+        the next window is due (sources write in real time), or the next housekeeping
+        (stats, the profile file), whichever comes first. An idle daemon sleeps; it does
+        not poll. A stop wakes it at once; a reload is applied within one window."""
+        due = (st.windower.missing() - st.ring.available) / st.sr
+        chores = min(st.last_stats + self.profile.logging.stats_interval, st.last_file_check + PROFILE_CHECK_S,
+                     now + self.notifier.next_ping(now))
+        return min(max(due, MIN_IDLE_S), max(chores - now, MIN_IDLE_S), MAX_IDLE_S)
 
     def _end_of_input(self, st: LoopState, src) -> None:
         """A file source read to its end: the last short file, what was skipped, and a
@@ -370,7 +395,9 @@ class Daemon:
         """What a reader needs to name the windows that follow (start and reload records)."""
         pipe, p = self.pipeline, self.profile
         return {"bundle": pipe.built.bundle, "classes": pipe.classes, "experts": list(pipe.model.experts),
-                "embedder": {**pipe.embedder.info.as_dict(), "runtime": getattr(pipe.embedder, "runtime", None)},
+                "embedder": {**pipe.embedder.info.as_dict(), "runtime": getattr(pipe.embedder, "runtime", None),
+                             **({"weights": pipe.embedder.weights_path} if getattr(pipe.embedder, "weights_path", None)
+                                else {})},
                 "model": pipe.model.kind,
                 "kernel": getattr(pipe.model, "variant", None) or p.model.kernel,
                 "listen": pipe.listener.describe if pipe.listener else {},
@@ -391,7 +418,6 @@ class Daemon:
             self.clips.history.reset(0)
         st.windower.reset()
         self.pipeline.decider.reset()
-        st.audio_pos = 0
 
     def say_listening(self, src) -> None:
         """One line on what is listening, once the input is open."""
@@ -411,7 +437,8 @@ class Daemon:
         desc = src.describe() if hasattr(src, "describe") else self.source_spec
         self.echo(f"edgeqmoe: {self.device} listening to {desc}; profile {p.name} ({p.audio.window:g} s windows, "
                   f"a decision every {p.audio.hop:g} s), model {Path(f['bundle']).name} "
-                  f"({f['model']}, kernel {f['kernel']}), embedder {f['embedder']['id']} ({f['embedder']['runtime']}), "
+                  f"({f['model']}, kernel {f['kernel']}), embedder {f['embedder']['id']} ({f['embedder']['runtime']}"
+                  f"{', weights ' + f['embedder']['weights'] if f['embedder'].get('weights') else ''}), "
                   f"{'; '.join(extras)}; "
                   f"logs in {self.log_dir}")
 
@@ -581,10 +608,21 @@ class Daemon:
                 st.prof_mtime = self.profile.source_mtime or st.prof_mtime
 
     def _try_reload(self) -> bool:
-        """Load the profile file again; any failure keeps the running settings and says why."""
+        """Load the profile file again; any failure keeps the running settings and says
+        why. A reload goes on seamlessly: windows continue from the same sample, the
+        smoothing and open events carry over where the classes stay; a file that changed
+        nothing does nothing (said once until something changes)."""
         p = self.profile
         try:
             new = load_profile(p.source_file)
+            changed = changed_keys(p, new)
+            if not changed:
+                if not self._unchanged_said:
+                    self._unchanged_said = True
+                    self.log("reload_unchanged", message="the profile file is unchanged; nothing to apply")
+                    self.echo(f"edgeqmoe: profile {p.source_file} unchanged; nothing reloaded")
+                self.profile = new  # its mtime: not looked at again
+                return False
             changed_audio = (new.audio.sample_rate, new.audio.channels, new.audio.source) != \
                             (p.audio.sample_rate, p.audio.channels, p.audio.source)
             if changed_audio:
@@ -597,20 +635,24 @@ class Daemon:
             if new.model != p.model or new.runtime.threads != p.runtime.threads:
                 pipe = Pipeline.from_profile(new, say=self.echo)
                 self.threads = apply_threads(new.runtime.threads)
+                ended = pipe.take_over(self.pipeline)
             else:
                 pipe = self.pipeline
-                for ev in pipe.set_decisions(new):
-                    self._put_event(ev)
+                ended = pipe.set_decisions(new)
         except Exception as e:  # noqa: BLE001 - a reload must never take the daemon down
             msg = str(e) if isinstance(e, (SettingsError, ProfileError, PipelineError)) else f"{type(e).__name__}: {e}"
             self.log("reload_rejected", message=msg)
             self.echo(f"edgeqmoe: profile edit rejected, still running the previous settings: {msg}")
             return False
-        self._flush_event()
+        for ev in ended:
+            self._put_event(ev)
+        self._unchanged_said = False
         self.profile, self.pipeline = new, pipe
         if self.mqtt is not None:
             self.mqtt.set_classes(self._reported_classes())
-        self.log("reload", profile=new.name, window_s=new.audio.window, hop_s=new.audio.hop, **self._model_fields())
+        self.log("reload", profile=new.name, changed=changed, window_s=new.audio.window, hop_s=new.audio.hop,
+                 **self._model_fields())
+        self.echo(f"edgeqmoe: profile {new.name} reloaded ({', '.join(changed)} changed)")
         self._check_window()
         self.notifier.status(f"{new.name}: reloaded, listening to {self.source_spec}")
         return True
@@ -704,6 +746,24 @@ def _event_record(ev: Dict, file: Optional[tuple] = None, device: Optional[str] 
     elif file is not None:
         rec["file"], rec["offset_s"] = file[0], round(ev["start"] - file[1], 3)
     return rec
+
+
+def changed_keys(old: Profile, new: Profile) -> List[str]:
+    """The settings (``section.key``) that differ between two profiles, the file's
+    own bookkeeping (its path and modification time) aside."""
+    out = []
+    for f in dataclasses.fields(Profile):
+        if f.name in ("source_file", "source_mtime"):
+            continue
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if a == b:
+            continue
+        if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
+            out += [f"{f.name}.{g.name}" for g in dataclasses.fields(a)
+                    if not g.name.startswith("_") and getattr(a, g.name) != getattr(b, g.name)] or [f.name]
+        else:
+            out.append(f.name)
+    return out
 
 
 def _cpu() -> float:

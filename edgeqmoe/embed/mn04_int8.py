@@ -30,6 +30,7 @@ every later start, or converts it at the first.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -475,7 +476,8 @@ class Engine:
 # ---------------------------------------------------------------------------------------------
 # the embedder bundle
 
-BUNDLE_VERSION = "3"  # 2: every tensor 64-byte aligned, read memory-mapped; 3: 16-bit codes in blocks 1-6
+BUNDLE_VERSION = "4"  # 2: every tensor 64-byte aligned, read memory-mapped; 3: 16-bit codes in blocks 1-6;
+#                       4: the tensors' sha256 in the metadata, checked at every load
 _INTS = ("src", "dst", "res", "cin", "cout", "k", "stride", "act")
 
 
@@ -564,9 +566,13 @@ def save_bundle(ops: List[dict], gate: np.ndarray, path: Path, source_sha256: st
     for i, op in enumerate(ops):
         layout.append({k: (v if isinstance(v, str) else int(v)) for k, v in op.items() if not isinstance(v, np.ndarray)})
         tensors += [(f"op{i}.{k}", v) for k, v in op.items() if isinstance(v, np.ndarray)]
+    digest = hashlib.sha256()
+    for _, a in tensors:
+        digest.update(np.ascontiguousarray(a).tobytes())
     data = _aligned_safetensors(tensors, {"format": "edgeqmoe mn04 int8 engine operations",
                                           "version": BUNDLE_VERSION, "source_sha256": source_sha256,
-                                          "calibration_sha256": calib_sha256, "ops": json.dumps(layout)})
+                                          "calibration_sha256": calib_sha256, "ops": json.dumps(layout),
+                                          "tensors_sha256": digest.hexdigest()})
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -596,10 +602,13 @@ def load_bundle(path: Path, source_sha256: str, calib_sha256: str) -> Tuple[List
             raise WeightsError(f"{path} was converted from other weights or another calibration; delete it and "
                                "start again to convert anew.")
         ops = json.loads(meta["ops"])
-        for key, a in arrays.items():
-            if key.startswith("op"):
-                i, name = key[2:].split(".", 1)
-                ops[int(i)][name] = a
+        digest = hashlib.sha256(arrays["gate"])
+        for i, op in enumerate(ops):  # in the order written: the digest covers every tensor's bytes
+            for name in [k for k in arrays if k.startswith(f"op{i}.")]:
+                op[name.split(".", 1)[1]] = arrays[name]
+                digest.update(arrays[name])
+        if digest.hexdigest() != meta.get("tensors_sha256"):
+            raise ValueError("its tensors do not match their sha256: the file was changed or damaged")
         gate = arrays["gate"]
     except WeightsError:
         raise
@@ -638,7 +647,7 @@ class MN04Int8Embedder(MelEmbedder):
 
     def __init__(self, weights: Optional[str] = None, kernel: str = "simd", say=None):
         from ..kernels import resolve_variant
-        from .weights import MN04_WEIGHTS, resolve, sha256_of
+        from .weights import MN04_WEIGHTS, WeightsError, resolve, sha256_of
 
         src = resolve(MN04_WEIGHTS, weights)
         self.weights_path, self.source_sha256 = str(src), sha256_of(src)
@@ -651,9 +660,14 @@ class MN04Int8Embedder(MelEmbedder):
             return
         calib = calibration_sha256()
         path = bundle_path(self.source_sha256, calib)
+        ops = None
         if path.is_file():
-            ops, gate = load_bundle(path, self.source_sha256, calib)
-        else:  # first start with these weights: under a second, said once by the caller
+            try:
+                ops, gate = load_bundle(path, self.source_sha256, calib)
+            except WeightsError as e:  # damaged or changed: the weights are here, so convert anew
+                if say is not None:
+                    say(f"{e} Converting anew.")
+        if ops is None:  # first start with these weights (or a damaged file): under a second, said once
             ops, gate = build_ops(src)
             self.converted = True
             try:

@@ -21,6 +21,11 @@ _DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage
            "ByteStorage": np.uint8, "BoolStorage": np.bool_}
 
 
+#: the largest storage read (an embedder's weights are a few MB; a zip member that
+#: expands beyond this is damaged or hostile)
+MAX_STORAGE_BYTES = 1 << 30
+
+
 class CheckpointError(Exception):
     """A file that is not a plain torch state dict; the message says what was found."""
 
@@ -32,12 +37,26 @@ class _Storage:
         self.dtype, self.data = dtype, data
 
 
-def _rebuild_tensor(storage: _Storage, offset: int, size, stride, *_):
+def _rebuild_tensor(storage: _Storage, offset, size, stride, *_):
+    """A tensor of ``size`` and ``stride`` (in elements) at ``offset`` of its storage,
+    checked to lie inside the storage: a crafted file cannot make it read past it."""
     base = np.frombuffer(storage.data, dtype=storage.dtype)
-    item = base.itemsize
+    size, stride = tuple(size), tuple(stride)
+    if not (isinstance(offset, int) and len(size) == len(stride)
+            and all(isinstance(v, int) for v in size + stride)):
+        raise CheckpointError("a tensor's offset, size and stride are not integers of one length")
+    if offset < 0 or any(n < 0 for n in size) or any(s < 0 for s in stride):
+        raise CheckpointError(f"a tensor with a negative offset, size or stride ({offset}, {size}, {stride})")
+    if 0 in size:
+        return np.zeros(size, storage.dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= len(base):
+        raise CheckpointError(f"a tensor of size {list(size)} at offset {offset} reaches element {last} of a "
+                              f"storage of {len(base)}: the file is damaged or crafted")
     if not size:
         return np.array(base[offset])
-    view = np.lib.stride_tricks.as_strided(base[offset:], shape=tuple(size), strides=tuple(s * item for s in stride))
+    item = base.itemsize
+    view = np.lib.stride_tricks.as_strided(base[offset:], shape=size, strides=tuple(s * item for s in stride))
     return np.array(view)  # an owned, contiguous copy
 
 
@@ -69,8 +88,16 @@ class _Unpickler(pickle.Unpickler):
         dtype = _DTYPES.get(kind if isinstance(kind, str) else getattr(kind, "__name__", ""))
         if dtype is None:
             raise CheckpointError(f"storage type {kind!r} is not supported")
+        name = f"{self.prefix}/data/{key}"
         try:
-            data = self.zf.read(f"{self.prefix}/data/{key}")
+            size = self.zf.getinfo(name).file_size
+            if size > MAX_STORAGE_BYTES:
+                raise CheckpointError(f"the storage {key!r} holds {size} bytes, more than any embedder's "
+                                      f"({MAX_STORAGE_BYTES} at most); refusing to load it")
+            data = self.zf.read(name)
+            if len(data) % np.dtype(dtype).itemsize:
+                raise CheckpointError(f"the storage {key!r} ({len(data)} bytes) is not a whole number of "
+                                      f"{np.dtype(dtype).name} elements")
         except KeyError:
             raise CheckpointError(f"the checkpoint lacks the storage {key!r}") from None
         return _Storage(dtype, data)

@@ -72,4 +72,4 @@ def resolve_variant(choice: Optional[str] = None, isa: Optional[str] = None) -> 
         return choice
     raise KernelChoiceError(
         f"kernel {choice!r} is not available on this CPU ({cpu_features() or 'no SIMD features'}); "
-        f"choose one of {', '.join(CHOICES + tuple(avail))}")
+        f"choose one of {', '.join(dict.fromkeys(CHOICES + tuple(avail)))}")

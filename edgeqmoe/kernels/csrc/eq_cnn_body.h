@@ -167,7 +167,7 @@ EQ_INL void se_gates(const eq_cnn_op *op, const int32_t *gate, float *fs, int32_
     const float lim = (float)(EQ_CNN_GATE_RANGE * EQ_CNN_GATE_STEPS);
     for (int32_t c = 0; c < C; c++) {
         float y = z[c] * (float)EQ_CNN_GATE_STEPS;
-        y = y < -lim ? -lim : (y > lim ? lim : y);
+        y = y > -lim ? (y < lim ? y : lim) : -lim; /* a NaN (a damaged weight) gives -lim, never an index */
         g[c] = gate[(int32_t)((y + MAGIC) - MAGIC) + EQ_CNN_GATE_RANGE * EQ_CNN_GATE_STEPS];
     }
 }

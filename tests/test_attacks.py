@@ -20,6 +20,7 @@ from test_mqtt import Broker, Subscriber
 
 from edgeqmoe.daemon.clips import ClipKeeper
 from edgeqmoe.daemon.profiles import ClipSettings
+from edgeqmoe.daemon.records import Event
 from edgeqmoe.daemon.sinks import read_jsonl
 
 SR = 16000
@@ -78,7 +79,7 @@ def _one_event(k, t0=0.0, seconds=1.0):
     """Feed ``seconds`` of a tone and an event over all of it; the clip is queued."""
     x = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int((seconds + 2) * SR)) / SR)).astype(np.float32)
     start = int(t0 * SR)
-    ev = {"class": "dog_bark", "start": t0, "end": t0 + seconds, "windows": 2, "peak": 0.9}
+    ev = Event("dog_bark", t0, t0 + seconds, 0.9, windows=2)
     k.audio(x[:SR // 2], start)
     k.begin(ev)
     k.audio(x[SR // 2:], start + SR // 2)

@@ -67,7 +67,7 @@ def bench_profile(name: str, paths: List[str], n: int, window: Optional[float] =
     try:
         for w in _windows(paths, sr, p.audio.window, p.audio.hop, n):
             c0, t0 = time.thread_time(), time.perf_counter()
-            rec = pipe.process(w, 0.0, 0.0)
+            rec, _ = pipe.process(w, 0.0, 0.0)
             total = (time.perf_counter() - t0) * 1e3
             cpu_ms.append((time.thread_time() - c0) * 1e3)
             for k in ("embed", "head", "decision"):

@@ -123,7 +123,7 @@ class ClipKeeper:
     def begin(self, ev: Dict) -> None:
         """An event that counts: its clip starts ``pre_roll`` before it."""
         if id(ev) not in self.open:
-            a = max(0, int(round((ev["start"] - self.s.pre_roll) * self.sr)))
+            a = max(0, int(round((ev.start - self.s.pre_roll) * self.sr)))
             self.open[id(ev)] = {"ev": ev, "a": a, "b": None, "audio": None,
                                  "t_wall": time.time() - (self.history.end - a) / self.sr}
 
@@ -131,7 +131,7 @@ class ClipKeeper:
         """The event is over: the clip ends ``post_roll`` after it."""
         self.begin(ev)
         c = self.open[id(ev)]
-        c["b"] = int(round((ev["end"] + self.s.post_roll) * self.sr))
+        c["b"] = int(round((ev.end + self.s.post_roll) * self.sr))
 
     def ready(self, force: bool = False) -> List[Tuple[Dict, Dict]]:
         """Events whose clip is decided: [(event, fields for its record)]. ``force``: the
@@ -168,7 +168,7 @@ class ClipKeeper:
                 self.withheld += 1
                 return {"clip_withheld": f"privacy: speech heard (p={speech:.2f})"}
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(c["t_wall"])) + f".{int(c['t_wall'] * 1000) % 1000:03d}Z"
-        name = f"{stamp}_{slug(ev['class'])}{CLIP_SUFFIX}"
+        name = f"{stamp}_{slug(ev.label)}{CLIP_SUFFIX}"
         fields = {"clip": f"{self.rel}/{name}", "clip_s": round(len(audio) / self.sr, 2)}
         try:
             self.q.put_nowait((name, audio, ev, fields))

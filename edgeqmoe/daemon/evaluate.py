@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Dict
 
 from .profiles import Profile
-from .sinks import DECISION_CODES
+from .records import DECISION_CODES
 
 
 def open_set_figures(profile: Profile, folder) -> Dict[str, Dict[str, int]]:
@@ -40,10 +40,10 @@ def open_set_figures(profile: Profile, folder) -> Dict[str, Dict[str, int]]:
             w = Windower(win, hop)
             recs = []
             for block in stream(f, sr):
-                recs += [pipe.process(x, s / sr, (s + win) / sr) for s, x in w.feed(block)]
+                recs += [pipe.process(x, s / sr, (s + win) / sr)[0] for s, x in w.feed(block)]
             short = w.finish_short()
             if short is not None:
-                recs.append(pipe.process(short[1], 0.0, win / sr))
+                recs.append(pipe.process(short[1], 0.0, win / sr)[0])
             for r in recs:
                 row["windows"] += 1
                 d = r.get("d")

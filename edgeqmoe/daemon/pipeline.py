@@ -35,13 +35,13 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .profiles import Profile
 from ..embed.audioset import sigmoid
-from .sinks import ABSTAIN, OTHER, QUIET
+from .records import ABSTAIN, OTHER, QUIET, Event
 
 
 class PipelineError(Exception):
@@ -109,7 +109,7 @@ class Decider:
                                 f"are {', '.join(classes)}")
         self.thr = np.array([settings.thresholds.get(c, settings.threshold) for c in classes], np.float32)
         self.hist: deque = deque(maxlen=settings.smoothing)
-        self.event: Optional[Dict] = None
+        self.event: Optional[Event] = None
 
     def reset(self) -> None:
         self.hist.clear()
@@ -129,23 +129,21 @@ class Decider:
             decision = None
         done = None
         ev = self.event
-        if ev is not None and ev["class"] == decision:
-            ev["end"], ev["windows"] = t_end, ev["windows"] + 1
-            ev["peak"] = max(ev["peak"], float(smooth[top]))
+        if ev is not None and ev.label == decision:
+            ev.extend(t_end, float(smooth[top]))
         else:
-            if ev is not None and ev["windows"] >= self.s.event_min_windows:
+            if ev is not None and ev.windows >= self.s.event_min_windows:
                 done = ev
             self.event = None
             if decision not in (None, "abstain"):
-                self.event = {"class": decision, "start": t_start, "end": t_end, "windows": 1,
-                              "peak": float(smooth[top])}
+                self.event = Event(decision, t_start, t_end, float(smooth[top]))
         return decision, smooth, done
 
-    def flush(self) -> Optional[Dict]:
+    def flush(self) -> Optional[Event]:
         ev, self.event = self.event, None
-        return ev if ev is not None and ev["windows"] >= self.s.event_min_windows else None
+        return ev if ev is not None and ev.windows >= self.s.event_min_windows else None
 
-    def quiet(self) -> Optional[Dict]:
+    def quiet(self) -> Optional[Event]:
         """A quiet window: no evidence to smooth with; the open event (if any) ends."""
         self.hist.clear()
         return self.flush()
@@ -164,7 +162,7 @@ class Listener:
         self.describe = {k: {"labels": [names[i] for i in ix], "threshold": g.threshold}
                          for (k, g), ix in zip(groups.items(), self.index)}
         self.min_windows = event_min_windows
-        self.open: Dict[int, Dict] = {}
+        self.open: Dict[int, Event] = {}
 
     def step(self, probs: np.ndarray, t_start: float, t_end: float):
         """-> ([[group index, probability]] of the groups heard, finished events)."""
@@ -177,16 +175,15 @@ class Listener:
         for g in heard:
             ev = self.open.get(int(g))
             if ev is None:
-                self.open[int(g)] = {"class": self.names[g], "source": "audioset", "start": t_start, "end": t_end,
-                                     "windows": 1, "peak": float(score[g])}
+                self.open[int(g)] = Event(self.names[g], t_start, t_end, float(score[g]), source="audioset")
             else:
-                ev["end"], ev["windows"], ev["peak"] = t_end, ev["windows"] + 1, max(ev["peak"], float(score[g]))
+                ev.extend(t_end, float(score[g]))
         hits = [[int(g), round(float(score[g]), 3)] for g in heard]
-        return hits, [e for e in done if e["windows"] >= self.min_windows]
+        return hits, [e for e in done if e.windows >= self.min_windows]
 
-    def flush(self) -> List[Dict]:
+    def flush(self) -> List[Event]:
         done, self.open = list(self.open.values()), {}
-        return [e for e in done if e["windows"] >= self.min_windows]
+        return [e for e in done if e.windows >= self.min_windows]
 
 
 def level_dbfs(window: np.ndarray):
@@ -209,7 +206,7 @@ class Pipeline:
         self.is_moe = getattr(self.model, "kind", "") == "moe"
         self.set_decisions(profile)
 
-    def set_decisions(self, profile: Profile) -> List[Dict]:
+    def set_decisions(self, profile: Profile) -> List[Event]:
         """What is decided from the model's output (also on a reload that keeps the
         model); all or nothing: a bad setting raises before anything changes. Returns
         the events that the replaced decisions still had open."""
@@ -239,7 +236,7 @@ class Pipeline:
         self.speech_index = speech
         return left
 
-    def _carry_into(self, decider: "Decider", listener: Optional["Listener"]) -> List[Dict]:
+    def _carry_into(self, decider: "Decider", listener: Optional["Listener"]) -> List[Event]:
         """A reload goes on from where the running decisions are: the smoothing history
         and the open event move to ``decider`` when it decides the same classes, open
         listen events to the groups of the same name. Returns the events that cannot go
@@ -256,14 +253,14 @@ class Pipeline:
         if self.listener is not None:
             names = listener.names if listener is not None else []
             for ev in self.listener.open.values():
-                if ev["class"] in names:
-                    listener.open[names.index(ev["class"])] = ev
-                elif ev["windows"] >= self.listener.min_windows:
+                if ev.label in names:
+                    listener.open[names.index(ev.label)] = ev
+                elif ev.windows >= self.listener.min_windows:
                     left.append(ev)
             self.listener.open = {}
         return left
 
-    def take_over(self, old: "Pipeline") -> List[Dict]:
+    def take_over(self, old: "Pipeline") -> List[Event]:
         """A new pipeline (a reload that changed the model) goes on from ``old``'s
         decisions where it can (``_carry_into``); returns the events that end."""
         return old._carry_into(self.decider, self.listener)
@@ -273,9 +270,9 @@ class Pipeline:
         """``say``: told once when mn04's weights are converted for ONNX Runtime."""
         return cls(build(profile, say), profile)
 
-    def process(self, window: np.ndarray, t_start: float, t_end: float) -> Dict:
-        """One window (float32 at the profile's rate) -> the window record (without
-        timestamps of capture, which the caller adds)."""
+    def process(self, window: np.ndarray, t_start: float, t_end: float) -> Tuple[Dict, List[Event]]:
+        """One window (float32 at the profile's rate) -> (the window record, without the
+        timestamps of capture, which the caller adds; the events that ended with it)."""
         clock = time.perf_counter
         t0 = clock()
         rms, peak = level_dbfs(window)
@@ -327,22 +324,18 @@ class Pipeline:
             rec["x"] = pred.experts[0].tolist()
         if hits:
             rec["ls"] = hits
-        if events:
-            rec["_events"] = events
-        return rec
+        return rec, events
 
-    def flush_events(self) -> List[Dict]:
+    def flush_events(self) -> List[Event]:
         """Events still open (end of input, a lost device, a reload, a new file)."""
         out = [e for e in [self.decider.flush()] if e is not None]
         return out + (self.listener.flush() if self.listener is not None else [])
 
-    def _quiet(self, rms: float, peak: float, t0: float) -> Dict:
+    def _quiet(self, rms: float, peak: float, t0: float) -> Tuple[Dict, List[Event]]:
         """The record of a window below the level gate: no inference ran."""
         self.decider.hist.clear()  # no evidence to smooth with; open events end
         self.speech = 0.0 if self.speech_index is not None else None  # too faint to make out words
         events = self.flush_events()
         rec = {"d": QUIET, "lv": [round(rms), round(peak)],
                "stages_ms": {"embed": 0.0, "head": 0.0, "decision": round((time.perf_counter() - t0) * 1e3, 3)}}
-        if events:
-            rec["_events"] = events
-        return rec
+        return rec, events

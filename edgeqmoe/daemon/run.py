@@ -36,7 +36,8 @@ import numpy as np
 from ..audio.windowing import Windower
 from ..machine import apply_threads
 from ..settings import SettingsError
-from .pipeline import QUIET, Pipeline, PipelineError
+from .pipeline import Pipeline, PipelineError
+from .records import QUIET, WINDOW_SCHEMA, EventFanout
 from .power import PowerMeter, temperature_c
 from .profiles import Profile, ProfileError, load_profile
 from ..stats import STAGES, co2_ug, percentiles
@@ -46,24 +47,6 @@ from .clips import ClipKeeper
 from .mqtt import MqttLink
 from .sinks import LogWriter, encode, replace_file
 from .sources import FileSource, MicSource, RingBuffer, SourceError, parse_source
-
-#: Keys of a window record (docs/logs.md): class/decision/topk/experts are indices
-#: into the start record's "classes" and "experts".
-WINDOW_SCHEMA = {"v": 1, "fields": {"t_wall": "Unix s", "capture_lag_ms": "ms",
-                                     "stages_ms": "embed/head/decision ms", "class": "top-1 class index",
-                                     "score": "top-1 probability", "k": "[class index, probability] after the top-1",
-                                     "d": "decided class index, -1 abstain, -2 quiet (below the level gate: "
-                                          "no class, score or k), -3 other, absent: none",
-                                     "lv": "[RMS, peak] level of the window, dBFS",
-                                     "o": "other windows: [open-set rule's probability of a target sound, "
-                                          "[[AudioSet class index, probability] x 3]]",
-                                     "ls": "[listen group index (start record's listen, in order), AudioSet "
-                                           "probability] of each group heard",
-                                     "u": "router uncertainty (nats), MoE", "x": "expert indices used, MoE",
-                                     "deadline_miss": "present when slower than the hop",
-                                     "mj": "energy of the window, mJ"},
-                 "energy_method": "modelled"}
-
 
 class Signals:
     """SIGINT/SIGTERM (stop) and SIGHUP (reload) as events. Installed as early as the
@@ -223,11 +206,10 @@ class Daemon:
         self.notifier = Notifier()  # systemd: READY, watchdog pings, STOPPING (nothing outside systemd)
         self.quiet = quiet  # no start line, no event lines (problems are still said)
         self.json_out = json_out  # each window record, as a JSON line, also here (stdout for pipes)
-        self.exit_code = 0
         self.windows = 0
         self._parsed_source = None
         self._file: Optional[tuple] = None  # file sources: (name, stream second where it starts)
-        self._stream_s = 0.0  # stream seconds read so far (event times to wall-clock times)
+        self.events: Optional[EventFanout] = None  # where events go out (made once the sinks are open)
         self._unchanged_said = False  # a reload that changed nothing was said (once until a change)
 
     # ------------------------------------------------------------------ setup
@@ -266,10 +248,12 @@ class Daemon:
             self.metrics = start_metrics(p.metrics)
             if p.clips.enabled:
                 self.clips = ClipKeeper(p.clips, self.log_dir, p.audio.sample_rate, self.log, self.echo,
-                                        emit=self._emit_event)
+                                        emit=lambda ev, clip: self.events.emit(ev, clip))
             if p.mqtt.host:
                 self.mqtt = MqttLink(p.mqtt, self.device, p.name, self._reported_classes(), self.log,
                                      self.echo).start()
+            self.events = EventFanout(self.writer, self.metrics, self.mqtt, self.clips, self.echo, self.device,
+                                      p.name, self.log_dir, self.quiet)
             return self._run()
         finally:
             for part in (self.clips, self.mqtt, self.metrics):  # clips first: their records go to the log
@@ -342,7 +326,7 @@ class Daemon:
                 sup.heard(st.chunk[:n], now)
                 for start, window in st.windower.feed(st.chunk[:n]):
                     self._step(st, sup.src, start, window)
-                self._clips_ready()
+                self.events.clips_ready()
                 st.audio_pos += n
                 if self.duration is not None and st.audio_pos >= self.duration * st.sr:
                     st.reason = "duration reached"
@@ -447,65 +431,12 @@ class Daemon:
         pipe = self.pipeline
         return list(pipe.classes) + (list(pipe.listener.names) if pipe.listener else [])
 
-    def _begin_events(self) -> None:
-        """Events that count from this window on (while they run): a terminal line, MQTT
-        state ON, the start of a clip."""
-        pipe = self.pipeline
-        running = [pipe.decider.event] + (list(pipe.listener.open.values()) if pipe.listener else [])
-        for ev in running:
-            if ev is None or ev.get("told") or ev["windows"] < self.profile.decision.event_min_windows:
-                continue
-            ev["told"] = True
-            if self._file:
-                ev["file"], ev["offset_s"] = self._file[0], round(ev["start"] - self._file[1], 3)
-            if self.mqtt is not None:
-                self.mqtt.state(ev["class"], True)
-            if self.clips is not None:
-                self.clips.begin(ev)
-            if not self.quiet:
-                where = f" in {Path(ev['file']).name} at {ev['offset_s']:.1f} s" if self._file else ""
-                self.echo(f"{time.strftime('%H:%M:%S')}  {ev['class']}  {ev['peak']:.2f}"
-                          f"{'  (AudioSet)' if ev.get('source') else ''}{where}")
-
-    def _put_event(self, ev: Dict) -> None:
-        """An event is over: state OFF now; its record once its clip is decided."""
-        if self.mqtt is not None:
-            self.mqtt.state(ev["class"], False)
-        if self.clips is not None:
-            self.clips.finish(ev)
-        else:
-            self._emit_event(ev, {})
-
-    def _emit_event(self, ev: Dict, clip: Dict) -> None:
-        rec = _event_record(ev, self._file, self.device)
-        rec.update(clip)
-        self.writer.put("events", rec)
-        if self.metrics is not None:
-            self.metrics.event(ev["class"])
-        if self.mqtt is not None:
-            now_s = self._stream_s
-            start, end = time.time() - (now_s - ev["start"]), time.time() - (now_s - ev["end"])
-            msg = {"event_type": ev["class"], "class": ev["class"], "score": rec["peak"], "start": round(start, 3),
-                   "end": round(end, 3), "duration_s": round(ev["end"] - ev["start"], 3), "device": self.device,
-                   "profile": self.profile.name}
-            for k in ("source", "file", "offset_s", "clip", "clip_withheld"):
-                if k in rec:
-                    msg[k] = rec[k]
-            if "clip" in msg:
-                msg["clip"] = str(Path(self.log_dir) / msg["clip"])
-            self.mqtt.event(msg)
-
-    def _clips_ready(self, force: bool = False) -> None:
-        if self.clips is not None:
-            for ev, fields in self.clips.ready(force):
-                self._emit_event(ev, fields)
-
     def _flush_event(self) -> None:
         """Events still open end here (a new file, a lost input, a reload, the stop),
         and clips waiting for audio that will not come are cut with what there is."""
         for ev in self.pipeline.flush_events():
-            self._put_event(ev)
-        self._clips_ready(force=True)
+            self.events.ended(ev)
+        self.events.clips_ready(force=True)
 
     def _finish_file(self, st: LoopState, src) -> None:
         """A file shorter than one window still gets its one window (zero-padded), as
@@ -531,6 +462,7 @@ class Daemon:
             st.windower.reset(pos)
             st.file_i, st.file_start = i, pos
             self._file = (files[i][1], pos / st.sr)
+            self.events.place(self._file, pos / st.sr)
             self.log("file", index=i, path=files[i][1], at_s=round(pos / st.sr, 3))
         nxt = src.next_start(pos)
         return self._keep(st, st.ring.read(st.chunk if nxt is None else st.chunk[:min(len(st.chunk), nxt - pos)]))
@@ -539,7 +471,7 @@ class Daemon:
         """What was read also goes to the clips' history (ring positions)."""
         if n and self.clips is not None:
             self.clips.audio(st.chunk[:n], st.ring.read_pos - n)
-        self._stream_s = st.ring.read_pos / st.sr
+        self.events.place(self._file, st.ring.read_pos / st.sr)
         return n
 
     def _step(self, st: LoopState, src, start: int, window: np.ndarray) -> None:
@@ -547,7 +479,7 @@ class Daemon:
         p, sr = self.profile, st.sr
         t0 = time.perf_counter()
         cpu0 = _cpu()
-        rec = self.pipeline.process(window, start / sr, (start + st.win_n) / sr)
+        rec, ended = self.pipeline.process(window, start / sr, (start + st.win_n) / sr)
         total_ms = (time.perf_counter() - t0) * 1e3
         # behind live audio: what was captured after this window's end, plus the
         # callback's own delay; meaningless when files are read ahead (--fast)
@@ -564,15 +496,17 @@ class Daemon:
         if st.file_i >= 0:  # which file ("file" records of daemon.jsonl) and where in it, seconds
             rec["fi"], rec["fo"] = st.file_i, round((start - st.file_start) / sr, 3)
         st.stats.add(rec, lag, total_ms, t_wall - t_mono)
-        events = rec.pop("_events", ())
         self.writer.put("windows", rec)
         if self.json_out is not None:
             self.json_out(encode(rec))
         if self.clips is not None:
             self.clips.window(start / sr, (start + st.win_n) / sr, self.pipeline.speech)
-        self._begin_events()
-        for ev in events:
-            self._put_event(ev)
+        pipe, min_windows = self.pipeline, p.decision.event_min_windows
+        for ev in [pipe.decider.event] + (list(pipe.listener.open.values()) if pipe.listener else []):
+            if ev is not None:
+                self.events.running(ev, min_windows)
+        for ev in ended:
+            self.events.ended(ev)
         if self.mqtt is not None:
             st.level.add(rec["lv"][0])
             if t_mono - st.level.since >= self.mqtt.s.level_interval:
@@ -645,7 +579,7 @@ class Daemon:
             self.echo(f"edgeqmoe: profile edit rejected, still running the previous settings: {msg}")
             return False
         for ev in ended:
-            self._put_event(ev)
+            self.events.ended(ev)
         self._unchanged_said = False
         self.profile, self.pipeline = new, pipe
         if self.mqtt is not None:
@@ -732,20 +666,6 @@ class _Stats:
 
     def percentiles(self) -> Dict:
         return {k: percentiles(v, 3) for k, v in self.stage.items() if v}
-
-
-def _event_record(ev: Dict, file: Optional[tuple] = None, device: Optional[str] = None) -> Dict:
-    rec = {"type": "event", "class": ev["class"], "start_s": round(ev["start"], 3), "end_s": round(ev["end"], 3),
-           "windows": ev["windows"], "peak": round(ev["peak"], 5), "t_wall": round(time.time(), 3)}
-    if device:
-        rec["device"] = device
-    if "source" in ev:  # a listen: group (AudioSet), not one of the model's classes
-        rec["source"] = ev["source"]
-    if "file" in ev:  # file sources: the file and where in it the event starts
-        rec["file"], rec["offset_s"] = ev["file"], ev["offset_s"]
-    elif file is not None:
-        rec["file"], rec["offset_s"] = file[0], round(ev["start"] - file[1], 3)
-    return rec
 
 
 def changed_keys(old: Profile, new: Profile) -> List[str]:

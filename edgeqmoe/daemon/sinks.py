@@ -44,8 +44,6 @@ from typing import Callable, Dict, Iterator, List, Optional
 SCHEMA_VERSION = 1
 KINDS = ("windows", "events", "daemon", "stats")
 #: decisions of a window record that are not a class index (``d``; docs/logs.md)
-ABSTAIN, QUIET, OTHER = -1, -2, -3
-DECISION_CODES = {ABSTAIN: "abstain", QUIET: "quiet", OTHER: "other"}
 FILE_MODE = 0o640
 #: queued lines at most, all kinds together (about 4 MB of window records)
 QUEUE_LINES = 20_000

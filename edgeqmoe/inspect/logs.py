@@ -14,7 +14,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..daemon.sinks import DECISION_CODES, KINDS, QUIET, SCHEMA_VERSION, log_files, read_jsonl
+from ..daemon.records import DECISION_CODES, QUIET
+from ..daemon.sinks import KINDS, SCHEMA_VERSION, log_files, read_jsonl
 from ..stats import STAGES, co2_ug, compare_samples, percentiles
 
 KNOWN_TYPES = {"window", "event", "daemon", "stats"}

@@ -7,8 +7,9 @@ set -euo pipefail
 [ "$(id -u)" -eq 0 ] || { echo "install.sh: run as root (sudo)" >&2; exit 1; }
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 PROFILE=${1:-stable}
-apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+# wait (up to 10 min) for another apt, such as unattended-upgrades on a Pi's first boot
+apt-get -o DPkg::Lock::Timeout=600 update -qq
+DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
     python3 python3-venv python3-dev gcc libportaudio2 libsndfile1
 id edgeqmoe >/dev/null 2>&1 || useradd --system --home /var/lib/edgeqmoe --shell /usr/sbin/nologin -G audio edgeqmoe
 install -d -m 0750 -o edgeqmoe -g audio /var/lib/edgeqmoe /var/lib/edgeqmoe/weights /var/lib/edgeqmoe/cache \

@@ -102,7 +102,8 @@ def run_cmd(
     profile: str = typer.Option("balanced", "--profile", "-p", help="Profile name or path to a .yaml file."),
     source: Optional[str] = typer.Option(None, help="mic, mic:DEVICE, file:PATH or dir:PATH (default: the profile's)."),
     realtime: Optional[bool] = typer.Option(None, "--realtime/--fast", help="File sources: real time or as fast as possible."),
-    duration: Optional[float] = typer.Option(None, help="Stop after this many seconds of audio."),
+    duration: Optional[float] = typer.Option(None, min=0.001, help="Stop after this many seconds of audio (a "
+                                                                      "microphone: of listening)."),
     log_dir: Optional[str] = typer.Option(None, help="Log folder (default: the profile's logging.dir)."),
     kernel: Optional[str] = typer.Option(None, help="Kernel variant, overriding the profile."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No start line and no event lines (problems are still "
@@ -608,8 +609,8 @@ def bench_listening(
     profile: Optional[List[str]] = typer.Option(None, "--profile", "-p", help="Profiles (repeat); default all."),
     data: Optional[str] = typer.Option(None, "--data", help="A folder of target sounds, replayed in real time."),
     source: Optional[str] = typer.Option(None, "--source", help="Instead of --data: mic or mic:NAME."),
-    short: float = typer.Option(10.0, min=2.0, help="Seconds of the short run (start-up and warm-up)."),
-    long: float = typer.Option(60.0, min=4.0, help="Seconds of the long run."),
+    warm: float = typer.Option(5.0, min=0.0, help="Seconds after the first window before measuring."),
+    span: float = typer.Option(30.0, min=2.0, help="Seconds measured."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Also write the results as JSON."),
 ):
     """The daemon's steady-state CPU per second of audio against what its inference takes."""
@@ -619,19 +620,17 @@ def bench_listening(
     from .bench.listening import format_table, run_bench, target_file
     from .daemon.profiles import available_profiles
 
-    if long <= short:
-        fail(f"--long ({long:g} s) must be longer than --short ({short:g} s)")
     if (data is None) == (source is None):
         fail("give --data FOLDER (target sounds, replayed in real time) or --source mic[:NAME]")
     names = list(profile) if profile else list(available_profiles())
     with _tempfile.TemporaryDirectory(prefix="edgeqmoe-listening-") as tmp:
         if data is not None:
             try:
-                source = "file:" + target_file(data, long, os.path.join(tmp, "targets.wav"))
+                source = "file:" + target_file(data, warm + span + 30, os.path.join(tmp, "targets.wav"))
             except (OSError, ValueError) as e:
                 fail(f"--data {data}: {e}")
         try:
-            result = run_bench(names, source, short, long)
+            result = run_bench(names, source, warm, span)
         except RuntimeError as e:
             fail(str(e))
     typer.echo(format_table(result))

@@ -128,7 +128,8 @@ static eq_cnn_op conv_op(int kind, int src, int dst, int res, int32_t cin, int32
 }
 
 static int check_cnn(const char *name, int *checks) {
-    const eq_cnn_kernels *G = &eq_cnn_generic, *V = eq_cnn_find(name);
+    const eq_variant *found = eq_variant_find(name);
+    const eq_cnn_kernels *G = &eq_cnn_generic, *V = found ? found->cnn : NULL;
     if (!V) return 0;
     int bad = 0;
     /* pointwise accumulators: odd sizes, tiles and their tails */
@@ -240,14 +241,14 @@ static int check_cnn(const char *name, int *checks) {
 }
 
 int main(void) {
-    const eq_kernels *ks[8];
-    const int nk = eq_available(ks, 8);
+    const eq_variant *vs[8];
+    const int nk = eq_variants(vs, 8);
     const int32_t ins[] = {1, 7, 33, 100, 1023, 1024, 1536};
     const int32_t outs[] = {1, 5, 17, 64};
     int failures = 0, checks = 0;
     printf("features: %s\n", eq_cpu_features());
     for (int v = 0; v < nk; v++) {
-        const eq_kernels *K = ks[v];
+        const eq_kernels *K = vs[v]->head;
         if (K == &eq_kernels_generic) continue;
         int bad = 0, n_checks = 0;
         for (int fmt = 0; fmt < EQ_NFMT; fmt++) {

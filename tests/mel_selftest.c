@@ -7,6 +7,7 @@
  * length[n_mels]; float32 weights[sum(length)], x[n_in]. OUT: float32 n_mels x frames. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "eq_mel.h"
 
@@ -32,7 +33,13 @@ int main(int argc, char **argv) {
     for (int32_t i = 0; i < n_mels; i++) total += (size_t)length[i];
     float *weights = take(f, total, 4), *x = take(f, (size_t)n_in, 4);
     fclose(f);
-    const eq_mel_kernels *K = eq_mel_find(argv[3]);
+    const eq_mel_kernels *K = !strcmp(argv[3], "generic") ? &eq_mel_kernels_generic : NULL;
+#if defined(__x86_64__) || defined(_M_X64)
+    __builtin_cpu_init();
+    if (!strcmp(argv[3], "avx2") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        K = &eq_mel_kernels_avx2;
+    if (!strcmp(argv[3], "avx512") && __builtin_cpu_supports("avx512f")) K = &eq_mel_kernels_avx512;
+#endif
     if (!K) {
         printf("variant %s not available\n", argv[3]);
         return 3;

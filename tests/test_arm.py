@@ -10,7 +10,8 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(HERE), "edgeqmoe", "kernels", "csrc")
 SOURCES = [os.path.join(HERE, "kernels_selftest.c")] + [
-    os.path.join(CSRC, f) for f in ("eq_core.c", "eq_program.c", "eq_generic.c", "eq_x86.c", "eq_arm.c", "eq_cnn.c", "eq_cnn_x86.c", "eq_cnn_arm.c")]
+    os.path.join(CSRC, f) for f in ("eq_core.c", "eq_program.c", "eq_generic.c", "eq_x86.c", "eq_arm.c", "eq_cnn.c",
+                                    "eq_cnn_x86.c", "eq_cnn_arm.c", "eq_mel.c")]
 IN_CI = os.environ.get("CI") == "true"
 
 

@@ -388,3 +388,64 @@ def test_every_command_works_without_torch_or_says_what_to_install(tmp_path, arg
     assert r.returncode == 0 or "pip install" in r.stderr + r.stdout, r.stdout + r.stderr
     if args[:2] == ["bench", "kernels"]:
         assert "torch is not installed" in r.stdout
+
+
+def test_one_sound_heard_as_a_class_and_a_listen_group_makes_one_clip(tmp_path):
+    emitted = []
+    k, _ = _keeper(tmp_path, emitted)
+    x = (0.3 * np.sin(2 * np.pi * 440 * np.arange(5 * SR) / SR)).astype(np.float32)
+    bark, dog = Event("dog_bark", 1.0, 3.0, 0.9, windows=2), Event("dog", 1.0, 3.0, 0.8, windows=2, source="audioset")
+    k.audio(x[:SR], 0)
+    k.begin(bark)
+    k.begin(dog)
+    k.audio(x[SR:], SR)
+    k.finish(bark)
+    k.finish(dog)
+    assert k.ready() == []  # both go out through the writer
+    k.close()
+    clips = sorted(os.listdir(tmp_path / "clips"))
+    assert len(clips) == 1 and [f["clip"] for _, f in emitted] == [f"clips/{clips[0]}"] * 2
+    assert k.stats()["clips_shared_total"] == 1 and k.stats()["clips_kept_total"] == 1
+
+
+def test_discovery_can_leave_classes_out_and_names_what_it_does_not_know():
+    from edgeqmoe.daemon.mqtt import MqttError, MqttLink
+    from edgeqmoe.daemon.profiles import MqttSettings
+
+    s = MqttSettings(host="127.0.0.1", port=1, discovery_skip=("engine_idling",))
+    link = MqttLink(s, "pi", "p", ["dog_bark", "engine_idling"], lambda *a, **f: None, lambda m: None)
+    topics = list(link._configs)
+    assert any("/dog_bark/" in t for t in topics) and not any("engine_idling" in t for t in topics)
+    with pytest.raises(MqttError, match="discovery_skip.*siren"):
+        MqttLink(MqttSettings(host="127.0.0.1", port=1, discovery_skip=("siren",)), "pi", "p", ["dog_bark"],
+                 lambda *a, **f: None, lambda m: None)
+
+
+def test_messages_still_queued_at_exit_are_counted_and_said():
+    from edgeqmoe.daemon.mqtt import MqttLink
+    from edgeqmoe.daemon.profiles import MqttSettings
+    from test_mqtt import free_port
+
+    said = []
+    link = MqttLink(MqttSettings(host="127.0.0.1", port=free_port(), backoff=(5.0, 5.0)), "pi", "p", ["dog_bark"],
+                    lambda ev, **f: said.append((ev, f)), lambda m: None).start()
+    for i in range(3):
+        link.event({"i": i})
+    link.close(timeout=0.5)
+    unsent = [f for ev, f in said if ev == "mqtt_unsent"]
+    assert unsent and unsent[0]["count"] >= 3 and link.stats()["mqtt_dropped_total"] >= 3
+
+
+def test_bad_files_and_arguments_are_said_in_words(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "notes.wav").write_text("shopping list")
+    (bad / "empty.wav").write_bytes(b"")
+    r = run_cli(["run", "--profile", "balanced", "--source", f"dir:{bad}", "--fast", "--log-dir", tmp_path / "l"])
+    assert r.returncode == 2 and "empty.wav: the file is empty (0 bytes)" in r.stderr, r.stderr
+    assert "notes.wav: cannot decode it: not a recognised audio format" in r.stderr
+    assert "NoBackendError" not in r.stderr and "b'" not in r.stderr
+    r = run_cli(["run", "--profile", "balanced", "--source", f"file:{bad}"])
+    assert r.returncode == 2 and "is a folder; use --source dir:" in r.stderr
+    r = run_cli(["run", "--profile", "balanced", "--source", f"file:{bad / 'notes.wav'}", "--duration", "-3"])
+    assert r.returncode == 2 and "--duration" in r.stderr

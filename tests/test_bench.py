@@ -164,3 +164,16 @@ def test_weights_convert_writes_the_onnx_file(tmp_path, weights_dir):
     assert res.exit_code == 0 and out.stat().st_size > 1_000_000, res.output
     res = CliRunner().invoke(app, ["weights", "convert", str(tmp_path / "missing.pt")])
     assert res.exit_code == 2 and "missing.pt" in res.output
+
+
+def test_bench_listening_tiny(tmp_path, us8k, weights_dir):
+    """The daemon's steady-state CPU against its inference, on a real-time file: every
+    figure measured and present (its size is the benchmark's business, never asserted)."""
+    out = tmp_path / "l.json"
+    res = CliRunner().invoke(app, ["bench", "listening", "-p", "balanced", "--data", os.path.join(us8k, "fold1"),
+                                   "--warm", "0.5", "--span", "3", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["profile"] == "balanced" and row["windows"] >= 1 and row["cpu_ms_per_s"] > 0
+    assert row["inference_ms_per_s"] > 0 and row["ratio"] > 0 and row["rss_mb"] > 0
+    assert "CPU / inference" in res.output and "balanced" in res.output

@@ -171,3 +171,32 @@ def test_unaligned_weights_give_the_same_results(name, rng):
             prog.run(x, y, 2)
             ys.append(y)
         np.testing.assert_array_equal(ys[0], ys[1], err_msg=f"{name} {v}")
+
+
+# --------------------------------------------------------------------------- the Python/C contract
+
+@pytest.mark.parametrize("kernel,isa", [("generic", ""), ("simd", "avx2")])
+def test_one_kernel_choice_reaches_every_c_path(tmp_path, kernel, isa, weights_dir, us8k):
+    """The profile's model.kernel (or EDGEQMOE_ISA's cap on simd) picks the head, the
+    integer embedder and the log-mel front end alike, through the daemon end to end."""
+    import json
+    import os
+
+    from conftest import US8K
+    from helpers import run_cli
+
+    from edgeqmoe.kernels import available_variants
+
+    if isa and isa not in available_variants():
+        pytest.skip(f"this CPU does not run {isa}")
+    want = kernel if kernel != "simd" else isa
+    prof = tmp_path / "p.yaml"
+    prof.write_text(f"version: 1\nmodel: {{bundle: stable.eqm, kernel: {kernel}, embedder_runtime: int8}}\n"
+                    "audio: {window: 2.0, hop: 1.0}\n")
+    logs = tmp_path / "logs"
+    r = run_cli(["run", "--profile", prof, "--source", f"file:{os.path.join(US8K, 'fold1', '101415-3-0-2.flac')}",
+                 "--fast", "--log-dir", logs], env={"EDGEQMOE_ISA": isa})
+    assert r.returncode == 0, r.stderr
+    start = next(r for r in map(json.loads, (logs / "daemon.jsonl").read_text().splitlines()) if r["event"] == "start")
+    assert start["kernels"] == {"head": want, "embedder": want, "front_end": want}, start["kernels"]
+    assert f"kernel {want}" in r.stderr

@@ -101,8 +101,15 @@ def test_bad_operation_lists_are_refused_with_what_is_wrong(int8_net):
 
     _, q = int8_net
     ops = M.engine_ops(q)
-    with pytest.raises(ValueError, match="do not chain"):
+    # an operation left out: the one after it is named, with why
+    with pytest.raises(ValueError, match=r"Cnn op 3 \(dw\): cin is not the channel count of the src map"):
         _ckernels.Cnn("generic", 128, 100, ops[:3] + ops[4:], q["gate"])
+    bad = [dict(op) for op in ops]
+    bad[1]["stride"] = 0
+    with pytest.raises(ValueError, match=r"Cnn op 1 \(dw\): k must be odd and stride positive"):
+        _ckernels.Cnn("generic", 128, 100, bad, q["gate"])
+    with pytest.raises(ValueError, match=r"Cnn op \d+ \(dense\): a dense layer before the pooling"):
+        _ckernels.Cnn("generic", 128, 100, [op for op in ops if op["kind"] != "pool"], q["gate"])
     i = next(j for j, o in enumerate(ops) if o["kind"] == "pw")
     bad = [dict(o) for o in ops]
     bad[i]["corr"] = bad[i]["corr"][:-1]
@@ -237,3 +244,22 @@ def test_calibration_tool_runs_and_measures_fewer_pointwise_bits():
         assert m and int(m.group(1)) >= 20, r.stdout
         means[bits] = float(m.group(2))
     assert means[8] > 0.99 and means[4] < means[8], means
+
+
+def test_python_tables_agree_with_the_c_contract(int8_net):
+    """What Python mirrors of C (format ids, bits and offsets; head steps; CNN operation
+    kinds and activation codes; the gate table) is what the C module says it is."""
+    from edgeqmoe.embed import mn04_int8 as M
+    from edgeqmoe.kernels import FORMATS, _ckernels
+
+    c = _ckernels.CONTRACT
+    assert set(c["formats"]) == set(FORMATS)
+    for name, f in FORMATS.items():
+        assert (f.code, f.bits, f.offset) == (c["formats"][name]["id"], c["formats"][name]["bits"],
+                                              c["formats"][name]["offset"]), name
+    assert set(c["steps"]) == {"linear", "layernorm", "relu"}  # the step names runtime.py gives Program
+    assert M.ACT_CODE == {None: c["cnn_acts"]["none"], "RE": c["cnn_acts"]["relu"], "HS": c["cnn_acts"]["hardswish"]}
+    assert (M.GATE_STEPS, M.GATE_RANGE) == (c["gate_steps"], c["gate_range"])
+    assert len(M.gate_table()) == c["gate_n"] == _ckernels.CNN_GATE_N
+    kinds = {op["kind"] for op in M.engine_ops(int8_net[1])}
+    assert kinds == set(c["cnn_kinds"])

@@ -175,6 +175,7 @@ def test_train_export_agree(tmp_path, cache, model):
     assert s["weighted_f1"]["mean"] > (0.45 if model.get("expert") == "popcount-ptq" else 0.7)
     assert s["min_agreement"] >= 0.995 and s["max_abs_proba_diff"] < 0.05
     assert os.path.isfile(s["bundle"]) and s["final_agreement"]["agreement"] >= 0.995
+    assert s["export_ok"] and s["final_agreement"]["export_ok"]  # the export gate, checked and passed
     out = tmp_path / "runs" / "m"
     for f in ("folds.csv", "folds.json", "summary.json", "model_card.md"):
         assert (out / f).is_file()

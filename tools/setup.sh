@@ -22,8 +22,10 @@ if command -v apt-get >/dev/null 2>&1; then
     missing=""
     for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
     if [ -n "$missing" ]; then
-        $SUDO apt-get update -qq
-        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+        # wait (up to 10 min) for another apt, such as unattended-upgrades on a Pi's first boot
+        lock="-o DPkg::Lock::Timeout=600"
+        $SUDO apt-get $lock update -qq
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get $lock install -y -qq --no-install-recommends $missing
     fi
 else
     echo "setup: no apt-get here; install these yourself: $pkgs" >&2

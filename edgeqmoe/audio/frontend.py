@@ -135,26 +135,37 @@ def _engine(spec: MelSpec, n_in: int, up2: bool, variant: str):
                          win, start, length, weights, spec.log_offset, spec.shift, 1.0 / spec.scale)
 
 
-FRONT_END_VARIANTS = ("avx512", "avx2", "generic")
+def front_end_variant(choice: str | None = None) -> str:
+    """The kernel variant whose front end runs for a kernel choice (a profile's
+    ``model.kernel``: ref, generic, simd or a variant's name; None: EDGEQMOE_KERNEL,
+    else simd; EDGEQMOE_ISA caps it): one choice picks every C path. The front end has
+    no numpy twin in the hot path, so ``ref`` runs the portable C."""
+    from ..kernels import resolve_variant
+
+    v = resolve_variant(choice)
+    return "generic" if v == "ref" else v
 
 
-def available_variants():
-    """The front end's SIMD variants this CPU runs, best first."""
+def implementation(variant: str | None = None) -> str:
+    """The name of the C front end that a kernel variant runs (avx512vbmi runs avx512's;
+    neon and dotprod the portable one)."""
     from ..kernels import _ckernels
 
     _, win, start, length, weights = _plan(MN04_MEL)
-    ok = []
-    for v in FRONT_END_VARIANTS:
-        try:
-            _ckernels.Mel(v, 2048, 0, np.zeros(2, np.float32), np.zeros(1, np.float32), 0.97, 1024, 320, win, start,
-                          length, weights, 1e-5, 0.0, 1.0)
-        except ValueError:
-            continue
-        ok.append(v)
-    return ok
+    return _ckernels.Mel(front_end_variant(variant), 2048, 0, np.zeros(2, np.float32), np.zeros(1, np.float32), 0.97,
+                         1024, 320, win, start, length, weights, 1e-5, 0.0, 1.0).variant
 
 
-def log_mel(wave: np.ndarray, spec: MelSpec = MN04_MEL, sr: int | None = None, variant: str = "auto") -> np.ndarray:
+def available_variants():
+    """The distinct C front ends this CPU runs, best first (by the names ``implementation``
+    gives)."""
+    from ..kernels import available_variants as kernel_variants
+
+    return list(dict.fromkeys(implementation(v) for v in kernel_variants()))
+
+
+def log_mel(wave: np.ndarray, spec: MelSpec = MN04_MEL, sr: int | None = None,
+            variant: str | None = None) -> np.ndarray:
     """Log-mel of a mono waveform at ``sr`` (default ``spec.sample_rate``): (n_mels, frames)
     float32. Accepts (n,) or (batch, n); a batch gives (batch, n_mels, frames).
 
@@ -164,7 +175,8 @@ def log_mel(wave: np.ndarray, spec: MelSpec = MN04_MEL, sr: int | None = None, v
     then reflection padding, the windowed frames, a real FFT batched across frames in SIMD
     lanes, the power, each triangular filter over its non-zero bins, the log.
     Any other rate is resampled to the spec's rate first (soxr 'HQ'). Non-finite samples are
-    read as 0. ``variant``: "auto" (the best this CPU runs), "avx512", "avx2" or "generic".
+    read as 0. ``variant``: a kernel choice (``front_end_variant``); None: the environment's
+    choice, else the best this CPU runs.
     """
     x = np.asarray(wave, dtype=np.float32)
     single = x.ndim == 1
@@ -179,7 +191,7 @@ def log_mel(wave: np.ndarray, spec: MelSpec = MN04_MEL, sr: int | None = None, v
     n_out = 2 * n - 1 if up2 else n - (1 if spec.preemphasis else 0)
     if n_out <= spec.n_fft // 2:
         raise ValueError(f"audio of {n} samples is too short for a {spec.n_fft}-point STFT")
-    eng = _engine(spec, n, up2, variant)
+    eng = _engine(spec, n, up2, front_end_variant(variant))
     out = np.empty((x.shape[0], spec.n_mels, eng.frames), np.float32)
     eng.run(np.ascontiguousarray(x), out)
     return out[0] if single else out

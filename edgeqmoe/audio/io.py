@@ -46,12 +46,30 @@ def _check_rate(name: str, sr: int) -> None:
                              "is expected (a damaged or mislabelled header)")
 
 
+def _check_not_empty(path, name: str) -> None:
+    try:
+        if os.path.getsize(path) == 0:
+            raise AudioReadError(f"{name}: the file is empty (0 bytes)")
+    except OSError as e:
+        raise AudioReadError(f"{name}: cannot read it ({e.strerror})") from None
+
+
+def _undecodable(name: str, sf_err: Exception, other: Exception | None = None) -> AudioReadError:
+    """What a user is told of a file no decoder reads: the file, and why in words, not
+    the decoders' internals."""
+    why = str(sf_err).split(": ", 1)[-1].strip() if sf_err else ""
+    if "Format not recognised" in why or "not recognised" in why.lower() or type(other).__name__ == "NoBackendError":
+        why = "not a recognised audio format (WAV, FLAC, OGG, MP3, or what ffmpeg reads)"
+    return AudioReadError(f"{name}: cannot decode it: {why or type(sf_err).__name__}")
+
+
 def stream(path, sr: int, block_s: float = STREAM_BLOCK_S) -> Iterator[np.ndarray]:
     """Mono float32 blocks of ``path`` resampled to ``sr``, decoded a block at a time."""
     import soundfile as sf
     import soxr
 
     name = display_name(path)
+    _check_not_empty(path, name)
     try:
         f = sf.SoundFile(os.fsencode(path))
     except Exception:  # not for libsndfile: decode whole with the fallback decoders
@@ -89,6 +107,8 @@ def stream(path, sr: int, block_s: float = STREAM_BLOCK_S) -> Iterator[np.ndarra
 def decode(data_or_path: Union[str, bytes, os.PathLike], name: str | None = None) -> Tuple[np.ndarray, int]:
     """Decode to (mono float32 samples, sample rate) at the file's own rate."""
     name = name or (display_name(data_or_path) if not isinstance(data_or_path, bytes) else "<bytes>")
+    if not isinstance(data_or_path, bytes):
+        _check_not_empty(data_or_path, name)
     src = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else os.fsencode(data_or_path)
     try:
         import soundfile as sf
@@ -105,7 +125,7 @@ def decode(data_or_path: Union[str, bytes, os.PathLike], name: str | None = None
             import librosa
 
             if isinstance(data_or_path, bytes):
-                raise AudioReadError(f"{name}: cannot decode ({sf_err})") from None
+                raise _undecodable(name, sf_err) from None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 y, sr = librosa.load(data_or_path, sr=None, mono=False)
@@ -113,7 +133,7 @@ def decode(data_or_path: Union[str, bytes, os.PathLike], name: str | None = None
         except AudioReadError:
             raise
         except Exception as e:
-            raise AudioReadError(f"{name}: cannot decode ({sf_err}; {type(e).__name__}: {e})") from None
+            raise _undecodable(name, sf_err, e) from None
     if x.size == 0:
         raise AudioReadError(f"{name}: no audio samples")
     mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]

@@ -95,7 +95,9 @@ class ClipKeeper:
         self.history = History(int((settings.max_length + settings.pre_roll + settings.post_roll + 5.0) * sr))
         self.open: Dict[int, Dict] = {}  # id(event) -> {"ev", "a", "b", "audio", "t_wall"}
         self.speech: deque = deque()  # (start s, end s, speech probability or None) of recent windows
-        self.kept = self.withheld = self.failed = self.deleted = 0
+        self.kept = self.withheld = self.failed = self.deleted = self.shared = 0
+        self.recent: deque = deque(maxlen=16)  # (first sample, end sample, name, fields) of recent clips
+        self._outcomes: Dict[str, Optional[str]] = {}  # name -> None (written) or why not, recent clips
         self.q: "queue.Queue" = queue.Queue(maxsize=8)
         self._thread: Optional[threading.Thread] = None
         if self.folder.is_symlink():
@@ -167,6 +169,15 @@ class ClipKeeper:
             if speech >= self.s.speech_threshold:
                 self.withheld += 1
                 return {"clip_withheld": f"privacy: speech heard (p={speech:.2f})"}
+        for a0, b0, name0, fields0 in self.recent:  # one sound, two events (a class and a listen group): one clip
+            if min(b0, c["b_cut"]) - max(a0, c["a"]) >= 0.5 * min(b0 - a0, c["b_cut"] - c["a"]):
+                self.shared += 1
+                try:
+                    self.q.put_nowait((name0, None, ev, fields0))  # after the first one's write: its outcome
+                except queue.Full:
+                    return dict(fields0)
+                self._start()
+                return None if self.emit is not None else dict(fields0)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(c["t_wall"])) + f".{int(c['t_wall'] * 1000) % 1000:03d}Z"
         name = f"{stamp}_{slug(ev.label)}{CLIP_SUFFIX}"
         fields = {"clip": f"{self.rel}/{name}", "clip_s": round(len(audio) / self.sr, 2)}
@@ -175,6 +186,7 @@ class ClipKeeper:
         except queue.Full:
             self.failed += 1
             return {"clip_withheld": "the clip writer is behind (8 clips waiting); this one was not kept"}
+        self.recent.append((c["a"], c["b_cut"], name, fields))
         self._start()
         if self.emit is None:  # no one to tell later: said now, written soon
             return fields
@@ -192,7 +204,13 @@ class ClipKeeper:
             if item is None:
                 return
             name, audio, ev, fields = item
-            error = self._write(name, audio)
+            if audio is None:  # a clip shared with an earlier event: its outcome
+                error = self._outcomes.get(name)
+            else:
+                error = self._write(name, audio)
+                self._outcomes[name] = error
+                while len(self._outcomes) > 64:
+                    self._outcomes.pop(next(iter(self._outcomes)))
             if self.emit is not None:
                 self.emit(ev, fields if error is None else {"clip_withheld": f"cannot write the clip: {error}"})
 
@@ -277,7 +295,8 @@ class ClipKeeper:
 
     def stats(self) -> Dict:
         return {"clips_kept_total": self.kept, "clips_withheld_total": self.withheld,
-                "clips_failed_total": self.failed, "clips_deleted_total": self.deleted}
+                "clips_failed_total": self.failed, "clips_deleted_total": self.deleted,
+                "clips_shared_total": self.shared}
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued (the last clips of a run are kept too)."""

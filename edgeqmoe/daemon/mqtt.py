@@ -184,7 +184,12 @@ class MqttLink:
         """The classes reported (the model's and the listen groups); entities of classes
         that left are removed, new ones announced."""
         classes = list(dict.fromkeys(classes))
-        configs = self.topics.discovery(classes, self.version) if self.s.discovery else {}
+        unknown = [c for c in self.s.discovery_skip if c not in classes]
+        if unknown:
+            raise MqttError(f"mqtt.discovery_skip names {unknown}, which are not among the classes and listen groups "
+                            f"({', '.join(classes)})")
+        announced = [c for c in classes if c not in self.s.discovery_skip]
+        configs = self.topics.discovery(announced, self.version) if self.s.discovery else {}
         with self.lock:
             gone = [t for t in self._configs if t not in configs]
             gone_states = [c for c in self._states if c not in classes]
@@ -369,6 +374,13 @@ class MqttLink:
                     info.wait_for_publish(max(0.05, deadline - time.monotonic()))
                 except (RuntimeError, ValueError):
                     break
+        with self.lock:
+            unsent = len(self.q)
+            self.q.clear()
+        if unsent:  # the broker could not take them in time: counted and said, not lost silently
+            self.dropped += unsent
+            self.say("mqtt_unsent", count=unsent, dropped_total=self.dropped,
+                     reason="still queued when the daemon stopped")
         self.client.disconnect()
         # paho's thread may be inside a connect attempt (up to its 5 s timeout): a stop
         # does not wait for it longer than asked; the thread is a daemon thread

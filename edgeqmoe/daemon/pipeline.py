@@ -265,6 +265,15 @@ class Pipeline:
         decisions where it can (``_carry_into``); returns the events that end."""
         return old._carry_into(self.decider, self.listener)
 
+    def kernels(self) -> Dict[str, Optional[str]]:
+        """The C variant each path runs: the head, the integer embedder (None where the
+        embedder is not ours: ONNX Runtime, torch) and the front end."""
+        from ..audio.frontend import implementation
+
+        emb = getattr(self.embedder, "variant", None)
+        return {"head": getattr(self.model, "variant", None), "embedder": emb,
+                "front_end": implementation(self.embedder.front_end)}
+
     @classmethod
     def from_profile(cls, profile: Profile, say=None) -> "Pipeline":
         """``say``: told once when mn04's weights are converted for ONNX Runtime."""

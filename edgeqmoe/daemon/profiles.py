@@ -198,6 +198,8 @@ class MqttSettings:
     base_topic: str = field("edgeqmoe", doc="topics are BASE/DEVICE/...")
     discovery: bool = field(True, doc="publish Home Assistant discovery configs (retained)")
     discovery_prefix: str = field("homeassistant", doc="Home Assistant's discovery prefix")
+    discovery_skip: Tuple[str, ...] = field((), doc="classes and listen groups that get no Home Assistant entity "
+                                                    "(their events and states are still published)")
     keepalive: int = field(60, unit="s", range=(5, 3600))
     queue: int = field(1000, unit="messages", range=(10, 1_000_000),
                        doc="messages kept while the broker is unreachable (the oldest are dropped beyond)")

@@ -41,11 +41,11 @@ from .records import QUIET, WINDOW_SCHEMA, EventFanout
 from .power import PowerMeter, temperature_c
 from .profiles import Profile, ProfileError, load_profile
 from ..stats import STAGES, co2_ug, percentiles
-from .metrics import start as start_metrics
+from .metrics import start as start_metrics, write_textfile
 from .notify import Notifier
 from .clips import ClipKeeper
 from .mqtt import MqttLink
-from .sinks import LogWriter, encode, replace_file
+from .sinks import LogWriter, encode
 from .sources import FileSource, MicSource, RingBuffer, SourceError, parse_source
 
 class Signals:
@@ -207,6 +207,7 @@ class Daemon:
         self.quiet = quiet  # no start line, no event lines (problems are still said)
         self.json_out = json_out  # each window record, as a JSON line, also here (stdout for pipes)
         self.windows = 0
+        self.misses_total = 0  # windows slower than the hop since start
         self._parsed_source = None
         self._file: Optional[tuple] = None  # file sources: (name, stream second where it starts)
         self.events: Optional[EventFanout] = None  # where events go out (made once the sinks are open)
@@ -384,6 +385,7 @@ class Daemon:
                                 else {})},
                 "model": pipe.model.kind,
                 "kernel": getattr(pipe.model, "variant", None) or p.model.kernel,
+                "kernels": self.pipeline.kernels(),
                 "listen": pipe.listener.describe if pipe.listener else {},
                 "open_set": ({"threshold": round(pipe.open_set.threshold, 4)} if pipe.open_set is not None else
                              "off" if not p.decision.open_set else "unavailable: the embedder has no AudioSet output"),
@@ -489,6 +491,7 @@ class Daemon:
         rec.update({"t_wall": round(t_wall, 2), "capture_lag_ms": round(lag * 1e3, 1) if live else None})
         if total_ms > p.audio.hop * 1e3:
             rec["deadline_miss"] = True
+            self.misses_total += 1
         if self.metrics is not None:
             self.metrics.window(total_ms / 1e3, total_ms > p.audio.hop * 1e3, st.ring.dropped)
         rec["mj"] = round(self.power.window_energy_mj(_cpu() - cpu0)["energy_mj"], 2)
@@ -603,6 +606,7 @@ class Daemon:
                "temperature_c": temperature_c(), "stages_ms": st.percentiles()}
         power = self.power
         rec["dropped_log_lines_total"] = self.writer.dropped_total
+        rec["log_write_errors_total"] = self.writer.write_errors
         rec["device"] = self.device
         for part in (self.mqtt, self.clips):
             if part is not None:
@@ -614,7 +618,9 @@ class Daemon:
             rec["co2_ug_per_inference"] = round(co2_ug(mj, power.grid), 5)
         self.writer.put("stats", rec)
         try:
-            _write_prometheus(Path(self.log_dir) / "edgeqmoe.prom", rec, self.windows)
+            write_textfile(Path(self.log_dir) / "edgeqmoe.prom", rec,
+                           {"windows": self.windows, "deadline_misses": self.misses_total,
+                            "dropped_samples": ring.dropped})
         except OSError as e:  # a metrics file is not worth stopping for; said once
             if not getattr(self, "_prom_said", False):
                 self._prom_said = True
@@ -696,29 +702,3 @@ def _mtime(path: str) -> float:
         return os.stat(path).st_mtime
     except OSError:
         return 0.0
-
-
-def _write_prometheus(path: Path, rec: Dict, windows_total: int) -> None:
-    """node_exporter textfile-collector format, replaced atomically."""
-    lines = ["# HELP edgeqmoe_windows_total Windows classified since start.",
-             "# TYPE edgeqmoe_windows_total counter", f"edgeqmoe_windows_total {windows_total}",
-             "# HELP edgeqmoe_deadline_misses Windows slower than the hop in the last interval.",
-             "# TYPE edgeqmoe_deadline_misses gauge", f"edgeqmoe_deadline_misses {rec['deadline_misses']}",
-             "# HELP edgeqmoe_dropped_samples_total Audio samples that did not fit the ring buffer.",
-             "# TYPE edgeqmoe_dropped_samples_total counter",
-             f"edgeqmoe_dropped_samples_total {rec['dropped_samples_total']}",
-             "# HELP edgeqmoe_capture_lag_seconds Largest capture lag in the last interval.",
-             "# TYPE edgeqmoe_capture_lag_seconds gauge", f"edgeqmoe_capture_lag_seconds {rec['capture_lag_ms_max'] / 1e3}",
-             "# HELP edgeqmoe_rss_bytes Resident memory.", "# TYPE edgeqmoe_rss_bytes gauge",
-             f"edgeqmoe_rss_bytes {int(rec['rss_mb'] * 2**20)}",
-             "# HELP edgeqmoe_stage_seconds Per-window stage latency quantiles over the last interval.",
-             "# TYPE edgeqmoe_stage_seconds gauge"]
-    for stage, q in rec["stages_ms"].items():
-        for name, v in q.items():
-            if name.startswith("p"):
-                lines.append(f'edgeqmoe_stage_seconds{{stage="{stage}",quantile="0.{name[1:]}"}} {v / 1e3}')
-    if rec.get("power_w") is not None:
-        lines += ["# HELP edgeqmoe_power_watts Average power over the last interval.",
-                  "# TYPE edgeqmoe_power_watts gauge",
-                  f'edgeqmoe_power_watts{{method="{rec.get("power_method")}"}} {rec["power_w"]}']
-    replace_file(path, ("\n".join(lines) + "\n").encode())

@@ -31,12 +31,12 @@ class RingBuffer:
         self._buf = np.zeros(self.capacity, dtype=np.float32)
         self.written = 0    # samples ever written (absolute position of the next one)
         self.read_pos = 0   # samples ever consumed
-        self.dropped = 0    # samples that did not fit
-        self.last_write_mono = 0.0
+        self.dropped = 0    # samples that did not fit (since the start: a reopen does not reset it)
         self.callback_lag = 0.0  # seconds from ADC to callback, last block (mic only)
 
     def reset(self) -> None:
-        self.written = self.read_pos = self.dropped = 0
+        """A reopened source starts at position 0 again; what was dropped stays counted."""
+        self.written = self.read_pos = 0
 
     @property
     def available(self) -> int:
@@ -61,7 +61,6 @@ class RingBuffer:
             if first < n:
                 self._buf[:n - first] = x[first:]
             self.written += n  # publish after the copy (one producer, one consumer)
-        self.last_write_mono = time.monotonic()
 
     def read(self, out: np.ndarray) -> int:
         """Consumer side: copy up to len(out) samples into ``out``; returns the count."""
@@ -105,11 +104,8 @@ class MicSource:
         self.name = ""  # the device's name once open
         self.finished = False
         self.callbacks = 0
-        self.status_flags = 0
 
     def _callback(self, indata, frames, time_info, status):
-        if status:
-            self.status_flags += 1
         n = frames
         mono = self._mono if n <= len(self._mono) else np.empty(n, np.float32)
         if indata.shape[1] == 1:
@@ -285,10 +281,14 @@ def parse_source(spec: str):
     if kind == "mic":
         return "mic", (arg or None)
     if kind == "file":
+        if arg and os.path.isdir(arg):
+            raise SourceError(f"--source {spec}: {arg!r} is a folder; use --source dir:{arg} for the audio files in it")
         if not arg or not os.path.isfile(arg):
             raise SourceError(f"--source {spec}: file {arg!r} not found")
         return "file", [arg]
     if kind == "dir":
+        if arg and os.path.isfile(arg):
+            raise SourceError(f"--source {spec}: {arg!r} is a file; use --source file:{arg}")
         if not arg or not os.path.isdir(arg):
             raise SourceError(f"--source {spec}: folder {arg!r} not found")
         files = sorted(str(p) for p in Path(arg).rglob("*") if p.suffix.lower() in AUDIO_EXT and p.is_file())

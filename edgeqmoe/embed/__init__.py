@@ -19,6 +19,18 @@ RUNTIMES = ("auto", "onnxruntime", "torch", "int8")
 
 def get_embedder(embedder_id: str, weights: Optional[str] = None, threads: int = 1, runtime: str = "auto",
                  say=None, kernel: str = "simd") -> Embedder:
+    """The embedder ``embedder_id`` (``_build``), its C front end on the kernel variant that
+    ``kernel`` picks for every other C path too (``audio.frontend.front_end_variant``)."""
+    from ..audio.frontend import front_end_variant
+
+    front_end = front_end_variant(kernel)  # a kernel this CPU cannot run fails before anything loads
+    emb = _build(embedder_id, weights, threads, runtime, say, kernel)
+    emb.front_end = front_end
+    return emb
+
+
+def _build(embedder_id: str, weights: Optional[str] = None, threads: int = 1, runtime: str = "auto",
+           say=None, kernel: str = "simd") -> Embedder:
     """``runtime`` (mn04): ``auto`` is ONNX Runtime when installed (the daemon then
     never imports torch), else torch; the first use of a weights file with ONNX Runtime
     converts it once (``say`` is told). ``int8`` runs the integer network on our C

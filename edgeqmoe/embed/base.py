@@ -34,6 +34,9 @@ class Embedder:
     ``info.sample_rate``."""
 
     info: EmbedderInfo
+    #: the kernel variant its C front end runs (get_embedder sets the profile's; None: the
+    #: environment's choice, else the best this CPU runs)
+    front_end = None
 
     def __new__(cls, *args, **kwargs):
         from ..heap import keep_heap
@@ -66,11 +69,11 @@ class MelEmbedder(Embedder):
         raise NotImplementedError
 
     def _embed_batch(self, waves: np.ndarray) -> np.ndarray:
-        return self.forward_mel(log_mel(waves, self.mel_spec))[0]
+        return self.forward_mel(log_mel(waves, self.mel_spec, variant=self.front_end))[0]
 
     def embed_batch(self, waves: np.ndarray, sr: int) -> np.ndarray:
         return self.embed_with_logits(waves, sr)[0]
 
     def embed_with_logits(self, waves: np.ndarray, sr: int):
         """Windows (B, n) at ``sr`` -> (embeddings, the network's logits)."""
-        return self.forward_mel(log_mel(np.atleast_2d(waves), self.mel_spec, sr=sr))
+        return self.forward_mel(log_mel(np.atleast_2d(waves), self.mel_spec, sr=sr, variant=self.front_end))

@@ -175,7 +175,7 @@ class MN04Embedder(MelEmbedder):
         return e.numpy(), l.numpy()
 
     def _embed_batch(self, waves: np.ndarray) -> np.ndarray:
-        mel = log_mel(waves, MN04_MEL)
+        mel = log_mel(waves, MN04_MEL, variant=self.front_end)
         with torch.inference_mode():
             return self.embedding_model(torch.from_numpy(mel)[:, None]).numpy()
 

@@ -30,7 +30,7 @@ class LogMelStatsEmbedder(Embedder):
     runtime = "numpy"
 
     def _embed_batch(self, waves: np.ndarray) -> np.ndarray:
-        m = log_mel(waves, STATS_MEL)  # (B, 64, T)
+        m = log_mel(waves, STATS_MEL, variant=self.front_end)  # (B, 64, T)
         d = np.abs(np.diff(m, axis=2)).mean(axis=2) if m.shape[2] > 1 else np.zeros(m.shape[:2], np.float32)
         feats = [m.mean(axis=2), m.std(axis=2), m.min(axis=2), m.max(axis=2), d]
         return np.concatenate(feats, axis=1).astype(np.float32)

@@ -374,6 +374,7 @@ def _mqtt_health(ds: List[dict], st: List[dict]) -> Optional[Dict]:
     for s in last.values():
         published += int(s.get("mqtt_published_total") or 0)
         dropped += int(s.get("mqtt_dropped_total") or 0)
+    dropped += sum(int(d.get("count") or 0) for d in ds if d.get("event") == "mqtt_unsent")  # after the last stats
     return {"brokers": brokers, "outages": len(outages), "longest_outage_s": max(back) if back else None,
             "published": published, "dropped": dropped}
 

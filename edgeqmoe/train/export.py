@@ -29,7 +29,7 @@ def _np(t) -> np.ndarray:
     return t.detach().cpu().numpy().astype(np.float32)
 
 
-def pack_layer(layer: nn.Module, after_relu: bool = False) -> PackedLinear:
+def pack_layer(layer: nn.Module) -> PackedLinear:
     b = _np(layer.bias) if getattr(layer, "bias", None) is not None else None
     if isinstance(layer, BitNetLinear):
         f = get_format("ternary")

@@ -6,8 +6,9 @@ std over folds), ``model.eqm`` (trained on all given data) and ``model_card.md``
 
 Every fold's model is exported and run by the torch-free runtime on that fold's test
 windows: ``agreement`` is the share of windows with the same top-1 as the torch model,
-``max_abs_proba_diff`` the largest probability difference (named tolerance
-``EXPORT_PROBA_TOL``).
+``max_abs_proba_diff`` the largest probability difference. Both are checked against
+``MIN_AGREEMENT`` and ``EXPORT_PROBA_TOL`` (``export_ok``, per fold, for the final bundle
+and in the summary); a bundle that misses them is said in the log with the figures.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ EXPORT_PROBA_TOL = 0.05
 MIN_AGREEMENT = 0.995
 
 
+def _say_export(log: Callable, what: str, agr: Dict) -> None:
+    if not agr["export_ok"]:
+        log(f"  WARNING {what}: the exported bundle differs from the torch model beyond the tolerance (agreement "
+            f"{agr['agreement']:.4f} < {MIN_AGREEMENT} or largest probability difference "
+            f"{agr['max_abs_proba_diff']:.4f} > {EXPORT_PROBA_TOL}); check the export before shipping it")
+
+
 def embed_if_needed(cfg: Config, log: Callable = print) -> str:
     from ..audio.datasets import read_dataset
     from ..embed import get_embedder
@@ -58,9 +66,10 @@ def agreement(trained, bundle_path: str, d: Data) -> Dict:
     X = d.X
     torch_p = predict_proba(trained.model, ((X - trained.mean) / trained.std).astype(np.float32))
     run_p = m.predict(X).proba
-    return {"agreement": float((torch_p.argmax(1) == run_p.argmax(1)).mean()),
-            "max_abs_proba_diff": float(np.abs(torch_p - run_p).max()) if len(X) else 0.0,
-            "n_windows": int(len(X))}
+    agr = float((torch_p.argmax(1) == run_p.argmax(1)).mean()) if len(X) else 1.0
+    diff = float(np.abs(torch_p - run_p).max()) if len(X) else 0.0
+    return {"agreement": agr, "max_abs_proba_diff": diff,
+            "export_ok": agr >= MIN_AGREEMENT and diff <= EXPORT_PROBA_TOL}
 
 
 def _bundle_meta(cfg: Config, d: Data, extra: dict) -> dict:
@@ -95,6 +104,7 @@ def run_training(cfg: Config, cache: Optional[str] = None, log: Callable = print
                          "seconds": round(t.seconds, 2), **agr, "confusion": cs["confusion"]})
             log(f"  {cfg.name} {name}: weighted F1 {cs['weighted_f1']:.4f}, accuracy {cs['accuracy']:.4f}, "
                 f"bundle agreement {agr['agreement']:.4f}")
+            _say_export(log, f"{cfg.name} {name}", agr)
         with open(out / "folds.json", "w") as f:
             json.dump(rows, f, indent=1)
         keys = [k for k in rows[0] if k != "confusion"]
@@ -112,6 +122,7 @@ def run_training(cfg: Config, cache: Optional[str] = None, log: Callable = print
         summary["per_fold_weighted_f1"] = [r["weighted_f1"] for r in rows]
         summary["min_agreement"] = min(r["agreement"] for r in rows)
         summary["max_abs_proba_diff"] = max(r["max_abs_proba_diff"] for r in rows)
+        summary["export_ok"] = all(r["export_ok"] for r in rows)
     if final:
         a, v = val_split(d, cfg.train.val_fraction, cfg.train.seed, by="clip" if cfg.cv == "5" else "group")
         t = train_model(cfg, d.subset(a), d.subset(v), cfg.train.seed, log)
@@ -121,6 +132,7 @@ def run_training(cfg: Config, cache: Optional[str] = None, log: Callable = print
         summary["bundle"] = str(bp)
         summary["bundle_bytes"] = os.path.getsize(bp)
         summary["final_agreement"] = agreement(t, bp, d)
+        _say_export(log, f"{cfg.name} final bundle", summary["final_agreement"])
         write_card(out / "model_card.md", cfg, summary)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     with open(out / "summary.json", "w") as f:

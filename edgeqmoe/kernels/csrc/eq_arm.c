@@ -155,21 +155,33 @@ static void gemv_f16_neon(const eq_layer *L, const float *x, float *y) {
 }
 
 const eq_kernels eq_kernels_neon = {
-    "neon",
-    eq_generic_quant_i8,
-    eq_generic_quant_sign,
-    {acc_neon_q1, acc_neon_fields, acc_neon_fields, acc_q8_neon, acc_neon_fields, NULL, acc_popcount_neon},
-    gemv_f16_neon,
-    eq_generic_dequant,
+    .name = "neon",
+    .quant_i8 = eq_generic_quant_i8,
+    .quant_sign = eq_generic_quant_sign,
+    .acc = {[EQ_FMT_Q1] = acc_neon_q1,
+            [EQ_FMT_Q2] = acc_neon_fields,
+            [EQ_FMT_Q4] = acc_neon_fields,
+            [EQ_FMT_Q8] = acc_q8_neon,
+            [EQ_FMT_TERNARY] = acc_neon_fields,
+            [EQ_FMT_F16] = NULL,
+            [EQ_FMT_POPCOUNT] = acc_popcount_neon},
+    .gemv_f16 = gemv_f16_neon,
+    .dequant = eq_generic_dequant,
 };
 
 const eq_kernels eq_kernels_dotprod = {
-    "dotprod",
-    eq_generic_quant_i8,
-    eq_generic_quant_sign,
-    {acc_dot_q1, acc_dot_fields, acc_dot_fields, acc_q8_dot, acc_dot_fields, NULL, acc_popcount_neon},
-    gemv_f16_neon,
-    eq_generic_dequant,
+    .name = "dotprod",
+    .quant_i8 = eq_generic_quant_i8,
+    .quant_sign = eq_generic_quant_sign,
+    .acc = {[EQ_FMT_Q1] = acc_dot_q1,
+            [EQ_FMT_Q2] = acc_dot_fields,
+            [EQ_FMT_Q4] = acc_dot_fields,
+            [EQ_FMT_Q8] = acc_q8_dot,
+            [EQ_FMT_TERNARY] = acc_dot_fields,
+            [EQ_FMT_F16] = NULL,
+            [EQ_FMT_POPCOUNT] = acc_popcount_neon},
+    .gemv_f16 = gemv_f16_neon,
+    .dequant = eq_generic_dequant,
 };
 
 #endif

@@ -102,25 +102,18 @@ static void dw_acc_generic(const void *packed, const eq_cnn_op *op, const uint8_
     }
 }
 
-const eq_cnn_kernels eq_cnn_generic = {"generic", pw_bytes_generic, pw_pack_generic, pw_acc_generic,
-                                       dw_bytes_generic, dw_pack_generic, dw_acc_generic,
-                                       eq_cnn_epilogue, eq_cnn_stem_generic, eq_cnn_se_generic, NULL, NULL, NULL, NULL};
-
-const eq_cnn_kernels *eq_cnn_find(const char *name) {
-    const eq_kernels *heads[16];
-    int n = eq_available(heads, 16), ok = 0;
-    for (int i = 0; i < n; i++) ok |= !strcmp(heads[i]->name, name);
-    if (!ok) return NULL;
-#if defined(__x86_64__) || defined(_M_X64)
-    if (!strcmp(name, "avx512") || !strcmp(name, "avx512vbmi")) return &eq_cnn_avx512;
-    if (!strcmp(name, "avx2")) return &eq_cnn_avx2;
-#endif
-#if defined(__aarch64__)
-    if (!strcmp(name, "dotprod")) return &eq_cnn_dotprod;
-    if (!strcmp(name, "neon")) return &eq_cnn_neon;
-#endif
-    return !strcmp(name, "generic") ? &eq_cnn_generic : NULL;
-}
+const eq_cnn_kernels eq_cnn_generic = {
+    .name = "generic",
+    .pw_bytes = pw_bytes_generic,
+    .pw_pack = pw_pack_generic,
+    .pw_acc = pw_acc_generic,
+    .dw_bytes = dw_bytes_generic,
+    .dw_pack = dw_pack_generic,
+    .dw_acc = dw_acc_generic,
+    .epilogue = eq_cnn_epilogue,
+    .stem = eq_cnn_stem_generic,
+    .se = eq_cnn_se_generic,
+};
 
 static size_t up64(size_t n) { return (n + 63) & ~(size_t)63; }
 
@@ -179,8 +172,26 @@ static int pads_map(const eq_cnn_op *op) {
 int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int nops, const int32_t *gate,
                 int32_t n_mels, int32_t frames) {
     memset(E, 0, sizeof *E);
-    if (nops < 1 || ops[0].kind != EQ_CNN_STEM || n_mels < 3 || frames < 3) return -1;
-    if ((!K->pw_row && !(K->pw_acc && K->epilogue)) || (!K->dw_row && !(K->dw_acc && K->epilogue))) return -1;
+    E->err_op = -1;
+#define FAIL(why)                                                                                                  \
+    do {                                                                                                           \
+        err = (why);                                                                                               \
+        goto shape;                                                                                                \
+    } while (0)
+    const char *err = NULL;
+    int i = -1;
+    if (nops < 1 || ops[0].kind != EQ_CNN_STEM) {
+        E->err = "the first operation must be the stem";
+        return -1;
+    }
+    if (n_mels < 3 || frames < 3) {
+        E->err = "a window of fewer than 3 mel bands or frames";
+        return -1;
+    }
+    if ((!K->pw_row && !(K->pw_acc && K->epilogue)) || (!K->dw_row && !(K->dw_acc && K->epilogue))) {
+        E->err = "the kernel variant lacks a pointwise or depthwise kernel";
+        return -1;
+    }
     E->ops = calloc((size_t)nops, sizeof *ops);
     if (!E->ops) return -2;
     memcpy(E->ops, ops, sizeof *ops * (size_t)nops);
@@ -190,23 +201,27 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
     size_t bsize[EQ_CNN_MAXBUF] = {0}, acc_n = 64, packed = 0;
     int wide = 0; /* a pointwise layer with 16-bit codes run in two passes: a second set of accumulators */
     int32_t vec = 0, vec_max = 64, se_max = 64, pooled = 0;
-    for (int i = 0; i < nops; i++) {
+    for (i = 0; i < nops; i++) {
         eq_cnn_op *op = &E->ops[i];
         const int map_out = op->kind == EQ_CNN_STEM || op->kind == EQ_CNN_PW || op->kind == EQ_CNN_DW;
-        if (map_out && (op->dst < 0 || op->dst >= EQ_CNN_MAXBUF)) goto shape;
+        if (map_out && (op->dst < 0 || op->dst >= EQ_CNN_MAXBUF)) FAIL("dst is not a map buffer");
         if (op->kind == EQ_CNN_STEM) {
-            if (i != 0 || op->cout < 1 || op->cout > 64) goto shape;
+            if (i != 0) FAIL("a stem after the first operation");
+            if (op->cout < 1 || op->cout > 64) FAIL("the stem has 1 to 64 outputs");
             op->h_in = n_mels, op->w_in = frames;
             op->h_out = (n_mels - 1) / 2 + 1, op->w_out = (frames - 1) / 2 + 1;
         } else if (op->kind == EQ_CNN_PW || op->kind == EQ_CNN_DW || op->kind == EQ_CNN_SE || op->kind == EQ_CNN_POOL) {
-            if (op->src < 0 || op->src >= EQ_CNN_MAXBUF || bc[op->src] != op->cin || pooled) goto shape;
+            if (op->src < 0 || op->src >= EQ_CNN_MAXBUF) FAIL("src is not a map buffer");
+            if (pooled) FAIL("a map operation after the pooling");
+            if (bc[op->src] != op->cin) FAIL("cin is not the channel count of the src map");
             op->h_in = bh[op->src], op->w_in = bw[op->src];
             if (op->kind == EQ_CNN_DW) {
                 const int32_t p = (op->k - 1) / 2;
-                if (op->k < 1 || op->k % 2 == 0 || op->stride < 1 || op->cout != op->cin) goto shape;
+                if (op->k < 1 || op->k % 2 == 0 || op->stride < 1) FAIL("k must be odd and stride positive");
+                if (op->cout != op->cin) FAIL("a depthwise layer has cout == cin");
                 op->h_out = (op->h_in + 2 * p - op->k) / op->stride + 1;
                 op->w_out = (op->w_in + 2 * p - op->k) / op->stride + 1;
-                if (op->h_out < 1 || op->w_out < 1) goto shape;
+                if (op->h_out < 1 || op->w_out < 1) FAIL("the map shrinks to nothing");
                 op->pad = p;
                 if (pads_map(op)) packed += up64((size_t)(op->h_in + 2 * p) * (op->w_in + 2 * p) * eq_cnn_c4(op->cin) + 64);
             } else {
@@ -215,20 +230,21 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
             if (op->kind == EQ_CNN_SE) se_max = 2 * op->cin + op->cout > se_max ? 2 * op->cin + op->cout : se_max;
             if (op->kind == EQ_CNN_POOL) pooled = 1, vec = op->cin, E->emb_dim = op->cin;
         } else if (op->kind == EQ_CNN_DENSE) {
-            if (!pooled || op->cin != vec) goto shape;
+            if (!pooled) FAIL("a dense layer before the pooling");
+            if (op->cin != vec) FAIL("cin is not the size of the vector before it");
             vec = op->cout, E->out_dim = op->cout;
             acc_n = (size_t)((op->cout + 15) & ~15) > acc_n ? (size_t)((op->cout + 15) & ~15) : acc_n;
         } else {
-            goto shape;
+            FAIL("unknown kind");
         }
         vec_max = vec > vec_max ? vec : vec_max;
         if (map_out) {
-            if (op->dst == op->src && op->kind != EQ_CNN_STEM) goto shape;
+            if (op->dst == op->src && op->kind != EQ_CNN_STEM) FAIL("dst is src (operations do not run in place)");
             if (op->res >= 0 && (op->res >= EQ_CNN_MAXBUF || op->res == op->dst || bc[op->res] != op->cout ||
                                  bh[op->res] != op->h_out || bw[op->res] != op->w_out || !op->epi.res_scale))
-                goto shape;
+                FAIL("the residual map is not the output's shape (or is dst)");
             if ((op->res < 0) != (op->epi.res_scale == NULL) || (op->res >= 0 && op->epi.act != EQ_CNN_ACT_NONE))
-                goto shape;
+                FAIL("a residual needs res_scale and no activation");
             packed += 7 * up64((size_t)4 * ((op->cout + 15) & ~15)); /* the epilogue's parameters, padded */
             bh[op->dst] = op->h_out, bw[op->dst] = op->w_out, bc[op->dst] = op->cout;
             const size_t need = (size_t)op->h_out * op->w_out * eq_cnn_c4(op->cout);
@@ -245,14 +261,15 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
         if (op->kind == EQ_CNN_PW) packed += up64(K->pw_bytes(op->cout, op->cin));
         if (op->w_lo && (op->kind != EQ_CNN_PW || op->cin > 256 ||
                          !(K->pw_pack16 || K->pw_row_wide || (K->pw_acc && K->epilogue))))
-            goto shape; /* 256 x 255 x 127 x cin stays below 2^31 */
+            FAIL("16-bit codes need a pointwise layer of at most 256 inputs"); /* 256 x 255 x 127 x cin < 2^31 */
         if (op->w_lo && !K->pw_pack16) { /* the low part packed apart; its own sums unless fused */
             packed += up64(K->pw_bytes(op->cout, op->cin));
             wide |= K->pw_row_wide == NULL;
         }
         if (op->kind == EQ_CNN_DW) packed += up64(K->dw_bytes(op->cout, op->k));
     }
-    if (!pooled) goto shape;
+    i = -1;
+    if (!pooled) FAIL("no pooling: the operations never make an embedding");
     size_t total = packed + (size_t)(1 + wide) * up64(acc_n * 4) + 2 * up64((size_t)vec_max * 4) + up64((size_t)se_max * 4) +
                    up64((size_t)(vec_max > se_max ? vec_max : se_max) * 4) + up64((size_t)vec_max * 4);
     for (int b = 0; b < EQ_CNN_MAXBUF; b++) total += up64(bsize[b] + 64); /* + slack for whole-vector loads */
@@ -335,7 +352,9 @@ int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int no
     return 0;
 shape:
     eq_cnn_free(E);
+    E->err_op = i, E->err = err;
     return -1;
+#undef FAIL
 }
 
 void eq_cnn_free(eq_cnn *E) {

@@ -16,8 +16,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { EQ_CNN_STEM, EQ_CNN_PW, EQ_CNN_DW, EQ_CNN_SE, EQ_CNN_POOL, EQ_CNN_DENSE };
-enum { EQ_CNN_ACT_NONE, EQ_CNN_ACT_RELU, EQ_CNN_ACT_HS };
+enum { EQ_CNN_STEM, EQ_CNN_PW, EQ_CNN_DW, EQ_CNN_SE, EQ_CNN_POOL, EQ_CNN_DENSE, EQ_CNN_NKINDS };
+enum { EQ_CNN_ACT_NONE, EQ_CNN_ACT_RELU, EQ_CNN_ACT_HS, EQ_CNN_NACTS };
+/* their names where Python names them (the operation dicts' "kind"; the activations
+ * as the module's contract exports them) */
+static const char *const eq_cnn_kind_names[EQ_CNN_NKINDS] = {
+    [EQ_CNN_STEM] = "stem", [EQ_CNN_PW] = "pw", [EQ_CNN_DW] = "dw",
+    [EQ_CNN_SE] = "se", [EQ_CNN_POOL] = "pool", [EQ_CNN_DENSE] = "dense"};
+static const char *const eq_cnn_act_names[EQ_CNN_NACTS] = {
+    [EQ_CNN_ACT_NONE] = "none", [EQ_CNN_ACT_RELU] = "relu", [EQ_CNN_ACT_HS] = "hardswish"};
 #define EQ_CNN_MAXBUF 4
 #define EQ_CNN_GATE_STEPS 64 /* the squeeze-excitation's sigmoid table: steps per unit of z */
 #define EQ_CNN_GATE_RANGE 16 /* ... from -16 to 16: 2 * 16 * 64 + 1 entries of 15-bit gates */
@@ -105,8 +112,6 @@ extern const eq_cnn_kernels eq_cnn_avx512;
 extern const eq_cnn_kernels eq_cnn_neon;
 extern const eq_cnn_kernels eq_cnn_dotprod;
 #endif
-/* the variant of that name this CPU runs (the head kernels' names), else NULL */
-const eq_cnn_kernels *eq_cnn_find(const char *name);
 
 typedef struct eq_cnn {
     const eq_cnn_kernels *K;
@@ -119,11 +124,14 @@ typedef struct eq_cnn {
     float *vec[2], *fscratch;
     int32_t *isum, *iq;
     void *mem;
+    int err_op;      /* after a failed eq_cnn_init: the operation at fault (-1: the list as a whole) */
+    const char *err; /* and why (a static string), NULL when it succeeded */
 } eq_cnn;
 
 /* Checks that the operations chain for a window of n_mels x frames, works out every
  * shape, packs the weights and allocates every buffer. The parameters the operations
- * point to must outlive E. 0, or -1 (shape) / -2 (memory). */
+ * point to must outlive E. 0, or -1 (shape: E->err_op and E->err say which operation and
+ * why) / -2 (memory). */
 int eq_cnn_init(eq_cnn *E, const eq_cnn_kernels *K, const eq_cnn_op *ops, int nops, const int32_t *gate,
                 int32_t n_mels, int32_t frames);
 void eq_cnn_free(eq_cnn *E);

@@ -240,10 +240,19 @@ static void pw_pack16_neon(const int8_t *hi, const int8_t *lo, int32_t n, int32_
     eq_cnn_pw_pack16(hi, lo, n, k, 1, pw_bytes_neon(n, k), out);
 }
 
-const eq_cnn_kernels eq_cnn_neon = {"neon", pw_bytes_neon, pw_pack_neon, pw_acc_neon,
-                                    eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, NULL, NULL,
-                                    eq_cnn_stem_generic, se_neon, pw_row_neon, dw_row_neon, NULL,
-                                    pw_pack16_neon};
+const eq_cnn_kernels eq_cnn_neon = {
+    .name = "neon",
+    .pw_bytes = pw_bytes_neon,
+    .pw_pack = pw_pack_neon,
+    .pw_acc = pw_acc_neon,
+    .dw_bytes = eq_cnn_dw_bytes_wide,
+    .dw_pack = eq_cnn_dw_pack_wide,
+    .stem = eq_cnn_stem_generic,
+    .se = se_neon,
+    .pw_row = pw_row_neon,
+    .dw_row = dw_row_neon,
+    .pw_pack16 = pw_pack16_neon,
+};
 
 /* ==================================================================== NEON + sdot */
 
@@ -387,8 +396,18 @@ TDOT static void pw_row_wide_dot(const void *hi, const void *lo, int32_t n, int3
     pw_rows_dot(hi, lo, n, k, x, xs, npix, e, res, rs, out, os);
 }
 
-const eq_cnn_kernels eq_cnn_dotprod = {"dotprod", pw_bytes_dot, pw_pack_dot, pw_acc_dot,
-                                       eq_cnn_dw_bytes_wide, eq_cnn_dw_pack_wide, NULL, NULL,
-                                       eq_cnn_stem_generic, se_neon, pw_row_dot, dw_row_neon, pw_row_wide_dot, NULL};
+const eq_cnn_kernels eq_cnn_dotprod = {
+    .name = "dotprod",
+    .pw_bytes = pw_bytes_dot,
+    .pw_pack = pw_pack_dot,
+    .pw_acc = pw_acc_dot,
+    .dw_bytes = eq_cnn_dw_bytes_wide,
+    .dw_pack = eq_cnn_dw_pack_wide,
+    .stem = eq_cnn_stem_generic,
+    .se = se_neon,
+    .pw_row = pw_row_dot,
+    .dw_row = dw_row_neon,
+    .pw_row_wide = pw_row_wide_dot,
+};
 
 #endif

@@ -655,9 +655,19 @@ T512 static void pw_row_wide_512(const void *hi, const void *lo, int32_t n, int3
     pw_rows_512(hi, lo, n, k, x, xs, npix, e, res, rs, out, os);
 }
 
-const eq_cnn_kernels eq_cnn_avx512 = {"avx512", pw_bytes_512, pw_pack_512, pw_acc_512,
-                                      dw_bytes_512, dw_pack_512, NULL, NULL,
-                                      stem_512, se_512, pw_row_512, dw_row_512, pw_row_wide_512, NULL};
+const eq_cnn_kernels eq_cnn_avx512 = {
+    .name = "avx512",
+    .pw_bytes = pw_bytes_512,
+    .pw_pack = pw_pack_512,
+    .pw_acc = pw_acc_512,
+    .dw_bytes = dw_bytes_512,
+    .dw_pack = dw_pack_512,
+    .stem = stem_512,
+    .se = se_512,
+    .pw_row = pw_row_512,
+    .dw_row = dw_row_512,
+    .pw_row_wide = pw_row_wide_512,
+};
 
 /* ==================================================================== AVX2 */
 
@@ -887,7 +897,18 @@ static void pw_pack16_2(const int8_t *hi, const int8_t *lo, int32_t n, int32_t k
     eq_cnn_pw_pack16(hi, lo, n, k, 2, pw_bytes_2(n, k), out);
 }
 
-const eq_cnn_kernels eq_cnn_avx2 = {"avx2", pw_bytes_2, pw_pack_2, pw_acc_2, dw_bytes_2, dw_pack_2,
-                                    NULL, NULL, stem_2, se_2, pw_row_2, dw_row_2, NULL, pw_pack16_2};
+const eq_cnn_kernels eq_cnn_avx2 = {
+    .name = "avx2",
+    .pw_bytes = pw_bytes_2,
+    .pw_pack = pw_pack_2,
+    .pw_acc = pw_acc_2,
+    .dw_bytes = dw_bytes_2,
+    .dw_pack = dw_pack_2,
+    .stem = stem_2,
+    .se = se_2,
+    .pw_row = pw_row_2,
+    .dw_row = dw_row_2,
+    .pw_pack16 = pw_pack16_2,
+};
 
 #endif

@@ -1,10 +1,13 @@
-/* Variant selection from CPU features, scratch buffers, and the layer epilogue
- * (dequantization, bias, LayerNorm, ReLU) shared by every variant. */
+/* The one variant selector (from CPU features, for heads, the integer embedder and the
+ * front end alike), scratch buffers, and the layer epilogue (dequantization, bias,
+ * LayerNorm, ReLU) shared by every variant. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "eq_cnn.h"
 #include "eq_kernels.h"
+#include "eq_mel.h"
 
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
@@ -27,7 +30,18 @@ static int has_avx512(void) {
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
            __builtin_cpu_supports("avx512vpopcntdq");
 }
+static int has_avx512vbmi(void) { return has_avx512() && __builtin_cpu_supports("avx512vbmi"); }
 #endif
+#if defined(__aarch64__)
+static int has_dotprod(void) {
+#if defined(__linux__)
+    return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#else
+    return 0;
+#endif
+}
+#endif
+static int always(void) { return 1; }
 
 const char *eq_cpu_features(void) {
     features[0] = 0;
@@ -56,20 +70,37 @@ const char *eq_cpu_features(void) {
     return features;
 }
 
-int eq_available(const eq_kernels **out, int max) {
-    int n = 0;
+/* best first; each row is available where its test says so */
+static const struct {
+    eq_variant v;
+    int (*runs)(void);
+} VARIANTS[] = {
 #if defined(__x86_64__) || defined(_M_X64)
-    if (n < max && has_avx512() && __builtin_cpu_supports("avx512vbmi")) out[n++] = &eq_kernels_avx512vbmi;
-    if (n < max && has_avx512()) out[n++] = &eq_kernels_avx512;
-    if (n < max && has_avx2()) out[n++] = &eq_kernels_avx2;
+    {{.name = "avx512vbmi", .head = &eq_kernels_avx512vbmi, .cnn = &eq_cnn_avx512, .mel = &eq_mel_kernels_avx512},
+     has_avx512vbmi},
+    {{.name = "avx512", .head = &eq_kernels_avx512, .cnn = &eq_cnn_avx512, .mel = &eq_mel_kernels_avx512},
+     has_avx512},
+    {{.name = "avx2", .head = &eq_kernels_avx2, .cnn = &eq_cnn_avx2, .mel = &eq_mel_kernels_avx2}, has_avx2},
 #elif defined(__aarch64__)
-#if defined(__linux__)
-    if (n < max && (getauxval(AT_HWCAP) & HWCAP_ASIMDDP)) out[n++] = &eq_kernels_dotprod;
+    {{.name = "dotprod", .head = &eq_kernels_dotprod, .cnn = &eq_cnn_dotprod, .mel = &eq_mel_kernels_generic},
+     has_dotprod},
+    {{.name = "neon", .head = &eq_kernels_neon, .cnn = &eq_cnn_neon, .mel = &eq_mel_kernels_generic}, always},
 #endif
-    if (n < max) out[n++] = &eq_kernels_neon;
-#endif
-    if (n < max) out[n++] = &eq_kernels_generic;
+    {{.name = "generic", .head = &eq_kernels_generic, .cnn = &eq_cnn_generic, .mel = &eq_mel_kernels_generic},
+     always},
+};
+
+int eq_variants(const eq_variant **out, int max) {
+    int n = 0;
+    for (size_t i = 0; i < sizeof VARIANTS / sizeof VARIANTS[0] && n < max; i++)
+        if (VARIANTS[i].runs()) out[n++] = &VARIANTS[i].v;
     return n;
+}
+
+const eq_variant *eq_variant_find(const char *name) {
+    for (size_t i = 0; i < sizeof VARIANTS / sizeof VARIANTS[0]; i++)
+        if (name && !strcmp(VARIANTS[i].v.name, name)) return VARIANTS[i].runs() ? &VARIANTS[i].v : NULL;
+    return NULL;
 }
 
 int eq_scratch_init(eq_scratch *s, int32_t kp_max, int32_t n_max) {

@@ -141,10 +141,16 @@ static void gemv_f16(const eq_layer *L, const float *x, float *y) {
 }
 
 const eq_kernels eq_kernels_generic = {
-    "generic",
-    eq_generic_quant_i8,
-    eq_generic_quant_sign,
-    {acc_q1, acc_tiled, acc_tiled, acc_q8, acc_tiled, NULL, acc_popcount},
-    gemv_f16,
-    eq_generic_dequant,
+    .name = "generic",
+    .quant_i8 = eq_generic_quant_i8,
+    .quant_sign = eq_generic_quant_sign,
+    .acc = {[EQ_FMT_Q1] = acc_q1,
+            [EQ_FMT_Q2] = acc_tiled,
+            [EQ_FMT_Q4] = acc_tiled,
+            [EQ_FMT_Q8] = acc_q8,
+            [EQ_FMT_TERNARY] = acc_tiled,
+            [EQ_FMT_F16] = NULL,
+            [EQ_FMT_POPCOUNT] = acc_popcount},
+    .gemv_f16 = gemv_f16,
+    .dequant = eq_generic_dequant,
 };

@@ -108,8 +108,22 @@ extern const eq_kernels eq_kernels_neon;
 extern const eq_kernels eq_kernels_dotprod;
 #endif
 
-/* Kernel variants this CPU can run, best first (generic last). Returns the count. */
-int eq_available(const eq_kernels **out, int max);
+/* A variant of every C path, chosen together by one name: the head kernels, the integer
+ * embedder's (eq_cnn.h) and the log-mel front end's (eq_mel.h). A variant without a
+ * front end of its own (neon, dotprod) runs the portable one. */
+struct eq_cnn_kernels;
+struct eq_mel_kernels;
+typedef struct eq_variant {
+    const char *name;
+    const eq_kernels *head;
+    const struct eq_cnn_kernels *cnn;
+    const struct eq_mel_kernels *mel;
+} eq_variant;
+
+/* The variants this CPU runs, best first (generic last). Returns the count. */
+int eq_variants(const eq_variant **out, int max);
+/* The variant of that name, when this CPU runs it; else NULL. */
+const eq_variant *eq_variant_find(const char *name);
 /* CPU feature names (space separated) detected at run time. */
 const char *eq_cpu_features(void);
 
@@ -146,7 +160,13 @@ void eq_relu(float *x, int32_t n);
 
 /* ---- heads and mixtures (eq_program.c) ---- */
 enum { EQ_ERR_SHAPE = -1, EQ_ERR_NOMEM = -2 };
-enum { EQ_STEP_LINEAR, EQ_STEP_LAYERNORM, EQ_STEP_RELU };
+enum { EQ_STEP_LINEAR, EQ_STEP_LAYERNORM, EQ_STEP_RELU, EQ_NSTEPS };
+/* the packed formats' and the head steps' names, as Python names them */
+static const char *const eq_fmt_names[EQ_NFMT] = {
+    [EQ_FMT_Q1] = "q1", [EQ_FMT_Q2] = "q2", [EQ_FMT_Q4] = "q4", [EQ_FMT_Q8] = "q8",
+    [EQ_FMT_TERNARY] = "ternary", [EQ_FMT_F16] = "f16", [EQ_FMT_POPCOUNT] = "popcount"};
+static const char *const eq_step_names[EQ_NSTEPS] = {
+    [EQ_STEP_LINEAR] = "linear", [EQ_STEP_LAYERNORM] = "layernorm", [EQ_STEP_RELU] = "relu"};
 #define EQ_MOE_MAX 64 /* experts, and classes, of one mixture at most */
 
 /* One step of a head: a packed linear layer, or LayerNorm / ReLU over ``width`` values. */

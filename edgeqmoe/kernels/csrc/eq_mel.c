@@ -57,19 +57,6 @@ static void eq_mel_reflect(const eq_mel *M) {
 #undef MEL_T
 #undef MEL_SUFFIX
 
-const eq_mel_kernels *eq_mel_find(const char *name) {
-    const int any = !name || !*name || !strcmp(name, "auto");
-#if defined(__x86_64__) || defined(_M_X64)
-    __builtin_cpu_init();
-    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    const int avx512 = avx2 && __builtin_cpu_supports("avx512f");
-    if (avx512 && (any || !strcmp(name, "avx512"))) return &eq_mel_kernels_avx512;
-    if (avx2 && (any || !strcmp(name, "avx2"))) return &eq_mel_kernels_avx2;
-#endif
-    if (any || !strcmp(name, "generic")) return &eq_mel_kernels_generic;
-    return NULL;
-}
-
 static void bit_reversal(int32_t *out, int32_t n) {
     int32_t bits = 0;
     while ((1 << bits) < n) bits++;

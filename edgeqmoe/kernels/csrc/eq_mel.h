@@ -54,8 +54,12 @@ typedef struct eq_mel_kernels {
     void (*run)(const eq_mel *M, const float *x, float *out);
 } eq_mel_kernels;
 
-/* the best variant this CPU runs, or the one named ("avx512", "avx2", "generic"); NULL if not available */
-const eq_mel_kernels *eq_mel_find(const char *name);
+/* the variants (eq_mel.c); which one runs is the kernel variant's choice (eq_variant_find) */
+extern const eq_mel_kernels eq_mel_kernels_generic;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const eq_mel_kernels eq_mel_kernels_avx2;
+extern const eq_mel_kernels eq_mel_kernels_avx512;
+#endif
 
 /* returns 0, -1 (bad sizes), -2 (no memory). Arrays are copied; up2: ca holds the even
  * phase's half he[0..D] (taps = D), cb the odd phase's ho[0..D-1] (frontend.py,

@@ -289,7 +289,7 @@ static MEL_T void MF(run)(const eq_mel *M, const float *x, float *out) {
     for (int32_t f0 = 0; f0 < M->frames; f0 += MEL_VW) MF(batch)(M, f0, out);
 }
 
-static const eq_mel_kernels MF(eq_mel_kernels) = {MEL_STR(MEL_SUFFIX), MEL_VW, MF(run)};
+const eq_mel_kernels MF(eq_mel_kernels) = {.name = MEL_STR(MEL_SUFFIX), .lanes = MEL_VW, .run = MF(run)};
 
 #undef VF
 #undef VI

@@ -1,42 +1,25 @@
-/* The one place that knows both C and Python: edgeqmoe.kernels._ckernels.
+/* edgeqmoe.kernels._ckernels: the module, and the one place that states the Python/C
+ * contract. The types live in a file each: eq_py_head.c (Layer, Program, MoE, acc,
+ * quantize), eq_py_cnn.c (Cnn), eq_py_mel.c (Mel); eq_py.h is what they share.
  *
- *   Layer(fmt, n, k, w, scale, bias)        packed layer; holds the buffers (no copy)
- *   Program(variant, steps)                  a head: ("linear", Layer) | ("layernorm",
- *                                            gamma, beta, eps) | ("relu",); eq_program
- *   Program.run(x, out, batch)               float32 in, float32 out, GIL released
- *   MoE(router_in, router_out, experts, ...) a mixture of Programs (eq_moe); MoE.run(x,
- *                                            out, chosen, wk) -> (uncertainty, entropy)
- *
- * The interpreter and the mixture live in eq_program.c; this file parses and checks
- * Python objects, turns problems into Python errors, and releases the GIL around runs.
- *   acc(variant, layer, xq, out, batch)      int32 accumulators of given quantized
- *                                            activations (int8, or -1/+1 for popcount;
- *                                            0/1 activations: (acc + wsum) / 2)
- *   quantize(variant, x, binary, q_out, tau, mode)  one activation row as the kernels see it
- *   variants(), cpu_features()
+ *   variants()       the kernel variants this CPU runs, best first; one name picks the
+ *                    head kernels, the integer embedder's and the front end's together
+ *   cpu_features()   what the CPU was found to have
+ *   CONTRACT         the names and numbers Python must agree on: packed formats (name ->
+ *                    id, bits, offset), head steps, CNN operation kinds and activation
+ *                    codes, the squeeze-excitation gate table's size; tests/test_kernels.py
+ *                    checks Python's own tables against it
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "eq_cnn.h"
-#include "eq_kernels.h"
 #include "eq_mel.h"
+#include "eq_py.h"
 
-#define EQ_MAX_K 131072 /* int32 accumulators are exact up to this many inputs */
+PyThread_type_lock eq_py_run_lock;
 
-/* Programs and mixtures keep scratch buffers in their objects and run with the GIL
- * released, so two threads in one object would share them. One lock serialises every
- * such run: the daemon has one inference thread, and a caller with several threads
- * gets the same numbers as with one (tests/test_kernels.py). */
-static PyThread_type_lock run_lock;
-
-/* A C-contiguous buffer of one element type: 'f' float32, 'i' int32, 'b' int8, 'B'
- * uint8; anything else (float64, a strided view...) is a TypeError naming ``what``. */
-static int get_typed(PyObject *o, Py_buffer *b, char type, int writable, const char *what) {
+int eq_py_typed(PyObject *o, Py_buffer *b, char type, int writable, const char *what) {
     if (PyObject_GetBuffer(o, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
     const char *f = b->format ? b->format : "B";
     if (*f == '<' || *f == '=' || *f == '@') f++;
@@ -53,976 +36,66 @@ static int get_typed(PyObject *o, Py_buffer *b, char type, int writable, const c
     return 0;
 }
 
-/* __init__ runs once per object: a second call would leak or overrun what the first set up */
-#define INIT_ONCE(self, what)                                                                  \
-    do {                                                                                       \
-        if ((self)->inited) {                                                                  \
-            PyErr_SetString(PyExc_TypeError, what " objects cannot be initialised twice");     \
-            return -1;                                                                         \
-        }                                                                                      \
-        (self)->inited = 1;                                                                    \
-    } while (0)
-
-#define NEED_READY(self, what, ret)                                                            \
-    do {                                                                                       \
-        if (!(self)->ready) {                                                                  \
-            PyErr_SetString(PyExc_ValueError, what " object was not initialised (its __init__ failed or never ran)"); \
-            return ret;                                                                        \
-        }                                                                                      \
-    } while (0)
-
-static const eq_kernels *find_variant(const char *name) {
-    const eq_kernels *ks[8];
-    int n = eq_available(ks, 8);
-    for (int i = 0; i < n; i++)
-        if (strcmp(ks[i]->name, name) == 0) return ks[i];
-    PyErr_Format(PyExc_ValueError, "kernel variant '%s' is not available on this CPU", name);
+const eq_variant *eq_py_variant(const char *name) {
+    const eq_variant *v = eq_variant_find(name);
+    if (v) return v;
+    const eq_variant *vs[8];
+    char names[128] = "";
+    const int n = eq_variants(vs, 8);
+    for (int i = 0; i < n; i++) {
+        strncat(names, vs[i]->name, sizeof names - strlen(names) - 1);
+        if (i + 1 < n) strncat(names, ", ", sizeof names - strlen(names) - 1);
+    }
+    PyErr_Format(PyExc_ValueError, "kernel variant '%s' is not available on this CPU (it runs: %s)", name, names);
     return NULL;
 }
 
-/* ------------------------------------------------------------------ Layer */
-
-typedef struct {
-    PyObject_HEAD eq_layer L;
-    Py_buffer w, scale, bias;
-    int has_bias, inited, ready;
-    int32_t *rowsum, *wsum;
-} LayerObject;
-
-static void Layer_dealloc(LayerObject *self) {
-    if (self->w.obj) PyBuffer_Release(&self->w);
-    if (self->scale.obj) PyBuffer_Release(&self->scale);
-    if (self->has_bias) PyBuffer_Release(&self->bias);
-    free(self->rowsum);
-    free(self->wsum);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static int Layer_init(LayerObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"fmt", "n", "k", "w", "scale", "bias", "act_mode", "tau", NULL};
-    int fmt, n, k, act_mode = EQ_ACT_SIGN;
-    float tau = 0.05f;
-    PyObject *wo, *so, *bo = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiOO|Oif", kwlist, &fmt, &n, &k, &wo, &so, &bo, &act_mode, &tau))
-        return -1;
-    INIT_ONCE(self, "Layer");
-    if (act_mode != EQ_ACT_SIGN && act_mode != EQ_ACT_UNSIGNED) {
-        PyErr_Format(PyExc_ValueError, "act_mode must be 0 (sign) or 1 (unsigned), not %d", act_mode);
-        return -1;
-    }
-    if (fmt < 0 || fmt >= EQ_NFMT) {
-        PyErr_Format(PyExc_ValueError, "unknown format code %d", fmt);
-        return -1;
-    }
-    if (n < 1 || k < 1 || k > EQ_MAX_K) {
-        PyErr_Format(PyExc_ValueError, "layer shape %d x %d out of range (1..%d inputs)", n, k, EQ_MAX_K);
-        return -1;
-    }
-    if (get_typed(wo, &self->w, 'B', 0, "packed weights") < 0) return -1;
-    if (get_typed(so, &self->scale, 'f', 0, "scale") < 0) return -1;
-    const size_t want = eq_weight_bytes(fmt, n, k);
-    if ((size_t)self->w.len != want) {
-        PyErr_Format(PyExc_ValueError, "packed weights hold %zd bytes, format %d of %d x %d needs %zu", self->w.len,
-                     fmt, n, k, want);
-        return -1;
-    }
-    if (self->scale.len != 4 && self->scale.len != 4 * (Py_ssize_t)n) {
-        PyErr_Format(PyExc_ValueError, "scale must be 1 or %d float32, got %zd bytes", n, self->scale.len);
-        return -1;
-    }
-    if (bo != Py_None) {
-        if (get_typed(bo, &self->bias, 'f', 0, "bias") < 0) return -1;
-        self->has_bias = 1;
-        if (self->bias.len != 4 * (Py_ssize_t)n) {
-            PyErr_Format(PyExc_ValueError, "bias must be %d float32, got %zd bytes", n, self->bias.len);
-            return -1;
-        }
-    }
-    eq_layer *L = &self->L;
-    L->fmt = fmt;
-    L->n = n;
-    L->k = k;
-    L->kp = eq_padded_k(k);
-    L->w = self->w.buf;
-    L->scale = self->scale.buf;
-    L->scale_stride = self->scale.len == 4 ? 0 : 1;
-    L->bias = self->has_bias ? self->bias.buf : NULL;
-    L->act_mode = act_mode;
-    L->tau = tau;
-    if (fmt == EQ_FMT_Q8 || fmt == EQ_FMT_POPCOUNT) {
-        self->rowsum = malloc(sizeof(int32_t) * (size_t)eq_stored_rows(fmt, n));
-        self->wsum = malloc(sizeof(int32_t) * (size_t)eq_stored_rows(fmt, n));
-        if (!self->rowsum || !self->wsum) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        eq_layer_rowsums(L, self->rowsum, self->wsum);
-        L->rowsum = self->rowsum;
-        L->wsum = self->wsum;
-    }
-    self->ready = 1;
-    return 0;
-}
-
-static PyObject *Layer_get_n(LayerObject *self, void *c) { return PyLong_FromLong(self->L.n); }
-static PyObject *Layer_get_k(LayerObject *self, void *c) { return PyLong_FromLong(self->L.k); }
-static PyObject *Layer_get_fmt(LayerObject *self, void *c) { return PyLong_FromLong(self->L.fmt); }
-static PyObject *Layer_get_wsum(LayerObject *self, void *c) {
-    if (!self->wsum) Py_RETURN_NONE;
-    PyObject *l = PyList_New(self->L.n);
-    for (int32_t i = 0; i < self->L.n; i++) PyList_SET_ITEM(l, i, PyLong_FromLong(self->wsum[i]));
-    return l;
-}
-
-static PyGetSetDef Layer_getset[] = {
-    {"n", (getter)Layer_get_n, NULL, "outputs", NULL},
-    {"k", (getter)Layer_get_k, NULL, "inputs", NULL},
-    {"fmt", (getter)Layer_get_fmt, NULL, "format code", NULL},
-    {"wsum", (getter)Layer_get_wsum, NULL, "popcount: sum of ternary codes per row (derived)", NULL},
-    {NULL},
-};
-
-static PyTypeObject LayerType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "edgeqmoe.kernels._ckernels.Layer",
-    .tp_basicsize = sizeof(LayerObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A packed linear layer over caller-owned buffers (kept alive, never copied).",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Layer_init,
-    .tp_dealloc = (destructor)Layer_dealloc,
-    .tp_getset = Layer_getset,
-};
-
-/* ------------------------------------------------------------------ Program */
-
-typedef struct {
-    PyObject_HEAD eq_program prog;
-    PyObject *keep;  /* list: Layer objects and buffer owners */
-    Py_buffer *bufs; /* layernorm parameter views */
-    int nbufs;
-    int inited, ready;
-} ProgramObject;
-
-static void Program_dealloc(ProgramObject *self) {
-    eq_program_free(&self->prog);
-    for (int i = 0; i < self->nbufs; i++) PyBuffer_Release(&self->bufs[i]);
-    free(self->bufs);
-    Py_XDECREF(self->keep);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-/* Program(variant, steps): parses and checks the Python steps (with messages that name
- * the step), then eq_program_init does the rest. */
-static int Program_init(ProgramObject *self, PyObject *args, PyObject *kw) {
-    const char *variant;
-    PyObject *steps;
-    if (!PyArg_ParseTuple(args, "sO!", &variant, &PyList_Type, &steps)) return -1;
-    INIT_ONCE(self, "Program");
-    const eq_kernels *K = find_variant(variant);
-    if (!K) return -1;
-    Py_ssize_t ns = PyList_GET_SIZE(steps);
-    if (ns < 1) {
-        PyErr_SetString(PyExc_ValueError, "a program needs at least one step");
-        return -1;
-    }
-    eq_step *st = calloc((size_t)ns, sizeof(eq_step));
-    self->bufs = calloc((size_t)ns * 2, sizeof(Py_buffer));
-    self->keep = PyList_New(0);
-    if (!st || !self->bufs || !self->keep) {
-        free(st);
-        PyErr_NoMemory();
-        return -1;
-    }
-    int32_t width = -1;
-    for (Py_ssize_t i = 0; i < ns; i++) {
-        PyObject *t = PyList_GET_ITEM(steps, i);
-        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) < 1 || !PyUnicode_Check(PyTuple_GET_ITEM(t, 0))) {
-            PyErr_Format(PyExc_TypeError, "step %zd must be a tuple starting with its kind", i);
-            goto fail;
-        }
-        const char *kind = PyUnicode_AsUTF8(PyTuple_GET_ITEM(t, 0));
-        eq_step *s = &st[i];
-        if (strcmp(kind, "linear") == 0) {
-            PyObject *lo;
-            if (PyTuple_GET_SIZE(t) != 2 || !PyObject_TypeCheck((lo = PyTuple_GET_ITEM(t, 1)), &LayerType)) {
-                PyErr_Format(PyExc_TypeError, "step %zd: ('linear', Layer) expected", i);
-                goto fail;
-            }
-            LayerObject *lobj = (LayerObject *)lo;
-            if (!lobj->ready) {
-                PyErr_Format(PyExc_ValueError, "step %zd: layer was not initialised", i);
-                goto fail;
-            }
-            if (width >= 0 && width != lobj->L.k) {
-                PyErr_Format(PyExc_ValueError, "step %zd: layer takes %d inputs but receives %d", i, lobj->L.k, width);
-                goto fail;
-            }
-            s->kind = EQ_STEP_LINEAR;
-            s->L = &lobj->L;
-            if (PyList_Append(self->keep, lo) < 0) goto fail;
-            width = lobj->L.n;
-        } else if (strcmp(kind, "layernorm") == 0) {
-            if (width < 0 || PyTuple_GET_SIZE(t) != 4) {
-                PyErr_Format(PyExc_ValueError, "step %zd: ('layernorm', gamma, beta, eps) after a linear step", i);
-                goto fail;
-            }
-            Py_buffer *g = &self->bufs[self->nbufs];
-            if (get_typed(PyTuple_GET_ITEM(t, 1), g, 'f', 0, "layernorm gamma") < 0) goto fail;
-            self->nbufs++;
-            Py_buffer *b = &self->bufs[self->nbufs];
-            if (get_typed(PyTuple_GET_ITEM(t, 2), b, 'f', 0, "layernorm beta") < 0) goto fail;
-            self->nbufs++;
-            if (g->len != 4 * (Py_ssize_t)width || b->len != 4 * (Py_ssize_t)width) {
-                PyErr_Format(PyExc_ValueError, "step %zd: layernorm parameters must be %d float32", i, width);
-                goto fail;
-            }
-            s->kind = EQ_STEP_LAYERNORM;
-            s->gamma = g->buf;
-            s->beta = b->buf;
-            s->eps = (float)PyFloat_AsDouble(PyTuple_GET_ITEM(t, 3));
-            if (PyErr_Occurred()) goto fail;
-        } else if (strcmp(kind, "relu") == 0) {
-            if (width < 0) {
-                PyErr_Format(PyExc_ValueError, "step %zd: relu needs a linear step before it", i);
-                goto fail;
-            }
-            s->kind = EQ_STEP_RELU;
-        } else {
-            PyErr_Format(PyExc_ValueError, "step %zd: unknown kind '%s' (linear, layernorm, relu)", i, kind);
-            goto fail;
-        }
-        s->width = width;
-    }
-    int rc = eq_program_init(&self->prog, K, st, (int)ns);
-    free(st);
-    if (rc == EQ_ERR_NOMEM) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    if (rc < 0) {
-        PyErr_SetString(PyExc_ValueError, "the steps do not chain");
-        return -1;
-    }
-    self->ready = 1;
-    return 0;
-fail:
-    free(st);
-    return -1;
-}
-
-/* run(x, out[, batch]): batch defaults to the rows that x holds */
-static PyObject *Program_run(ProgramObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 && nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "run(x, out[, batch])");
-        return NULL;
-    }
-    NEED_READY(self, "Program", NULL);
-    const int32_t din = self->prog.in_width, dout = self->prog.out_width;
-    Py_buffer xb, yb;
-    if (get_typed(args[0], &xb, 'f', 0, "run: x") < 0) return NULL;
-    if (get_typed(args[1], &yb, 'f', 1, "run: out") < 0) {
-        PyBuffer_Release(&xb);
-        return NULL;
-    }
-    Py_ssize_t batch = nargs == 3 ? PyLong_AsSsize_t(args[2]) : xb.len / (4 * (Py_ssize_t)din);
-    if (batch < 1 || xb.len != 4 * batch * din || yb.len != 4 * batch * dout) {
-        if (!PyErr_Occurred())
-            PyErr_Format(PyExc_ValueError, "run: x needs %zd x %d float32 and out %zd x %d (got %zd and %zd bytes)",
-                         batch, din, batch, dout, xb.len, yb.len);
-        PyBuffer_Release(&xb);
-        PyBuffer_Release(&yb);
-        return NULL;
-    }
-    const float *x = xb.buf;
-    float *y = yb.buf;
-    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(run_lock, WAIT_LOCK);
-    for (Py_ssize_t b = 0; b < batch; b++) eq_program_row(&self->prog, x + b * din, y + b * dout);
-    PyThread_release_lock(run_lock);
-    Py_END_ALLOW_THREADS PyBuffer_Release(&xb);
-    PyBuffer_Release(&yb);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Program_get_variant(ProgramObject *self, void *c) {
-    if (!self->ready) Py_RETURN_NONE;
-    return PyUnicode_FromString(self->prog.K->name);
-}
-static PyObject *Program_get_in(ProgramObject *self, void *c) { return PyLong_FromLong(self->prog.in_width); }
-static PyObject *Program_get_out(ProgramObject *self, void *c) { return PyLong_FromLong(self->prog.out_width); }
-
-static PyMethodDef Program_methods[] = {
-    {"run", (PyCFunction)(void (*)(void))Program_run, METH_FASTCALL,
-     "run(x, out[, batch]): float32 rows in, rows out"},
-    {NULL},
-};
-
-static PyGetSetDef Program_getset[] = {
-    {"variant", (getter)Program_get_variant, NULL, "kernel variant", NULL},
-    {"in_features", (getter)Program_get_in, NULL, "input width", NULL},
-    {"out_features", (getter)Program_get_out, NULL, "output width", NULL},
-    {NULL},
-};
-
-static PyTypeObject ProgramType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "edgeqmoe.kernels._ckernels.Program",
-    .tp_basicsize = sizeof(ProgramObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A sequence of packed linear, LayerNorm and ReLU steps run in C with one kernel variant.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Program_init,
-    .tp_dealloc = (destructor)Program_dealloc,
-    .tp_methods = Program_methods,
-    .tp_getset = Program_getset,
-};
-
-/* ------------------------------------------------------------------ test hooks */
-
-static void load_act(const eq_layer *L, const int8_t *xq, eq_act *a) {
-    a->kp = L->kp;
-    if (L->fmt == EQ_FMT_POPCOUNT) {
-        const int32_t words = L->kp / 64;
-        memset(a->planes, 0, sizeof(uint64_t) * (size_t)words);
-        for (int32_t j = 0; j < L->k; j++)
-            if (xq[j] < 0) a->planes[j >> 6] |= 1ull << (j & 63);
-        return;
-    }
-    int32_t sum = 0;
-    for (int32_t j = 0; j < L->kp; j++) {
-        int8_t q = j < L->k ? xq[j] : 0;
-        a->q[j] = q;
-        a->qu[j] = (uint8_t)(q ^ 0x80);
-        sum += q;
-    }
-    a->qsum = sum;
-}
-
-static PyObject *py_acc(PyObject *m, PyObject *args) {
-    const char *variant;
-    PyObject *lo, *xo, *oo;
-    Py_ssize_t batch;
-    if (!PyArg_ParseTuple(args, "sO!OOn", &variant, &LayerType, &lo, &xo, &oo, &batch)) return NULL;
-    const eq_kernels *K = find_variant(variant);
-    if (!K) return NULL;
-    NEED_READY((LayerObject *)lo, "Layer", NULL);
-    const eq_layer *L = &((LayerObject *)lo)->L;
-    if (L->fmt == EQ_FMT_F16) {
-        PyErr_SetString(PyExc_ValueError, "f16 has no integer accumulators");
-        return NULL;
-    }
-    Py_buffer xb, ob;
-    if (get_typed(xo, &xb, 'b', 0, "acc: xq") < 0) return NULL;
-    if (get_typed(oo, &ob, 'i', 1, "acc: out") < 0) {
-        PyBuffer_Release(&xb);
-        return NULL;
-    }
-    PyObject *ret = NULL;
-    eq_scratch s;
-    if (xb.len != batch * L->k || ob.len != 4 * batch * L->n) {
-        PyErr_Format(PyExc_ValueError, "acc: xq needs %zd x %d int8 and out %zd x %d int32", batch, L->k, batch, L->n);
-    } else if (eq_scratch_init(&s, L->kp, L->n) < 0) {
-        PyErr_NoMemory();
-    } else {
-        for (Py_ssize_t b = 0; b < batch; b++) {
-            load_act(L, (const int8_t *)xb.buf + b * L->k, &s.act);
-            K->acc[L->fmt](L, &s.act, s.acc);
-            memcpy((int32_t *)ob.buf + b * L->n, s.acc, sizeof(int32_t) * (size_t)L->n);
-        }
-        eq_scratch_free(&s);
-        ret = Py_None;
-        Py_INCREF(ret);
-    }
-    PyBuffer_Release(&xb);
-    PyBuffer_Release(&ob);
-    return ret;
-}
-
-static PyObject *py_quantize(PyObject *m, PyObject *args) {
-    const char *variant;
-    PyObject *xo, *qo;
-    int binary, mode = EQ_ACT_SIGN;
-    float tau = 0.05f;
-    if (!PyArg_ParseTuple(args, "sOpO|fi", &variant, &xo, &binary, &qo, &tau, &mode)) return NULL;
-    const eq_kernels *K = find_variant(variant);
-    if (!K) return NULL;
-    Py_buffer xb, qb;
-    if (get_typed(xo, &xb, 'f', 0, "quantize: x") < 0) return NULL;
-    if (get_typed(qo, &qb, 'b', 1, "quantize: q_out") < 0) {
-        PyBuffer_Release(&xb);
-        return NULL;
-    }
-    PyObject *ret = NULL;
-    const int32_t k = (int32_t)(xb.len / 4);
-    eq_scratch s;
-    if (qb.len != k || k < 1 || k > EQ_MAX_K) {
-        PyErr_SetString(PyExc_ValueError, "quantize: q_out must hold one int8 per float32 input");
-    } else if (eq_scratch_init(&s, k, 1) < 0) {
-        PyErr_NoMemory();
-    } else {
-        s.act.kp = eq_padded_k(k);
-        int8_t *q = qb.buf;
-        if (binary) {
-            K->quant_sign(xb.buf, k, tau, mode, &s.act);
-            const int8_t low = mode == EQ_ACT_UNSIGNED ? 0 : -1;
-            for (int32_t j = 0; j < k; j++) q[j] = (s.act.planes[j >> 6] >> (j & 63) & 1) ? low : 1;
-        } else {
-            K->quant_i8(xb.buf, k, &s.act);
-            memcpy(q, s.act.q, (size_t)k);
-        }
-        ret = Py_BuildValue("fi", s.act.scale, s.act.qsum);
-        eq_scratch_free(&s);
-    }
-    PyBuffer_Release(&xb);
-    PyBuffer_Release(&qb);
-    return ret;
-}
-
-/* ------------------------------------------------------------------ MoE
- * A whole mixture-of-experts window in one call (eq_moe in eq_program.c), GIL released,
- * no allocation. */
-typedef struct {
-    PyObject_HEAD eq_moe moe;
-    PyObject *keep; /* the Programs */
-    int inited, ready;
-} MoEObject;
-
-static void MoE_dealloc(MoEObject *self) {
-    eq_moe_free(&self->moe);
-    Py_XDECREF(self->keep);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-/* float32 of exactly n values, or NULL (None) when allowed; the caller releases b */
-static int floats_of(PyObject *o, Py_buffer *b, Py_ssize_t n, const char *what) {
-    if (get_typed(o, b, 'f', 0, what) < 0) return -1;
-    if (n >= 0 && b->len != 4 * n) {
-        PyErr_Format(PyExc_ValueError, "%s must be %zd float32, got %zd bytes", what, n, b->len);
-        PyBuffer_Release(b);
-        return -1;
-    }
-    return 0;
-}
-
-/* MoE(router_in, router_out, experts, masks|None, mul|None, add|None, top_k, T,
- *     curiosity, alpha, evaluate_all, uniform, seed) */
-static int MoE_init(MoEObject *self, PyObject *args, PyObject *kw) {
-    PyObject *rin, *rout, *experts, *mo, *mulo, *addo;
-    int top_k, curiosity, evaluate_all, uniform;
-    float T, alpha;
-    unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "O!O!O!OOOifpfppK", &ProgramType, &rin, &ProgramType, &rout, &PyList_Type, &experts,
-                          &mo, &mulo, &addo, &top_k, &T, &curiosity, &alpha, &evaluate_all, &uniform, &seed))
-        return -1;
-    INIT_ONCE(self, "MoE");
-    self->keep = PyList_New(0);
-    if (!self->keep) return -1;
-    ProgramObject *ri = (ProgramObject *)rin, *ro = (ProgramObject *)rout;
-    if (!ri->ready || !ro->ready) {
-        PyErr_SetString(PyExc_ValueError, "MoE: the router Programs were not initialised");
-        return -1;
-    }
-    const int32_t N = (int32_t)PyList_GET_SIZE(experts), D = ri->prog.in_width, H = ri->prog.out_width;
-    if (N < 1 || N > EQ_MOE_MAX || ro->prog.in_width != H || ro->prog.out_width != N) {
-        PyErr_Format(PyExc_ValueError, "MoE: %d experts (1..%d) and a router %d -> %d, %d -> %d that does not fit", N,
-                     EQ_MOE_MAX, D, H, ro->prog.in_width, ro->prog.out_width);
-        return -1;
-    }
-    eq_program *ex[EQ_MOE_MAX];
-    int32_t C = -1;
-    for (int32_t i = 0; i < N; i++) {
-        PyObject *e = PyList_GET_ITEM(experts, i);
-        if (!PyObject_TypeCheck(e, &ProgramType)) {
-            PyErr_SetString(PyExc_TypeError, "MoE: experts must be Programs");
-            return -1;
-        }
-        ProgramObject *pe = (ProgramObject *)e;
-        if (!pe->ready) {
-            PyErr_Format(PyExc_ValueError, "MoE: expert %d was not initialised", i);
-            return -1;
-        }
-        if (i == 0) C = pe->prog.out_width;
-        if (pe->prog.in_width != D || pe->prog.out_width != C || C > EQ_MOE_MAX) {
-            PyErr_Format(PyExc_ValueError, "MoE: expert %d maps %d -> %d, the others %d -> %d (at most %d classes)", i,
-                         pe->prog.in_width, pe->prog.out_width, D, C, EQ_MOE_MAX);
-            return -1;
-        }
-        ex[i] = &pe->prog;
-        if (PyList_Append(self->keep, e) < 0) return -1;
-    }
-    if (PyList_Append(self->keep, rin) < 0 || PyList_Append(self->keep, rout) < 0) return -1;
-    if (top_k < 1 || top_k > N || !(T > 0.0f) || !isfinite(T) || !isfinite(alpha)) {
-        char num[64]; /* PyErr_Format has no %g */
-        snprintf(num, sizeof num, "%g, alpha %g", (double)T, (double)alpha);
-        PyErr_Format(PyExc_ValueError, "MoE: top_k %d (1..%d) or temperature %s out of range", top_k, N, num);
-        return -1;
-    }
-    Py_buffer mb = {0}, ub = {0}, ab = {0};
-    int32_t S = 1, rc = -1;
-    if (curiosity) {
-        if (floats_of(mo, &mb, -1, "MoE: masks") < 0) return -1;
-        S = (int32_t)(mb.len / (4 * (Py_ssize_t)H));
-        if (S < 1 || mb.len != 4 * (Py_ssize_t)S * H) {
-            PyErr_SetString(PyExc_ValueError, "MoE: curiosity needs dropout masks of the router's hidden width");
-            goto done;
-        }
-    }
-    if (mulo != Py_None && (floats_of(mulo, &ub, D, "MoE: mul") < 0 || floats_of(addo, &ab, D, "MoE: add") < 0))
-        goto done;
-    rc = eq_moe_init(&self->moe, &ri->prog, &ro->prog, ex, N, curiosity ? mb.buf : NULL, S, ub.obj ? ub.buf : NULL,
-                     ab.obj ? ab.buf : NULL, top_k, T, curiosity, alpha, evaluate_all, uniform, seed);
-    if (rc == EQ_ERR_NOMEM)
-        PyErr_NoMemory();
-    else if (rc < 0)
-        PyErr_SetString(PyExc_ValueError, "MoE: the router and experts do not fit together");
-    else
-        self->ready = 1;
-done:
-    if (mb.obj) PyBuffer_Release(&mb);
-    if (ub.obj) PyBuffer_Release(&ub);
-    if (ab.obj) PyBuffer_Release(&ab);
-    return self->ready ? 0 : -1;
-}
-
-/* run(x, out, chosen, wk) -> (uncertainty, entropy): one window */
-static PyObject *MoE_run(MoEObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "run(x, out, chosen, wk)");
-        return NULL;
-    }
-    NEED_READY(self, "MoE", NULL);
-    Py_buffer b[4];
-    static const char types[4] = {'f', 'f', 'i', 'f'};
-    static const char *what[4] = {"MoE.run: x", "MoE.run: out", "MoE.run: chosen", "MoE.run: wk"};
-    const eq_moe *M = &self->moe;
-    const Py_ssize_t need[4] = {4 * (Py_ssize_t)M->D, 4 * (Py_ssize_t)M->C, 4 * (Py_ssize_t)M->top_k,
-                                4 * (Py_ssize_t)M->top_k};
-    int got = 0;
-    PyObject *ret = NULL;
-    for (; got < 4; got++)
-        if (get_typed(args[got], &b[got], types[got], got > 0, what[got]) < 0) goto done;
-    for (int i = 0; i < 4; i++)
-        if (b[i].len != need[i]) {
-            PyErr_Format(PyExc_ValueError, "MoE.run: argument %d holds %zd bytes, needs %zd", i, b[i].len, need[i]);
-            goto done;
-        }
-    float unc, ent;
-    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(run_lock, WAIT_LOCK);
-    eq_moe_window(&self->moe, b[0].buf, b[1].buf, b[2].buf, b[3].buf, &unc, &ent);
-    PyThread_release_lock(run_lock);
-    Py_END_ALLOW_THREADS ret = Py_BuildValue("ff", unc, ent);
-done:
-    for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
-    return ret;
-}
-
-static PyMethodDef MoE_methods[] = {
-    {"run", (PyCFunction)(void (*)(void))MoE_run, METH_FASTCALL,
-     "run(x, out, chosen, wk) -> (uncertainty, entropy): one window, float32 x (in) and out (classes)"},
-    {NULL},
-};
-
-static PyTypeObject MoEType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "edgeqmoe.kernels._ckernels.MoE",
-    .tp_basicsize = sizeof(MoEObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A mixture of experts (router and expert Programs) run for one window in one call.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)MoE_init,
-    .tp_dealloc = (destructor)MoE_dealloc,
-    .tp_methods = MoE_methods,
-};
-
 static PyObject *py_variants(PyObject *m, PyObject *unused) {
-    const eq_kernels *ks[8];
-    int n = eq_available(ks, 8);
+    const eq_variant *vs[8];
+    const int n = eq_variants(vs, 8);
     PyObject *l = PyList_New(n);
-    for (int i = 0; i < n; i++) PyList_SET_ITEM(l, i, PyUnicode_FromString(ks[i]->name));
+    for (int i = 0; l && i < n; i++) PyList_SET_ITEM(l, i, PyUnicode_FromString(vs[i]->name));
     return l;
 }
-
-
-/* ---------------------------------------------------------------- Cnn: the integer embedder */
-
-typedef struct {
-    PyObject_HEAD eq_cnn E;
-    Py_buffer *bufs;
-    int nbufs, cap;
-    int inited, ready;
-} CnnObject;
-
-static void Cnn_dealloc(CnnObject *self) {
-    eq_cnn_free(&self->E);
-    for (int i = 0; i < self->nbufs; i++) PyBuffer_Release(&self->bufs[i]);
-    free(self->bufs);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-/* a view of o held until the object goes (the engine points into it) */
-static Py_buffer *cnn_hold(CnnObject *self, PyObject *o, char type, const char *what) {
-    if (self->nbufs == self->cap) {
-        int cap = self->cap ? 2 * self->cap : 64;
-        Py_buffer *b = realloc(self->bufs, sizeof(Py_buffer) * (size_t)cap);
-        if (!b) {
-            PyErr_NoMemory();
-            return NULL;
-        }
-        self->bufs = b, self->cap = cap;
-    }
-    Py_buffer *b = &self->bufs[self->nbufs];
-    if (get_typed(o, b, type, 0, what) < 0) return NULL;
-    self->nbufs++;
-    return b;
-}
-
-/* op[key] as a buffer of n items of type; optional keys may be absent (*out = NULL) */
-static int cnn_array(CnnObject *self, PyObject *d, int i, const char *kind, const char *key, char type, Py_ssize_t n,
-                     int optional, const void **out) {
-    *out = NULL;
-    PyObject *o = PyDict_GetItemString(d, key);
-    if (!o || o == Py_None) {
-        if (optional) return 0;
-        PyErr_Format(PyExc_KeyError, "Cnn op %d (%s): '%s' is missing", i, kind, key);
-        return -1;
-    }
-    char what[96];
-    snprintf(what, sizeof what, "Cnn op %d (%s): %s", i, kind, key);
-    Py_buffer *b = cnn_hold(self, o, type, what);
-    if (!b) return -1;
-    if (b->len != n * b->itemsize) {
-        PyErr_Format(PyExc_ValueError, "%s must hold %zd values, got %zd", what, n, b->len / b->itemsize);
-        return -1;
-    }
-    *out = b->buf;
-    return 0;
-}
-
-static int cnn_int(PyObject *d, const char *key, int32_t dflt, int32_t *out) {
-    PyObject *o = PyDict_GetItemString(d, key);
-    if (!o) {
-        *out = dflt;
-        return 0;
-    }
-    long v = PyLong_AsLong(o);
-    if (v == -1 && PyErr_Occurred()) return -1;
-    *out = (int32_t)v;
-    return 0;
-}
-
-/* Cnn(variant, n_mels, frames, ops, gate): ops is a list of dicts (see
- * edgeqmoe/embed/mn04_int8.py, engine_ops); the arrays are held, not copied, except
- * the convolution weights, which the engine packs into its own layout. */
-static int Cnn_init(CnnObject *self, PyObject *args, PyObject *kw) {
-    const char *variant;
-    int n_mels, frames;
-    PyObject *ops, *gate_o;
-    if (!PyArg_ParseTuple(args, "siiO!O", &variant, &n_mels, &frames, &PyList_Type, &ops, &gate_o)) return -1;
-    INIT_ONCE(self, "Cnn");
-    const eq_cnn_kernels *K = eq_cnn_find(variant);
-    if (!K) {
-        PyErr_Format(PyExc_ValueError, "kernel variant '%s' is not available on this CPU", variant);
-        return -1;
-    }
-    const Py_ssize_t n = PyList_GET_SIZE(ops);
-    eq_cnn_op *op = calloc((size_t)(n ? n : 1), sizeof *op);
-    if (!op) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    static const char *kinds[] = {"stem", "pw", "dw", "se", "pool", "dense"};
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *d = PyList_GET_ITEM(ops, i), *ko;
-        if (!PyDict_Check(d) || !(ko = PyDict_GetItemString(d, "kind")) || !PyUnicode_Check(ko)) {
-            PyErr_Format(PyExc_TypeError, "Cnn op %zd must be a dict with a 'kind'", i);
-            goto fail;
-        }
-        const char *kind = PyUnicode_AsUTF8(ko);
-        eq_cnn_op *o = &op[i];
-        o->kind = -1;
-        for (int j = 0; j < 6; j++)
-            if (!strcmp(kind, kinds[j])) o->kind = j;
-        if (o->kind < 0) {
-            PyErr_Format(PyExc_ValueError, "Cnn op %zd: unknown kind '%s' (stem, pw, dw, se, pool, dense)", i, kind);
-            goto fail;
-        }
-        if (cnn_int(d, "src", -1, &o->src) || cnn_int(d, "dst", -1, &o->dst) || cnn_int(d, "res", -1, &o->res) ||
-            cnn_int(d, "cin", 1, &o->cin) || cnn_int(d, "cout", 0, &o->cout) || cnn_int(d, "k", 1, &o->k) ||
-            cnn_int(d, "stride", 1, &o->stride) || cnn_int(d, "act", 0, &o->epi.act))
-            goto fail;
-        if (o->cin < 1 || o->cout < 1 || o->k < 1 || o->k > 7 || o->cin > EQ_MAX_K || o->cout > EQ_MAX_K) {
-            PyErr_Format(PyExc_ValueError, "Cnn op %zd (%s): sizes out of range (cin %d, cout %d, k %d)", i, kind,
-                         o->cin, o->cout, o->k);
-            goto fail;
-        }
-        const int I = (int)i;
-        const Py_ssize_t ci = o->cin, co = o->cout;
-        eq_cnn_epi *e = &o->epi;
-#define ARR(key, type, count, opt, dst) \
-    if (cnn_array(self, d, I, kind, key, type, count, opt, (const void **)&(dst)) < 0) goto fail
-        switch (o->kind) {
-        case EQ_CNN_STEM:
-            ARR("fw", 'f', co * 9, 0, o->fw);
-            ARR("fb", 'f', co, 0, o->fb);
-            break;
-        case EQ_CNN_PW:
-            ARR("w", 'b', co * ci, 0, o->w);
-            ARR("w_lo", 'b', co * ci, 1, o->w_lo);
-            ARR("corr", 'i', co, 0, e->corr);
-            ARR("res_scale", 'f', co, 1, e->res_scale);
-            ARR("res_zero", 'i', co, e->res_scale == NULL, e->res_zero);
-            break;
-        case EQ_CNN_DW:
-            ARR("w", 'b', co * o->k * o->k, 0, o->w);
-            ARR("zero", 'i', co, 0, o->zero);
-            break;
-        case EQ_CNN_SE:
-            ARR("fw", 'f', 2 * co * ci, 0, o->fw);
-            ARR("fb", 'f', co + ci, 0, o->fb);
-            ARR("scale", 'f', ci, 0, o->scale);
-            ARR("zero", 'i', ci, 0, o->zero);
-            break;
-        case EQ_CNN_POOL:
-            ARR("scale", 'f', ci, 0, o->scale);
-            ARR("zero", 'i', ci, 0, o->zero);
-            break;
-        case EQ_CNN_DENSE:
-            ARR("w", 'b', co * ci, 0, o->w);
-            ARR("scale", 'f', co, 0, o->scale);
-            ARR("fb", 'f', co, 0, o->fb);
-            break;
-        }
-        if (o->kind == EQ_CNN_STEM || o->kind == EQ_CNN_PW || o->kind == EQ_CNN_DW) {
-            if (o->kind != EQ_CNN_STEM) {
-                ARR("w_scale", 'f', co, 0, e->w_scale);
-                ARR("bias", 'f', co, 0, e->bias);
-            }
-            ARR("out_inv", 'f', co, 0, e->out_inv);
-            ARR("out_zero", 'i', co, 0, e->out_zero);
-        }
-#undef ARR
-    }
-    Py_buffer *gb = cnn_hold(self, gate_o, 'i', "Cnn gate table");
-    if (!gb) goto fail;
-    if (gb->len != 4 * EQ_CNN_GATE_N) {
-        PyErr_Format(PyExc_ValueError, "Cnn gate table must hold %d int32", EQ_CNN_GATE_N);
-        goto fail;
-    }
-    int rc = eq_cnn_init(&self->E, K, op, (int)n, gb->buf, n_mels, frames);
-    free(op);
-    if (rc == -2) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    if (rc < 0) {
-        PyErr_Format(PyExc_ValueError, "Cnn: the operations do not chain for a %d x %d window", n_mels, frames);
-        return -1;
-    }
-    self->ready = 1;
-    return 0;
-fail:
-    free(op);
-    return -1;
-}
-
-/* run(mel, emb[, out]): mel (B, n_mels, frames) float32 -> emb (B, emb_dim), out (B, out_dim) */
-static PyObject *Cnn_run(CnnObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 && nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "run(mel, emb[, out])");
-        return NULL;
-    }
-    NEED_READY(self, "Cnn", NULL);
-    eq_cnn *E = &self->E;
-    const Py_ssize_t win = (Py_ssize_t)E->n_mels * E->frames;
-    Py_buffer b[3] = {{0}};
-    int got = 0;
-    PyObject *ret = NULL;
-    if (get_typed(args[0], &b[0], 'f', 0, "Cnn.run: mel") < 0) goto done;
-    got = 1;
-    if (get_typed(args[1], &b[1], 'f', 1, "Cnn.run: emb") < 0) goto done;
-    got = 2;
-    const int with_out = nargs == 3 && args[2] != Py_None;
-    if (with_out) {
-        if (get_typed(args[2], &b[2], 'f', 1, "Cnn.run: out") < 0) goto done;
-        got = 3;
-    }
-    const Py_ssize_t batch = b[0].len / (4 * win);
-    if (batch < 1 || b[0].len != 4 * batch * win || b[1].len != 4 * batch * E->emb_dim ||
-        (with_out && b[2].len != 4 * batch * E->out_dim)) {
-        PyErr_Format(PyExc_ValueError, "Cnn.run: mel must be B x %d x %d float32, emb B x %d, out B x %d", E->n_mels,
-                     E->frames, E->emb_dim, E->out_dim);
-        goto done;
-    }
-    const float *mel = b[0].buf;
-    float *emb = b[1].buf, *out = with_out ? b[2].buf : NULL;
-    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(run_lock, WAIT_LOCK);
-    for (Py_ssize_t i = 0; i < batch; i++)
-        eq_cnn_run(E, mel + i * win, emb + i * E->emb_dim, out ? out + i * E->out_dim : NULL);
-    PyThread_release_lock(run_lock);
-    Py_END_ALLOW_THREADS ret = Py_None;
-    Py_INCREF(ret);
-done:
-    for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
-    return ret;
-}
-
-static PyObject *Cnn_get_variant(CnnObject *self, void *c) {
-    if (!self->ready) Py_RETURN_NONE;
-    return PyUnicode_FromString(self->E.K->name);
-}
-
-static PyMethodDef Cnn_methods[] = {
-    {"run", (PyCFunction)(void (*)(void))Cnn_run, METH_FASTCALL,
-     "run(mel, emb[, out]): windows of log-mel -> embeddings (and the dense layers' output)"},
-    {NULL},
-};
-
-static PyGetSetDef Cnn_getset[] = {
-    {"variant", (getter)Cnn_get_variant, NULL, "the kernel variant", NULL},
-    {NULL},
-};
-
-static PyTypeObject CnnType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "edgeqmoe.kernels._ckernels.Cnn",
-    .tp_basicsize = sizeof(CnnObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Cnn_init,
-    .tp_dealloc = (destructor)Cnn_dealloc,
-    .tp_methods = Cnn_methods,
-    .tp_getset = Cnn_getset,
-    .tp_doc = "Cnn(variant, n_mels, frames, ops, gate): the integer convolutional embedder for one window length",
-};
-
-
-/* ---------------------------------------------------------------- Mel: the log-mel front end */
-
-typedef struct {
-    PyObject_HEAD eq_mel M;
-    int inited, ready;
-} MelObject;
-
-static void Mel_dealloc(MelObject *self) {
-    eq_mel_free(&self->M);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-/* Mel(variant, n_in, up2, he, ho, preemph, n_fft, hop, window, start, length, weights,
- * log_offset, shift, inv_scale): see eq_mel.h; the arrays are copied */
-static int Mel_init(MelObject *self, PyObject *args, PyObject *kw) {
-    const char *variant;
-    int n_in, up2, n_fft, hop;
-    float preemph, log_offset, shift, inv_scale;
-    PyObject *o[6];
-    if (!PyArg_ParseTuple(args, "siiOOfiiOOOOfff", &variant, &n_in, &up2, &o[0], &o[1], &preemph, &n_fft,
-                          &hop, &o[2], &o[3], &o[4], &o[5], &log_offset, &shift, &inv_scale))
-        return -1;
-    INIT_ONCE(self, "Mel");
-    const eq_mel_kernels *K = eq_mel_find(variant);
-    if (!K) {
-        PyErr_Format(PyExc_ValueError, "front end variant '%s' is not available on this CPU", variant);
-        return -1;
-    }
-    static const char types[6] = {'f', 'f', 'f', 'i', 'i', 'f'};
-    static const char *names[6] = {"Mel: even-phase taps", "Mel: odd-phase taps", "Mel: window", "Mel: start", "Mel: length",
-                                   "Mel: weights"};
-    Py_buffer b[6] = {{0}};
-    int got = 0, rc = -1;
-    for (; got < 6; got++)
-        if (get_typed(o[got], &b[got], types[got], 0, names[got]) < 0) goto done;
-    if (b[0].len != b[1].len + 4 || b[3].len != b[4].len || b[3].len == 0) {
-        PyErr_SetString(PyExc_ValueError, "Mel: he must hold one tap more than ho, start and length equal sizes");
-        goto done;
-    }
-    const int32_t *start = b[3].buf, *length = b[4].buf;
-    Py_ssize_t total = 0;
-    for (Py_ssize_t i = 0; i < b[3].len / 4; i++) total += length[i] > 0 ? length[i] : 0;
-    if (b[5].len != 4 * total) {
-        PyErr_SetString(PyExc_ValueError, "Mel: weights must hold sum(length) values");
-        goto done;
-    }
-    rc = eq_mel_init(&self->M, K, n_in, up2, (int32_t)(b[1].len / 4), b[0].buf, b[1].buf, preemph, n_fft,
-                     (int32_t)(b[2].len / 4), hop, b[2].buf, (int32_t)(b[3].len / 4), start, length, b[5].buf,
-                     log_offset, shift, inv_scale);
-    if (rc == -2)
-        PyErr_NoMemory();
-    else if (rc < 0)
-        PyErr_Format(PyExc_ValueError,
-                     "Mel: sizes out of range (n_in %d, n_fft %d, window %zd, hop %d; a window needs more than "
-                     "n_fft / 2 samples after pre-emphasis)",
-                     n_in, n_fft, b[2].len / 4, hop);
-    else
-        self->ready = 1;
-done:
-    for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
-    return rc < 0 ? -1 : 0;
-}
-
-/* run(x, out): x (B, n_in) float32 -> out (B, n_mels, frames) float32 */
-static PyObject *Mel_run(MelObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "run(x, out)");
-        return NULL;
-    }
-    NEED_READY(self, "Mel", NULL);
-    const eq_mel *M = &self->M;
-    Py_buffer b[2] = {{0}};
-    int got = 0;
-    PyObject *ret = NULL;
-    if (get_typed(args[0], &b[0], 'f', 0, "Mel.run: x") < 0) goto done;
-    got = 1;
-    if (get_typed(args[1], &b[1], 'f', 1, "Mel.run: out") < 0) goto done;
-    got = 2;
-    const Py_ssize_t per_out = (Py_ssize_t)M->n_mels * M->frames, batch = b[0].len / (4 * M->n_in);
-    if (batch < 1 || b[0].len != 4 * batch * M->n_in || b[1].len != 4 * batch * per_out) {
-        PyErr_Format(PyExc_ValueError, "Mel.run: x must be B x %d float32 and out B x %d x %d", M->n_in, M->n_mels,
-                     M->frames);
-        goto done;
-    }
-    const float *x = b[0].buf;
-    float *out = b[1].buf;
-    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(run_lock, WAIT_LOCK);
-    for (Py_ssize_t i = 0; i < batch; i++) eq_mel_run(M, x + i * M->n_in, out + i * per_out);
-    PyThread_release_lock(run_lock);
-    Py_END_ALLOW_THREADS ret = Py_None;
-    Py_INCREF(ret);
-done:
-    for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
-    return ret;
-}
-
-static PyObject *Mel_get_variant(MelObject *self, void *c) {
-    if (!self->ready) Py_RETURN_NONE;
-    return PyUnicode_FromString(self->M.K->name);
-}
-static PyObject *Mel_get_frames(MelObject *self, void *c) { return PyLong_FromLong(self->ready ? self->M.frames : 0); }
-
-static PyMethodDef Mel_methods[] = {
-    {"run", (PyCFunction)(void (*)(void))Mel_run, METH_FASTCALL, "run(x, out): windows of samples -> log-mel"},
-    {NULL},
-};
-
-static PyGetSetDef Mel_getset[] = {
-    {"variant", (getter)Mel_get_variant, NULL, "the SIMD variant", NULL},
-    {"frames", (getter)Mel_get_frames, NULL, "frames per window", NULL},
-    {NULL},
-};
-
-static PyTypeObject MelType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "edgeqmoe.kernels._ckernels.Mel",
-    .tp_basicsize = sizeof(MelObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Mel_init,
-    .tp_dealloc = (destructor)Mel_dealloc,
-    .tp_methods = Mel_methods,
-    .tp_getset = Mel_getset,
-    .tp_doc = "Mel(variant, n_in, up2, he, ho, preemph, n_fft, hop, window, start, length, weights, "
-              "log_offset, shift, inv_scale): the log-mel front end for one window length",
-};
 
 static PyObject *py_cpu_features(PyObject *m, PyObject *unused) { return PyUnicode_FromString(eq_cpu_features()); }
 
+/* {name: index} of a table of names */
+static PyObject *index_of(const char *const *names, int n) {
+    PyObject *d = PyDict_New();
+    for (int i = 0; d && i < n; i++) {
+        PyObject *v = PyLong_FromLong(i);
+        if (!v || PyDict_SetItemString(d, names[i], v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return d;
+}
+
+static PyObject *contract(void) {
+    PyObject *fmts = PyDict_New();
+    for (int i = 0; fmts && i < EQ_NFMT; i++) {
+        PyObject *t = Py_BuildValue("{s:i,s:i,s:i}", "id", i, "bits", eq_fmt_bits[i], "offset", eq_fmt_offset[i]);
+        if (!t || PyDict_SetItemString(fmts, eq_fmt_names[i], t) < 0) {
+            Py_XDECREF(t);
+            Py_CLEAR(fmts);
+            break;
+        }
+        Py_DECREF(t);
+    }
+    if (!fmts) return NULL;
+    return Py_BuildValue("{s:N,s:N,s:N,s:N,s:i,s:i,s:i,s:i,s:i,s:i}", "formats", fmts,
+                         "steps", index_of(eq_step_names, EQ_NSTEPS),
+                         "cnn_kinds", index_of(eq_cnn_kind_names, EQ_CNN_NKINDS),
+                         "cnn_acts", index_of(eq_cnn_act_names, EQ_CNN_NACTS),
+                         "gate_steps", EQ_CNN_GATE_STEPS, "gate_range", EQ_CNN_GATE_RANGE, "gate_n", EQ_CNN_GATE_N,
+                         "row_align", EQ_ROW_ALIGN, "row_tile", EQ_ROW_TILE, "max_k", EQ_MAX_K);
+}
+
 static PyMethodDef module_methods[] = {
-    {"acc", py_acc, METH_VARARGS, "acc(variant, layer, xq, out, batch): int32 accumulators"},
-    {"quantize", py_quantize, METH_VARARGS, "quantize(variant, x, binary, q_out, tau=0.05, mode=0) -> (scale, qsum)"},
     {"variants", py_variants, METH_NOARGS, "kernel variants this CPU runs, best first"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "CPU features detected at run time"},
     {NULL},
@@ -1032,28 +105,26 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_ckernels", "edge
                                        module_methods};
 
 PyMODINIT_FUNC PyInit__ckernels(void) {
-    if (PyType_Ready(&LayerType) < 0 || PyType_Ready(&ProgramType) < 0 || PyType_Ready(&MoEType) < 0 ||
-        PyType_Ready(&CnnType) < 0 || PyType_Ready(&MelType) < 0)
-        return NULL;
-    run_lock = PyThread_allocate_lock();
-    if (!run_lock) return PyErr_NoMemory();
+    eq_py_run_lock = PyThread_allocate_lock();
+    if (!eq_py_run_lock) return PyErr_NoMemory();
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
-    Py_INCREF(&LayerType);
-    PyModule_AddObject(m, "Layer", (PyObject *)&LayerType);
-    Py_INCREF(&ProgramType);
-    PyModule_AddObject(m, "Program", (PyObject *)&ProgramType);
-    Py_INCREF(&MoEType);
-    PyModule_AddObject(m, "MoE", (PyObject *)&MoEType);
-    Py_INCREF(&CnnType);
-    PyModule_AddObject(m, "Cnn", (PyObject *)&CnnType);
-    Py_INCREF(&MelType);
-    PyModule_AddObject(m, "Mel", (PyObject *)&MelType);
-    PyModule_AddIntConstant(m, "CNN_GATE_N", EQ_CNN_GATE_N);
-    PyModule_AddIntConstant(m, "ROW_ALIGN", EQ_ROW_ALIGN);
-    PyModule_AddIntConstant(m, "ROW_TILE", EQ_ROW_TILE);
-    PyModule_AddIntConstant(m, "MAX_K", EQ_MAX_K);
+    if (eq_py_add_heads(m) < 0 || eq_py_add_cnn(m) < 0 || eq_py_add_mel(m) < 0) goto fail;
+    PyObject *c = contract();
+    if (!c || PyModule_AddObject(m, "CONTRACT", c) < 0) {
+        Py_XDECREF(c);
+        goto fail;
+    }
+    if (PyModule_AddIntConstant(m, "CNN_GATE_N", EQ_CNN_GATE_N) < 0 ||
+        PyModule_AddIntConstant(m, "ROW_ALIGN", EQ_ROW_ALIGN) < 0 ||
+        PyModule_AddIntConstant(m, "ROW_TILE", EQ_ROW_TILE) < 0 || PyModule_AddIntConstant(m, "MAX_K", EQ_MAX_K) < 0)
+        goto fail;
     PyObject *bits = PyTuple_New(EQ_NFMT), *offs = PyTuple_New(EQ_NFMT);
+    if (!bits || !offs) {
+        Py_XDECREF(bits);
+        Py_XDECREF(offs);
+        goto fail;
+    }
     for (int i = 0; i < EQ_NFMT; i++) {
         PyTuple_SET_ITEM(bits, i, PyLong_FromLong(eq_fmt_bits[i]));
         PyTuple_SET_ITEM(offs, i, PyLong_FromLong(eq_fmt_offset[i]));
@@ -1061,4 +132,7 @@ PyMODINIT_FUNC PyInit__ckernels(void) {
     PyModule_AddObject(m, "FMT_BITS", bits);
     PyModule_AddObject(m, "FMT_OFFSET", offs);
     return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
 }

@@ -3,7 +3,7 @@
  * one row per 32-bit lane; q8 (row-major) reduces rows with a transposing tree.
  *
  * Compiled with per-function target attributes, so the module builds with the
- * baseline flags and each variant runs only where eq_available() found the features.
+ * baseline flags and each variant runs only where eq_variants() found the features.
  * Every function mirrors a generic twin in eq_generic.c with the same results.
  */
 #if defined(__x86_64__) || defined(_M_X64)
@@ -385,22 +385,34 @@ T512 static void dequant_512(const eq_layer *L, const int32_t *acc, float act_sc
 }
 
 const eq_kernels eq_kernels_avx512 = {
-    "avx512",
-    quant_i8_512,
-    quant_sign_512,
-    {acc_q1_512, acc_q2_512, acc_q4_512, acc_q8_512, acc_q2_512, NULL, acc_popcount_512},
-    gemv_f16_512,
-    dequant_512,
+    .name = "avx512",
+    .quant_i8 = quant_i8_512,
+    .quant_sign = quant_sign_512,
+    .acc = {[EQ_FMT_Q1] = acc_q1_512,
+            [EQ_FMT_Q2] = acc_q2_512,
+            [EQ_FMT_Q4] = acc_q4_512,
+            [EQ_FMT_Q8] = acc_q8_512,
+            [EQ_FMT_TERNARY] = acc_q2_512,
+            [EQ_FMT_F16] = NULL,
+            [EQ_FMT_POPCOUNT] = acc_popcount_512},
+    .gemv_f16 = gemv_f16_512,
+    .dequant = dequant_512,
 };
 
 /* AVX-512 with VBMI: the same, with q1 by table lookup */
 const eq_kernels eq_kernels_avx512vbmi = {
-    "avx512vbmi",
-    quant_i8_512,
-    quant_sign_512,
-    {acc_q1_lut512, acc_q2_512, acc_q4_512, acc_q8_512, acc_q2_512, NULL, acc_popcount_512},
-    gemv_f16_512,
-    dequant_512,
+    .name = "avx512vbmi",
+    .quant_i8 = quant_i8_512,
+    .quant_sign = quant_sign_512,
+    .acc = {[EQ_FMT_Q1] = acc_q1_lut512,
+            [EQ_FMT_Q2] = acc_q2_512,
+            [EQ_FMT_Q4] = acc_q4_512,
+            [EQ_FMT_Q8] = acc_q8_512,
+            [EQ_FMT_TERNARY] = acc_q2_512,
+            [EQ_FMT_F16] = NULL,
+            [EQ_FMT_POPCOUNT] = acc_popcount_512},
+    .gemv_f16 = gemv_f16_512,
+    .dequant = dequant_512,
 };
 
 /* ==================================================================== AVX2 */
@@ -664,12 +676,18 @@ T2 static void dequant_256(const eq_layer *L, const int32_t *acc, float act_scal
 }
 
 const eq_kernels eq_kernels_avx2 = {
-    "avx2",
-    quant_i8_256,
-    quant_sign_256,
-    {acc_q1_256, acc_q2_256, acc_q4_256, acc_q8_256, acc_q2_256, NULL, acc_popcount_256},
-    gemv_f16_256,
-    dequant_256,
+    .name = "avx2",
+    .quant_i8 = quant_i8_256,
+    .quant_sign = quant_sign_256,
+    .acc = {[EQ_FMT_Q1] = acc_q1_256,
+            [EQ_FMT_Q2] = acc_q2_256,
+            [EQ_FMT_Q4] = acc_q4_256,
+            [EQ_FMT_Q8] = acc_q8_256,
+            [EQ_FMT_TERNARY] = acc_q2_256,
+            [EQ_FMT_F16] = NULL,
+            [EQ_FMT_POPCOUNT] = acc_popcount_256},
+    .gemv_f16 = gemv_f16_256,
+    .dequant = dequant_256,
 };
 
 #endif

@@ -140,6 +140,14 @@ def front_end_variant(choice: str | None = None) -> str:
     ``model.kernel``: ref, generic, simd or a variant's name; None: EDGEQMOE_KERNEL,
     else simd; EDGEQMOE_ISA caps it): one choice picks every C path. The front end has
     no numpy twin in the hot path, so ``ref`` runs the portable C."""
+    import os
+
+    return _front_end_variant(choice, os.environ.get("EDGEQMOE_KERNEL"), os.environ.get("EDGEQMOE_ISA"))
+
+
+@lru_cache(maxsize=16)
+def _front_end_variant(choice: str | None, env_kernel: str | None, env_isa: str | None) -> str:
+    """``front_end_variant``, once per choice and environment (it runs with every window)."""
     from ..kernels import resolve_variant
 
     v = resolve_variant(choice)

@@ -290,6 +290,7 @@ class LogWriter:
         self.bytes = 0
         self._said: set = set()
         self._closing = False
+        self._wake = threading.Event()  # the close, or a queue half full: write before the interval ends
         self._thread = threading.Thread(target=self._run, name="edgeqmoe-writer", daemon=True)
         self._thread.start()
 
@@ -326,31 +327,47 @@ class LogWriter:
         record.setdefault("v", SCHEMA_VERSION)
         try:
             self.q.put_nowait((kind, encode(record)))
-            return True
         except queue.Full:
             self.dropped[kind] += 1
             return False
+        if self.q.qsize() > self.q.maxsize // 2:  # a burst (files read as fast as they go): drain before the interval
+            self._wake.set()
+        return True
 
     @property
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
 
     # ------------------------------------------------------------------ writer thread
+    def _drain(self, pending: Dict[str, List[bytes]], first=False) -> bool:
+        """Move what is queued into ``pending`` (``first``: one record already taken);
+        True once the stop sentinel came."""
+        item = first
+        try:
+            while True:
+                if item is None:
+                    return True
+                if item is not False:
+                    pending[item[0]].append(item[1])
+                item = self.q.get_nowait()
+        except queue.Empty:
+            return False
+
     def _run(self) -> None:
+        """With a flush interval the thread sleeps through it (a record does not wake it;
+        a queue half full or the close does) and writes what came, one write per kind;
+        without one it writes each record as it comes."""
         pending: Dict[str, List[bytes]] = {k: [] for k in KINDS}
         last = time.monotonic()
         stop = False
         while True:
             if not stop:
-                timeout = max(0.0, self.flush_interval - (time.monotonic() - last))
-                try:
-                    item = self.q.get(timeout=timeout if self.flush_interval > 0 else None)
-                    while item is not None:  # drain what is waiting: one write per kind per flush
-                        pending[item[0]].append(item[1])
-                        item = self.q.get_nowait()
-                    stop = True
-                except queue.Empty:
-                    pass
+                if self.flush_interval > 0:
+                    self._wake.wait(max(0.0, self.flush_interval - (time.monotonic() - last)))
+                    self._wake.clear()
+                    stop = self._drain(pending)
+                else:
+                    stop = self._drain(pending, self.q.get())
             if stop or self.flush_interval <= 0 or time.monotonic() - last >= self.flush_interval:
                 self._flush(pending, giving_up_at=time.monotonic() + CLOSE_GIVE_UP_S if stop else None)
                 last = time.monotonic()
@@ -447,8 +464,10 @@ class LogWriter:
                 self.q.put(None, timeout=0.1)
                 break
             except queue.Full:
+                self._wake.set()
                 if not self._thread.is_alive():
                     break
+        self._wake.set()
         self._thread.join()
         for f in self.files.values():
             try:

@@ -25,14 +25,36 @@ class SourceError(Exception):
     """A source that cannot be opened; the message says what to do."""
 
 
+class Wakeup:
+    """One sleeping consumer, woken by whichever producer has something for it first
+    (the audio that completes a window, a stop). ``wake`` never waits (a lock released,
+    or already released), so an audio callback may call it."""
+
+    def __init__(self):
+        self._gate = threading.Lock()
+        self._gate.acquire()
+
+    def wake(self) -> None:
+        try:
+            self._gate.release()
+        except RuntimeError:  # woken already, not yet slept on
+            pass
+
+    def sleep(self, timeout: float) -> None:
+        """Until woken or ``timeout`` s; a wake that came before returns at once."""
+        self._gate.acquire(timeout=max(0.0, timeout))
+
+
 class RingBuffer:
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, wakeup: Optional[Wakeup] = None):
         self.capacity = int(capacity)
         self._buf = np.zeros(self.capacity, dtype=np.float32)
         self.written = 0    # samples ever written (absolute position of the next one)
         self.read_pos = 0   # samples ever consumed
         self.dropped = 0    # samples that did not fit (since the start: a reopen does not reset it)
         self.callback_lag = 0.0  # seconds from ADC to callback, last block (mic only)
+        self.wakeup = wakeup  # woken when ``written`` reaches ``want``
+        self.want: Optional[int] = None
 
     def reset(self) -> None:
         """A reopened source starts at position 0 again; what was dropped stays counted."""
@@ -61,6 +83,10 @@ class RingBuffer:
             if first < n:
                 self._buf[:n - first] = x[first:]
             self.written += n  # publish after the copy (one producer, one consumer)
+        want = self.want
+        if want is not None and self.written >= want and self.wakeup is not None:
+            self.want = None
+            self.wakeup.wake()
 
     def read(self, out: np.ndarray) -> int:
         """Consumer side: copy up to len(out) samples into ``out``; returns the count."""
@@ -225,7 +251,7 @@ class FileSource:
         return None
 
     def _run(self) -> None:
-        from ..audio.io import AudioReadError, display_name, stream
+        from ..audio.io import STREAM_BLOCK_S, AudioReadError, display_name, stream
 
         try:
             t0 = time.monotonic()
@@ -233,7 +259,9 @@ class FileSource:
                 if self._stop.is_set():
                     break
                 try:
-                    self._play(stream(path, self.sample_rate), display_name(path), t0)
+                    # decoded a block at a time, a second at least: one hand-over per block
+                    blocks = stream(path, self.sample_rate, max(STREAM_BLOCK_S, self.block / self.sample_rate))
+                    self._play(blocks, display_name(path), t0)
                 except AudioReadError as e:
                     self.errors.append(str(e))
             if not self.files and not self._stop.is_set():
@@ -258,7 +286,7 @@ class FileSource:
                     due = t0 + (self.ring.written + len(chunk)) / self.sample_rate
                     delay = due - time.monotonic()
                     if delay > 0:
-                        self._stop.wait(delay)
+                        time.sleep(delay)  # a block at most: a stop is seen right after (cheaper than an Event)
                 else:
                     while self.ring.free < len(chunk) and not self._stop.is_set():
                         time.sleep(0.001)

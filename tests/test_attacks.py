@@ -449,3 +449,25 @@ def test_bad_files_and_arguments_are_said_in_words(tmp_path):
     assert r.returncode == 2 and "is a folder; use --source dir:" in r.stderr
     r = run_cli(["run", "--profile", "balanced", "--source", f"file:{bad / 'notes.wav'}", "--duration", "-3"])
     assert r.returncode == 2 and "--duration" in r.stderr
+
+
+def test_a_clip_of_a_dir_source_starts_in_its_own_file_and_only_its_speech_counts(tmp_path):
+    """File A (speech) then file B (a bark) in one dir: source: the bark's clip does not
+    reach back into A (its pre-roll stops at B's first sample), and A's speech does not
+    withhold it."""
+    emitted = []
+    k = ClipKeeper(ClipSettings(enabled=True, privacy=True, pre_roll=1.0, post_roll=0.5), str(tmp_path), SR,
+                   lambda *a, **f: None, lambda m: None, emit=lambda ev, f: emitted.append(f))
+    x = (0.3 * np.sin(2 * np.pi * 440 * np.arange(6 * SR) / SR)).astype(np.float32)
+    k.audio(x[:2 * SR], 0)
+    k.window(0.0, 2.0, 0.95)  # file A: speech
+    k.new_file(2 * SR)  # file B starts at 2 s
+    k.audio(x[2 * SR:], 2 * SR)
+    bark = Event("dog_bark", 2.0, 4.0, 0.9, windows=2)
+    k.window(2.0, 4.0, 0.01)
+    k.begin(bark)
+    k.finish(bark)
+    k.ready()
+    k.close()
+    assert len(emitted) == 1 and "clip" in emitted[0], emitted
+    assert emitted[0]["clip_s"] == 2.5  # 2 s of the bark and 0.5 s after it; none of file A

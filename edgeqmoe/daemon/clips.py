@@ -95,6 +95,7 @@ class ClipKeeper:
         self.history = History(int((settings.max_length + settings.pre_roll + settings.post_roll + 5.0) * sr))
         self.open: Dict[int, Dict] = {}  # id(event) -> {"ev", "a", "b", "audio", "t_wall"}
         self.speech: deque = deque()  # (start s, end s, speech probability or None) of recent windows
+        self.floor = 0  # the first sample of the current file (file sources): clips start no earlier
         self.kept = self.withheld = self.failed = self.deleted = self.shared = 0
         self.recent: deque = deque(maxlen=16)  # (first sample, end sample, name, fields) of recent clips
         self._outcomes: Dict[str, Optional[str]] = {}  # name -> None (written) or why not, recent clips
@@ -122,14 +123,21 @@ class ClipKeeper:
         while self.speech and self.speech[0][1] < horizon:
             self.speech.popleft()
 
-    def begin(self, ev: Dict) -> None:
-        """An event that counts: its clip starts ``pre_roll`` before it."""
+    def new_file(self, pos: int) -> None:
+        """A file source begins its next file at sample ``pos``: no clip reaches back
+        before it, and the speech heard in the file before never vetoes its clips."""
+        self.floor = pos
+        self.speech.clear()
+
+    def begin(self, ev) -> None:
+        """An event that counts: its clip starts ``pre_roll`` before it (never before the
+        start of its file)."""
         if id(ev) not in self.open:
-            a = max(0, int(round((ev.start - self.s.pre_roll) * self.sr)))
+            a = max(self.floor, int(round((ev.start - self.s.pre_roll) * self.sr)))
             self.open[id(ev)] = {"ev": ev, "a": a, "b": None, "audio": None,
                                  "t_wall": time.time() - (self.history.end - a) / self.sr}
 
-    def finish(self, ev: Dict) -> None:
+    def finish(self, ev) -> None:
         """The event is over: the clip ends ``post_roll`` after it."""
         self.begin(ev)
         c = self.open[id(ev)]

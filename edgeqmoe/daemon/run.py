@@ -447,6 +447,7 @@ class Daemon:
     def _restart_stream(self, st: LoopState) -> None:
         if self.clips is not None:
             self.clips.history.reset(0)
+            self.clips.new_file(0)
         st.windower.reset()
         self.pipeline.decider.reset()
 
@@ -510,6 +511,8 @@ class Daemon:
             st.file_i, st.file_start = i, pos
             self._file = (files[i][1], pos / st.sr)
             self.events.place(self._file, pos / st.sr)
+            if self.clips is not None:
+                self.clips.new_file(pos)
             self.log("file", index=i, path=files[i][1], at_s=round(pos / st.sr, 3))
         nxt = src.next_start(pos)
         return self._keep(st, st.ring.read(st.chunk if nxt is None else st.chunk[:min(len(st.chunk), nxt - pos)]))

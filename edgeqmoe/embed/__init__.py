@@ -58,6 +58,9 @@ def _build(embedder_id: str, weights: Optional[str] = None, threads: int = 1, ru
         try:
             from .mn04 import MN04Embedder
         except ImportError:
+            if runtime == "torch":
+                raise WeightsError("embedder runtime torch needs torch, which is not installed: pip install "
+                                   "'edgeqmoe[train]' (or use the int8 or onnxruntime runtime)") from None
             raise WeightsError("mn04 needs ONNX Runtime (pip install onnxruntime onnx) or torch "
                                "(pip install 'edgeqmoe[train]'); neither is installed") from None
         return MN04Embedder(weights=str(path), threads=threads)

@@ -58,7 +58,7 @@ def _undecodable(name: str, sf_err: Exception, other: Exception | None = None) -
     """What a user is told of a file no decoder reads: the file, and why in words, not
     the decoders' internals."""
     why = str(sf_err).split(": ", 1)[-1].strip() if sf_err else ""
-    if "Format not recognised" in why or "not recognised" in why.lower() or type(other).__name__ == "NoBackendError":
+    if "not recognised" in why.lower() or type(other).__name__ == "NoBackendError":
         why = "not a recognised audio format (WAV, FLAC, OGG, MP3, or what ffmpeg reads)"
     return AudioReadError(f"{name}: cannot decode it: {why or type(sf_err).__name__}")
 
@@ -88,12 +88,7 @@ def stream(path, sr: int, block_s: float = STREAM_BLOCK_S) -> Iterator[np.ndarra
             last = len(x) < frames
             if len(x):
                 mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
-                top = float(np.max(np.abs(mono)))  # NaN or inf anywhere makes it so: one pass for both checks
-                if not np.isfinite(top):
-                    raise AudioReadError(f"{name}: contains NaN or infinite samples after "
-                                         f"{seen / f.samplerate:.1f} s")
-                if top > 1.0:
-                    mono = np.clip(mono, -1.0, 1.0)
+                mono = full_scale(mono, name, f" after {seen / f.samplerate:.1f} s")
                 seen += len(x)
             else:
                 mono = np.zeros(0, np.float32)
@@ -139,17 +134,17 @@ def decode(data_or_path: Union[str, bytes, os.PathLike], name: str | None = None
     if x.size == 0:
         raise AudioReadError(f"{name}: no audio samples")
     mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
-    if not np.isfinite(mono).all():
-        raise AudioReadError(f"{name}: contains NaN or infinite samples")
-    return np.ascontiguousarray(full_scale(mono), dtype=np.float32), int(sr)
+    return np.ascontiguousarray(full_scale(mono, name), dtype=np.float32), int(sr)
 
 
-def full_scale(x: np.ndarray) -> np.ndarray:
-    """Samples beyond full scale (a float file may hold any finite value) clipped to
-    [-1, 1], as a converter would: levels and features stay finite."""
-    if x.size and float(np.max(np.abs(x))) > 1.0:
-        return np.clip(x, -1.0, 1.0)
-    return x
+def full_scale(x: np.ndarray, name: str, where: str = "") -> np.ndarray:
+    """``x`` checked and clipped in one pass: NaN or infinity is an AudioReadError naming
+    the file; finite samples beyond full scale (a float file may hold any) are clipped
+    to [-1, 1], as a converter would, so levels and features stay finite."""
+    top = float(np.max(np.abs(x))) if x.size else 0.0  # NaN or inf anywhere makes it so
+    if not np.isfinite(top):
+        raise AudioReadError(f"{name}: contains NaN or infinite samples{where}")
+    return np.clip(x, -1.0, 1.0) if top > 1.0 else x
 
 
 def fix_length(x: np.ndarray, n: int) -> np.ndarray:

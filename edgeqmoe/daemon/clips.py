@@ -128,6 +128,7 @@ class ClipKeeper:
         before it, and the speech heard in the file before never vetoes its clips."""
         self.floor = pos
         self.speech.clear()
+        self.recent.clear()  # a reopened stream counts positions from 0 again: no sharing across it
 
     def begin(self, ev) -> None:
         """An event that counts: its clip starts ``pre_roll`` before it (never before the

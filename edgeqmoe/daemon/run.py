@@ -359,8 +359,7 @@ class Daemon:
                 if sup.try_reopen(now):
                     self._restart_stream(st)
                 else:  # until the next attempt (its backoff), the stats or a watchdog ping
-                    chores = min(st.last_stats + self.profile.logging.stats_interval, now + self.notifier.next_ping(now))
-                    self._stop.wait(min(max(sup.next_try - now, MIN_IDLE_S), max(chores - now, MIN_IDLE_S), MAX_IDLE_S))
+                    self._stop.wait(min(max(sup.next_try - now, MIN_IDLE_S), self._until_chores(st, now), MAX_IDLE_S))
                 continue
             n = self._read(st, sup.src)
             if n:
@@ -398,9 +397,13 @@ class Daemon:
         if ring.written >= ring.want:  # written meanwhile
             ring.want = None
             return
-        chores = min(st.last_stats + self.profile.logging.stats_interval, now + self.notifier.next_ping(now))
-        st.wakeup.sleep(min(max(chores - now, MIN_IDLE_S), max(MAX_IDLE_S, self.profile.audio.hop)))
+        st.wakeup.sleep(min(self._until_chores(st, now), max(MAX_IDLE_S, self.profile.audio.hop)))
         ring.want = None
+
+    def _until_chores(self, st: LoopState, now: float) -> float:
+        """Seconds until the next stats record or watchdog ping is due (at least MIN_IDLE_S)."""
+        due = min(st.last_stats + self.profile.logging.stats_interval, now + self.notifier.next_ping(now))
+        return max(due - now, MIN_IDLE_S)
 
     def _end_of_input(self, st: LoopState, src) -> None:
         """A file source read to its end: the last short file, what was skipped, and a

@@ -170,30 +170,19 @@ static int Cnn_init(CnnObject *self, PyObject *args, PyObject *kw) {
         PyErr_Format(PyExc_ValueError, "Cnn gate table must hold %d int32", EQ_CNN_GATE_N);
         goto fail;
     }
-    int *ops_kind = malloc(sizeof(int) * (size_t)(n ? n : 1)); /* to name the operation at fault */
-    if (!ops_kind) {
-        PyErr_NoMemory();
-        goto fail;
-    }
-    for (Py_ssize_t q = 0; q < n; q++) ops_kind[q] = op[q].kind;
-    int rc = eq_cnn_init(&self->E, K, op, (int)n, gb->buf, n_mels, frames);
-    free(op);
-    if (rc == -2) {
-        free(ops_kind);
-        PyErr_NoMemory();
-        return -1;
-    }
-    if (rc < 0) {
+    int rc = eq_cnn_init(&self->E, K, op, (int)n, gb->buf, n_mels, frames); /* it keeps a copy of op */
+    if (rc == -1) {
         const char *why = self->E.err ? self->E.err : "the operations do not chain";
         if (self->E.err_op >= 0)
             PyErr_Format(PyExc_ValueError, "Cnn op %d (%s): %s, for a %d x %d window", self->E.err_op,
-                         eq_cnn_kind_names[ops_kind[self->E.err_op]], why, n_mels, frames);
+                         eq_cnn_kind_names[op[self->E.err_op].kind], why, n_mels, frames);
         else
             PyErr_Format(PyExc_ValueError, "Cnn: %s, for a %d x %d window", why, n_mels, frames);
-        free(ops_kind);
-        return -1;
+    } else if (rc < 0) {
+        PyErr_NoMemory();
     }
-    free(ops_kind);
+    free(op);
+    if (rc < 0) return -1;
     self->ready = 1;
     return 0;
 fail:

@@ -157,3 +157,37 @@ def test_privacy_withholds_the_clip_of_a_speech_event(tmp_path, weights_dir, us8
     evs = [e for e in read_jsonl(logs / "events.jsonl") if e["class"] == "speech"]
     assert evs and all("clip" not in e and e["clip_withheld"].startswith("privacy: speech heard") for e in evs)
     assert not list((logs / "clips").iterdir())
+
+
+def test_event_records_go_out_in_the_order_the_events_ended():
+    """A written clip is decided later than a withheld one (the writer thread): the records
+    still go out in the order the events ended, and an event whose clip never came at the
+    stop gets its record too, saying so."""
+    from edgeqmoe.daemon.records import Event, EventFanout
+
+    class Writer:
+        def __init__(self):
+            self.out = []
+
+        def put(self, stream, rec):
+            self.out.append((stream, rec["class"], rec.get("clip_withheld", rec.get("clip"))))
+
+    class Clips:  # decides nothing by itself: the test says when each clip is decided
+        def begin(self, ev):
+            pass
+
+        def finish(self, ev):
+            pass
+
+    w = Writer()
+    fan = EventFanout(w, None, None, Clips(), lambda s: None, "dev", "p", "/logs", quiet=True)
+    a, b, c = (Event(label=n, start=i, end=i + 1.0, peak=0.9, windows=2) for i, n in enumerate("abc"))
+    for ev in (a, b, c):
+        fan.ended(ev)
+    fan.emit(b, {"clip_withheld": "privacy"})
+    assert w.out == []  # a's clip is still being written
+    fan.emit(a, {"clip": "clips/a.flac"})
+    assert [x[1] for x in w.out] == ["a", "b"]
+    fan.close()
+    fan.emit(c, {"clip": "clips/c.flac"})  # a writer that finished after the stop: said once already
+    assert w.out[2] == ("events", "c", "the run ended before its clip was written") and len(w.out) == 3

@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
@@ -81,6 +83,12 @@ class EventFanout:
         self.echo, self.device, self.profile, self.log_dir, self.quiet = echo, device, profile, log_dir, quiet
         self.file: Optional[Tuple[str, float]] = None  # (file name, stream second where it starts)
         self.stream_s = 0.0
+        # records go out in the order the events ended, although clips are decided out of order
+        # (a withheld clip at once, a written one later from the writer thread)
+        self._lock = threading.Lock()
+        self._order: deque = deque()
+        self._decided: Dict[int, Dict] = {}
+        self._closed = False
 
     def place(self, file: Optional[Tuple[str, float]], stream_s: float) -> None:
         self.file, self.stream_s = file, stream_s
@@ -107,6 +115,8 @@ class EventFanout:
             ev.file, ev.offset_s = self.file[0], round(ev.start - self.file[1], 3)
         if self.mqtt is not None:
             self.mqtt.state(ev.label, False)
+        with self._lock:
+            self._order.append(ev)
         if self.clips is not None:
             self.clips.finish(ev)
         else:
@@ -120,7 +130,27 @@ class EventFanout:
                 self.emit(ev, fields)
 
     def emit(self, ev: Event, clip: Dict) -> None:
-        """The event's record, counter and message (from the loop or the clip writer)."""
+        """The event's clip is decided (from the loop or the clip writer): its record goes
+        out once those of the events that ended before it have."""
+        with self._lock:
+            if self._closed:
+                return
+            self._decided[id(ev)] = clip
+            while self._order and id(self._order[0]) in self._decided:
+                first = self._order.popleft()
+                self._send(first, self._decided.pop(id(first)))
+
+    def close(self) -> None:
+        """The run is over and the clip writer stopped: events whose clip was never decided
+        (a writer that did not finish in time) still get their record, saying so."""
+        with self._lock:
+            while self._order:
+                first = self._order.popleft()
+                self._send(first, self._decided.pop(id(first), None) or
+                           {"clip_withheld": "the run ended before its clip was written"})
+            self._closed = True
+
+    def _send(self, ev: Event, clip: Dict) -> None:
         rec = ev.record(self.device)
         rec.update(clip)
         self.writer.put("events", rec)

@@ -295,7 +295,7 @@ class Daemon:
                                       p.name, self.log_dir, self.quiet)
             return self._run()
         finally:
-            for part in (self.clips, self.mqtt, self.metrics):  # clips first: their records go to the log
+            for part in (self.clips, self.events, self.mqtt, self.metrics):  # clips first: their records go out
                 if part is not None:
                     part.close()
             self.writer.close()

@@ -337,11 +337,17 @@ def eval_cmd(
     kernel: Optional[str] = typer.Option(None, help="Kernel variant (ref, generic, simd, or a name)."),
     weights: Optional[str] = typer.Option(None, help="Embedder weights path."),
     json_out: bool = typer.Option(False, "--json", help="Print all results as JSON."),
-    open_set: Optional[str] = typer.Option(None, "--open-set", help="Also: a folder of non-target audio by "
-                                           "category (tools/openset_eval.py build); the share of its windows "
-                                           "that the profile decides as a class."),
+    events: bool = typer.Option(True, "--events/--no-events", help="Also the events the daemon raises on each "
+                                "clip: right, wrong-class or none, per class."),
+    open_set: Optional[str] = typer.Option(None, "--open-set", help="Also: a corpus of non-target audio "
+                                           "(tools/negatives.py build): per category and per source, the share of "
+                                           "windows decided as a class and target events per hour, each measured "
+                                           "by an open-set rule trained without that category (source)."),
+    shipped_rule: bool = typer.Option(False, "--shipped-rule", help="--open-set with the shipped rule as it is "
+                                      "(fast; flatters where the rule was trained on the corpus)."),
 ):
-    """Score a bundle on a dataset with the torch-free runtime (clip-level)."""
+    """Score a bundle on a dataset with the torch-free runtime: clips, windows, and the
+    events the profile's daemon raises."""
     import json as _json
 
     from .audio.datasets import DatasetError
@@ -363,26 +369,31 @@ def eval_cmd(
         r = evaluate(bundle, data, cache, folds or (), kernel, weights)
     except (BundleError, DatasetError, WeightsError, ValueError) as e:
         fail(str(e))
-    if open_set:
-        from .daemon.evaluate import open_set_figures
+    if events or open_set:
+        from .daemon import evaluate as E
         from .daemon.pipeline import PipelineError
         from .daemon.profiles import load_profile as _load
 
+        say = (lambda m: None) if json_out else (lambda m: typer.echo(f"  ... {m}", err=True))
         try:
             prof = p if profile else _load("balanced", {"model": {"bundle": str(bundle), "kernel": kernel or "simd",
                                                                   **({"weights": weights} if weights else {})}})
-            r["open_set"] = open_set_figures(prof, open_set)
-        except (PipelineError, ValueError, OSError) as e:
+            if events:
+                r["events"] = E.event_figures(prof, data, progress=say, folds=folds or ())
+            if open_set:
+                r["open_set"] = E.open_set_figures(prof, open_set, None if shipped_rule else data, progress=say)
+        except (PipelineError, DatasetError, ValueError, OSError) as e:
             fail(str(e))
     if json_out:
-        typer.echo(_json.dumps(r, indent=1))
-    else:
-        typer.echo(f"{r['bundle']} on {r['dataset']}: weighted F1 {r['weighted_f1']:.4f}, accuracy "
-                   f"{r['accuracy']:.4f}, macro F1 {r['macro_f1']:.4f} ({r['n']} clips, {r['n_windows']} windows)")
-        for cat, row in r.get("open_set", {}).items():
-            n = max(row["windows"], 1)
-            typer.echo(f"  open set, {cat}: {row['windows']} windows, decided as a class {100 * row['decided'] / n:.1f}%"
-                       f", quiet {100 * row['quiet'] / n:.1f}%, other {100 * row['other'] / n:.1f}%")
+        typer.echo(_json.dumps(r, indent=1, default=str))
+        return
+    typer.echo(f"{r['bundle']} on {r['dataset']}: weighted F1 {r['weighted_f1']:.4f}, accuracy "
+               f"{r['accuracy']:.4f}, macro F1 {r['macro_f1']:.4f} ({r['n']} clips, {r['n_windows']} windows, "
+               f"window accuracy {r['window_accuracy']:.4f})")
+    if "events" in r:
+        typer.echo(E.format_events(r["events"]))
+    if "open_set" in r:
+        typer.echo(E.format_open_set(r["open_set"]))
 
 
 @weights_app.command("where")

@@ -107,7 +107,12 @@ class Decider:
         if unknown:
             raise PipelineError(f"decision.thresholds names {unknown}, which the model does not know; its classes "
                                 f"are {', '.join(classes)}")
+        unknown = [c for c in settings.event_windows if c not in classes]
+        if unknown:
+            raise PipelineError(f"decision.event_windows names {unknown}, which the model does not know; its "
+                                f"classes are {', '.join(classes)}")
         self.thr = np.array([settings.thresholds.get(c, settings.threshold) for c in classes], np.float32)
+        self.need = [settings.event_windows.get(c, settings.event_min_windows) for c in classes]
         self.hist: deque = deque(maxlen=settings.smoothing)
         self.event: Optional[Event] = None
 
@@ -132,16 +137,16 @@ class Decider:
         if ev is not None and ev.label == decision:
             ev.extend(t_end, float(smooth[top]))
         else:
-            if ev is not None and ev.windows >= self.s.event_min_windows:
+            if ev is not None and ev.counts:
                 done = ev
             self.event = None
             if decision not in (None, "abstain"):
-                self.event = Event(decision, t_start, t_end, float(smooth[top]))
+                self.event = Event(decision, t_start, t_end, float(smooth[top]), min_windows=self.need[top])
         return decision, smooth, done
 
     def flush(self) -> Optional[Event]:
         ev, self.event = self.event, None
-        return ev if ev is not None and ev.windows >= self.s.event_min_windows else None
+        return ev if ev is not None and ev.counts else None
 
     def quiet(self) -> Optional[Event]:
         """A quiet window: no evidence to smooth with; the open event (if any) ends."""
@@ -159,9 +164,9 @@ class Listener:
         self.names = list(groups)
         self.index = [np.array([find_label(n) for n in g.labels]) for g in groups.values()]
         self.thr = np.array([g.threshold for g in groups.values()], np.float32)
-        self.describe = {k: {"labels": [names[i] for i in ix], "threshold": g.threshold}
-                         for (k, g), ix in zip(groups.items(), self.index)}
-        self.min_windows = event_min_windows
+        self.need = [g.event_min_windows or event_min_windows for g in groups.values()]
+        self.describe = {k: {"labels": [names[i] for i in ix], "threshold": g.threshold, "event_min_windows": n}
+                         for (k, g), ix, n in zip(groups.items(), self.index, self.need)}
         self.open: Dict[int, Event] = {}
 
     def step(self, probs: np.ndarray, t_start: float, t_end: float):
@@ -175,15 +180,16 @@ class Listener:
         for g in heard:
             ev = self.open.get(int(g))
             if ev is None:
-                self.open[int(g)] = Event(self.names[g], t_start, t_end, float(score[g]), source="audioset")
+                self.open[int(g)] = Event(self.names[g], t_start, t_end, float(score[g]), source="audioset",
+                                          min_windows=self.need[g])
             else:
                 ev.extend(t_end, float(score[g]))
         hits = [[int(g), round(float(score[g]), 3)] for g in heard]
-        return hits, [e for e in done if e.windows >= self.min_windows]
+        return hits, [e for e in done if e.counts]
 
     def flush(self) -> List[Event]:
         done, self.open = list(self.open.values()), {}
-        return [e for e in done if e.windows >= self.min_windows]
+        return [e for e in done if e.counts]
 
 
 def level_dbfs(window: np.ndarray):
@@ -222,7 +228,7 @@ class Pipeline:
         if profile.decision.open_set and audioset:
             from ..embed.openset import load_rule
 
-            rule = load_rule()
+            rule = load_rule().bind(self.classes)
         speech = None
         if audioset and profile.clips.enabled and profile.clips.privacy:
             from ..embed.audioset import find_label
@@ -255,7 +261,7 @@ class Pipeline:
             for ev in self.listener.open.values():
                 if ev.label in names:
                     listener.open[names.index(ev.label)] = ev
-                elif ev.windows >= self.listener.min_windows:
+                elif ev.counts:
                     left.append(ev)
             self.listener.open = {}
         return left
@@ -288,8 +294,7 @@ class Pipeline:
         if self.min_level is not None and rms < self.min_level:
             return self._quiet(rms, peak, t0)
         logits = None
-        self.speech = None  # AudioSet speech probability of this window, when it is measured
-        if self.listener is not None or self.open_set is not None or self.speech_index is not None:
+        if self.wants_audioset:
             embs, logits = self.embedder.embed_with_logits(window[None, :], self.sr)
             emb, logits = embs[0], logits[0]
         else:
@@ -297,10 +302,29 @@ class Pipeline:
         t1 = clock()
         pred = self.model.predict(emb[None, :])
         t2 = clock()
-        p = pred.proba[0]
         unc = float(pred.uncertainty[0]) if pred.uncertainty is not None else None
-        target = self.open_set.target_probability(logits) if self.open_set is not None else 1.0
-        if self.open_set is not None and target < self.open_set.threshold:
+        experts = pred.experts[0] if self.is_moe else None
+        return self.decide(rms, peak, pred.proba[0], unc, logits, t_start, t_end, (t0, t1, t2), experts)
+
+    @property
+    def wants_audioset(self) -> bool:
+        """Whether the decisions use the window's AudioSet output (listening, the open
+        set, the privacy of clips)."""
+        return self.listener is not None or self.open_set is not None or self.speech_index is not None
+
+    def decide(self, rms: float, peak: float, p: np.ndarray, unc: Optional[float], logits: Optional[np.ndarray],
+               t_start: float, t_end: float, times=None, experts=None) -> Tuple[Dict, List[Event]]:
+        """What the daemon makes of one window above the level gate, from what the
+        embedder and head gave for it: ``process`` calls it, and ``edgeqmoe eval`` replays
+        it over windows measured once (``times``: perf_counter at the start, after the
+        embedder and after the head; ``experts``: those the mixture ran)."""
+        clock = time.perf_counter
+        t0, t1, t2 = times if times is not None else (clock(),) * 3
+        self.speech = None  # AudioSet speech probability of this window, when it is measured
+        target = None
+        if self.open_set is not None:
+            fits, target = self.open_set.judge(logits, int(np.argmax(p)))
+        if target is not None and not fits:
             decision, event = "other", self.decider.quiet()  # none of the classes: no evidence to smooth
         else:
             decision, smooth, event = self.decider.decide(p, unc, t_start, t_end)
@@ -330,7 +354,8 @@ class Pipeline:
             rec["d"] = ABSTAIN if decision == "abstain" else self.classes.index(decision)
         if self.is_moe:
             rec["u"] = None if unc is None else round(unc, 3)
-            rec["x"] = pred.experts[0].tolist()
+            if experts is not None:
+                rec["x"] = experts.tolist()
         if hits:
             rec["ls"] = hits
         return rec, events

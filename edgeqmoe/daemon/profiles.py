@@ -135,6 +135,8 @@ class DecisionSettings:
     abstain_uncertainty: Optional[float] = field(None, unit="nats", range=(0.0, 10.0),
                                                  doc="abstain when the router's uncertainty exceeds this")
     event_min_windows: int = field(2, range=(1, 1000), doc="consecutive decided windows that make an event")
+    event_windows: Dict[str, int] = field(default_factory=dict, doc="per-class event_min_windows (class name: "
+                                          "windows); 1 for short sounds (a shot, a horn)")
     open_set: bool = field(True, doc="a window that mn04's AudioSet output says is none of the model's classes is "
                                      "'other', whatever the head says (mn04 only; docs/open-set.md)")
     min_level_dbfs: Optional[float] = field(QUIET_DBFS, unit="dBFS", range=(-140.0, 0.0),
@@ -142,8 +144,11 @@ class DecisionSettings:
                                                 "embedder, no head, nothing decided (null: never)")
 
     def validate(self):
-        return [(f"thresholds.{k}", f"{v!r} is outside 0.0..1.0") for k, v in self.thresholds.items()
-                if not 0.0 <= v <= 1.0]
+        return ([(f"thresholds.{k}", f"{v!r} is outside 0.0..1.0") for k, v in self.thresholds.items()
+                 if not 0.0 <= v <= 1.0] +
+                [(f"event_windows.{k}", f"{v!r} is not a whole number of windows from 1 to 1000")
+                 for k, v in self.event_windows.items() if isinstance(v, bool) or not isinstance(v, int)
+                 or not 1 <= v <= 1000])
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,8 @@ class ListenGroup:
                                             "('Smoke detector'); empty: the group's own name")
     threshold: float = field(0.5, range=(0.0, 1.0),
                              doc="AudioSet probability (the largest of the group's classes) that counts as heard")
+    event_min_windows: Optional[int] = field(None, range=(1, 1000),
+                                             doc="windows in a row that make an event (null: decision.event_min_windows)")
 
     def validate(self):
         from ..embed.audioset import LabelError, find_label

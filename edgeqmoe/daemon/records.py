@@ -54,7 +54,13 @@ class Event:
     source: Optional[str] = None
     file: Optional[str] = None  # file sources: the file and where in it the event starts
     offset_s: Optional[float] = None
-    told: bool = False  # its start was fanned out (it reached event_min_windows)
+    told: bool = False  # its start was fanned out (it reached min_windows)
+    min_windows: int = 1  # decided windows in a row that make it an event (its class's event_min_windows)
+
+    @property
+    def counts(self) -> bool:
+        """Long enough to be an event."""
+        return self.windows >= self.min_windows
 
     def extend(self, t_end: float, score: float) -> None:
         self.end, self.windows, self.peak = t_end, self.windows + 1, max(self.peak, score)
@@ -93,9 +99,9 @@ class EventFanout:
     def place(self, file: Optional[Tuple[str, float]], stream_s: float) -> None:
         self.file, self.stream_s = file, stream_s
 
-    def running(self, ev: Event, min_windows: int) -> None:
-        """An open event: once it has ``min_windows`` windows it counts, said once."""
-        if ev.told or ev.windows < min_windows:
+    def running(self, ev: Event) -> None:
+        """An open event: once it has its ``min_windows`` windows it counts, said once."""
+        if ev.told or not ev.counts:
             return
         ev.told = True
         if self.file is not None:

@@ -555,10 +555,10 @@ class Daemon:
             self.json_out(encode(rec))
         if self.clips is not None:
             self.clips.window(start / sr, (start + st.win_n) / sr, self.pipeline.speech)
-        pipe, min_windows = self.pipeline, p.decision.event_min_windows
+        pipe = self.pipeline
         for ev in [pipe.decider.event] + (list(pipe.listener.open.values()) if pipe.listener else []):
             if ev is not None:
-                self.events.running(ev, min_windows)
+                self.events.running(ev)
         for ev in ended:
             self.events.ended(ev)
         if self.mqtt is not None:

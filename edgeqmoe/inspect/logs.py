@@ -257,6 +257,10 @@ def summary(folder, since=None, until=None) -> Dict:
     for k in ("energy_total_mj", "listened_s"):
         out[k] = round(sum(d[k] for d in devices.values()), 3)
     out["energy_per_hour_j"] = _per_hour_j(out["energy_total_mj"], out["listened_s"])
+    out["heard_s"] = round(sum(d["heard_s"] for d in devices.values()), 3)  # hours of audio of all devices
+    counts = {**out["events"], **out["heard_events"]}
+    out["events_per_hour"] = {k: round(v * 3600.0 / out["heard_s"], 2) for k, v in sorted(counts.items())} \
+        if out["heard_s"] else {}
     return out
 
 
@@ -269,25 +273,28 @@ def _merge_clips(parts: List[Dict]) -> Dict:
             "files": [f for c in parts for f in c["files"]]}
 
 
-def _energy_listened(ws: List[Dict], ds: List[Dict]) -> Tuple[float, float]:
-    """The windows' energy in mJ (quiet ones included) and the seconds of audio they stand
-    for, one hop each (the hop of the start or reload before them; one device's records)."""
+def _energy_listened(ws: List[Dict], ds: List[Dict]) -> Tuple[float, float, float]:
+    """The windows' energy in mJ (quiet ones included), the seconds of audio those with an
+    energy figure stand for, and the seconds all windows stand for: one hop each (the hop
+    of the start or reload before them; one device's records)."""
     hops = sorted((d["t_wall"], d["hop_s"]) for d in ds
                   if d.get("event") in ("start", "reload") and _is_num(d.get("hop_s")) and d["hop_s"] > 0
                   and _is_num(d.get("t_wall")))
     if not hops:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0
     times = [t for t, _ in hops]
-    mj = seconds = 0.0
+    mj = seconds = heard = 0.0
     for w in ws:
         e, t = w.get("energy_mj"), w.get("t_wall")
-        if e is None or not _is_num(t):
+        if not _is_num(t):
             continue
         i = bisect.bisect_right(times, t) - 1
         if i < 0:
             continue
-        mj, seconds = mj + e, seconds + hops[i][1]
-    return mj, seconds
+        heard += hops[i][1]
+        if e is not None:
+            mj, seconds = mj + e, seconds + hops[i][1]
+    return mj, seconds, heard
 
 
 def _per_hour_j(mj: float, seconds: float) -> Optional[float]:
@@ -336,7 +343,10 @@ def _summary(folder: str, L: Dict, runs: List[Dict], clips: Dict) -> Dict:
         "undecided": sum(1 for w in ws if w.get("decision") is None),
         "latency_ms": stages, "jitter_ms": {k: v.get("std") for k, v in stages.items() if v},
         "capture_lag_ms": percentiles(lag), "dropped_samples": int(dropped),
-        "energy_per_inference_mj": percentiles(energy), "energy_per_hour_j": _per_hour_j(*listened),
+        "energy_per_inference_mj": percentiles(energy), "energy_per_hour_j": _per_hour_j(*listened[:2]),
+        "heard_s": round(listened[2], 3),
+        "events_per_hour": {k: round(v * 3600.0 / listened[2], 2) for k, v in sorted({**events, **heard_events}.items())}
+        if listened[2] else {},
         "energy_total_mj": round(listened[0], 3), "listened_s": round(listened[1], 3),
         "energy_method": methods, "power_method": power_methods,
         "power_w": percentiles([s["power_w"] for s in st if s.get("power_w") is not None]),
@@ -412,6 +422,10 @@ def format_summary(s: Dict) -> str:
              "heard (listen:, windows / events): " + (", ".join(
                  f"{k} {v} / {s['heard_events'].get(k, 0)}" for k, v in s["heard"].items()) or "none"),
              "latency per window (ms):"]
+    if s.get("heard_s"):  # after the events line; an older log without hops has no such figure
+        lines.insert(lines.index("latency per window (ms):") - 1,
+                     f"events per hour of audio heard ({s['heard_s'] / 3600:.2f} h): " + (", ".join(
+                         f"{k} {v:.1f}" for k, v in s["events_per_hour"].items()) or "none"))
     for k, v in s["latency_ms"].items():
         if v:
             lines.append(f"  {k:9} p50 {v['p50']:8.3f}  p95 {v['p95']:8.3f}  p99 {v['p99']:8.3f}  max {v['max']:8.3f}"

@@ -135,6 +135,7 @@ def clip_outcomes(pipe, ds, observed: List[Observed]) -> Dict:
     classes = list(pipe.classes)
     rows = {c: {"clips": 0, "right": 0, "wrong": 0, "none": 0} for c in classes}
     wrong_as: Dict[str, int] = {}
+    groups: Dict[str, Dict[str, int]] = {}
     windows = right_windows = 0
     for clip, obs in zip(ds.clips, observed):
         codes, events = replay(pipe, obs)
@@ -142,6 +143,9 @@ def clip_outcomes(pipe, ds, observed: List[Observed]) -> Dict:
         r = rows[label]
         r["clips"] += 1
         names = [e.label for e in events if e.source is None]
+        for g in {e.label for e in events if e.source is not None}:  # listen groups: on which clips they fired
+            per = groups.setdefault(g, {})
+            per[label] = per.get(label, 0) + 1
         if label in names:
             r["right"] += 1
         elif names:
@@ -154,6 +158,7 @@ def clip_outcomes(pipe, ds, observed: List[Observed]) -> Dict:
         right_windows += sum(1 for d in codes if d is not None and d >= 0 and classes[d] == label)
     total = {k: sum(r[k] for r in rows.values()) for k in ("clips", "right", "wrong", "none")}
     return {"per_class": rows, "total": total, "wrong_as": dict(sorted(wrong_as.items(), key=lambda kv: -kv[1])),
+            "groups": groups,
             "windows": windows, "windows_right": right_windows,
             "right_event_share": total["right"] / max(1, total["clips"]),
             "lowest_class": min(((r["right"] / max(1, r["clips"]), c) for c, r in rows.items() if r["clips"]),
@@ -177,6 +182,9 @@ def format_events(r: Dict) -> str:
         k = max(1, v["clips"])
         lines.append(f"  {c:18s} {v['clips']:5d} clips: right {100 * v['right'] / k:5.1f}%  wrong "
                      f"{100 * v['wrong'] / k:5.1f}%  none {100 * v['none'] / k:5.1f}%")
+    for g, per in r.get("groups", {}).items():
+        lines.append(f"  listen group {g}: an event on " + ", ".join(
+            f"{n} of {r['per_class'][c]['clips']} {c}" for c, n in sorted(per.items(), key=lambda kv: -kv[1])) + " clips")
     if r["wrong_as"]:
         lines.append("  most frequent wrong events: " + ", ".join(f"{k} {v}" for k, v in list(r["wrong_as"].items())[:6]))
     return "\n".join(lines)

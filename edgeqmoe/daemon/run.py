@@ -435,8 +435,11 @@ class Daemon:
                 "kernel": getattr(pipe.model, "variant", None) or p.model.kernel,
                 "kernels": self.pipeline.kernels(),
                 "listen": pipe.listener.describe if pipe.listener else {},
-                "open_set": ({"threshold": round(pipe.open_set.threshold, 4)} if pipe.open_set is not None else
+                "open_set": (pipe.open_set.describe() if pipe.open_set is not None else
                              "off" if not p.decision.open_set else "unavailable: the embedder has no AudioSet output"),
+                # what makes a decision and an event, per class (the profile's thresholds and event_windows)
+                "decision": {"thresholds": {c: round(float(t), 4) for c, t in zip(pipe.classes, pipe.decider.thr)},
+                             "event_windows": dict(zip(pipe.classes, pipe.decider.need))},
                 **({"listen_unavailable": pipe.listen_unavailable} if pipe.listen_unavailable else {})}
 
     def _warm_up(self, st: LoopState) -> None:

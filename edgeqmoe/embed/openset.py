@@ -63,6 +63,13 @@ class OpenSetRule:
         self._index = np.array([self.classes.index(c) if c in self.classes else -1 for c in classes])
         return self
 
+    def describe(self) -> Dict:
+        """For the start record: the thresholds, per class where the rule has that part."""
+        out: Dict = {"threshold": round(self.threshold, 4)}
+        if self.wc is not None:
+            out["class_thresholds"] = {c: round(float(t), 4) for c, t in zip(self.classes, self.tc)}
+        return out
+
     def target_probability(self, logits: np.ndarray) -> float:
         """For one window's 527 AudioSet logits: is it any of the target sounds?"""
         return _sigmoid(float(features(logits[None, :])[0] @ self.w) + self.b)

@@ -88,7 +88,7 @@ def heldout_heads(name, prof, data, weights, cache, observed, ds):
         try:
             o.proba = held[[rows[round(float(s), 3)] for s in o.starts]]
         except KeyError:
-            raise SystemExit(f"{ds.clips[i].path}: the embedding cache has no window at one of {o.starts}")
+            raise SystemExit(f"{ds.clips[i].path}: the embedding cache has no window at one of {o.starts}") from None
         out.append(o)
     return out
 

@@ -35,7 +35,6 @@ or the category it tests.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import re

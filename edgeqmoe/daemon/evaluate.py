@@ -284,7 +284,7 @@ def open_set_figures(profile: Profile, folder, data=None, progress=None, target_
     were decided as a class, quiet, other, abstained; target events and events per hour
     of that sound. With ``data``: every figure by a rule that never saw the category
     (the source) it is measured on."""
-    from ..embed.openset import load_rule, train_rule
+    from ..embed.openset import train_rule
 
     files = read_corpus(folder)
     pipe = _pipeline(profile)
@@ -331,7 +331,7 @@ def open_set_figures(profile: Profile, folder, data=None, progress=None, target_
         for key, held in (("categories", "category"), ("sources", "source")):
             out[key] = {}
             for v in sorted({f[held] for f in files}):
-                pipe.open_set = fit(everything, lambda f: f[held] != v, full)
+                pipe.open_set = fit(everything, lambda f, held=held, v=v: f[held] != v, full)
                 out[key][v] = _count(pipe, [o for o, f in zip(observed, files) if f[held] == v])
                 say(f"held out {held} {v}: {100 * out[key][v]['decided_share']:.1f}% decided, "
                     f"{out[key][v]['events_per_hour']:.0f} events/h")

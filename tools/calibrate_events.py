@@ -97,13 +97,11 @@ def fold_rules(pipe, ds, observed, neg_obs, neg_files, meta):
     """The open-set rule for each fold, trained without it; and for each category of the
     negatives, the rule trained without that category (its thresholds those of the rule
     trained with everything, as ``edgeqmoe eval --open-set`` does)."""
+    from edgeqmoe.daemon.evaluate import negative_rows, target_rows
     from edgeqmoe.embed.openset import train_rule
 
-    pos = [(o.logits[i], c.label, c.fold) for c, o in zip(ds.clips, observed) for i in range(len(o.starts))
-           if not o.gated[i]]
-    P, y, fold = np.array([p[0] for p in pos]), np.array([p[1] for p in pos]), np.array([p[2] for p in pos])
-    N = np.concatenate([o.logits[~o.gated] for o in neg_obs])
-    g = np.concatenate([[f["category"]] * int((~o.gated).sum()) for o, f in zip(neg_obs, neg_files)])
+    P, y, fold = target_rows(ds, observed)
+    N, g = negative_rows(neg_files, neg_obs)
     kw = dict(target_loss=meta.get("target_loss", 0.03), class_loss=meta.get("class_loss", 0.03),
               l2=meta.get("l2", 30.0))
     folds = {int(f): train_rule(P[fold != f], y[fold != f], fold[fold != f], N, ds.classes, neg_group=g,

@@ -303,22 +303,12 @@ def open_set_figures(profile: Profile, folder, data=None, progress=None, target_
                 l2=shipped.meta.get("l2", 30.0), conditional=shipped.wc is not None)
     ds, targets = observe_dataset(pipe, profile, data, progress)
     say("target clips observed")
-    pos = [(o.logits[i], c.label, c.fold) for c, o in zip(ds.clips, targets)
-           for i in range(len(o.starts)) if not o.gated[i]]
-    if len({p[2] for p in pos}) < 2:
+    P, y, fold = target_rows(ds, targets)
+    if len(np.unique(fold)) < 2:
         raise ValueError(f"{data}: the held-out protocol needs target clips of at least two folds (or --shipped-rule)")
-    P = np.array([p[0] for p in pos])
-    y = np.array([p[1] for p in pos])
-    fold = np.array([p[2] for p in pos])
-
-    def neg(keep) -> Tuple[np.ndarray, np.ndarray]:
-        """(logits, category) of the non-target windows above the gate of the files kept."""
-        parts = [(o.logits[~o.gated], f["category"]) for o, f in zip(observed, files) if keep(f)]
-        return (np.concatenate([p for p, _ in parts] or [np.zeros((0, 527), np.float32)]),
-                np.concatenate([[c] * len(p) for p, c in parts] or [np.zeros(0, str)]))
 
     def fit(rows, keep, ref=None):
-        logits, group = neg(keep)
+        logits, group = negative_rows(files, observed, keep)
         return train_rule(P[rows], y[rows], fold[rows], logits, ds.classes, neg_group=group, thresholds_of=ref,
                           **loss).bind(pipe.classes)
 
@@ -350,6 +340,22 @@ def open_set_figures(profile: Profile, folder, data=None, progress=None, target_
     finally:
         pipe.open_set = shipped
     return out
+
+
+def target_rows(ds, observed: List[Observed]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(AudioSet logits, class, fold) of the target windows above the level gate: the
+    positives the open-set rule is trained on."""
+    rows = [(o.logits[i], c.label, c.fold) for c, o in zip(ds.clips, observed) for i in range(len(o.starts))
+            if not o.gated[i]]
+    return (np.array([r[0] for r in rows]).reshape(-1, 527), np.array([r[1] for r in rows]),
+            np.array([r[2] for r in rows]))
+
+
+def negative_rows(files: List[Dict], observed: List[Observed], keep=lambda f: True) -> Tuple[np.ndarray, np.ndarray]:
+    """(AudioSet logits, category) of the non-target windows above the gate of the files kept."""
+    parts = [(o.logits[~o.gated], f["category"]) for o, f in zip(observed, files) if keep(f)]
+    return (np.concatenate([p for p, _ in parts] or [np.zeros((0, 527), np.float32)]),
+            np.concatenate([[c] * len(p) for p, c in parts] or [np.zeros(0, str)]))
 
 
 class _Clips:

@@ -103,14 +103,11 @@ class Decider:
     def __init__(self, classes: List[str], settings):
         self.classes = classes
         self.s = settings
-        unknown = [c for c in settings.thresholds if c not in classes]
-        if unknown:
-            raise PipelineError(f"decision.thresholds names {unknown}, which the model does not know; its classes "
-                                f"are {', '.join(classes)}")
-        unknown = [c for c in settings.event_windows if c not in classes]
-        if unknown:
-            raise PipelineError(f"decision.event_windows names {unknown}, which the model does not know; its "
-                                f"classes are {', '.join(classes)}")
+        for key, per_class in (("thresholds", settings.thresholds), ("event_windows", settings.event_windows)):
+            unknown = [c for c in per_class if c not in classes]
+            if unknown:
+                raise PipelineError(f"decision.{key} names {unknown}, which the model does not know; its classes "
+                                    f"are {', '.join(classes)}")
         self.thr = np.array([settings.thresholds.get(c, settings.threshold) for c in classes], np.float32)
         self.need = [settings.event_windows.get(c, settings.event_min_windows) for c in classes]
         self.hist: deque = deque(maxlen=settings.smoothing)
@@ -321,10 +318,8 @@ class Pipeline:
         clock = time.perf_counter
         t0, t1, t2 = times if times is not None else (clock(),) * 3
         self.speech = None  # AudioSet speech probability of this window, when it is measured
-        target = None
-        if self.open_set is not None:
-            fits, target = self.open_set.judge(logits, int(np.argmax(p)))
-        if target is not None and not fits:
+        fits, target = self.open_set.judge(logits, int(np.argmax(p))) if self.open_set is not None else (True, None)
+        if not fits:
             decision, event = "other", self.decider.quiet()  # none of the classes: no evidence to smooth
         else:
             decision, smooth, event = self.decider.decide(p, unc, t_start, t_end)
